@@ -1,0 +1,39 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Both create or refresh the virtual
+# environment from the pinned requirement files first.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= $(CURDIR)/.venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+SHARED ?= $(abspath $(CURDIR)/../shared)
+PYTEST_ARGS ?=
+
+# What ROS needs in the environment: the ament index lives in the venv (the wheels install it there),
+# discovery never leaves this machine, and Fast DDS is the middleware.
+export AMENT_PREFIX_PATH := $(VENV)
+export ROS_AUTOMATIC_DISCOVERY_RANGE := LOCALHOST
+export RMW_IMPLEMENTATION := rmw_fastrtps_cpp
+export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
+export FM_SHARED := $(SHARED)
+export PYTHONUNBUFFERED := 1
+
+.PHONY: venv demo test clean
+
+venv: $(STAMP)
+
+$(STAMP): requirements.txt requirements-dev.txt setup.py
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements-dev.txt 2>&1 | grep -v "^WARNING: Location" || true
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e . 2>&1 | grep -v "^WARNING: Location" || true
+	$(PY) -c "import torch, rclpy, cv2, feature_matcher_ros" 
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m feature_matcher_ros.tools.demo
+
+# Each run gets its own ROS_DOMAIN_ID (chosen in test/conftest.py) so parallel runs never meet.
+test: $(STAMP)
+	$(PY) -m pytest -q test $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

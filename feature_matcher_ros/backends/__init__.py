@@ -1,0 +1,79 @@
+"""Matcher backends behind one interface (:mod:`.base`), created by name.
+
+``sift`` and ``orb`` need no weights; ``eloftr`` and ``sptd2`` are learned. Backends are imported
+lazily so that choosing SIFT never pays for torch model code.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from .base import PRECISIONS, Backend, Features, Matches
+
+# name -> "module:Class"
+_REGISTRY = {
+    "sift": "feature_matcher_ros.backends.sift:SiftBackend",
+    "orb": "feature_matcher_ros.backends.sift:OrbBackend",
+    "eloftr": "feature_matcher_ros.backends.eloftr:EfficientLoFTRBackend",
+    "sptd2": "feature_matcher_ros.backends.sptd2:SPTD2Backend",
+}
+
+
+def available_backends() -> list[str]:
+    """Names of the backends whose code is present in this install."""
+    names = []
+    for name, target in _REGISTRY.items():
+        module = target.split(":")[0]
+        if importlib.util.find_spec(module) is not None:
+            names.append(name)
+    return names
+
+
+def backend_class(name: str) -> type[Backend]:
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown backend {name!r}; choose one of {sorted(_REGISTRY)}")
+    module, cls = _REGISTRY[name].split(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` -> ``cuda`` when torch sees a GPU, else ``cpu``. ``cuda`` without CUDA is an error
+    (never a silent fallback)."""
+    if device == "cpu":
+        return device
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise RuntimeError(
+                f"device {device!r} was asked for but this torch build sees no CUDA device "
+                f"(torch {torch.__version__}); set device: cpu or auto"
+            )
+        return device
+    raise ValueError(f"device must be cpu, cuda, cuda:N or auto, not {device!r}")
+
+
+def create_backend(
+    name: str, *, device: str = "cpu", precision: str = "fp32", weights: str | None = None, **settings: Any
+) -> Backend:
+    """A ready backend. ``settings`` are the backend's own parameters (e.g. ``{"eloftr.mode": "opt"}``)."""
+    cls = backend_class(name)
+    kwargs: dict[str, Any] = {"device": resolve_device(device), "precision": precision, **settings}
+    if weights is not None:
+        kwargs["weights"] = weights
+    return cls(**kwargs)
+
+
+__all__ = [
+    "PRECISIONS",
+    "Backend",
+    "Features",
+    "Matches",
+    "available_backends",
+    "backend_class",
+    "create_backend",
+    "resolve_device",
+]

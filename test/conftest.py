@@ -1,0 +1,30 @@
+"""Test-wide set-up: a unique ROS_DOMAIN_ID per run, discovery kept on this machine, data paths."""
+
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+# Before anything imports rclpy: every test run (and every process it starts) gets its own domain,
+# so parallel runs on one machine never see each other, and no discovery traffic leaves localhost.
+if "FM_TEST_DOMAIN_SET" not in os.environ:
+    os.environ["ROS_DOMAIN_ID"] = str(random.SystemRandom().randint(1, 101))
+    os.environ["FM_TEST_DOMAIN_SET"] = "1"
+os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+os.environ.setdefault("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp")
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = Path(os.environ.get("FM_SHARED", REPO.parent / "shared"))
+
+
+@pytest.fixture(scope="session")
+def shared() -> Path:
+    if not SHARED.is_dir():
+        pytest.fail(f"../shared not found at {SHARED}: tests need the shared datasets and fixtures")
+    return SHARED
+
+
+@pytest.fixture(scope="session")
+def repo() -> Path:
+    return REPO
