@@ -1,0 +1,218 @@
+"""A companion node that talks to a running ``matcher_node``: publishes frames, collects every output,
+and gets/sets its parameters through the parameter services (the stand-in for ``ros2 param``).
+
+Used by ``fm-demo`` and the tests. It runs its own rclpy context and executor thread, so it can live
+beside other rclpy code in one process::
+
+    with MatcherClient() as client:
+        client.wait_for_matcher()
+        client.send(rgb, "rgb8", stamp_ns, camera)
+        cloud = client.wait_result(stamp_ns)
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any, Callable, Iterable, Mapping
+
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+from geometry_msgs.msg import PoseStamped, PoseWithCovarianceStamped
+from nav_msgs.msg import Odometry
+from rcl_interfaces.msg import SetParametersResult
+from rcl_interfaces.srv import DescribeParameters, GetParameters, SetParameters, SetParametersAtomically
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.parameter import Parameter, parameter_value_to_python
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
+from std_srvs.srv import Trigger
+
+from ..camera import CameraModel
+from . import conversions as cv
+from .qos import input_qos, latched_qos, output_qos
+
+
+class MatcherClient:
+    """Args:
+        node: the matcher's node name (with namespace, e.g. ``/front/matcher_node``).
+        namespace: where its relative topics live (``""`` = root).
+        qos: the profile to publish with (match the matcher's ``input_qos``).
+        compressed: publish ``image`` as ``CompressedImage`` (PNG).
+    """
+
+    def __init__(self, node: str = "matcher_node", namespace: str = "", qos: str = "reliable",
+                 compressed: bool = False, name: str = "fm_client") -> None:
+        self.target = node if node.startswith("/") else f"{namespace.rstrip('/')}/{node}"
+        self.context = rclpy.Context()
+        rclpy.init(args=[], context=self.context)
+        self.node = rclpy.create_node(name, namespace=namespace, context=self.context)
+        self._cond = threading.Condition()
+        self.matches: dict[int, PointCloud2] = {}
+        self.poses: dict[int, PoseWithCovarianceStamped] = {}
+        self.odometry: dict[int, Odometry] = {}
+        self.keyframes: list[PoseStamped] = []
+        self.debug_images: list[Image] = []
+        self.diagnostics: list[DiagnosticStatus] = []
+        self.arrival: dict[int, float] = {}  # matches stamp -> time.monotonic() on arrival
+        self.compressed = compressed
+        n = self.node
+        self.pub_image = n.create_publisher(CompressedImage if compressed else Image, "image", input_qos(qos))
+        self.pub_info = n.create_publisher(CameraInfo, "camera_info", input_qos(qos))
+        self._subs = [
+            n.create_subscription(PointCloud2, "matches", self._keep(self.matches, True), output_qos(100)),
+            n.create_subscription(PoseWithCovarianceStamped, "relative_pose", self._keep(self.poses), output_qos(100)),
+            n.create_subscription(Odometry, "odometry", self._keep(self.odometry), output_qos(100)),
+            n.create_subscription(PoseStamped, "keyframe", self._append(self.keyframes), latched_qos(100)),
+            n.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, output_qos(100)),
+        ]
+        self._debug_sub = None
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(n)
+        self._spinner = threading.Thread(target=self._spin, daemon=True)
+        self._spinner.start()
+
+    # -- plumbing -----------------------------------------------------------------------------------
+    def _spin(self) -> None:
+        try:
+            self.executor.spin()
+        except Exception:  # noqa: BLE001 - the context was shut down under us
+            pass
+
+    def _keep(self, store: dict, track_arrival: bool = False) -> Callable:
+        def callback(msg: Any) -> None:
+            stamp = cv.stamp_to_ns(msg.header.stamp)
+            with self._cond:
+                store[stamp] = msg
+                if track_arrival:
+                    self.arrival[stamp] = time.monotonic()
+                self._cond.notify_all()
+        return callback
+
+    def _append(self, store: list) -> Callable:
+        def callback(msg: Any) -> None:
+            with self._cond:
+                store.append(msg)
+                self._cond.notify_all()
+        return callback
+
+    def _on_diagnostics(self, msg: DiagnosticArray) -> None:
+        prefix = self.target.lstrip("/") + ":"  # the matcher names its status "<namespace/name>: matcher"
+        with self._cond:
+            self.diagnostics.extend(s for s in msg.status if s.name.startswith(prefix))
+            self._cond.notify_all()
+
+    def wait_until(self, predicate: Callable[[], bool], timeout: float) -> bool:
+        """Wait until ``predicate()`` (evaluated under the client's lock) holds; False on timeout."""
+        with self._cond:
+            return self._cond.wait_for(predicate, timeout)
+
+    def close(self) -> None:
+        self.executor.shutdown(timeout_sec=1.0)
+        self.node.destroy_node()
+        rclpy.try_shutdown(context=self.context)
+        self._spinner.join(timeout=2.0)
+
+    def __enter__(self) -> "MatcherClient":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # -- discovery ------------------------------------------------------------------------------------
+    def wait_for_matcher(self, timeout: float = 30.0) -> bool:
+        """True once the matcher's subscriptions, outputs and parameter services are all connected."""
+        deadline = time.monotonic() + timeout
+        client = self.node.create_client(SetParameters, f"{self.target}/set_parameters")
+        try:
+            while time.monotonic() < deadline:
+                if (self.pub_image.get_subscription_count() > 0 and self.pub_info.get_subscription_count() > 0
+                        and self._subs[0].get_publisher_count() > 0 and client.service_is_ready()):
+                    return True
+                time.sleep(0.05)
+            return False
+        finally:
+            self.node.destroy_client(client)
+
+    def subscribe_debug_image(self, timeout: float = 10.0) -> bool:
+        """Start receiving ``debug_image`` (the matcher draws it only while someone listens)."""
+        if self._debug_sub is None:
+            self._debug_sub = self.node.create_subscription(
+                Image, "debug_image", self._append(self.debug_images), output_qos(10))
+        deadline = time.monotonic() + timeout
+        while self._debug_sub.get_publisher_count() == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return self._debug_sub.get_publisher_count() > 0
+
+    def unsubscribe_debug_image(self) -> None:
+        if self._debug_sub is not None:
+            self.node.destroy_subscription(self._debug_sub)
+            self._debug_sub = None
+
+    # -- frames ---------------------------------------------------------------------------------------
+    def send(self, pixels: np.ndarray, encoding: str, stamp_ns: int, camera: CameraModel | None,
+             frame_id: str = "camera") -> None:
+        """Publish ``camera_info`` (unless ``camera`` is None) and then the image, both stamped ``stamp_ns``."""
+        if camera is not None:
+            self.pub_info.publish(cv.model_to_camera_info(camera, stamp_ns, frame_id))
+        if self.compressed:
+            rgb = pixels if encoding in ("rgb8", "mono8") else cv.to_matcher_image(pixels, encoding)
+            self.pub_image.publish(cv.numpy_to_compressed(rgb, "png", stamp_ns, frame_id))
+        else:
+            self.pub_image.publish(cv.numpy_to_image(pixels, encoding, stamp_ns, frame_id))
+
+    def wait_result(self, stamp_ns: int, timeout: float = 30.0) -> PointCloud2 | None:
+        """The ``matches`` message of the frame stamped ``stamp_ns``, or None on timeout."""
+        if not self.wait_until(lambda: stamp_ns in self.matches, timeout):
+            return None
+        # relative_pose and odometry of the same frame are published right after matches.
+        self.wait_until(lambda: stamp_ns in self.poses and stamp_ns in self.odometry, 0.2)
+        return self.matches[stamp_ns]
+
+    def latest_diagnostics(self, timeout: float = 5.0, after: float | None = None) -> dict[str, str] | None:
+        """The values of the next ``/diagnostics`` status of the matcher (received after now)."""
+        count = len(self.diagnostics)
+        if not self.wait_until(lambda: len(self.diagnostics) > count, timeout):
+            return None
+        return {kv.key: kv.value for kv in self.diagnostics[-1].values}
+
+    # -- parameters (the ros2 param stand-in) ------------------------------------------------------
+    def _call(self, srv_type: Any, name: str, request: Any, timeout: float) -> Any:
+        client = self.node.create_client(srv_type, f"{self.target}/{name}")
+        try:
+            if not client.wait_for_service(timeout_sec=timeout):
+                raise TimeoutError(f"service {self.target}/{name} is not available")
+            future = client.call_async(request)
+            done = threading.Event()
+            future.add_done_callback(lambda _: done.set())
+            if not done.wait(timeout):
+                raise TimeoutError(f"service {self.target}/{name} did not answer in {timeout} s")
+            return future.result()
+        finally:
+            self.node.destroy_client(client)
+
+    def set_parameters(self, values: Mapping[str, Any], timeout: float = 10.0) -> list[SetParametersResult]:
+        """``/<node>/set_parameters``: each parameter is its own change (ROS semantics)."""
+        request = SetParameters.Request(
+            parameters=[Parameter(k, value=v).to_parameter_msg() for k, v in values.items()])
+        return list(self._call(SetParameters, "set_parameters", request, timeout).results)
+
+    def set_parameters_atomically(self, values: Mapping[str, Any], timeout: float = 10.0) -> SetParametersResult:
+        """``/<node>/set_parameters_atomically``: all or nothing."""
+        request = SetParametersAtomically.Request(
+            parameters=[Parameter(k, value=v).to_parameter_msg() for k, v in values.items()])
+        return self._call(SetParametersAtomically, "set_parameters_atomically", request, timeout).result
+
+    def get_parameters(self, names: Iterable[str], timeout: float = 10.0) -> dict[str, Any]:
+        names = list(names)
+        response = self._call(GetParameters, "get_parameters", GetParameters.Request(names=names), timeout)
+        return {n: parameter_value_to_python(v) for n, v in zip(names, response.values)}
+
+    def describe_parameters(self, names: Iterable[str], timeout: float = 10.0) -> dict[str, Any]:
+        names = list(names)
+        response = self._call(DescribeParameters, "describe_parameters",
+                              DescribeParameters.Request(names=names), timeout)
+        return {d.name: d for d in response.descriptors}
+
+    def reset(self, timeout: float = 10.0) -> Trigger.Response:
+        return self._call(Trigger, "reset", Trigger.Request(), timeout)

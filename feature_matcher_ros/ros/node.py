@@ -1,0 +1,379 @@
+"""``matcher_node``: matches every camera frame against the current keyframe and publishes the result.
+
+Threads: the executor thread runs the subscriptions, the parameter services and the diagnostics timer;
+one worker thread runs the frontend. The image callback checks and converts the frame, pairs it with the
+latest ``camera_info`` and leaves it in a one-slot :class:`~.mailbox.Mailbox` (a frame still waiting is
+dropped and counted), so the node always works on the newest frame and never queues.
+
+Topics (relative names, remap as usual):
+
+==================  ======================================  =========================================
+``image``           sensor_msgs/Image (or CompressedImage)  input, QoS from ``input_qos``
+``camera_info``     sensor_msgs/CameraInfo                  input, the latest one is used
+``matches``         sensor_msgs/PointCloud2                 header = the image's header; per point
+                                                            x0 y0 x1 y1 score inlier (float32) and the
+                                                            keyframe stamp kf_sec kf_nanosec (uint32)
+``relative_pose``   geometry_msgs/PoseWithCovarianceStamped current camera in the keyframe camera's
+                                                            frame; stamp = image stamp, frame_id =
+                                                            ``<camera_frame>@<keyframe stamp in ns>``
+``odometry``        nav_msgs/Odometry                       chained keyframe poses in ``odom_frame``
+``keyframe``        geometry_msgs/PoseStamped               each keyframe change; stamp = keyframe stamp
+``debug_image``     sensor_msgs/Image                       drawn matches, only while subscribed
+``/diagnostics``    diagnostic_msgs/DiagnosticArray         rates, latency, drops, rejects by reason
+==================  ======================================  =========================================
+
+Services: ``~/reset`` (std_srvs/Trigger) forgets keyframes, odometry and the stamp order.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from collections import OrderedDict
+from typing import Any, Mapping
+
+import cv2
+import numpy as np
+from diagnostic_msgs.msg import DiagnosticArray
+from geometry_msgs.msg import PoseStamped, PoseWithCovarianceStamped
+from nav_msgs.msg import Odometry
+from rclpy.node import Node
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
+from std_msgs.msg import Header
+from std_srvs.srv import Trigger
+
+from .. import frontend as frontend_module
+from ..backends import PRECISIONS, backend_class, create_backend
+from ..backends import _REGISTRY as BACKEND_NAMES
+from ..frontend import Frontend, FrameResult
+from ..params import ParamSpec
+from . import conversions as cv
+from .diagnostics import Stats
+from .mailbox import Mailbox
+from .odometry import OdometryChain
+from .parameters import LiveParameters, declare
+from .qos import INPUT_QOS_CHOICES, input_qos, latched_qos, output_qos
+
+NODE_NAME = "matcher_node"
+
+# The node's own parameters (the frontend's and the backend's come from Frontend.params()).
+NODE_PARAMS: tuple[ParamSpec, ...] = (
+    ParamSpec("backend", "sift", "Matcher backend.", choices=tuple(sorted(BACKEND_NAMES)), read_only=True),
+    ParamSpec("device", "auto", "cpu, cuda, cuda:N or auto (cuda when torch sees a GPU).", read_only=True),
+    ParamSpec("weights", "", "Checkpoint path for learned backends ('' = the bundled default).", read_only=True),
+    ParamSpec("input_qos", "sensor_data", "QoS of the image and camera_info subscriptions.",
+              choices=INPUT_QOS_CHOICES, read_only=True),
+    ParamSpec("compressed_input", False, "Subscribe to 'image' as sensor_msgs/CompressedImage.", read_only=True),
+    ParamSpec("odom_frame", "odom", "frame_id of odometry and keyframe poses (the first keyframe's camera).",
+              read_only=True),
+    ParamSpec("camera_frame", "", "Camera frame name for outputs ('' = the image header's frame_id).",
+              read_only=True),
+    ParamSpec("diagnostics_period_s", 1.0, "Seconds between /diagnostics reports.", min=0.1, max=60.0,
+              read_only=True),
+    ParamSpec("num_threads", 0, "CPU threads for torch and OpenCV (0 = all cores).", min=0, max=1024),
+    ParamSpec("debug_image.max_lines", 200, "Matches drawn on debug_image (best first).", min=0, max=10000),
+)
+# Used when the frontend lists no precision parameter of its own.
+PRECISION_SPEC = ParamSpec("precision", "fp32", "Numeric precision of the backend.", choices=PRECISIONS)
+# Used when the frontend has no odometry scale parameter of its own.
+SCALE_SPEC = ParamSpec("odometry.scale", 0.0, "Metres per unit relative translation for odometry (0 = unknown "
+                       "scale: unit-length steps, marked unknown in the covariance).", min=0.0, max=1e3)
+LOG_PERIOD_S = 5.0
+# How long an image that arrived before any camera_info waits for one (checked at each diagnostics report).
+CAMERA_INFO_WAIT_S = 0.5
+
+
+class _Frame:
+    """One accepted input frame on its way to the worker."""
+
+    __slots__ = ("pixels", "header", "stamp_ns", "camera", "arrived")
+
+    def __init__(self, pixels: np.ndarray, header: Header, stamp_ns: int, camera: Any, arrived: float) -> None:
+        self.pixels, self.header, self.stamp_ns, self.camera, self.arrived = pixels, header, stamp_ns, camera, arrived
+
+
+class MatcherNode(Node):
+    """The matcher node. Raises (ValueError, RuntimeError, OSError, ...) with a clear message when it cannot
+    start: unknown backend, missing weights, CUDA asked for without CUDA, a parameter out of range."""
+
+    def __init__(self, node_name: str = NODE_NAME, **kwargs: Any) -> None:
+        super().__init__(node_name, **kwargs)
+        try:
+            self._start()
+        except BaseException:
+            self.destroy_node()
+            raise
+
+    # -- start-up ---------------------------------------------------------------------------------
+    def _start(self) -> None:
+        frontend_specs = tuple(getattr(frontend_module, "FRONTEND_PARAMS", ()))
+        names = {s.name for s in frontend_specs}
+        self.node_specs = NODE_PARAMS + ((SCALE_SPEC,) if SCALE_SPEC.name not in names else ())
+        self.values = declare(self, self.node_specs)
+        backend_name = self.values["backend"]
+        backend_specs = backend_class(backend_name).PARAMS
+        frontend_values = declare(self, frontend_specs)
+        backend_values = declare(self, backend_specs)
+        declared = {s.name for s in (*self.node_specs, *frontend_specs, *backend_specs)}
+        if "precision" not in declared:
+            precision = declare(self, [PRECISION_SPEC])["precision"]
+            declared.add("precision")
+        else:
+            precision = frontend_values.pop("precision")
+        self.backend = create_backend(
+            backend_name,
+            device=self.values["device"],
+            precision=precision,
+            weights=self.values["weights"] or None,
+            **backend_values,
+        )
+        self._apply_num_threads(self.values["num_threads"])
+        self.frontend = Frontend(self.backend, frontend_values)
+        specs = self.frontend.params()
+        declare(self, [s for s in specs if s.name not in declared])  # anything the frontend adds
+        self._warn_unknown_overrides()
+
+        # State shared with the worker.
+        self.lock = threading.Lock()  # held while a frame is processed or parameters are applied
+        self.mailbox = Mailbox()
+        self.stats = Stats()
+        self.cameras = cv.CameraInfoCache()
+        self.chain = OdometryChain()
+        self._keyframe_images: OrderedDict[int, np.ndarray] = OrderedDict()
+        self._last_stamp_ns: int | None = None
+        self._announced_keyframe: int | None = None
+        self._log_times: dict[str, float] = {}
+        self._parked: tuple[Any, float] | None = None  # (image message, arrival) waiting for a camera_info
+
+        self.add_on_set_parameters_callback(LiveParameters(
+            [s for s in self.node_specs if not s.read_only],
+            self.values,
+            self.frontend.update,
+            [s.name for s in specs],
+            self.lock,
+            self._on_node_params,
+        ))
+
+        qos = input_qos(self.values["input_qos"])
+        image_type = CompressedImage if self.values["compressed_input"] else Image
+        self.create_subscription(image_type, "image", self._on_image, qos)
+        self.create_subscription(CameraInfo, "camera_info", self._on_camera_info, qos)
+        self.pub_matches = self.create_publisher(PointCloud2, "matches", output_qos())
+        self.pub_pose = self.create_publisher(PoseWithCovarianceStamped, "relative_pose", output_qos())
+        self.pub_odom = self.create_publisher(Odometry, "odometry", output_qos())
+        self.pub_keyframe = self.create_publisher(PoseStamped, "keyframe", latched_qos())
+        self.pub_debug = self.create_publisher(Image, "debug_image", output_qos(depth=2))
+        self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", output_qos())
+        self.create_timer(self.values["diagnostics_period_s"], self._publish_diagnostics)
+        self.create_service(Trigger, "~/reset", self._on_reset)
+
+        self._worker = threading.Thread(target=self._work, name="matcher_worker", daemon=True)
+        self._worker.start()
+        d = self.backend.describe()
+        self.get_logger().info(
+            f"ready: backend {d['backend']} on {d['device']} ({d['precision']}), "
+            f"image type {image_type.__name__}, input QoS {self.values['input_qos']}"
+        )
+
+    def _warn_unknown_overrides(self) -> None:
+        overrides = getattr(self, "_parameter_overrides", {}) or {}
+        unknown = sorted(name for name in overrides if not self.has_parameter(name))
+        if unknown:
+            self.get_logger().warning(f"ignoring unknown parameters {unknown} (typo? see config/matcher.yaml)")
+
+    def close(self) -> None:
+        """Stop the worker (call before ``destroy_node``)."""
+        self.mailbox.close()
+        if self._worker.is_alive():
+            self._worker.join(timeout=10.0)
+
+    # -- inputs (executor thread) ------------------------------------------------------------------
+    def _on_camera_info(self, msg: CameraInfo) -> None:
+        error = self.cameras.update(msg)
+        if error is not None:
+            self._reject(error.reason, str(error))
+        parked, self._parked = self._parked, None
+        if parked is not None:  # the image that came before the first camera_info
+            self._accept(*parked)
+
+    def _on_image(self, msg: Image | CompressedImage) -> None:
+        self.stats.on_input()
+        self._accept(msg, time.monotonic())
+
+    def _accept(self, msg: Image | CompressedImage, arrived: float) -> None:
+        """Check, convert and pair one image with the latest camera_info, then hand it to the worker."""
+        try:
+            if isinstance(msg, CompressedImage):
+                pixels = cv.compressed_to_numpy(msg)
+            else:
+                pixels = cv.to_matcher_image(cv.image_to_numpy(msg), msg.encoding)
+            height, width = pixels.shape[:2]
+            if self.cameras.received == 0 and time.monotonic() - arrived < CAMERA_INFO_WAIT_S:
+                # No camera_info ever: the first image often races its camera_info; keep it a moment.
+                if self._parked is not None:
+                    self._reject("no_camera_info", "no camera_info received yet; images wait for one")
+                self._parked = (msg, arrived)
+                return
+            camera = self.cameras.camera_for(width, height)
+            stamp_ns = cv.stamp_to_ns(msg.header.stamp)
+            if self._last_stamp_ns is not None and stamp_ns <= self._last_stamp_ns:
+                reason = "stamp_repeated" if stamp_ns == self._last_stamp_ns else "stamp_backwards"
+                raise cv.InputError(
+                    reason,
+                    f"image stamp {stamp_ns} ns is not after the previous one ({self._last_stamp_ns} ns); "
+                    "call ~/reset after restarting a recording",
+                )
+        except cv.InputError as err:
+            self._reject(err.reason, str(err))
+            return
+        self._last_stamp_ns = stamp_ns
+        if self.mailbox.put(_Frame(pixels, msg.header, stamp_ns, camera, arrived)):
+            self.stats.on_drop()
+
+    def _expire_parked(self) -> None:
+        parked = self._parked
+        if parked is not None and time.monotonic() - parked[1] >= CAMERA_INFO_WAIT_S:
+            self._parked = None
+            self._accept(*parked)  # now too old to wait: rejected as no_camera_info
+
+    def _reject(self, reason: str, message: str) -> None:
+        """Count a rejected input and log it, at most once per ``LOG_PERIOD_S`` per reason."""
+        self.stats.on_reject(reason)
+        now = time.monotonic()
+        if now - self._log_times.get(reason, -1e9) >= LOG_PERIOD_S:
+            self._log_times[reason] = now
+            count = self.stats.rejected[reason]
+            self.get_logger().warning(f"dropped input ({reason}, {count} so far): {message}")
+
+    def _on_reset(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        with self.lock:
+            self.frontend.reset()
+            self.chain.reset()
+            self._keyframe_images.clear()
+            self._last_stamp_ns = None
+            self._announced_keyframe = None
+        response.success, response.message = True, "keyframes, odometry and stamp order reset"
+        self.get_logger().info("reset: " + response.message)
+        return response
+
+    # -- parameters ---------------------------------------------------------------------------------
+    def _on_node_params(self, changes: Mapping[str, Any]) -> None:
+        """Accepted node-level changes (called with the lock held, so between frames)."""
+        if "num_threads" in changes:
+            self._apply_num_threads(changes["num_threads"])
+
+    @staticmethod
+    def _apply_num_threads(n: int) -> None:
+        n = n or os.cpu_count() or 1
+        cv2.setNumThreads(n)
+        if "torch" in sys.modules:
+            sys.modules["torch"].set_num_threads(n)
+
+    # -- the worker ---------------------------------------------------------------------------------
+    def _work(self) -> None:
+        while not self.mailbox.closed:
+            frame = self.mailbox.take(timeout=0.5)
+            if frame is None:
+                continue
+            try:
+                with self.lock:
+                    started = time.perf_counter()
+                    result = self.frontend.process(frame.pixels, frame.stamp_ns, frame.camera)
+                    process_ms = 1e3 * (time.perf_counter() - started)
+                    scale = float(self.frontend.settings.get("odometry.scale", self.values.get("odometry.scale", 0)))
+                self._publish(frame, result, scale)
+                self.stats.on_output(
+                    1e3 * (time.monotonic() - frame.arrived), process_ms, result.status, result.reason,
+                    result.new_keyframe,
+                )
+                self.stats.last_error = ""
+            except Exception as exc:  # noqa: BLE001 - one bad frame must not stop the node
+                self.stats.last_error = f"processing failed: {type(exc).__name__}: {exc}"
+                self._reject("processing_error", self.stats.last_error)
+
+    # -- outputs (worker thread) --------------------------------------------------------------------
+    def _camera_frame(self, header: Header) -> str:
+        return self.values["camera_frame"] or header.frame_id or "camera"
+
+    def _publish(self, frame: _Frame, result: FrameResult, scale: float) -> None:
+        camera_frame = self._camera_frame(frame.header)
+        odom = self.chain.add(result, scale)
+
+        # The keyframe announcement goes first: a frame matched against a keyframe never arrives before it.
+        keyframe = result.stamp_ns if result.new_keyframe else result.keyframe_stamp_ns
+        if result.new_keyframe:
+            self._keyframe_images[result.stamp_ns] = frame.pixels
+            while len(self._keyframe_images) > 16:
+                self._keyframe_images.popitem(last=False)
+        if keyframe != self._announced_keyframe:
+            self._announced_keyframe = keyframe
+            T_world_kf = self.chain.keyframe_pose(keyframe)
+            self.pub_keyframe.publish(cv.keyframe_msg(
+                T_world_kf if T_world_kf is not None else np.eye(4), keyframe, self.values["odom_frame"]))
+
+        m = result.matches
+        inliers = np.asarray(result.inliers, bool) if result.inliers is not None else np.zeros(len(m), bool)
+        header = Header(stamp=frame.header.stamp, frame_id=frame.header.frame_id)
+        self.pub_matches.publish(cv.matches_to_cloud(
+            m.kpts0, m.kpts1, m.scores, inliers, header, result.keyframe_stamp_ns))
+        pose = result.pose
+        if pose is not None and result.keyframe_stamp_ns != result.stamp_ns:
+            T_kf_cur, cov_kf_cur = cv.invert_with_covariance(pose.R, pose.t, pose.covariance)
+            self.pub_pose.publish(cv.relative_pose_msg(
+                T_kf_cur, cov_kf_cur, result.stamp_ns, camera_frame, result.keyframe_stamp_ns))
+        if odom is not None:
+            T_world_cur, cov = odom
+            self.pub_odom.publish(cv.odometry_msg(
+                T_world_cur, cov, result.stamp_ns, self.values["odom_frame"], camera_frame))
+
+        if self.pub_debug.get_subscription_count() > 0:
+            self.pub_debug.publish(self._debug_image(frame, result, inliers))
+            self.stats.debug_images += 1
+
+    def _debug_image(self, frame: _Frame, result: FrameResult, inliers: np.ndarray) -> Image:
+        """Keyframe (left) and current frame (right), inliers green, outliers red, best matches first."""
+        def bgr(img: np.ndarray) -> np.ndarray:
+            return cv2.cvtColor(img, cv2.COLOR_GRAY2BGR) if img.ndim == 2 else cv2.cvtColor(img, cv2.COLOR_RGB2BGR)
+
+        current = bgr(frame.pixels)
+        kf_pixels = self._keyframe_images.get(result.keyframe_stamp_ns)
+        left = bgr(kf_pixels) if kf_pixels is not None else np.zeros_like(current)
+        h = max(left.shape[0], current.shape[0])
+        canvas = np.zeros((h, left.shape[1] + current.shape[1], 3), np.uint8)
+        canvas[: left.shape[0], : left.shape[1]] = left
+        canvas[: current.shape[0], left.shape[1]:] = current
+        m = result.matches
+        order = np.argsort(-m.scores)[: int(self.values["debug_image.max_lines"])]
+        for i in order:
+            x0, y0 = m.kpts0[i]
+            x1, y1 = m.kpts1[i]
+            color = (0, 200, 0) if inliers[i] else (0, 0, 255)
+            p0 = (int(round(x0)), int(round(y0)))
+            p1 = (int(round(x1)) + left.shape[1], int(round(y1)))
+            cv2.line(canvas, p0, p1, color, 1, cv2.LINE_AA)
+            cv2.circle(canvas, p1, 2, color, -1, cv2.LINE_AA)
+        text = (f"{result.status}  matches {len(m)}  inliers {int(inliers.sum())}  "
+                f"{result.reason or result.keyframe_reason}")
+        cv2.putText(canvas, text, (8, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 0), 1, cv2.LINE_AA)
+        return cv.numpy_to_image(canvas, "bgr8", result.stamp_ns, frame.header.frame_id)
+
+    # -- diagnostics (executor thread) --------------------------------------------------------------
+    def _publish_diagnostics(self) -> None:
+        self._expire_parked()
+        d = self.backend.describe()
+        info = {
+            "backend": d.get("backend", ""),
+            "device": d.get("device", ""),
+            "precision": d.get("precision", ""),
+            "input_qos": self.values["input_qos"],
+            "camera_info_received": self.cameras.received,
+            "keyframe_stamp_ns": self._announced_keyframe if self._announced_keyframe is not None else "",
+        }
+        name = f"{self.get_fully_qualified_name().lstrip('/')}: matcher"
+        status = self.stats.status(name, str(d.get("device", "")), info)
+        msg = DiagnosticArray()
+        msg.header.stamp = self.get_clock().now().to_msg()
+        msg.status = [status]
+        self.pub_diag.publish(msg)

@@ -1,0 +1,60 @@
+"""Helpers for the node tests: start ``matcher_node`` as its own process, talk to it over real DDS."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
+import cv2
+
+from feature_matcher_ros.ros.client import MatcherClient
+from feature_matcher_ros.tools.demo import read_sequence, stop
+
+REPO = Path(__file__).resolve().parent.parent
+PARAMS_FILE = REPO / "config" / "matcher.yaml"
+
+
+def load_frames(shared: Path, count: int | None = None):
+    """``(frames, camera, truth)`` of the shared TUM snippet, frames as ``(stamp_ns, rgb)``."""
+    frames, camera, truth = read_sequence(shared / "data" / "tum_fr2_desk")
+    frames = frames[:count] if count else frames
+    rgb = [(stamp, cv2.cvtColor(cv2.imread(str(path), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)) for stamp, path in frames]
+    return rgb, camera, truth
+
+
+@contextmanager
+def running_node(log_path: Path, *overrides: str, name: str = "matcher_node", namespace: str = "",
+                 compressed: bool = False):
+    """``matcher_node`` started with ``--params-file config/matcher.yaml`` and ``-p`` ``overrides`` (in
+    ``namespace``, so that several can run side by side), plus a
+    connected :class:`MatcherClient`; the node is stopped with SIGINT at the end (its log in ``log_path``)."""
+    command = [sys.executable, "-m", "feature_matcher_ros.matcher_node", "--ros-args",
+               "--params-file", str(PARAMS_FILE), "-r", f"__node:={name}"]
+    if namespace:
+        command += ["-r", f"__ns:={namespace}"]
+    for item in overrides:
+        command += ["-p", item]
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        client = MatcherClient(node=name, namespace=namespace, compressed=compressed)
+        try:
+            if not client.wait_for_matcher(timeout=60.0):
+                raise RuntimeError(f"matcher_node did not come up (exit code {process.poll()}):\n"
+                                   + log_path.read_text(errors="replace"))
+            yield process, client
+        finally:
+            client.close()
+            code = stop(process)
+            if code not in (0, -2):
+                print(log_path.read_text(errors="replace"))
+
+
+def run_cli(*overrides: str, timeout: float = 60.0) -> subprocess.CompletedProcess:
+    """Run ``matcher_node`` expecting it to exit by itself (start-up errors)."""
+    command = [sys.executable, "-m", "feature_matcher_ros.matcher_node", "--ros-args",
+               "--params-file", str(PARAMS_FILE)]
+    for item in overrides:
+        command += ["-p", item]
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout)

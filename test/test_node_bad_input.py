@@ -1,0 +1,149 @@
+"""Bad input never takes matcher_node down: each kind is counted in /diagnostics under its own reason and a
+good frame afterwards is still answered. Start-up errors end the process with one clear line, no traceback."""
+
+import math
+
+import pytest
+from sensor_msgs.msg import CompressedImage, Image
+
+from feature_matcher_ros.ros import conversions as cv
+from ros_helpers import load_frames, run_cli, running_node
+
+NS = 1_000_000_000
+
+
+@pytest.fixture(scope="module")
+def node(shared, tmp_path_factory):
+    frames, camera, _ = load_frames(shared, count=4)
+    log = tmp_path_factory.mktemp("node") / "matcher_node.log"
+    with running_node(log, "backend:=sift", "device:=cpu", "input_qos:=reliable",
+                      "diagnostics_period_s:=0.2") as (process, client):
+        yield client, process, frames, camera
+
+
+def wait_reason(client, reason, at_least=1, timeout=10.0):
+    """The diagnostics once ``rejected.<reason>`` reaches ``at_least`` (None on timeout)."""
+    key = f"rejected.{reason}"
+    last = None
+    for _ in range(int(timeout / 0.2)):
+        last = client.latest_diagnostics(timeout=2.0)
+        if last is not None and int(last.get(key, 0)) >= at_least:
+            return last
+    pytest.fail(f"{key} never reached {at_least}; last diagnostics: {last}")
+
+
+def send_until_answered(client, rgb, first_stamp, camera, tries=5):
+    """A driver publishes camera_info with every image: resend (new stamps) until a frame is answered."""
+    for i in range(tries):
+        stamp = first_stamp + i * NS // 100
+        client.send(rgb, "rgb8", stamp, camera, "cam")
+        if client.wait_result(stamp, timeout=30.0 if i == 0 else 10.0) is not None:
+            return stamp
+    pytest.fail("no good frame was answered")
+
+
+def test_bad_inputs_are_counted_and_the_node_keeps_serving(node):
+    client, process, frames, camera = node
+    (s0, rgb0), (s1, rgb1), (s2, rgb2), (s3, rgb3) = frames
+
+    # 1. An image before any camera_info (waits CAMERA_INFO_WAIT_S for one, then is dropped).
+    client.send(rgb0, "rgb8", s0, None, "cam")
+    wait_reason(client, "no_camera_info")
+    assert s0 not in client.matches
+
+    # 2. A broken camera_info (NaN focal length): counted, and images are not matched with it.
+    broken = cv.model_to_camera_info(camera, s0, "cam")
+    k = list(broken.k)
+    k[0] = math.nan
+    broken.k = k
+    client.pub_info.publish(broken)
+    client.send(rgb0, "rgb8", s0 + 1, None, "cam")
+    wait_reason(client, "bad_camera_info")
+
+    # 3. Good frames are answered again (camera_info comes with each one).
+    good = send_until_answered(client, rgb0, s0 + 2, camera)
+
+    # 4. Malformed images, each with its reason.
+    bad = {
+        "unknown_encoding": Image(height=480, width=640, encoding="yuv422", step=1280, data=bytes(1280 * 480)),
+        "zero_size": Image(height=0, width=640, encoding="rgb8", step=1920, data=b""),
+        "short_data": Image(height=480, width=640, encoding="rgb8", step=1920, data=bytes(1920 * 479)),
+        "bad_step": Image(height=480, width=640, encoding="rgb8", step=1000, data=bytes(1000 * 480)),
+        "size_mismatch": cv.numpy_to_image(rgb1[::2, ::2], "rgb8"),
+    }
+    for i, (reason, msg) in enumerate(bad.items()):  # one at a time: the publisher keeps only the last 5
+        msg.header.stamp = cv.ns_to_stamp(s1 + i)
+        msg.header.frame_id = "cam"
+        client.pub_image.publish(msg)
+        wait_reason(client, reason)
+    # 5. Stamps going backwards, and a repeated stamp.
+    client.send(rgb1, "rgb8", good - NS, camera, "cam")
+    wait_reason(client, "stamp_backwards")
+    client.send(rgb1, "rgb8", good, camera, "cam")
+    wait_reason(client, "stamp_repeated")
+
+    # 6. The node still serves: the next good frame is matched against the keyframe.
+    stamp = s3 + NS
+    client.send(rgb3, "rgb8", stamp, camera, "cam")
+    cloud = client.wait_result(stamp, timeout=30.0)
+    assert cloud is not None and cloud.width > 50
+    diag = client.latest_diagnostics(timeout=5.0)
+    assert int(diag["frames_processed"]) >= 2
+    assert int(diag["rejected_total"]) >= len(bad) + 4
+    for s in (s1, s1 + 1, s1 + 2, s1 + 3, s1 + 4, good - NS):
+        assert s not in client.matches
+
+    # 7. After ~/reset (e.g. a recording restarted) earlier stamps are welcome again: a new first keyframe.
+    assert client.reset().success
+    cloud = client.wait_result(send_until_answered(client, rgb0, good - NS, camera), timeout=1.0)
+    assert cloud.width == 0
+    assert client.wait_until(
+        lambda: bool(client.keyframes) and cv.stamp_to_ns(client.keyframes[-1].header.stamp) == good - NS, 5.0)
+    assert process.poll() is None
+
+
+@pytest.mark.parametrize(
+    "overrides, expected",
+    [
+        (["backend:=nope"], "backend"),
+        (["device:=cpu", "max_matches:=-5"], "max_matches"),
+        (["device:=cpu", "ransac.threshold_px:=2"], "ransac.threshold_px"),  # an integer for a double
+        (["backend:=sptd2", "device:=cpu", "weights:=/nonexistent/sptd2.pt"], "/nonexistent/sptd2.pt"),
+    ],
+)
+def test_startup_errors_exit_with_a_clear_message(overrides, expected):
+    done = run_cli(*overrides)
+    assert done.returncode == 2
+    assert "cannot start" in done.stderr and expected in done.stderr
+    assert "Traceback" not in done.stderr + done.stdout
+
+
+def test_cuda_without_cuda_is_a_clear_startup_error():
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    done = run_cli("device:=cuda")
+    assert done.returncode == 2 and "CUDA" in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.fixture(scope="module")
+def compressed_node(shared, tmp_path_factory):
+    frames, camera, _ = load_frames(shared, count=2)
+    log = tmp_path_factory.mktemp("node") / "matcher_node_compressed.log"
+    with running_node(log, "backend:=sift", "device:=cpu", "input_qos:=reliable", "compressed_input:=true",
+                      "diagnostics_period_s:=0.2", compressed=True, namespace="/compressed") as (process, client):
+        yield client, process, frames, camera
+
+
+def test_compressed_input_and_undecodable_data(compressed_node):
+    client, process, ((s0, rgb0), (s1, rgb1)), camera = compressed_node
+    good = send_until_answered(client, rgb0, s0, camera)
+    client.pub_image.publish(CompressedImage(header=cv.numpy_to_image(rgb1, "rgb8", good + 1, "cam").header,
+                                             format="jpeg", data=b"\xff\xd8 definitely not a jpeg"))
+    wait_reason(client, "decode_failed")
+    client.send(rgb1, "rgb8", s1, camera, "cam")  # sent as PNG
+    cloud = client.wait_result(s1, timeout=30.0)
+    assert cloud is not None and cloud.width > 50
+    pose = client.poses[s1]
+    assert cv.parse_keyframe_frame_id(pose.header.frame_id)[1] == good
+    assert process.poll() is None
