@@ -1,0 +1,227 @@
+"""Classical backends needing no weights: OpenCV SIFT (accurate) and ORB (fast).
+
+``extract`` detects keypoints and descriptors in one image; ``match`` keeps mutual nearest neighbours that
+pass Lowe's ratio test (one match per distinct pixel pair). The score of a match is ``1 - d1 / d2``
+(``d1``, ``d2``: distances to the nearest and second-nearest descriptor in the other image), in ``[0, 1]``,
+higher = more distinctive.
+
+Features.data (numpy; these backends always run on the CPU, ``device`` reads ``"cpu"``):
+    ``keypoints``: ``(N, 2)`` float32 ``(x, y)`` pixels; ``scores``: ``(N,)`` float32 detector response;
+    ``descriptors``: ``(N, 128)`` SIFT (float32, or float16 when the precision is ``fp16``) or ``(N, 32)``
+    uint8 ORB bits.
+
+Example:
+    >>> import numpy as np
+    >>> backend = SiftBackend(**{"sift.max_keypoints": 500})
+    >>> image = (np.random.default_rng(0).random((120, 160)) * 255).astype(np.uint8)
+    >>> feats = backend.extract(image)
+    >>> feats.data["descriptors"].shape[1], feats.backend
+    (128, 'sift')
+    >>> locations = np.unique(feats.data["keypoints"], axis=0)
+    >>> len(backend.match(feats, feats)) == len(locations)   # every keypoint location matches itself
+    True
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Mapping
+
+import cv2
+import numpy as np
+
+from ..params import ParamSpec
+from .base import Backend, Features, Matches
+
+
+def _as_gray(image: Any, who: str) -> np.ndarray:
+    """``(H, W)`` uint8 from a gray or RGB uint8 array, or a ValueError naming what is wrong."""
+    if not isinstance(image, np.ndarray):
+        raise ValueError(f"{who}: image must be a numpy array, got {type(image).__name__}")
+    if image.dtype != np.uint8:
+        raise ValueError(f"{who}: image must be uint8, got {image.dtype}")
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[:, :, 0]
+    if image.ndim == 3 and image.shape[2] in (3, 4):
+        image = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY if image.shape[2] == 3 else cv2.COLOR_RGBA2GRAY)
+    if image.ndim != 2 or image.shape[0] < 8 or image.shape[1] < 8:
+        raise ValueError(f"{who}: image must be (H, W) or (H, W, 3) with H, W >= 8, got shape {image.shape}")
+    return np.ascontiguousarray(image)
+
+
+def mutual_ratio_match(dist: np.ndarray, ratio: float, mutual: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Mutual nearest neighbours passing the ratio test on a distance matrix.
+
+    Args:
+        dist: ``(N0, N1)`` float32 distances (smaller = more similar); used as scratch space (entries are
+            changed and restored).
+        ratio: keep a match when ``d1 < ratio * d2`` in the 0 -> 1 direction (1.0 disables the test).
+        mutual: also require that the 1 -> 0 nearest neighbour points back.
+    Returns:
+        ``(M, 2)`` int64 index pairs and ``(M,)`` float32 scores ``1 - d1 / d2`` (1 when there is no second
+        neighbour).
+    """
+    n0, n1 = dist.shape
+    if n0 == 0 or n1 == 0:
+        return np.zeros((0, 2), np.int64), np.zeros(0, np.float32)
+    rows = np.arange(n0)
+    nn = np.argmin(dist, axis=1)
+    d1 = dist[rows, nn].copy()
+    back = np.argmin(dist, axis=0)
+    if n1 >= 2:
+        # Second-nearest distance: hide the nearest, take the row minimum, put it back (no full sort).
+        dist[rows, nn] = np.inf
+        d2 = dist.min(axis=1)
+        dist[rows, nn] = d1
+    else:
+        d2 = np.full(n0, np.inf, np.float32)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rel = np.where(d2 > 0, d1 / d2, 1.0)
+    keep = rel < ratio if ratio < 1.0 else np.ones(n0, bool)
+    if mutual:
+        keep &= back[nn] == rows
+    idx0 = np.nonzero(keep)[0]
+    pairs = np.stack([idx0, nn[idx0]], axis=1).astype(np.int64)
+    scores = np.clip(1.0 - rel[idx0], 0.0, 1.0).astype(np.float32)
+    return pairs, scores
+
+
+class _OpenCVBackend(Backend):
+    """Shared extract/match logic; subclasses make the detector and the distance matrix."""
+
+    _descriptor_size: ClassVar[int] = 0
+
+    def __init__(self, device: str = "cpu", precision: str = "fp32", **settings: Any) -> None:
+        super().__init__(device=device, precision=precision, **settings)
+        # OpenCV's SIFT/ORB run on the CPU and the payload is numpy: "cpu" whatever was asked ("auto" and
+        # "cuda" are accepted so that one launch file can switch backends).
+        self.device = "cpu"
+
+    def _detector(self) -> Any:
+        raise NotImplementedError
+
+    def _distances(self, d0: np.ndarray, d1: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def _store_descriptors(self, desc: np.ndarray) -> np.ndarray:
+        return desc
+
+    def apply(self, settings: Mapping[str, Any]) -> None:
+        super().apply(settings)
+        self._cv = self._detector()  # detector parameters take effect from the next extract
+
+    def extract(self, image: np.ndarray) -> Features:
+        gray = _as_gray(image, f"{self.name}.extract")
+        kps, desc = self._cv.detectAndCompute(gray, None)
+        if desc is None or len(kps) == 0:
+            kpts = np.zeros((0, 2), np.float32)
+            resp = np.zeros(0, np.float32)
+            desc = np.zeros((0, self._descriptor_size), self._empty_dtype())
+        else:
+            kpts = np.array([k.pt for k in kps], np.float32).reshape(-1, 2)
+            resp = np.array([k.response for k in kps], np.float32)
+        return Features(
+            backend=self.name,
+            image_size=(int(gray.shape[0]), int(gray.shape[1])),
+            data={"keypoints": kpts, "descriptors": self._store_descriptors(desc), "scores": resp},
+            precision=self.precision,
+            device=self.device,
+        )
+
+    def _empty_dtype(self) -> Any:
+        return np.float32
+
+    def match(self, feats0: Features, feats1: Features) -> Matches:
+        for which, f in (("feats0", feats0), ("feats1", feats1)):
+            if not isinstance(f, Features) or f.backend != self.name:
+                got = getattr(f, "backend", type(f).__name__)
+                raise ValueError(f"{self.name}.match: {which} was made by {got!r}, not {self.name!r}")
+        d0, d1 = feats0.data["descriptors"], feats1.data["descriptors"]
+        if len(d0) == 0 or len(d1) == 0:
+            return Matches.empty()
+        prefix = self.name
+        pairs, scores = mutual_ratio_match(
+            self._distances(d0, d1), float(self.settings[f"{prefix}.ratio"]), bool(self.settings[f"{prefix}.mutual"])
+        )
+        k0, k1 = feats0.data["keypoints"][pairs[:, 0]], feats1.data["keypoints"][pairs[:, 1]]
+        # SIFT puts several orientations on one location: the same pixel pair can match twice. Keep the
+        # best-scoring copy so that RANSAC and inlier counts see each correspondence once.
+        order = np.argsort(-scores, kind="stable")
+        _, first = np.unique(np.concatenate([k0, k1], axis=1)[order], axis=0, return_index=True)
+        keep = np.sort(order[first])
+        return Matches(k0[keep], k1[keep], scores[keep])
+
+    def convert_features(self, feats: Features) -> Features | None:
+        """Numpy features re-labelled (and descriptors re-typed) for this backend's precision/device."""
+        if feats.backend != self.name:
+            return None
+        data = dict(feats.data)
+        data["descriptors"] = self._store_descriptors(np.asarray(data["descriptors"]))
+        return Features(feats.backend, feats.image_size, data, precision=self.precision, device=self.device)
+
+
+class SiftBackend(_OpenCVBackend):
+    """OpenCV SIFT + mutual nearest neighbour + Lowe ratio on L2 distances."""
+
+    name: ClassVar[str] = "sift"
+    _descriptor_size: ClassVar[int] = 128
+    PARAMS: ClassVar[tuple[ParamSpec, ...]] = (
+        ParamSpec("sift.max_keypoints", 2048, "Keep at most this many strongest keypoints (0 = all).",
+                  min=0, max=100000),
+        ParamSpec("sift.ratio", 0.8, "Lowe ratio: keep a match when d1 < ratio * d2 (1 = off).", min=0.1, max=1.0),
+        ParamSpec("sift.mutual", True, "Keep only mutual nearest neighbours."),
+        ParamSpec("sift.contrast_threshold", 0.04, "SIFT detector contrast threshold.", min=0.0, max=1.0),
+        ParamSpec("sift.edge_threshold", 10.0, "SIFT detector edge threshold.", min=1.0, max=100.0),
+    )
+
+    def _detector(self) -> Any:
+        s = self.settings
+        return cv2.SIFT_create(
+            nfeatures=int(s["sift.max_keypoints"]),
+            contrastThreshold=float(s["sift.contrast_threshold"]),
+            edgeThreshold=float(s["sift.edge_threshold"]),
+        )
+
+    def _store_descriptors(self, desc: np.ndarray) -> np.ndarray:
+        # fp16 halves the cached keyframe memory; bf16 has no numpy type, so it stays float32.
+        return desc.astype(np.float16 if self.precision == "fp16" else np.float32, copy=False)
+
+    def _distances(self, d0: np.ndarray, d1: np.ndarray) -> np.ndarray:
+        a = d0.astype(np.float32, copy=False)
+        b = d1.astype(np.float32, copy=False)
+        sq = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * (a @ b.T)
+        return np.sqrt(np.maximum(sq, 0.0))
+
+
+class OrbBackend(_OpenCVBackend):
+    """OpenCV ORB + mutual nearest neighbour + ratio test on Hamming distances (the fast option)."""
+
+    name: ClassVar[str] = "orb"
+    _descriptor_size: ClassVar[int] = 32
+    PARAMS: ClassVar[tuple[ParamSpec, ...]] = (
+        ParamSpec("orb.max_keypoints", 1000, "Keep at most this many keypoints (matching cost grows with its square).",
+                  min=1, max=100000),
+        ParamSpec("orb.ratio", 0.9, "Ratio test on Hamming distances: keep when d1 < ratio * d2 (1 = off).",
+                  min=0.1, max=1.0),
+        ParamSpec("orb.mutual", True, "Keep only mutual nearest neighbours."),
+        ParamSpec("orb.scale_factor", 1.2, "Pyramid decimation ratio.", min=1.01, max=2.0),
+        ParamSpec("orb.levels", 8, "Number of pyramid levels.", min=1, max=16),
+        ParamSpec("orb.fast_threshold", 20, "FAST corner threshold.", min=1, max=255),
+    )
+
+    def _detector(self) -> Any:
+        s = self.settings
+        return cv2.ORB_create(
+            nfeatures=int(s["orb.max_keypoints"]),
+            scaleFactor=float(s["orb.scale_factor"]),
+            nlevels=int(s["orb.levels"]),
+            fastThreshold=int(s["orb.fast_threshold"]),
+        )
+
+    def _empty_dtype(self) -> Any:
+        return np.uint8
+
+    def _distances(self, d0: np.ndarray, d1: np.ndarray) -> np.ndarray:
+        a = np.unpackbits(d0, axis=1).astype(np.float32)
+        b = np.unpackbits(d1, axis=1).astype(np.float32)
+        # Hamming = |a| + |b| - 2 a.b on bit vectors (exact in float32 for 256 bits).
+        return a.sum(1)[:, None] + b.sum(1)[None, :] - 2.0 * (a @ b.T)

@@ -1,0 +1,125 @@
+"""SIFT and ORB backends on real TUM images: features, mutual ratio matching, live parameters, precision."""
+
+import cv2
+import numpy as np
+import pytest
+
+from feature_matcher_ros.backends import available_backends, create_backend
+from feature_matcher_ros.backends.base import Features
+from feature_matcher_ros.backends.sift import OrbBackend, SiftBackend, mutual_ratio_match
+from feature_matcher_ros.camera import CameraModel
+from feature_matcher_ros.geometry import estimate_relative_pose, invert, rotation_error_deg
+from feature_matcher_ros.tools.bench_geometry import read_image_list, read_tum_trajectory
+
+
+@pytest.fixture(scope="module")
+def tum(shared):
+    ds = shared / "data" / "tum_fr2_desk"
+    frames = read_image_list(ds)
+    gt = read_tum_trajectory(ds / "groundtruth.txt")
+    (s0, p0), (s1, p1) = frames[0], frames[3]
+    T = invert(gt[s1]) @ gt[s0]
+    cam = CameraModel.from_yaml(ds / "intrinsics.yaml")
+    return cv2.imread(str(p0), cv2.IMREAD_GRAYSCALE), cv2.imread(str(p1), cv2.IMREAD_GRAYSCALE), T, cam
+
+
+def test_registry():
+    assert {"sift", "orb"} <= set(available_backends())
+    assert isinstance(create_backend("sift", **{"sift.ratio": 0.7}), SiftBackend)
+    assert isinstance(create_backend("orb"), OrbBackend)
+    with pytest.raises(ValueError, match="unknown settings"):
+        SiftBackend(**{"sift.nope": 1})
+    with pytest.raises(ValueError, match="sift.ratio"):
+        SiftBackend(**{"sift.ratio": 2.0})
+
+
+@pytest.mark.parametrize("cls,dim,dtype", [(SiftBackend, 128, np.float32), (OrbBackend, 32, np.uint8)])
+def test_extract(tum, cls, dim, dtype):
+    backend = cls()
+    image = tum[0]
+    f = backend.extract(image)
+    k, d = f.data["keypoints"], f.data["descriptors"]
+    assert f.backend == cls.name and f.image_size == (480, 640) and f.precision == "fp32" and f.device == "cpu"
+    assert k.dtype == np.float32 and k.shape[1] == 2 and 300 < len(k) <= 2048
+    assert d.shape == (len(k), dim) and d.dtype == dtype
+    assert np.all((k >= -0.5) & (k <= [639.5, 479.5]))
+    assert f.nbytes == k.nbytes + d.nbytes + f.data["scores"].nbytes
+    # RGB input is converted; a blank image gives empty (not crashing) features and no matches.
+    rgb = np.repeat(image[:, :, None], 3, axis=2)
+    assert len(backend.extract(rgb).data["keypoints"]) == pytest.approx(len(k), rel=0.05)
+    blank = backend.extract(np.zeros((64, 64), np.uint8))
+    assert len(blank.data["keypoints"]) == 0
+    assert len(backend.match(blank, f)) == 0
+
+
+@pytest.mark.parametrize("cls", [SiftBackend, OrbBackend])
+def test_matches_give_the_true_pose(tum, cls):
+    image0, image1, T, cam = tum
+    backend = cls()
+    m = backend.match(backend.extract(image0), backend.extract(image1))
+    assert len(m) > 150
+    assert np.all((m.scores >= 0) & (m.scores <= 1))
+    # Mutual nearest neighbours: no (keypoint, keypoint) pair is repeated.
+    assert len(np.unique(np.concatenate([m.kpts0, m.kpts1], axis=1), axis=0)) == len(m)
+    pose, reason = estimate_relative_pose(m.kpts0, m.kpts1, cam, cam, method="poselib")
+    assert pose is not None, reason
+    assert rotation_error_deg(pose.R, T[:3, :3]) < 1.0
+    assert pose.num_inliers > 0.6 * len(m)
+    # Higher score = better: the top half is at least as often an inlier as the bottom half.
+    order = np.argsort(-m.scores)
+    top, bottom = order[: len(m) // 2], order[len(m) // 2:]
+    assert pose.inliers[top].mean() >= pose.inliers[bottom].mean()
+
+
+def test_live_ratio_and_keypoints(tum):
+    image0, image1, _, _ = tum
+    backend = SiftBackend()
+    f0, f1 = backend.extract(image0), backend.extract(image1)
+    n_default = len(backend.match(f0, f1))
+    assert backend.validate({**backend.settings, "sift.ratio": 0.5}) is None
+    backend.apply({**backend.settings, "sift.ratio": 0.5})
+    n_strict = len(backend.match(f0, f1))
+    assert 0 < n_strict < n_default
+    backend.apply({**backend.settings, "sift.max_keypoints": 200})
+    assert len(backend.extract(image0).data["keypoints"]) <= 200
+    assert "sift.ratio" in backend.validate({**backend.settings, "sift.ratio": "x"})
+
+
+def test_mutual_ratio_match_small_cases():
+    dist = np.array([[0.1, 0.9, 0.8], [0.5, 0.45, 0.9]], np.float32)
+    pairs, scores = mutual_ratio_match(dist.copy(), ratio=0.8)
+    assert pairs.tolist() == [[0, 0]] and scores[0] == pytest.approx(1 - 0.1 / 0.8)
+    # Row 1 fails the ratio test (0.45 / 0.5); without it, it is a mutual match.
+    pairs, _ = mutual_ratio_match(dist.copy(), ratio=1.0)
+    assert pairs.tolist() == [[0, 0], [1, 1]]
+    one_column = np.array([[0.2], [0.1]], np.float32)
+    pairs, scores = mutual_ratio_match(one_column, ratio=0.8)
+    assert pairs.tolist() == [[1, 0]] and scores.tolist() == [1.0]
+    assert mutual_ratio_match(np.zeros((0, 4), np.float32), 0.8)[0].shape == (0, 2)
+
+
+def test_precision_conversion(tum):
+    backend = SiftBackend()
+    f = backend.extract(tum[0])
+    backend.set_precision("fp16")
+    g = backend.convert_features(f)
+    assert g.precision == "fp16" and g.data["descriptors"].dtype == np.float16
+    assert g.nbytes < f.nbytes
+    h = backend.extract(tum[1])
+    assert h.data["descriptors"].dtype == np.float16
+    assert len(backend.match(g, h)) > 150
+    other = Features("orb", f.image_size, f.data)
+    assert backend.convert_features(other) is None
+
+
+def test_bad_input(tum):
+    backend = SiftBackend()
+    with pytest.raises(ValueError, match="uint8"):
+        backend.extract(tum[0].astype(np.float32))
+    with pytest.raises(ValueError, match="shape"):
+        backend.extract(np.zeros((4, 4), np.uint8))
+    with pytest.raises(ValueError, match="numpy"):
+        backend.extract([[1, 2], [3, 4]])
+    orb = OrbBackend()
+    with pytest.raises(ValueError, match="made by 'orb'"):
+        backend.match(orb.extract(tum[0]), backend.extract(tum[0]))
