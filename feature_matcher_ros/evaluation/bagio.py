@@ -1,0 +1,665 @@
+"""Reading and writing rosbag2 (mcap and sqlite3) with ``rosbags`` (pure Python, no ROS needed).
+
+Reading: topic discovery (image, camera info, ground truth), image decoding, camera models from
+``sensor_msgs/CameraInfo``, ground truth from ``PoseStamped``, ``PoseWithCovarianceStamped``,
+``Odometry`` or ``TF`` (a frame's chain of parents, static links from ``/tf_static``).
+Writing: a bag from a dataset folder in the ``../shared/data`` sequence layout (see ``make_bag``).
+
+Every problem a user can cause (missing topic, no camera info, unknown encoding, truncated or
+corrupt file) raises :class:`BagError` with a one-line message naming it.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from .trajectory import Trajectory, TrajectoryError, pose_matrix
+
+IMAGE = "sensor_msgs/msg/Image"
+COMPRESSED_IMAGE = "sensor_msgs/msg/CompressedImage"
+CAMERA_INFO = "sensor_msgs/msg/CameraInfo"
+POSE_STAMPED = "geometry_msgs/msg/PoseStamped"
+POSE_COV_STAMPED = "geometry_msgs/msg/PoseWithCovarianceStamped"
+ODOMETRY = "nav_msgs/msg/Odometry"
+TF = "tf2_msgs/msg/TFMessage"
+GT_TYPES = (POSE_STAMPED, POSE_COV_STAMPED, ODOMETRY, TF)
+
+#: encodings -> (channels, dtype); decoded to (H, W) uint8 gray or (H, W, 3) uint8 RGB. The same set and
+#: the same conversions as the node (feature_matcher_ros.ros.conversions), so offline and live see equal pixels.
+ENCODINGS = {
+    "mono8": (1, np.uint8), "8UC1": (1, np.uint8),
+    "mono16": (1, np.uint16), "16UC1": (1, np.uint16),
+    "rgb8": (3, np.uint8), "bgr8": (3, np.uint8),
+    "rgba8": (4, np.uint8), "bgra8": (4, np.uint8),
+}
+DISTORTION_MODELS = ("", "plumb_bob", "rational_polynomial")
+
+
+class BagError(Exception):
+    """A bag that cannot be used as asked; the message says why (the tools exit with code 2)."""
+
+
+@lru_cache(maxsize=1)
+def typestore():
+    """The message type store: ROS 2 Kilted (the distribution this package's wheels target)."""
+    from rosbags.typesys import Stores, get_typestore
+
+    return get_typestore(Stores.ROS2_KILTED)
+
+
+def stamp_ns(header: Any) -> int:
+    """A header's stamp in integer nanoseconds."""
+    return int(header.stamp.sec) * 1_000_000_000 + int(header.stamp.nanosec)
+
+
+# -- opening -------------------------------------------------------------------------------------------
+
+@contextmanager
+def open_bag(path: str | Path) -> Iterator[Any]:
+    """An open :class:`rosbags.rosbag2.Reader`; every failure becomes a :class:`BagError`."""
+    from rosbags.rosbag2 import Reader
+
+    path = Path(path)
+    if not path.exists():
+        raise BagError(f"bag {path} does not exist")
+    if path.is_file() and path.suffix not in (".mcap", ".db3"):
+        raise BagError(f"{path} is not a rosbag2 (expected a bag folder, a .mcap or a .db3 file)")
+    try:
+        reader = Reader(path)
+        reader.open()
+    except BagError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - rosbags raises many types for broken files
+        raise BagError(f"cannot open bag {path}: {_describe(exc)} (truncated or corrupt file?)") from None
+    try:
+        yield reader
+    finally:
+        try:
+            reader.close()
+        except Exception:  # noqa: BLE001 - closing a broken bag must not hide the first error
+            pass
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0]
+
+
+def messages(reader: Any, topics: list[str]) -> Iterator[tuple[str, int, Any]]:
+    """``(topic, log_time_ns, message)`` of the given topics in log-time order, deserialised; a read or
+    decode failure becomes a :class:`BagError` naming the topic."""
+    conns = [c for c in reader.connections if c.topic in topics]
+    store = typestore()
+    it = reader.messages(connections=conns)
+    while True:
+        try:
+            conn, t, raw = next(it)
+        except StopIteration:
+            return
+        except Exception as exc:  # noqa: BLE001
+            raise BagError(f"bag {reader.path} is unreadable after some messages: {_describe(exc)} "
+                           f"(truncated or corrupt file?)") from None
+        try:
+            msg = store.deserialize_cdr(raw, conn.msgtype)
+        except Exception as exc:  # noqa: BLE001
+            raise BagError(f"cannot decode a {conn.msgtype} message on {conn.topic}: {_describe(exc)}") from None
+        yield conn.topic, t, msg
+
+
+def topic_types(reader: Any) -> dict[str, str]:
+    """topic -> message type, for every topic in the bag."""
+    return {c.topic: c.msgtype for c in reader.connections}
+
+
+def topic_counts(reader: Any) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for c in reader.connections:
+        counts[c.topic] = counts.get(c.topic, 0) + int(c.msgcount)
+    return counts
+
+
+# -- discovery -----------------------------------------------------------------------------------------
+
+@dataclass
+class BagTopics:
+    """The topics an evaluation reads."""
+
+    image: str
+    image_type: str
+    camera_info: str
+    ground_truth: str | None
+    ground_truth_type: str | None
+
+
+def _pick(types: dict[str, str], wanted: tuple[str, ...], what: str, option: str, given: str | None,
+          prefer: tuple[str, ...] = ()) -> str | None:
+    """The one topic of a type in ``wanted`` (or ``given``); BagError when missing or ambiguous."""
+    listing = ", ".join(f"{t} [{m}]" for t, m in sorted(types.items())) or "none"
+    if given:
+        if given not in types:
+            raise BagError(f"{what} topic {given} is not in the bag (topics: {listing})")
+        if types[given] not in wanted:
+            raise BagError(f"{what} topic {given} has type {types[given]}, expected one of {', '.join(wanted)}")
+        return given
+    candidates = sorted(t for t, m in types.items() if m in wanted)
+    if len(candidates) > 1:
+        preferred = [t for t in candidates if any(p in t for p in prefer)]
+        if len(preferred) == 1:
+            return preferred[0]
+        raise BagError(f"several {what} topics ({', '.join(candidates)}): choose one with {option}")
+    return candidates[0] if candidates else None
+
+
+def discover_topics(reader: Any, image: str | None = None, camera_info: str | None = None,
+                    ground_truth: str | None = None, need_ground_truth: bool = True) -> BagTopics:
+    """Find the image, camera-info and ground-truth topics (explicit names win; otherwise the only
+    topic of the right type). Raises :class:`BagError` naming what is missing or ambiguous."""
+    types = topic_types(reader)
+    counts = topic_counts(reader)
+    listing = ", ".join(f"{t} [{m}]" for t, m in sorted(types.items())) or "none"
+    img = _pick(types, (IMAGE, COMPRESSED_IMAGE), "image", "--image-topic", image, prefer=("image_raw", "image_rect"))
+    if img is None:
+        raise BagError(f"no image topic (sensor_msgs/msg/Image) in bag {reader.path} (topics: {listing})")
+    if counts.get(img, 0) == 0:
+        raise BagError(f"image topic {img} has no messages")
+    info = camera_info
+    if info is None:
+        sibling = img.rsplit("/", 1)[0] + "/camera_info"
+        if types.get(sibling) == CAMERA_INFO:
+            info = sibling
+    info = _pick(types, (CAMERA_INFO,), "camera info", "--camera-info-topic", info)
+    if info is None:
+        raise BagError(f"no camera info topic (sensor_msgs/msg/CameraInfo) in bag {reader.path}: "
+                       f"the intrinsics are needed for the pose (topics: {listing})")
+    if counts.get(info, 0) == 0:
+        raise BagError(f"camera info topic {info} has no messages")
+    gt = _pick(types, GT_TYPES, "ground-truth", "--gt-topic", ground_truth,
+               prefer=("ground_truth", "groundtruth", "gt"))
+    if gt is None and need_ground_truth:
+        raise BagError(f"no ground-truth topic (PoseStamped, Odometry or TF) in bag {reader.path} "
+                       f"(topics: {listing}); give a TUM file with --gt FILE")
+    return BagTopics(img, types[img], info, gt, types.get(gt) if gt else None)
+
+
+# -- images and cameras --------------------------------------------------------------------------------
+
+def decode_image(msg: Any, topic: str = "image") -> np.ndarray:
+    """A ``sensor_msgs/Image`` or ``CompressedImage`` -> ``(H, W)`` uint8 gray or ``(H, W, 3)`` uint8 RGB."""
+    import cv2
+
+    if hasattr(msg, "format"):  # CompressedImage
+        data = np.frombuffer(bytes(msg.data), dtype=np.uint8)
+        img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+        if img is None:
+            raise BagError(f"{topic}: cannot decode compressed image (format {msg.format!r})")
+        if img.ndim == 3:
+            img = cv2.cvtColor(img, cv2.COLOR_BGRA2RGB if img.shape[2] == 4 else cv2.COLOR_BGR2RGB)
+        return _to_uint8(img)
+    enc = str(msg.encoding)
+    if enc not in ENCODINGS:
+        raise BagError(f"{topic}: unsupported image encoding {msg.encoding!r} "
+                       f"(supported: {', '.join(sorted(ENCODINGS))})")
+    channels, dtype = ENCODINGS[enc]
+    h, w, step = int(msg.height), int(msg.width), int(msg.step)
+    itemsize = np.dtype(dtype).itemsize
+    data = np.asarray(msg.data, dtype=np.uint8)
+    if h <= 0 or w <= 0 or step < w * channels * itemsize or data.size < h * step:
+        raise BagError(f"{topic}: image data does not fit its header ({w}x{h}, step {step}, "
+                       f"{data.size} bytes, encoding {msg.encoding})")
+    rows = data[: h * step].reshape(h, step)[:, : w * channels * itemsize]
+    img = np.ascontiguousarray(rows).view(np.dtype(dtype).newbyteorder(">" if msg.is_bigendian else "<"))
+    img = img.reshape(h, w, channels) if channels > 1 else img.reshape(h, w)
+    if enc.startswith("bgr"):
+        img = img[..., [2, 1, 0]]
+    img = img[..., :3] if img.ndim == 3 else img
+    return _to_uint8(np.array(img, dtype=img.dtype, copy=True))  # writable, owns its memory
+
+
+def _to_uint8(img: np.ndarray) -> np.ndarray:
+    """16-bit images are stretched so that the frame's largest value becomes 255 (as the node does)."""
+    if img.dtype == np.uint8:
+        return img
+    if img.ndim == 3:
+        import cv2
+
+        img = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)
+    top = int(img.max()) if img.size else 0
+    return (img.astype(np.float32) * (255.0 / max(top, 1))).round().astype(np.uint8)
+
+
+def camera_from_info(msg: Any, topic: str = "camera_info") -> Any:
+    """A ``sensor_msgs/CameraInfo`` -> :class:`~feature_matcher_ros.camera.CameraModel`."""
+    from ..camera import CameraModel
+
+    model = str(msg.distortion_model)
+    if model not in DISTORTION_MODELS:
+        raise BagError(f"{topic}: distortion model {msg.distortion_model!r} is not supported "
+                       f"(supported: plumb_bob, rational_polynomial)")
+    K = np.asarray(msg.k, dtype=np.float64).reshape(3, 3).copy()
+    D = np.asarray(msg.d, dtype=np.float64).reshape(-1)
+    width, height = int(msg.width), int(msg.height)
+    roi = msg.roi  # region of interest and binning as REP 104 (and the node) apply them
+    if roi.width and roi.height and (roi.width, roi.height) != (width, height):
+        K[0, 2] -= roi.x_offset
+        K[1, 2] -= roi.y_offset
+        width, height = int(roi.width), int(roi.height)
+    bx, by = max(int(msg.binning_x), 1), max(int(msg.binning_y), 1)
+    if bx > 1 or by > 1:
+        K[0, :] /= bx
+        K[1, :] /= by
+        width, height = width // bx, height // by
+    try:
+        cam = CameraModel.from_matrix(width, height, K, D if D.size else None)
+    except Exception as exc:  # noqa: BLE001
+        raise BagError(f"{topic}: unusable camera info: {_describe(exc)}") from None
+    problem = cam.problem()
+    if problem:
+        raise BagError(f"{topic}: unusable camera info: {problem}")
+    return cam
+
+
+@dataclass
+class Frame:
+    """One image of a bag with its camera."""
+
+    index: int
+    stamp_ns: int
+    image: np.ndarray   # (H, W) uint8 or (H, W, 3) uint8 RGB
+    camera: Any         # CameraModel
+
+
+def read_cameras(reader: Any, topic: str) -> list[tuple[int, Any]]:
+    """``(stamp_ns, CameraModel)`` of every camera-info message, in bag order."""
+    cams: list[tuple[int, Any]] = []
+    last_key = None
+    cam = None
+    for _, _, msg in messages(reader, [topic]):
+        key = (int(msg.width), int(msg.height), tuple(np.asarray(msg.k).tolist()), tuple(np.asarray(msg.d).tolist()),
+               str(msg.distortion_model))
+        if key != last_key:
+            cam = camera_from_info(msg, topic)
+            last_key = key
+        cams.append((stamp_ns(msg.header), cam))
+    if not cams:
+        raise BagError(f"camera info topic {topic} has no messages")
+    return cams
+
+
+def iter_frames(reader: Any, topics: BagTopics, stamps: set[int] | None = None) -> Iterator[Frame]:
+    """The bag's images in order with the camera model valid for each (camera info with the same stamp,
+    else the latest before it, else the first). ``stamps``: only these images (others skipped undecoded)."""
+    cams = read_cameras(reader, topics.camera_info)
+    by_stamp = {s: c for s, c in cams}
+    cam_stamps = np.array([s for s, _ in cams], dtype=np.int64)
+    order = np.argsort(cam_stamps, kind="stable")
+    index = 0
+    for topic, _, msg in messages(reader, [topics.image]):
+        s = stamp_ns(msg.header)
+        if stamps is not None and s not in stamps:
+            index += 1
+            continue
+        cam = by_stamp.get(s)
+        if cam is None:
+            i = int(np.searchsorted(cam_stamps[order], s, side="right")) - 1
+            cam = cams[order[max(i, 0)]][1]
+        image = decode_image(msg, topic)
+        if image.shape[:2] != (cam.height, cam.width):  # the node refuses these too
+            raise BagError(f"{topic}: image @{s} is {image.shape[1]}x{image.shape[0]} but the camera info says "
+                           f"{cam.width}x{cam.height}")
+        yield Frame(index, s, image, cam)
+        index += 1
+
+
+# -- ground truth --------------------------------------------------------------------------------------
+
+def _tf_matrix(tr: Any) -> np.ndarray:
+    return pose_matrix((tr.translation.x, tr.translation.y, tr.translation.z),
+                       (tr.rotation.x, tr.rotation.y, tr.rotation.z, tr.rotation.w))
+
+
+def _pose_msg_matrix(pose: Any) -> np.ndarray:
+    return pose_matrix((pose.position.x, pose.position.y, pose.position.z),
+                       (pose.orientation.x, pose.orientation.y, pose.orientation.z, pose.orientation.w))
+
+
+def read_ground_truth(reader: Any, topic: str, child_frame: str | None = None) -> Trajectory:
+    """Ground-truth camera poses ``T_world_camera`` from a topic.
+
+    ``PoseStamped``/``PoseWithCovarianceStamped``/``Odometry``: the message pose, at its header stamp
+    (the pose of the camera's optical frame in ``header.frame_id``). ``TF``: the transform chain from the
+    root of the tree to ``child_frame`` (default: the image's ``header.frame_id``), dynamic links
+    interpolated, static ones from ``/tf_static``.
+    """
+    types = topic_types(reader)
+    msgtype = types.get(topic)
+    if msgtype is None:
+        raise BagError(f"ground-truth topic {topic} is not in the bag")
+    if msgtype == TF:
+        return _ground_truth_from_tf(reader, topic, child_frame)
+    stamps, poses = [], []
+    try:
+        for _, _, msg in messages(reader, [topic]):
+            pose = msg.pose.pose if msgtype in (ODOMETRY, POSE_COV_STAMPED) else msg.pose
+            stamps.append(stamp_ns(msg.header))
+            poses.append(_pose_msg_matrix(pose))
+    except TrajectoryError as exc:
+        raise BagError(f"ground-truth topic {topic}: {exc}") from None
+    if not stamps:
+        raise BagError(f"ground-truth topic {topic} has no messages")
+    return Trajectory.from_lists(stamps, poses, source=f"{topic} [{msgtype}]")
+
+
+def _ground_truth_from_tf(reader: Any, topic: str, child_frame: str | None) -> Trajectory:
+    if not child_frame:
+        raise BagError(f"ground truth from {topic} needs the camera frame: give --gt-frame FRAME")
+    dynamic: dict[str, tuple[str, list[int], list[np.ndarray]]] = {}
+    static: dict[str, tuple[str, np.ndarray]] = {}
+    types = topic_types(reader)
+    static_topics = [t for t, m in types.items() if m == TF and t.endswith("tf_static") and t != topic]
+    try:
+        for tp, _, msg in messages(reader, [topic, *static_topics]):
+            for tr in msg.transforms:
+                child = tr.child_frame_id.lstrip("/")
+                parent = tr.header.frame_id.lstrip("/")
+                if tp in static_topics:
+                    static[child] = (parent, _tf_matrix(tr.transform))
+                else:
+                    entry = dynamic.setdefault(child, (parent, [], []))
+                    entry[1].append(stamp_ns(tr.header))
+                    entry[2].append(_tf_matrix(tr.transform))
+    except TrajectoryError as exc:
+        raise BagError(f"ground-truth topic {topic}: {exc}") from None
+    child_frame = child_frame.lstrip("/")
+    known = sorted(set(dynamic) | set(static))
+    if child_frame not in known:
+        raise BagError(f"frame {child_frame!r} is not a child frame in {topic} (frames: {', '.join(known) or 'none'})")
+    # walk up: the chain of links from child_frame to the root
+    chain: list[tuple[str, Any]] = []
+    frame, seen = child_frame, set()
+    while frame in dynamic or frame in static:
+        if frame in seen:
+            raise BagError(f"{topic}: the transform tree has a loop at {frame!r}")
+        seen.add(frame)
+        if frame in dynamic:
+            parent, st, ps = dynamic[frame]
+            chain.append(("dynamic", Trajectory.from_lists(st, ps, source=f"{topic} {parent}->{frame}")))
+        else:
+            parent, T = static[frame]
+            chain.append(("static", T))
+        frame = parent
+    dyn = [c[1] for c in chain if c[0] == "dynamic"]
+    if not dyn:
+        raise BagError(f"{topic}: frame {child_frame!r} only has static transforms: no motion to compare with")
+    base = max(dyn, key=len)  # sample at the densest moving link
+    stamps, poses = [], []
+    for s in base.stamps_ns:
+        T = np.eye(4)
+        ok = True
+        for kind, link in chain:  # chain runs child -> root: T_root_child = L_n ... L_1
+            M = link if kind == "static" else link.at(int(s))
+            if M is None:
+                ok = False
+                break
+            T = M @ T
+        if ok:
+            stamps.append(int(s))
+            poses.append(T)
+    return Trajectory.from_lists(stamps, poses, source=f"{topic} [TF {frame}->{child_frame}]")
+
+
+def image_frame_id(reader: Any, image_topic: str) -> str:
+    """The ``header.frame_id`` of the first image."""
+    for _, _, msg in messages(reader, [image_topic]):
+        return str(msg.header.frame_id)
+    return ""
+
+
+# -- writing -------------------------------------------------------------------------------------------
+
+@dataclass
+class SequenceBagOptions:
+    """How :func:`write_sequence_bag` lays out a bag (defaults are what ``fm-make-bag`` writes)."""
+
+    storage: str = "mcap"                       # "mcap" | "sqlite3"
+    compression: str = "zstd"                   # "zstd" | "none" (mcap: chunk compression, sqlite3: per message)
+    encoding: str = "auto"                      # "auto" (rgb8 colour, mono8 gray) | "mono8" | "rgb8" | "bgr8"
+    image_topic: str = "/camera/image_raw"
+    camera_info_topic: str = "/camera/camera_info"
+    gt_topic: str = "/ground_truth/pose"        # PoseStamped; "" for none
+    tf_topic: str = ""                          # also write the ground truth as TF here (e.g. "/tf")
+    camera_frame: str = "camera_optical_frame"
+    world_frame: str = "world"
+    frames: str = ""                            # python slice of the image list, e.g. "0:12:3" ("" = all)
+
+
+def parse_slice(text: str) -> slice:
+    """``"start:stop:step"`` (parts optional) -> slice; BagError when malformed."""
+    parts = text.split(":") if text else []
+    if len(parts) > 3:
+        raise BagError(f"frames must look like START:STOP:STEP, got {text!r}")
+    try:
+        values = [int(p) if p.strip() else None for p in parts] + [None] * (3 - len(parts))
+    except ValueError:
+        raise BagError(f"frames must look like START:STOP:STEP with integers, got {text!r}") from None
+    if values[2] is not None and values[2] <= 0:
+        raise BagError(f"frames: the step must be positive, got {values[2]}")
+    return slice(*values)
+
+
+def read_sequence(dataset_dir: str | Path) -> tuple[list[tuple[int, Path]], Any, Trajectory | None]:
+    """A dataset folder in the ``../shared/data`` sequence layout -> ``([(stamp_ns, image_path)], camera,
+    ground truth or None)``. Raises :class:`BagError` naming the missing or bad file."""
+    from ..camera import CameraModel
+    from .trajectory import read_tum, stamp_to_ns
+
+    root = Path(dataset_dir)
+    if not root.is_dir():
+        raise BagError(f"dataset folder {root} does not exist")
+    listing = root / "images.txt"
+    if not listing.is_file():
+        raise BagError(f"{root} is not a sequence folder: images.txt is missing")
+    frames: list[tuple[int, Path]] = []
+    for number, line in enumerate(listing.read_text().splitlines(), start=1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        parts = line.split()
+        if len(parts) < 2:
+            raise BagError(f"{listing}:{number}: expected 'timestamp path', got {line!r}")
+        try:
+            stamp = stamp_to_ns(parts[0])
+        except TrajectoryError as exc:
+            raise BagError(f"{listing}:{number}: {exc}") from None
+        path = root / parts[1]
+        if not path.is_file():
+            raise BagError(f"{listing}:{number}: image {path} does not exist")
+        frames.append((stamp, path))
+    if not frames:
+        raise BagError(f"{listing} lists no images")
+    try:
+        camera = CameraModel.from_yaml(root / "intrinsics.yaml")
+    except ValueError as exc:
+        raise BagError(str(exc)) from None
+    gt = None
+    if (root / "groundtruth.txt").is_file():
+        try:
+            gt = read_tum(root / "groundtruth.txt")
+        except TrajectoryError as exc:
+            raise BagError(str(exc)) from None
+    return frames, camera, gt
+
+
+def _time(store: Any, stamp: int) -> Any:
+    return store.types["builtin_interfaces/msg/Time"](sec=stamp // 1_000_000_000, nanosec=stamp % 1_000_000_000)
+
+
+def _header(store: Any, stamp: int, frame_id: str) -> Any:
+    return store.types["std_msgs/msg/Header"](stamp=_time(store, stamp), frame_id=frame_id)
+
+
+def image_message(store: Any, image: np.ndarray, stamp: int, frame_id: str, encoding: str) -> Any:
+    """``(H, W)`` gray or ``(H, W, 3)`` RGB uint8 -> ``sensor_msgs/Image`` in ``encoding``."""
+    import cv2
+
+    if encoding == "auto":
+        encoding = "rgb8" if image.ndim == 3 else "mono8"
+    if encoding == "mono8":
+        data = image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+    elif encoding in ("rgb8", "bgr8"):
+        data = image if image.ndim == 3 else cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
+        if encoding == "bgr8":
+            data = data[..., ::-1]
+    else:
+        raise BagError(f"cannot write image encoding {encoding!r} (choose auto, mono8, rgb8 or bgr8)")
+    data = np.ascontiguousarray(data, dtype=np.uint8)
+    h, w = data.shape[:2]
+    channels = 1 if data.ndim == 2 else 3
+    return store.types[IMAGE](header=_header(store, stamp, frame_id), height=h, width=w, encoding=encoding,
+                              is_bigendian=0, step=w * channels, data=data.reshape(-1))
+
+
+def camera_info_message(store: Any, camera: Any, stamp: int, frame_id: str) -> Any:
+    """A :class:`CameraModel` -> ``sensor_msgs/CameraInfo`` (plumb_bob, or rational_polynomial for 8+ coefficients)."""
+    dist = np.asarray(camera.dist, dtype=np.float64).reshape(-1)
+    if len(dist) < 5:
+        dist = np.concatenate([dist, np.zeros(5 - len(dist))])
+    model = "rational_polynomial" if len(dist) > 5 else "plumb_bob"
+    P = np.zeros((3, 4))
+    P[:, :3] = camera.K
+    roi = store.types["sensor_msgs/msg/RegionOfInterest"](x_offset=0, y_offset=0, height=0, width=0, do_rectify=False)
+    return store.types[CAMERA_INFO](
+        header=_header(store, stamp, frame_id), height=int(camera.height), width=int(camera.width),
+        distortion_model=model, d=dist, k=np.asarray(camera.K, dtype=np.float64).reshape(-1),
+        r=np.eye(3).reshape(-1), p=P.reshape(-1), binning_x=0, binning_y=0, roi=roi)
+
+
+def _pose_parts(store: Any, T: np.ndarray) -> tuple[Any, Any]:
+    from scipy.spatial.transform import Rotation
+
+    q = Rotation.from_matrix(T[:3, :3]).as_quat()
+    quat = store.types["geometry_msgs/msg/Quaternion"](x=float(q[0]), y=float(q[1]), z=float(q[2]), w=float(q[3]))
+    return T[:3, 3].astype(float), quat
+
+
+def pose_stamped_message(store: Any, T: np.ndarray, stamp: int, frame_id: str) -> Any:
+    p, quat = _pose_parts(store, T)
+    point = store.types["geometry_msgs/msg/Point"](x=p[0], y=p[1], z=p[2])
+    pose = store.types["geometry_msgs/msg/Pose"](position=point, orientation=quat)
+    return store.types[POSE_STAMPED](header=_header(store, stamp, frame_id), pose=pose)
+
+
+def tf_message(store: Any, T: np.ndarray, stamp: int, parent: str, child: str) -> Any:
+    p, quat = _pose_parts(store, T)
+    vec = store.types["geometry_msgs/msg/Vector3"](x=p[0], y=p[1], z=p[2])
+    tr = store.types["geometry_msgs/msg/Transform"](translation=vec, rotation=quat)
+    ts = store.types["geometry_msgs/msg/TransformStamped"](header=_header(store, stamp, parent),
+                                                          child_frame_id=child, transform=tr)
+    return store.types[TF](transforms=[ts])
+
+
+def write_sequence_bag(dataset_dir: str | Path, out: str | Path, options: SequenceBagOptions | None = None,
+                       progress: bool = False) -> dict:
+    """Write a rosbag2 from a sequence folder: per frame (log time = the dataset stamp) a CameraInfo,
+    an Image and, when the folder has ``groundtruth.txt``, a ground-truth PoseStamped (``T_world_camera``
+    of the optical frame, ``header.frame_id`` = the world frame) and optionally a TF. Returns a summary."""
+    import cv2
+    from rosbags.rosbag2 import Writer
+    from rosbags.rosbag2.enums import CompressionFormat, CompressionMode, StoragePlugin
+
+    opts = options or SequenceBagOptions()
+    if opts.storage not in ("mcap", "sqlite3"):
+        raise BagError(f"storage must be mcap or sqlite3, not {opts.storage!r}")
+    if opts.compression not in ("zstd", "none"):
+        raise BagError(f"compression must be zstd or none, not {opts.compression!r}")
+    frames, camera, gt = read_sequence(dataset_dir)
+    if opts.frames:
+        frames = frames[parse_slice(opts.frames)]
+        if not frames:
+            raise BagError(f"frames {opts.frames!r} selects no image of {dataset_dir}")
+    out = Path(out)
+    if out.exists():
+        raise BagError(f"{out} exists already; remove it or choose another output")
+    store = typestore()
+    plugin = StoragePlugin.MCAP if opts.storage == "mcap" else StoragePlugin.SQLITE3
+    writer = Writer(out, version=Writer.VERSION_LATEST, storage_plugin=plugin)
+    if opts.compression == "zstd":
+        mode = CompressionMode.STORAGE if opts.storage == "mcap" else CompressionMode.MESSAGE
+        writer.set_compression(mode, CompressionFormat.ZSTD)
+    written = {"images": 0, "camera_info": 0, "ground_truth": 0, "tf": 0}
+    iterator: Any = frames
+    if progress:
+        from tqdm import tqdm
+
+        iterator = tqdm(frames, desc="fm-make-bag", unit="frame")
+    writer.set_custom_data("feature_matcher_ros.source", Path(dataset_dir).resolve().name)
+    writer.set_custom_data("feature_matcher_ros.made_by", "fm-make-bag")
+    try:
+        writer.open()
+        c_info = writer.add_connection(opts.camera_info_topic, CAMERA_INFO, typestore=store)
+        c_img = writer.add_connection(opts.image_topic, IMAGE, typestore=store)
+        c_gt = writer.add_connection(opts.gt_topic, POSE_STAMPED, typestore=store) if gt is not None and opts.gt_topic else None
+        c_tf = writer.add_connection(opts.tf_topic, TF, typestore=store) if gt is not None and opts.tf_topic else None
+        for stamp, path in iterator:
+            image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+            if image is None:
+                raise BagError(f"cannot read image {path}")
+            if image.dtype != np.uint8:
+                image = _to_uint8(image)
+            if image.ndim == 3:
+                image = cv2.cvtColor(image, cv2.COLOR_BGRA2RGB if image.shape[2] == 4 else cv2.COLOR_BGR2RGB)
+            if image.shape[:2] != (camera.height, camera.width):
+                raise BagError(f"image {path} is {image.shape[1]}x{image.shape[0]} but intrinsics.yaml says "
+                               f"{camera.width}x{camera.height}")
+            msg = camera_info_message(store, camera, stamp, opts.camera_frame)
+            writer.write(c_info, stamp, store.serialize_cdr(msg, CAMERA_INFO))
+            msg = image_message(store, image, stamp, opts.camera_frame, opts.encoding)
+            writer.write(c_img, stamp, store.serialize_cdr(msg, IMAGE))
+            written["camera_info"] += 1
+            written["images"] += 1
+            T = gt.at(stamp, max_gap_ns=0) if gt is not None else None
+            if T is not None and c_gt is not None:
+                msg = pose_stamped_message(store, T, stamp, opts.world_frame)
+                writer.write(c_gt, stamp, store.serialize_cdr(msg, POSE_STAMPED))
+                written["ground_truth"] += 1
+            if T is not None and c_tf is not None:
+                msg = tf_message(store, T, stamp, opts.world_frame, opts.camera_frame)
+                writer.write(c_tf, stamp, store.serialize_cdr(msg, TF))
+                written["tf"] += 1
+        writer.close()
+    except BaseException:
+        try:
+            writer.close()
+        except Exception:  # noqa: BLE001
+            pass
+        import shutil
+
+        shutil.rmtree(out, ignore_errors=True)  # never leave half a bag behind
+        raise
+    size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+    return {"bag": str(out), "storage": opts.storage, "compression": opts.compression, "bytes": size,
+            "topics": {opts.image_topic: IMAGE, opts.camera_info_topic: CAMERA_INFO,
+                       **({opts.gt_topic: POSE_STAMPED} if c_gt is not None else {}),
+                       **({opts.tf_topic: TF} if c_tf is not None else {})},
+            **written}
+
+
+def camera_lookup(cams: list[tuple[int, Any]]):
+    """A function ``stamp_ns -> CameraModel`` over :func:`read_cameras` output: the camera info with the
+    same stamp, else the latest before it, else the first."""
+    by_stamp = {s: c for s, c in cams}
+    stamps = np.array(sorted(by_stamp), dtype=np.int64)
+
+    def lookup(stamp: int) -> Any:
+        cam = by_stamp.get(stamp)
+        if cam is None:
+            i = int(np.searchsorted(stamps, stamp, side="right")) - 1
+            cam = by_stamp[int(stamps[max(i, 0)])]
+        return cam
+
+    return lookup

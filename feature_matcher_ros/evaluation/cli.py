@@ -1,0 +1,33 @@
+"""What the command-line tools share: user errors end as one line on stderr and exit code 2."""
+
+from __future__ import annotations
+
+import sys
+from typing import Callable
+
+from .bagio import BagError
+from .trajectory import TrajectoryError
+
+EXIT_USAGE = 2
+
+
+class UsageError(Exception):
+    """A bad option or input file (the message says which)."""
+
+
+USER_ERRORS = (BagError, TrajectoryError, UsageError)
+
+
+def run_main(prog: str, body: Callable[[], int | None]) -> int:
+    """Run ``body``; a user error prints ``prog: error: message`` and returns 2, Ctrl-C returns 130."""
+    try:
+        return int(body() or 0)
+    except USER_ERRORS as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as exc:  # unwritable output folder, unreadable input file, ...
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,176 @@
+"""Scores of a run against the ground truth: per-pair pose errors, pose AUC, epipolar precision,
+match/inlier counts, keyframes, speed.
+
+Definitions (SuperGlue / LoFTR):
+- a pair is a frame matched against a keyframe; its ground truth is ``T_kf_to_cur = inv(T_w_cur) T_w_kf``;
+- pose error = ``max(rotation error, translation-direction error)`` in degrees; a failed estimate
+  counts as infinitely wrong; AUC at 5/10/20 degrees of the pose-error curve;
+- epipolar precision = the share of all matches (over all pairs) whose symmetric epipolar distance in
+  normalised (undistorted) camera coordinates under the ground-truth essential matrix is below 5e-4.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..geometry import (
+    essential_from_pose,
+    pose_error_auc,
+    rotation_error_deg,
+    symmetric_epipolar_distance,
+    translation_angle_error_deg,
+)
+from .records import FrameRecord
+from .trajectory import Trajectory
+
+EPIPOLAR_THRESHOLD = 5e-4
+AUC_THRESHOLDS = (5, 10, 20)
+
+
+@dataclass
+class PairScore:
+    """Errors of one evaluated pair (None where the ground truth is missing)."""
+
+    stamp_ns: int
+    keyframe_stamp_ns: int
+    rotation_error_deg: float          # inf when the estimate failed
+    translation_error_deg: float       # inf when the estimate failed
+    pose_error_deg: float              # max of the two
+    gt_rotation_deg: float
+    gt_translation_m: float
+    epipolar_errors: np.ndarray        # (N,) per match
+    epipolar_correct: int
+
+
+def score_pair(rec: FrameRecord, kf_camera: Any, T_gt: np.ndarray) -> PairScore:
+    """Errors of one frame against its keyframe. ``T_gt``: ``(4, 4)`` keyframe -> current."""
+    R_gt, t_gt = T_gt[:3, :3], T_gt[:3, 3]
+    if rec.has_pose:
+        r_err = float(rotation_error_deg(rec.R, R_gt))
+        t_err = float(translation_angle_error_deg(rec.t, t_gt, sign_invariant=True))
+        if not math.isfinite(t_err):
+            t_err = math.inf
+    else:
+        r_err = t_err = math.inf
+    if len(rec.kpts0) and np.linalg.norm(t_gt) > 0:
+        n0 = kf_camera.normalize(rec.kpts0.astype(np.float64))
+        n1 = rec.camera.normalize(rec.kpts1.astype(np.float64))
+        err = symmetric_epipolar_distance(n0, n1, essential_from_pose(R_gt, t_gt))
+        err = np.where(np.isfinite(err), err, np.inf)
+    else:
+        err = np.full(len(rec.kpts0), np.inf)
+    angle = float(np.degrees(np.arccos(np.clip((np.trace(R_gt) - 1) / 2, -1, 1))))
+    return PairScore(rec.stamp_ns, rec.keyframe_stamp_ns, r_err, t_err, max(r_err, t_err), angle,
+                     float(np.linalg.norm(t_gt)), err, int((err < EPIPOLAR_THRESHOLD).sum()))
+
+
+def _median(values: Sequence[float]) -> float | None:
+    values = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    return float(np.median(values)) if values else None
+
+
+def _percentile(values: Sequence[float], q: float) -> float | None:
+    values = [v for v in values if v is not None and math.isfinite(v)]
+    return float(np.percentile(values, q)) if values else None
+
+
+def evaluate(records: Sequence[FrameRecord], gt: Trajectory | None, max_gap_ns: int = 100_000_000) -> tuple[dict, list[dict]]:
+    """Score a run.
+
+    Returns ``(summary, per_frame)``: the summary holds the metrics.json keys about poses, matches,
+    keyframes and latency (speed and trajectory keys are added by the caller); ``per_frame`` one dict
+    per frame (stamps, counts, errors) for the report and plots.
+    """
+    by_stamp = {r.stamp_ns: r for r in records}
+    scores: dict[int, PairScore] = {}
+    no_gt = 0
+    for rec in records:
+        if not rec.is_pair:
+            continue
+        T_gt = gt.relative(rec.keyframe_stamp_ns, rec.stamp_ns, max_gap_ns) if gt is not None else None
+        kf = by_stamp.get(rec.keyframe_stamp_ns)
+        if T_gt is None:
+            no_gt += 1
+            continue
+        kf_camera = kf.camera if kf is not None and kf.camera is not None else rec.camera
+        scores[rec.stamp_ns] = score_pair(rec, kf_camera, T_gt)
+
+    pairs = [r for r in records if r.is_pair]
+    pose_errors = [s.pose_error_deg for s in scores.values()]
+    auc = pose_error_auc(pose_errors, AUC_THRESHOLDS) if pose_errors else [None] * len(AUC_THRESHOLDS)
+    n_matches_scored = sum(len(s.epipolar_errors) for s in scores.values())
+    n_correct = sum(s.epipolar_correct for s in scores.values())
+    finite = lambda xs: [x for x in xs if math.isfinite(x)]  # noqa: E731
+    failed = [r for r in pairs if not r.has_pose]
+    latencies = [r.latency_ms for r in records if math.isfinite(r.latency_ms)]
+    summary: dict[str, Any] = {
+        "frames": len(records),
+        "pairs": len(scores),
+        "pairs_without_ground_truth": no_gt,
+        "pose_failures": len(failed),
+        "auc@5": None if auc[0] is None else float(auc[0]),
+        "auc@10": None if auc[1] is None else float(auc[1]),
+        "auc@20": None if auc[2] is None else float(auc[2]),
+        # medians over the estimated poses; failures are counted in pose_failures and in the AUC
+        "rotation_error_deg_median": _median(finite([s.rotation_error_deg for s in scores.values()])),
+        "translation_error_deg_median": _median(finite([s.translation_error_deg for s in scores.values()])),
+        "pose_error_deg_median": _median(pose_errors) if pose_errors else None,
+        "epipolar_precision": (n_correct / n_matches_scored) if n_matches_scored else None,
+        "epipolar_threshold": EPIPOLAR_THRESHOLD,
+        "matches_per_frame_median": _median([float(r.n_matches) for r in pairs]),
+        "inliers_per_frame_median": _median([float(r.n_inliers) for r in pairs]),
+        "keyframes": sum(1 for r in records if r.new_keyframe),
+        "latency_ms_p50": _percentile(latencies, 50),
+        "latency_ms_p99": _percentile(latencies, 99),
+        "failure_reasons": _count([r.reason for r in failed]),
+    }
+    if summary["pose_error_deg_median"] is not None and not math.isfinite(summary["pose_error_deg_median"]):
+        summary["pose_error_deg_median"] = None
+
+    per_frame = []
+    for rec in records:
+        s = scores.get(rec.stamp_ns)
+        per_frame.append({
+            "stamp_ns": rec.stamp_ns,
+            "keyframe_stamp_ns": rec.keyframe_stamp_ns,
+            "matches": rec.n_matches,
+            "inliers": rec.n_inliers,
+            "has_pose": rec.has_pose,
+            "R": None if rec.R is None else np.asarray(rec.R, dtype=float).round(9).tolist(),
+            "t": None if rec.t is None else np.asarray(rec.t, dtype=float).round(9).tolist(),
+            "reason": rec.reason,
+            "new_keyframe": rec.new_keyframe,
+            "status": rec.status,
+            "latency_ms": rec.latency_ms if math.isfinite(rec.latency_ms) else None,
+            "rotation_error_deg": _json_float(s.rotation_error_deg) if s else None,
+            "translation_error_deg": _json_float(s.translation_error_deg) if s else None,
+            "gt_rotation_deg": s.gt_rotation_deg if s else None,
+            "gt_translation_m": s.gt_translation_m if s else None,
+            "epipolar_correct": s.epipolar_correct if s else None,
+        })
+    return summary, per_frame
+
+
+def epipolar_errors(rec: FrameRecord, kf_camera: Any, gt: Trajectory, max_gap_ns: int = 100_000_000) -> np.ndarray | None:
+    """``(N,)`` symmetric epipolar distances of a frame's matches under the ground truth, or None."""
+    T_gt = gt.relative(rec.keyframe_stamp_ns, rec.stamp_ns, max_gap_ns)
+    if T_gt is None or not len(rec.kpts0):
+        return None
+    return score_pair(rec, kf_camera, T_gt).epipolar_errors
+
+
+def _json_float(x: float) -> float | None:
+    """inf/nan are not JSON: a failed estimate is written as null (and counted as failure)."""
+    return float(x) if math.isfinite(x) else None
+
+
+def _count(items: Sequence[str]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for item in items:
+        key = item or "unknown"
+        out[key] = out.get(key, 0) + 1
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]))

@@ -1,0 +1,74 @@
+"""From a run's frame records to its folder of results (shared by ``fm-eval`` and ``fm-replay``):
+metrics, the chained trajectory scored with evo, plots, match pictures, ``metrics.json``, ``report.md``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from . import report
+from .metrics import epipolar_errors, evaluate
+from .records import FrameRecord
+from .trajectory import Trajectory, chain_with_gt_scale, sample, score_trajectory
+
+#: the keys every metrics.json has at the top level (the issue's list, plus the trajectory scores)
+REQUIRED_KEYS = (
+    "backend", "frames", "pairs", "auc@5", "auc@10", "auc@20", "rotation_error_deg_median",
+    "translation_error_deg_median", "epipolar_precision", "matches_per_frame_median", "inliers_per_frame_median",
+    "keyframes", "fps", "latency_ms_p50", "latency_ms_p99", "ate_rmse_m", "rpe_rmse_m",
+)
+
+
+def score_run(records: Sequence[FrameRecord], gt: Trajectory | None, out_dir: Path, meta: dict[str, Any],
+              images_for: Callable[[set[int]], dict[int, Any]] | None = None, pictures: int = 3,
+              latency_label: str = "processing time") -> dict[str, Any]:
+    """Score ``records`` and write ``out_dir``/{metrics.json, report.md, *.png, trajectory_*.tum}.
+
+    ``meta``: what identifies the run (backend, bag, topics, fps, ...), merged first into metrics.json.
+    ``images_for(stamps)``: the bag images of these stamps, for the match pictures (None: no pictures).
+    Returns the metrics dictionary written to ``metrics.json``.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summary, per_frame = evaluate(records, gt)
+    metrics: dict[str, Any] = {**meta, **summary}
+    for key in REQUIRED_KEYS:
+        metrics.setdefault(key, None)
+
+    est = None
+    if gt is not None and records:
+        est = chain_with_gt_scale(records, gt)
+        metrics.update(score_trajectory(est, gt, out_dir))
+    else:
+        metrics["evo_error"] = "no ground truth"
+
+    title = str(meta.get("name") or meta.get("backend"))
+    plots: dict[str, str] = {}
+    if per_frame:
+        plots["pose error per frame"] = report.plot_pose_errors(per_frame, out_dir / "pose_error.png", title).name
+        plots["matches per frame"] = report.plot_matches(per_frame, out_dir / "matches.png", title).name
+        plots["latency"] = report.plot_latency([r.latency_ms for r in records], out_dir / "latency.png", title,
+                                               latency_label).name
+    if est is not None and len(est):
+        plots["trajectory"] = report.plot_trajectory(est, sample(gt, [r.stamp_ns for r in records]),
+                                                     out_dir / "trajectory.png", title).name
+    if images_for is not None and pictures > 0:
+        chosen = report.pick_picture_frames(records, pictures)
+        want = {r.stamp_ns for r in chosen} | {r.keyframe_stamp_ns for r in chosen}
+        images = images_for(want) if chosen else {}
+        by_stamp = {r.stamp_ns: r for r in records}
+        for k, rec in enumerate(chosen):
+            if rec.stamp_ns not in images or rec.keyframe_stamp_ns not in images:
+                continue
+            kf = by_stamp.get(rec.keyframe_stamp_ns)
+            kf_cam = kf.camera if kf is not None and kf.camera is not None else rec.camera
+            errs = epipolar_errors(rec, kf_cam, gt) if gt is not None else None
+            name = f"match_{k}.png"
+            report.plot_match_picture(images[rec.keyframe_stamp_ns], images[rec.stamp_ns], rec, errs,
+                                      out_dir / name, f"{title} frame @{rec.stamp_ns} vs keyframe @{rec.keyframe_stamp_ns}")
+            plots[f"matches, frame {rec.stamp_ns} vs keyframe {rec.keyframe_stamp_ns}"] = name
+    metrics["plots"] = sorted(plots.values())
+    report.write_json(out_dir / "metrics.json", metrics)
+    report.write_json(out_dir / "per_frame.json", per_frame)
+    (out_dir / "report.md").write_text(report.run_markdown(metrics, plots, f"{title} on {Path(str(meta.get('bag'))).name}"))
+    return metrics

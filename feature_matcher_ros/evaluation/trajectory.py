@@ -1,0 +1,280 @@
+"""Trajectories: TUM files, ground-truth lookup at image stamps, chaining relative poses with the
+ground-truth scale injected, and scoring with evo's command-line tools.
+
+A :class:`Trajectory` holds ``T_world_frame`` poses (4x4, maps points of the frame into the world) at
+integer-nanosecond stamps. evo (GPL) is only ever run as a command (``evo_ape``/``evo_rpe`` in a
+subprocess); it is never imported.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+from scipy.spatial.transform import Rotation, Slerp
+
+
+class TrajectoryError(ValueError):
+    """A trajectory file or series that cannot be used (message names the file/line)."""
+
+
+def stamp_to_ns(text: str) -> int:
+    """Seconds as written in a text file (``"1311868169.163498"``) -> exact integer nanoseconds."""
+    try:
+        return int((Decimal(text) * 1_000_000_000).to_integral_value())
+    except InvalidOperation as exc:
+        raise TrajectoryError(f"not a timestamp: {text!r}") from exc
+
+
+def ns_to_text(stamp_ns: int) -> str:
+    """Integer nanoseconds -> ``"sec.nanosec"`` with all nine decimals (exact, no float rounding)."""
+    sign = "-" if stamp_ns < 0 else ""
+    sec, nsec = divmod(abs(int(stamp_ns)), 1_000_000_000)
+    return f"{sign}{sec}.{nsec:09d}"
+
+
+def pose_matrix(position: Sequence[float], quat_xyzw: Sequence[float]) -> np.ndarray:
+    """``(3,)`` translation and ``(4,)`` scalar-last quaternion -> ``(4, 4)`` homogeneous pose."""
+    q = np.asarray(quat_xyzw, dtype=np.float64)
+    norm = float(np.linalg.norm(q))
+    if not np.isfinite(norm) or norm < 1e-9:
+        raise TrajectoryError(f"invalid quaternion {q.tolist()}")
+    T = np.eye(4)
+    T[:3, :3] = Rotation.from_quat(q / norm).as_matrix()
+    T[:3, 3] = np.asarray(position, dtype=np.float64)
+    return T
+
+
+@dataclass
+class Trajectory:
+    """Poses ``T_world_frame`` at stamps.
+
+    Attributes:
+        stamps_ns: ``(N,)`` int64, strictly increasing.
+        poses: ``(N, 4, 4)`` float64.
+        source: where it came from (for messages).
+    """
+
+    stamps_ns: np.ndarray
+    poses: np.ndarray
+    source: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.stamps_ns = np.asarray(self.stamps_ns, dtype=np.int64).reshape(-1)
+        self.poses = np.asarray(self.poses, dtype=np.float64).reshape(-1, 4, 4)
+        if len(self.stamps_ns) != len(self.poses):
+            raise TrajectoryError(f"{self.source}: {len(self.stamps_ns)} stamps but {len(self.poses)} poses")
+        order = np.argsort(self.stamps_ns, kind="stable")
+        self.stamps_ns, self.poses = self.stamps_ns[order], self.poses[order]
+        if len(self.stamps_ns) > 1:  # keep the first pose of duplicated stamps
+            keep = np.concatenate([[True], np.diff(self.stamps_ns) > 0])
+            self.stamps_ns, self.poses = self.stamps_ns[keep], self.poses[keep]
+
+    def __len__(self) -> int:
+        return len(self.stamps_ns)
+
+    @classmethod
+    def from_lists(cls, stamps: Iterable[int], poses: Iterable[np.ndarray], source: str = "") -> "Trajectory":
+        stamps, poses = list(stamps), list(poses)
+        return cls(np.array(stamps, dtype=np.int64), np.array(poses).reshape(-1, 4, 4), source)
+
+    def at(self, stamp_ns: int, max_gap_ns: int = 100_000_000) -> np.ndarray | None:
+        """The pose at ``stamp_ns``: exact sample, or interpolated (linear position, slerp rotation)
+        between the two bracketing samples when they are at most ``max_gap_ns`` apart; else None."""
+        if len(self) == 0:
+            return None
+        i = int(np.searchsorted(self.stamps_ns, stamp_ns))
+        if i < len(self) and self.stamps_ns[i] == stamp_ns:
+            return self.poses[i].copy()
+        if i == 0 or i == len(self):
+            return None
+        t0, t1 = int(self.stamps_ns[i - 1]), int(self.stamps_ns[i])
+        if t1 - t0 > max_gap_ns:
+            return None
+        a = (stamp_ns - t0) / (t1 - t0)
+        T0, T1 = self.poses[i - 1], self.poses[i]
+        slerp = Slerp([0.0, 1.0], Rotation.from_matrix(np.stack([T0[:3, :3], T1[:3, :3]])))
+        T = np.eye(4)
+        T[:3, :3] = slerp([a]).as_matrix()[0]
+        T[:3, 3] = (1 - a) * T0[:3, 3] + a * T1[:3, 3]
+        return T
+
+    def relative(self, stamp0_ns: int, stamp1_ns: int, max_gap_ns: int = 100_000_000) -> np.ndarray | None:
+        """``T_1_0`` (maps frame-0 points into frame 1: ``X1 = R X0 + t``) from the world poses, or None."""
+        T0, T1 = self.at(stamp0_ns, max_gap_ns), self.at(stamp1_ns, max_gap_ns)
+        if T0 is None or T1 is None:
+            return None
+        return np.linalg.inv(T1) @ T0
+
+
+# -- TUM files ----------------------------------------------------------------------------------------
+
+def read_tum(path: str | Path) -> Trajectory:
+    """A TUM trajectory file (``t tx ty tz qx qy qz qw`` per line, ``#`` comments)."""
+    path = Path(path)
+    if not path.is_file():
+        raise TrajectoryError(f"ground-truth file {path} does not exist")
+    stamps, poses = [], []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        parts = line.replace(",", " ").split()
+        if len(parts) != 8:
+            raise TrajectoryError(f"{path}:{number}: expected 8 columns (t tx ty tz qx qy qz qw), got {len(parts)}")
+        try:
+            values = [float(p) for p in parts[1:]]
+            stamps.append(stamp_to_ns(parts[0]))
+            poses.append(pose_matrix(values[:3], values[3:]))
+        except (ValueError, TrajectoryError) as exc:
+            raise TrajectoryError(f"{path}:{number}: {exc}") from None
+    if not stamps:
+        raise TrajectoryError(f"{path}: no poses in the file")
+    return Trajectory.from_lists(stamps, poses, source=str(path))
+
+
+def write_tum(path: str | Path, traj: Trajectory) -> Path:
+    """Write ``traj`` as a TUM file (stamps with nine decimals, quaternion scalar-last)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = ["# timestamp tx ty tz qx qy qz qw"]
+    for stamp, T in zip(traj.stamps_ns, traj.poses):
+        q = Rotation.from_matrix(T[:3, :3]).as_quat()
+        values = " ".join(f"{v:.9f}" for v in (*T[:3, 3], *q))
+        lines.append(f"{ns_to_text(int(stamp))} {values}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+# -- chaining with the ground-truth scale -------------------------------------------------------------
+
+def chain_with_gt_scale(records: Sequence, gt: Trajectory, max_gap_ns: int = 100_000_000) -> Trajectory:
+    """Chain per-frame keyframe->current estimates into ``T_world_current`` with the scale taken from
+    the ground truth (monocular translation is a unit vector).
+
+    For a frame matched against keyframe ``k`` with estimate ``R, t`` (``|t| = 1``), the translation is
+    scaled by ``|t_gt(k -> frame)|`` and ``T_world_frame = T_world_k @ inv([R | s t])``. The chain
+    starts at the ground-truth pose of the first frame. A frame without an estimate is left out; when
+    it still became a keyframe (tracking lost), it inherits its keyframe's pose (zero motion), which
+    the trajectory error then charges. ``records``: :class:`~.records.FrameRecord` in time order.
+    """
+    kf_pose: dict[int, np.ndarray] = {}
+    stamps: list[int] = []
+    poses: list[np.ndarray] = []
+    last: np.ndarray | None = None
+    for rec in records:
+        T_cur: np.ndarray | None = None
+        if rec.keyframe_stamp_ns == rec.stamp_ns:  # first frame (or a restart): anchor
+            T_cur = last if last is not None else gt.at(rec.stamp_ns, max_gap_ns)
+            if T_cur is None:
+                T_cur = np.eye(4)
+        else:
+            T_kf = kf_pose.get(rec.keyframe_stamp_ns)
+            T_gt = gt.relative(rec.keyframe_stamp_ns, rec.stamp_ns, max_gap_ns)
+            if T_kf is not None and rec.R is not None and T_gt is not None:
+                scale = float(np.linalg.norm(T_gt[:3, 3]))
+                t = np.asarray(rec.t, dtype=np.float64).reshape(3)
+                norm = float(np.linalg.norm(t))
+                T_rel = np.eye(4)
+                T_rel[:3, :3] = rec.R
+                T_rel[:3, 3] = t / norm * scale if norm > 0 else 0.0
+                T_cur = T_kf @ np.linalg.inv(T_rel)
+            elif rec.new_keyframe and T_kf is not None:
+                T_cur = T_kf.copy()
+            elif rec.new_keyframe and last is not None:
+                T_cur = last.copy()
+        if T_cur is None:
+            continue
+        stamps.append(int(rec.stamp_ns))
+        poses.append(T_cur)
+        last = T_cur
+        if rec.new_keyframe or rec.keyframe_stamp_ns == rec.stamp_ns:
+            kf_pose[int(rec.stamp_ns)] = T_cur
+    return Trajectory.from_lists(stamps, poses, source="estimate (ground-truth scale)")
+
+
+def sample(gt: Trajectory, stamps_ns: Iterable[int], max_gap_ns: int = 100_000_000) -> Trajectory:
+    """The ground truth at the given stamps (stamps without ground truth are left out)."""
+    out_s, out_p = [], []
+    for s in stamps_ns:
+        T = gt.at(int(s), max_gap_ns)
+        if T is not None:
+            out_s.append(int(s))
+            out_p.append(T)
+    return Trajectory.from_lists(out_s, out_p, source=f"{gt.source} (at frame stamps)")
+
+
+# -- evo, as commands --------------------------------------------------------------------------------
+
+def _evo_command(name: str) -> list[str]:
+    """How to run an evo tool: the script beside this interpreter, else on PATH."""
+    beside = Path(sys.executable).parent / name
+    if beside.is_file():
+        return [str(beside)]
+    found = shutil.which(name)
+    if found:
+        return [found]
+    raise FileNotFoundError(f"{name} not found (install evo==1.38.1: pip install evo==1.38.1)")
+
+
+def run_evo(tool: str, gt_file: Path, est_file: Path, extra: Sequence[str] = (), timeout_s: float = 120.0) -> dict:
+    """Run ``evo_ape``/``evo_rpe`` on two TUM files headless; returns evo's ``stats.json`` (rmse, mean,
+    median, std, min, max, sse). Raises RuntimeError with evo's message when it fails."""
+    with tempfile.TemporaryDirectory(prefix="fm_evo_") as tmp:
+        result_zip = Path(tmp) / "result.zip"
+        cmd = [*_evo_command(tool), "tum", str(Path(gt_file).resolve()), str(Path(est_file).resolve()), *extra,
+               "--save_results", str(result_zip), "--no_warnings", "--silent"]
+        env = {**os.environ, "MPLBACKEND": "Agg"}
+        env.pop("DISPLAY", None)
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env,
+                                  stdin=subprocess.DEVNULL, cwd=tmp)
+        except subprocess.TimeoutExpired:
+            raise RuntimeError(f"{tool} did not finish within {timeout_s:.0f} s") from None
+        if proc.returncode != 0 or not result_zip.is_file():
+            message = (proc.stderr.strip() or proc.stdout.strip()).splitlines()
+            raise RuntimeError(f"{tool} failed (exit {proc.returncode}): {message[-1] if message else 'no output'}")
+        with zipfile.ZipFile(result_zip) as z:
+            return json.loads(z.read("stats.json"))
+
+
+def score_trajectory(est: Trajectory, gt: Trajectory, out_dir: Path, align: bool = True) -> dict:
+    """Write ``trajectory_est.tum`` / ``trajectory_gt.tum`` into ``out_dir`` and score them with
+    ``evo_ape`` (absolute trajectory error, translation part) and ``evo_rpe`` (frame-to-frame relative
+    error, translation part). Returns ``ate_rmse_m``, ``rpe_rmse_m`` (None with ``evo_error`` set when
+    evo could not score it) and the file names."""
+    out_dir = Path(out_dir)
+    gt_at = sample(gt, est.stamps_ns)
+    est_file = write_tum(out_dir / "trajectory_est.tum", est)
+    gt_file = write_tum(out_dir / "trajectory_gt.tum", gt_at)
+    result: dict = {"trajectory_est": est_file.name, "trajectory_gt": gt_file.name,
+                    "trajectory_poses": len(est), "ate_rmse_m": None, "rpe_rmse_m": None,
+                    "trajectory_alignment": "SE(3) Umeyama" if align else "none (anchored at the first ground-truth pose)"}
+    if len(gt_at) < 3:
+        result["evo_error"] = f"only {len(gt_at)} estimated poses with ground truth; evo needs at least 3"
+        return result
+    align_args = ["--align"] if align else []
+    errors = []
+    try:
+        result["ate_rmse_m"] = float(run_evo("evo_ape", gt_file, est_file, align_args)["rmse"])
+    except (RuntimeError, FileNotFoundError, KeyError, ValueError) as exc:
+        errors.append(str(exc))
+    try:
+        rpe = run_evo("evo_rpe", gt_file, est_file, [*align_args, "--delta", "1", "--delta_unit", "f"])
+        result["rpe_rmse_m"] = float(rpe["rmse"])
+    except (RuntimeError, FileNotFoundError, KeyError, ValueError) as exc:
+        errors.append(str(exc))
+    if errors:
+        result["evo_error"] = "; ".join(errors)
+    return result

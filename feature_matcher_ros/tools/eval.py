@@ -1,0 +1,140 @@
+"""``fm-eval BAG --out DIR``: run the frontend offline on every frame of a rosbag2 and score it.
+
+Reads mcap or sqlite3 bags. Topics are found automatically when unambiguous (else name them); the ground
+truth comes from a PoseStamped, PoseWithCovarianceStamped, Odometry or TF topic, or a TUM file (``--gt``).
+Writes ``DIR/metrics.json``, ``DIR/report.md``, plots and the chained trajectory (TUM, scored with
+``evo_ape``/``evo_rpe``). Several ``--backend``/``--params`` give one run each (every backend with every
+parameter file) and a comparison table in ``DIR/report.md`` with one subfolder per run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+from ..evaluation import bagio
+from ..evaluation.cli import UsageError, run_main
+from ..evaluation.offline import (
+    build_frontend,
+    default_params_file,
+    load_params_file,
+    make_run_spec,
+    run_offline,
+    RunSpec,
+)
+from ..evaluation.report import comparison_markdown, text_table, write_json
+from ..evaluation.scoring import score_run
+from ..evaluation.trajectory import Trajectory, read_tum
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fm-eval", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("bag", help="rosbag2 folder, .mcap or .db3 file")
+    p.add_argument("--out", required=True, help="output folder (created; files in it are overwritten)")
+    p.add_argument("--backend", action="append", default=[], metavar="NAME",
+                   help="backend to run (repeatable; default: the parameter file's, else sift)")
+    p.add_argument("--params", action="append", default=[], metavar="FILE",
+                   help="node parameter file (ROS yaml; repeatable; default: the shipped config/matcher.yaml)")
+    p.add_argument("--node-name", default="matcher_node", help="node name whose section of a parameter file applies")
+    p.add_argument("--device", default=None, help="override the device (cpu, cuda, cuda:N, auto)")
+    p.add_argument("--image-topic", default=None, help="image topic (default: the only Image topic)")
+    p.add_argument("--camera-info-topic", default=None, help="CameraInfo topic (default: beside the image topic)")
+    p.add_argument("--gt-topic", default=None, help="ground-truth topic (PoseStamped, Odometry or TF)")
+    p.add_argument("--gt-frame", default=None, help="with a TF ground truth: the camera frame (default: the images' frame_id)")
+    p.add_argument("--gt", default=None, metavar="TUM_FILE", help="ground truth from a TUM file (T_world_camera)")
+    p.add_argument("--pictures", type=int, default=3, help="match pictures per run")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def load_ground_truth(reader: Any, topics: bagio.BagTopics, gt_file: str | None, gt_frame: str | None) -> Trajectory:
+    if gt_file:
+        return read_tum(gt_file)
+    assert topics.ground_truth is not None
+    frame = gt_frame
+    if topics.ground_truth_type == bagio.TF and not frame:
+        frame = bagio.image_frame_id(reader, topics.image)
+    return bagio.read_ground_truth(reader, topics.ground_truth, frame)
+
+
+def plan_runs(args: argparse.Namespace) -> list[RunSpec]:
+    """One run per (backend, parameter file)."""
+    files = args.params or ([str(default_params_file())] if default_params_file() else [])
+    params_sets: list[tuple[str | None, dict]] = [(f, load_params_file(f, args.node_name)) for f in files] or [(None, {})]
+    backends = args.backend or [None]
+    specs = []
+    for backend in backends:
+        for file, params in params_sets:
+            specs.append(make_run_spec(params, backend=backend, device=args.device,
+                                       params_files=[file] if file else []))
+    # names: the backend, plus the parameter file when several share a backend
+    for spec in specs:
+        same = [s for s in specs if s.backend == spec.backend]
+        if len(same) > 1 and spec.params_files:
+            spec.name = f"{spec.backend}_{Path(spec.params_files[0]).stem}"
+    seen: dict[str, int] = {}
+    for spec in specs:
+        base = re.sub(r"[^A-Za-z0-9_.-]+", "_", spec.name)
+        seen[base] = seen.get(base, 0) + 1
+        spec.name = base if seen[base] == 1 else f"{base}_{seen[base]}"
+    return specs
+
+
+def evaluate_bag(args: argparse.Namespace) -> list[dict]:
+    out = Path(args.out)
+    specs = plan_runs(args)
+    with bagio.open_bag(args.bag) as reader:
+        topics = bagio.discover_topics(reader, args.image_topic, args.camera_info_topic, args.gt_topic,
+                                       need_ground_truth=not args.gt)
+        gt = load_ground_truth(reader, topics, args.gt, args.gt_frame)
+        total = bagio.topic_counts(reader).get(topics.image)
+
+        def images_for(stamps: set[int]) -> dict[int, Any]:
+            return {f.stamp_ns: f.image for f in bagio.iter_frames(reader, topics, stamps=stamps)}
+
+        frontends = [build_frontend(spec) for spec in specs]  # every configuration is checked before any runs
+        rows = []
+        for spec, frontend in zip(specs, frontends):
+            run = run_offline(reader, topics, frontend, total=total, progress=not args.quiet,
+                              desc=f"fm-eval {spec.name}")
+            if not run.records:
+                raise bagio.BagError(f"no images could be read from {topics.image}")
+            frames = len(run.records)
+            meta = {
+                "name": spec.name, "mode": "offline", "backend": spec.backend, "device": spec.device,
+                "precision": spec.precision, "bag": str(Path(args.bag)), "image_topic": topics.image,
+                "camera_info_topic": topics.camera_info,
+                "ground_truth": gt.source if gt is not None else None,
+                "fps": frames / run.wall_s if run.wall_s > 0 else None, "wall_s": run.wall_s,
+                "settings": spec.describe(),
+            }
+            folder = out if len(specs) == 1 else out / spec.name
+            metrics = score_run(run.records, gt, folder, meta, images_for=images_for, pictures=args.pictures)
+            rows.append({**metrics, "folder": folder.relative_to(out).as_posix() if folder != out else ".",
+                         "params_files": spec.params_files})
+    if len(specs) > 1:
+        (out / "report.md").write_text(comparison_markdown(rows, str(args.bag)))
+        write_json(out / "metrics.json", {"runs": rows})
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+
+    def body() -> int:
+        if args.pictures < 0:
+            raise UsageError("--pictures must be >= 0")
+        rows = evaluate_bag(args)
+        print(text_table(rows))
+        print(f"results in {Path(args.out)}/ (report.md, metrics.json, plots)")
+        return 0
+
+    return run_main("fm-eval", body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,59 @@
+"""``fm-make-bag DATASET_DIR OUT``: a rosbag2 (mcap or sqlite3) from a sequence folder.
+
+The folder has the ``../shared/data`` sequence layout (``images.txt``, ``images/``, ``intrinsics.yaml``,
+optional ``groundtruth.txt``). The bag holds, stamped with the dataset's timestamps:
+``/camera/image_raw`` (sensor_msgs/Image), ``/camera/camera_info`` (sensor_msgs/CameraInfo) and
+``/ground_truth/pose`` (geometry_msgs/PoseStamped: the camera's optical-frame pose in ``world``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..evaluation.bagio import SequenceBagOptions, write_sequence_bag
+from ..evaluation.cli import run_main
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = SequenceBagOptions()
+    p = argparse.ArgumentParser(prog="fm-make-bag", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("dataset", help="sequence folder (images.txt, intrinsics.yaml, groundtruth.txt)")
+    p.add_argument("out", help="output bag folder (must not exist)")
+    p.add_argument("--storage", choices=("mcap", "sqlite3"), default=d.storage)
+    p.add_argument("--compression", choices=("zstd", "none"), default=d.compression,
+                   help="zstd: mcap chunk compression / sqlite3 per-message compression")
+    p.add_argument("--encoding", choices=("auto", "mono8", "rgb8", "bgr8"), default=d.encoding,
+                   help="image encoding (auto: rgb8 for colour files, mono8 for gray)")
+    p.add_argument("--image-topic", default=d.image_topic)
+    p.add_argument("--camera-info-topic", default=d.camera_info_topic)
+    p.add_argument("--gt-topic", default=d.gt_topic, help="PoseStamped ground-truth topic ('' for none)")
+    p.add_argument("--tf-topic", default=d.tf_topic, help="also write the ground truth as TF on this topic (e.g. /tf)")
+    p.add_argument("--camera-frame", default=d.camera_frame, help="frame_id of images and camera info")
+    p.add_argument("--world-frame", default=d.world_frame, help="frame_id of the ground-truth poses")
+    p.add_argument("--frames", default="", metavar="START:STOP:STEP",
+                   help="only these images (a Python slice of images.txt, e.g. 0:12:3)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+
+    def body() -> int:
+        opts = SequenceBagOptions(
+            storage=args.storage, compression=args.compression, encoding=args.encoding,
+            image_topic=args.image_topic, camera_info_topic=args.camera_info_topic, gt_topic=args.gt_topic,
+            tf_topic=args.tf_topic, camera_frame=args.camera_frame, world_frame=args.world_frame, frames=args.frames)
+        info = write_sequence_bag(args.dataset, args.out, opts, progress=not args.quiet)
+        topics = ", ".join(f"{t} [{m.split('/')[-1]}]" for t, m in info["topics"].items())
+        print(f"wrote {info['bag']}: {info['images']} images, {info['ground_truth']} ground-truth poses, "
+              f"{info['storage']} ({info['compression']}), {info['bytes'] / 1e6:.1f} MB; topics {topics}")
+        return 0
+
+    return run_main("fm-make-bag", body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

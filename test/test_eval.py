@@ -1,0 +1,204 @@
+"""fm-eval: a bag through the offline frontend (SIFT) -> metrics.json, report.md, plots; parameter files,
+comparisons, ground truth from a TUM file or TF; bad bags end with a clear message and exit code 2."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from feature_matcher_ros.evaluation import bagio
+from feature_matcher_ros.evaluation.scoring import REQUIRED_KEYS
+from feature_matcher_ros.tools import make_bag
+
+EVAL = [sys.executable, "-m", "feature_matcher_ros.tools.eval"]
+
+
+def run_eval(*args: str, timeout: float = 240, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([*EVAL, *args, "--quiet"], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "MPLBACKEND": "Agg"}, cwd=cwd)
+
+
+@pytest.fixture(scope="module")
+def small_bag(shared: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Six TUM frames, 0.3 s apart."""
+    out = tmp_path_factory.mktemp("bags") / "tum6"
+    assert make_bag.main([str(shared / "data/tum_fr2_desk"), str(out), "--frames", "0:18:3",
+                          "--encoding", "mono8", "--quiet"]) == 0
+    return out
+
+
+def test_eval_demo_bag_sift(repo: Path, tmp_path: Path) -> None:
+    out = tmp_path / "eval"
+    proc = run_eval(str(repo / "data/demo/tum_fr2_desk"), "--out", "eval", "--backend", "sift", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    m = json.loads((out / "metrics.json").read_text())
+    missing = [k for k in REQUIRED_KEYS if k not in m]
+    assert not missing, missing
+    assert m["backend"] == "sift" and m["frames"] == 20 and m["pairs"] == 19
+    assert m["rotation_error_deg_median"] < 1.0
+    assert m["translation_error_deg_median"] < 10.0
+    assert 0.6 < m["auc@20"] <= 1.0 and m["auc@5"] <= m["auc@10"] <= m["auc@20"]
+    assert m["epipolar_precision"] > 0.8
+    assert m["matches_per_frame_median"] >= m["inliers_per_frame_median"] > 50
+    assert 1 <= m["keyframes"] <= 20
+    assert m["fps"] > 0 and 0 < m["latency_ms_p50"] <= m["latency_ms_p99"]
+    # chained trajectory with the ground-truth scale, scored by evo: millimetres to centimetres on this snippet
+    assert m["ate_rmse_m"] is not None and 0 < m["ate_rmse_m"] < 0.05
+    assert m["rpe_rmse_m"] is not None and 0 < m["rpe_rmse_m"] < 0.05
+    for name in ("report.md", "pose_error.png", "matches.png", "latency.png", "match_0.png",
+                 "trajectory_est.tum", "trajectory_gt.tum"):
+        assert (out / name).stat().st_size > 0, name
+    assert (out / "pose_error.png").read_bytes()[:4] == b"\x89PNG"
+    assert "| sift |" in (out / "report.md").read_text()
+    assert "AUC@5" in proc.stdout  # the summary table
+    est = np.loadtxt(out / "trajectory_est.tum")
+    assert est.shape == (20, 8)
+
+
+def test_params_files_and_comparison(small_bag: Path, tmp_path: Path) -> None:
+    a = tmp_path / "few.yaml"
+    a.write_text("/**:\n  ros__parameters:\n    backend: sift\n    max_matches: 60\n    input_qos: reliable\n")
+    b = tmp_path / "fewer.yaml"
+    b.write_text("matcher_node:\n  ros__parameters:\n    max_matches: 30\n    keyframe:\n      min_matches: 10\n")
+    out = tmp_path / "cmp"
+    proc = run_eval(str(small_bag), "--out", str(out), "--params", str(a), "--params", str(b))
+    assert proc.returncode == 0, proc.stderr
+    table = (out / "report.md").read_text()
+    assert "sift_few" in table and "sift_fewer" in table
+    runs = {r["name"]: r for r in json.loads((out / "metrics.json").read_text())["runs"]}
+    few = json.loads((out / "sift_few" / "metrics.json").read_text())
+    fewer = json.loads((out / "sift_fewer" / "metrics.json").read_text())
+    assert runs["sift_few"]["matches_per_frame_median"] == few["matches_per_frame_median"] == 60
+    assert fewer["matches_per_frame_median"] == 30
+    assert fewer["settings"]["frontend_settings"] == {"max_matches": 30, "keyframe.min_matches": 10}
+    assert "input_qos" in few["settings"]["ignored_parameters"]
+    assert (out / "sift_fewer" / "pose_error.png").is_file()
+
+
+def test_ground_truth_from_tum_file_and_tf(shared: Path, small_bag: Path, tmp_path: Path) -> None:
+    tum = shared / "data/tum_fr2_desk"
+    no_gt = tmp_path / "no_gt"
+    assert make_bag.main([str(tum), str(no_gt), "--frames", "0:18:3", "--encoding", "mono8", "--gt-topic", "",
+                          "--quiet"]) == 0
+    from feature_matcher_ros.tools import eval as fm_eval
+
+    assert fm_eval.main([str(no_gt), "--out", str(tmp_path / "e0"), "--quiet"]) == 2  # no ground truth anywhere
+    proc = run_eval(str(no_gt), "--out", str(tmp_path / "e1"), "--gt", str(tum / "groundtruth.txt"), "--pictures", "0")
+    assert proc.returncode == 0, proc.stderr
+    with_file = json.loads((tmp_path / "e1" / "metrics.json").read_text())
+
+    tf_bag = tmp_path / "tf"
+    assert make_bag.main([str(tum), str(tf_bag), "--frames", "0:18:3", "--encoding", "mono8", "--gt-topic", "",
+                          "--tf-topic", "/tf", "--quiet"]) == 0
+    proc = run_eval(str(tf_bag), "--out", str(tmp_path / "e2"), "--pictures", "0")
+    assert proc.returncode == 0, proc.stderr
+    with_tf = json.loads((tmp_path / "e2" / "metrics.json").read_text())
+    assert "TF" in with_tf["ground_truth"] and with_file["ground_truth"].endswith("groundtruth.txt")
+    for key in ("pairs", "rotation_error_deg_median", "translation_error_deg_median", "epipolar_precision"):
+        assert math.isclose(with_file[key], with_tf[key], rel_tol=1e-6), key
+    assert with_file["pairs"] == 5 and with_file["rotation_error_deg_median"] < 1.0
+
+
+def _write_bag(path: Path, image_encoding: str = "mono8", camera_info: bool = True) -> None:
+    """A 2-frame bag written by hand: optional camera info, an image encoding of our choice."""
+    from rosbags.rosbag2 import Writer
+    from rosbags.rosbag2.enums import StoragePlugin
+
+    from feature_matcher_ros.camera import CameraModel
+
+    store = bagio.typestore()
+    cam = CameraModel.from_matrix(64, 48, np.array([[50.0, 0, 32], [0, 50, 24], [0, 0, 1]]))
+    with Writer(path, version=Writer.VERSION_LATEST, storage_plugin=StoragePlugin.MCAP) as w:
+        c_img = w.add_connection("/cam/image_raw", bagio.IMAGE, typestore=store)
+        c_info = w.add_connection("/cam/camera_info", bagio.CAMERA_INFO, typestore=store) if camera_info else None
+        c_gt = w.add_connection("/gt", bagio.POSE_STAMPED, typestore=store)
+        for i in range(2):
+            stamp = (i + 1) * 100_000_000
+            msg = bagio.image_message(store, np.full((48, 64), 100 + i, np.uint8), stamp, "cam", "mono8")
+            msg.encoding = image_encoding
+            w.write(c_img, stamp, store.serialize_cdr(msg, bagio.IMAGE))
+            if c_info is not None:
+                w.write(c_info, stamp, store.serialize_cdr(bagio.camera_info_message(store, cam, stamp, "cam"),
+                                                           bagio.CAMERA_INFO))
+            w.write(c_gt, stamp, store.serialize_cdr(bagio.pose_stamped_message(store, np.eye(4), stamp, "world"),
+                                                     bagio.POSE_STAMPED))
+
+
+def test_bad_bags_clean_errors(small_bag: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from feature_matcher_ros.tools import eval as fm_eval
+
+    _write_bag(tmp_path / "no_info", camera_info=False)
+    _write_bag(tmp_path / "yuv", image_encoding="yuv422")
+    truncated = tmp_path / "truncated"
+    shutil.copytree(small_bag, truncated)
+    mcap = next(truncated.glob("*.mcap"))
+    with open(mcap, "r+b") as f:
+        f.truncate(mcap.stat().st_size // 2)
+    # one through a real process: exit code 2, one line, no traceback
+    proc = run_eval(str(truncated), "--out", str(tmp_path / "out_truncated"))
+    assert proc.returncode == 2 and "truncated or corrupt" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr and proc.stderr.startswith("fm-eval: error:")
+    cases = [
+        ([str(tmp_path / "no_info")], "no camera info topic"),
+        ([str(tmp_path / "yuv")], "unsupported image encoding 'yuv422'"),
+        ([str(tmp_path / "nothing_here")], "does not exist"),
+        ([str(small_bag), "--image-topic", "/nope"], "/nope is not in the bag"),
+        ([str(small_bag), "--backend", "nonsense"], "nonsense"),
+        ([str(small_bag), "--gt", str(tmp_path / "missing.txt")], "missing.txt does not exist"),
+    ]
+    for args, message in cases:
+        code = fm_eval.main([*args, "--out", str(tmp_path / "o"), "--quiet"])
+        err = capsys.readouterr().err
+        assert code == 2, (args, err)
+        assert message in err and err.startswith("fm-eval: error:"), (args, err)
+
+
+def test_scale_injection_and_metric_definitions(shared: Path) -> None:
+    """Perfect unit-length estimates chain back to the ground truth exactly; a failed estimate counts as
+    infinitely wrong in the AUC; epipolar precision uses the ground-truth essential matrix."""
+    from feature_matcher_ros.camera import CameraModel
+    from feature_matcher_ros.evaluation.metrics import evaluate
+    from feature_matcher_ros.evaluation.records import FrameRecord
+    from feature_matcher_ros.evaluation.trajectory import chain_with_gt_scale, read_tum
+
+    tum = shared / "data/tum_fr2_desk"
+    gt = read_tum(tum / "groundtruth.txt")
+    cam = CameraModel.from_yaml(tum / "intrinsics.yaml")
+    stamps = [int(s) for s in gt.stamps_ns[:9]]
+    rng = np.random.default_rng(0)
+    X = np.column_stack([rng.uniform(-1, 1, (50, 2)), rng.uniform(2, 4, 50)])  # points in the keyframe camera
+    records, kf = [], stamps[0]
+    for i, s in enumerate(stamps):
+        if i == 0:
+            records.append(FrameRecord(s, s, np.zeros((0, 2)), np.zeros((0, 2)), np.zeros(0, bool), None, None,
+                                       "first frame", True, camera=cam))
+            continue
+        T = gt.relative(kf, s)
+        t_unit = T[:3, 3] / np.linalg.norm(T[:3, 3])
+        X1 = X @ T[:3, :3].T + T[:3, 3]
+        k0 = cam.project(X[:, :2] / X[:, 2:])
+        k1 = cam.project(X1[:, :2] / X1[:, 2:])
+        records.append(FrameRecord(s, kf, k0, k1, np.ones(50, bool), T[:3, :3], t_unit, "", i % 3 == 0, camera=cam))
+        if i % 3 == 0:
+            kf = s
+    est = chain_with_gt_scale(records, gt)
+    assert list(est.stamps_ns) == stamps
+    np.testing.assert_allclose(est.poses, gt.poses[:9], atol=1e-6)
+
+    summary, per_frame = evaluate(records, gt)
+    assert summary["pairs"] == 8 and summary["auc@5"] > 0.99 and summary["epipolar_precision"] == 1.0
+    assert summary["rotation_error_deg_median"] < 1e-4 and summary["keyframes"] == 3
+    failed = records[4]
+    records[4] = FrameRecord(failed.stamp_ns, failed.keyframe_stamp_ns, failed.kpts0, failed.kpts1,
+                             np.zeros(50, bool), None, None, "too few inliers", False, camera=cam)
+    summary, _ = evaluate(records, gt)
+    assert summary["pose_failures"] == 1 and abs(summary["auc@20"] - 7 / 8) < 0.01
+    assert summary["failure_reasons"] == {"too few inliers": 1}
