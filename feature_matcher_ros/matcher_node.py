@@ -2,19 +2,102 @@
 ``python -m feature_matcher_ros.matcher_node --ros-args --params-file config/matcher.yaml``.
 
 Start-up problems (unknown backend, missing weights, CUDA asked for without CUDA, a bad parameter) end the
-process with one clear line on stderr and exit code 2, never a traceback.
+process with one clear line on stderr and exit code 2, never a traceback. ``--help`` prints the usage and
+every parameter, then exits 0 without starting ROS.
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 
-import rclpy
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+USAGE_EXAMPLES = """\
+examples:
+  matcher_node --ros-args --params-file config/matcher.yaml
+  matcher_node --ros-args -p backend:=sptd2 -p device:=auto
+  matcher_node --ros-args -p backend:=eloftr -p weights:=/path/eloftr_outdoor.ckpt \\
+      -r image:=/camera/color/image_raw -r camera_info:=/camera/color/camera_info
+  ros2 param set /matcher_node max_matches 500      # live parameters, while it runs
+
+topics: image, camera_info (in); matches, relative_pose, odometry, keyframe, debug_image, /diagnostics (out)
+service: ~/reset (std_srvs/Trigger)
+"""
+
+
+def _spec_line(spec) -> str:
+    """One parameter in the help: ``name  type = default  [read-only]  description (choices / range)``."""
+    kind = {bool: "bool", int: "int", float: "double", str: "string"}.get(spec.type, spec.type.__name__)
+    extra = []
+    if spec.choices is not None:
+        extra.append("|".join(str(c) for c in spec.choices))
+    if spec.min is not None and spec.max is not None:
+        extra.append(f"[{spec.min:g}, {spec.max:g}]")
+    elif spec.min is not None:
+        extra.append(f">= {spec.min:g}")
+    elif spec.max is not None:
+        extra.append(f"<= {spec.max:g}")
+    text = spec.description + (f" ({'; '.join(extra)})" if extra else "")
+    flag = "  read-only" if spec.read_only else ""
+    return f"  {spec.name:<28} {kind} = {spec.default!r}{flag}\n      {text}"
+
+
+def parameter_help() -> str:
+    """The parameter list of ``--help``: the node's, the frontend's, then each installed backend's."""
+    from .backends import available_backends, backend_class
+    from .frontend import FRONTEND_PARAMS
+    from .ros.node import NODE_PARAMS, PRECISION_SPEC, SCALE_SPEC
+
+    names = {s.name for s in FRONTEND_PARAMS}
+    node = list(NODE_PARAMS) + ([SCALE_SPEC] if SCALE_SPEC.name not in names else [])
+    front = list(FRONTEND_PARAMS) + ([PRECISION_SPEC] if "precision" not in names else [])
+    blocks = ["node parameters (read-only ones are set at start-up only):", *map(_spec_line, node),
+              "frontend parameters (live):", *map(_spec_line, front)]
+    for name in available_backends():
+        try:
+            specs = backend_class(name).PARAMS
+        except Exception as exc:  # noqa: BLE001 - a broken optional backend must not break --help
+            blocks.append(f"backend {name}: not loadable here ({type(exc).__name__}: {exc})")
+            continue
+        if specs:
+            blocks.append(f"backend {name} parameters (live, declared only when backend is {name}):")
+            blocks.extend(map(_spec_line, specs))
+    return "\n".join(blocks)
+
+
+def _wants_help(argv: list[str]) -> bool:
+    """``-h``/``--help`` among the program's own arguments (those before ``--ros-args``)."""
+    own = argv[1:argv.index("--ros-args")] if "--ros-args" in argv else argv[1:]
+    return "-h" in own or "--help" in own
+
+
+def print_help() -> None:
+    parser = argparse.ArgumentParser(
+        prog="matcher_node",
+        usage="matcher_node [-h] [--ros-args [--params-file FILE] [-p NAME:=VALUE ...] [-r FROM:=TO ...]]",
+        description="Match every camera frame against the current keyframe and publish the correspondences, "
+                    "the relative pose and chained odometry (ROS 2). Parameters come from a params file "
+                    "(--ros-args --params-file config/matcher.yaml) and -p NAME:=VALUE overrides.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=USAGE_EXAMPLES + "\n" + parameter_help(),
+    )
+    parser.print_help()
 
 
 def main(args: list[str] | None = None) -> int:
-    rclpy.init(args=sys.argv if args is None else args)
+    argv = list(sys.argv if args is None else args)
+    if _wants_help(argv):
+        print_help()
+        return 0
+
+    import rclpy
+    from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+
+    try:
+        rclpy.init(args=argv)
+    except Exception as exc:  # noqa: BLE001 - e.g. UnknownROSArgsError: one clear line, no traceback
+        print(f"[matcher_node] cannot start: bad ROS arguments ({type(exc).__name__}: {exc}); "
+              "see matcher_node --help", file=sys.stderr, flush=True)
+        return 2
     try:
         from .ros.node import MatcherNode
 

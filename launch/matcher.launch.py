@@ -2,16 +2,49 @@
 
     ros2 launch feature_matcher_ros matcher.launch.py image:=/camera/color/image_raw \
         camera_info:=/camera/color/camera_info namespace:=front params_file:=/path/to/matcher.yaml
+    ros2 launch feature_matcher_ros matcher.launch.py backend:=sptd2 device:=auto
+    ros2 launch feature_matcher_ros matcher.launch.py backend:=eloftr weights:=/path/eloftr_outdoor.ckpt
+
+``backend``, ``weights`` and ``device`` override the params file when given (empty = keep the file's value).
 """
 
 import os
 
 from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument
+from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
-from launch_ros.parameter_descriptions import ParameterValue
+
+# Launch arguments that become read-only node parameters when not empty.
+OVERRIDES = {
+    "backend": "Matcher backend: sift | orb | eloftr | sptd2 (empty = the params file's).",
+    "weights": "Checkpoint of a learned backend; eloftr needs eloftr_outdoor.ckpt (empty = the params file's: "
+               "the shipped sptd2_small.pt for sptd2).",
+    "device": "cpu | cuda | cuda:N | auto (empty = the params file's).",
+}
+
+
+def _node(context, *args, **kwargs):
+    overrides = {}
+    for name in OVERRIDES:
+        value = LaunchConfiguration(name).perform(context).strip()
+        if value:
+            overrides[name] = value
+    use_sim_time = LaunchConfiguration("use_sim_time").perform(context).strip().lower() in ("true", "1", "yes")
+    return [Node(
+        package="feature_matcher_ros",
+        executable="matcher_node",
+        name="matcher_node",
+        namespace=LaunchConfiguration("namespace"),
+        output="screen",
+        emulate_tty=True,
+        parameters=[LaunchConfiguration("params_file"), {"use_sim_time": use_sim_time, **overrides}],
+        remappings=[
+            ("image", LaunchConfiguration("image")),
+            ("camera_info", LaunchConfiguration("camera_info")),
+        ],
+    )]
 
 
 def generate_launch_description():
@@ -22,21 +55,6 @@ def generate_launch_description():
         DeclareLaunchArgument("camera_info", default_value="camera_info", description="Input camera_info topic."),
         DeclareLaunchArgument("params_file", default_value=default_params, description="Parameters (YAML)."),
         DeclareLaunchArgument("use_sim_time", default_value="false", description="Use /clock (bag replay)."),
+        *(DeclareLaunchArgument(name, default_value="", description=text) for name, text in OVERRIDES.items()),
     ]
-    node = Node(
-        package="feature_matcher_ros",
-        executable="matcher_node",
-        name="matcher_node",
-        namespace=LaunchConfiguration("namespace"),
-        output="screen",
-        emulate_tty=True,
-        parameters=[
-            LaunchConfiguration("params_file"),
-            {"use_sim_time": ParameterValue(LaunchConfiguration("use_sim_time"), value_type=bool)},
-        ],
-        remappings=[
-            ("image", LaunchConfiguration("image")),
-            ("camera_info", LaunchConfiguration("camera_info")),
-        ],
-    )
-    return LaunchDescription([*arguments, node])
+    return LaunchDescription([*arguments, OpaqueFunction(function=_node)])

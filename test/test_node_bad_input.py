@@ -2,6 +2,8 @@
 good frame afterwards is still answered. Start-up errors end the process with one clear line, no traceback."""
 
 import math
+import subprocess
+import sys
 
 import pytest
 from sensor_msgs.msg import CompressedImage, Image
@@ -115,6 +117,14 @@ def test_startup_errors_exit_with_a_clear_message(overrides, expected):
     done = run_cli(*overrides)
     assert done.returncode == 2
     assert "cannot start" in done.stderr and expected in done.stderr
+    assert "Traceback" not in done.stderr + done.stdout
+
+
+def test_bad_ros_arguments_exit_with_a_clear_message():
+    done = subprocess.run([sys.executable, "-m", "feature_matcher_ros.matcher_node", "--ros-args", "--no-such-flag"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert "bad ROS arguments" in done.stderr and "--no-such-flag" in done.stderr and "--help" in done.stderr
     assert "Traceback" not in done.stderr + done.stdout
 
 

@@ -121,18 +121,35 @@ class MatcherClient:
 
     # -- discovery ------------------------------------------------------------------------------------
     def wait_for_matcher(self, timeout: float = 30.0) -> bool:
-        """True once the matcher's subscriptions, outputs and parameter services are all connected."""
+        """True once the matcher's subscriptions, outputs and parameter services are all connected, seen
+        from both sides.
+
+        Our publishers seeing the matcher's subscriptions is not enough: the matcher's (volatile) readers
+        may match our writers a moment later and would silently miss what we publish before that (e.g. the
+        first camera_info, never re-sent). So this ends with a parameter service round trip: the matcher
+        can only answer once it has discovered the service client, which we created after the publishers,
+        and discovery announcements arrive in order.
+        """
         deadline = time.monotonic() + timeout
         client = self.node.create_client(SetParameters, f"{self.target}/set_parameters")
         try:
             while time.monotonic() < deadline:
                 if (self.pub_image.get_subscription_count() > 0 and self.pub_info.get_subscription_count() > 0
                         and self._subs[0].get_publisher_count() > 0 and client.service_is_ready()):
-                    return True
+                    break
                 time.sleep(0.05)
-            return False
+            else:
+                return False
         finally:
             self.node.destroy_client(client)
+        while time.monotonic() < deadline:
+            try:
+                self._call(GetParameters, "get_parameters", GetParameters.Request(names=["backend"]),
+                           min(2.0, max(0.1, deadline - time.monotonic())))
+                return True
+            except TimeoutError:
+                continue
+        return False
 
     def subscribe_debug_image(self, timeout: float = 10.0) -> bool:
         """Start receiving ``debug_image`` (the matcher draws it only while someone listens)."""

@@ -40,6 +40,7 @@ from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseStamped, PoseWithCovarianceStamped
 from nav_msgs.msg import Odometry
 from rclpy.node import Node
+from rclpy.parameter import Parameter
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from std_msgs.msg import Header
 from std_srvs.srv import Trigger
@@ -62,7 +63,8 @@ NODE_NAME = "matcher_node"
 NODE_PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("backend", "sift", "Matcher backend.", choices=tuple(sorted(BACKEND_NAMES)), read_only=True),
     ParamSpec("device", "auto", "cpu, cuda, cuda:N or auto (cuda when torch sees a GPU).", read_only=True),
-    ParamSpec("weights", "", "Checkpoint path for learned backends ('' = the bundled default).", read_only=True),
+    ParamSpec("weights", "", "Checkpoint of a learned backend: required for eloftr (eloftr_outdoor.ckpt); '' = the "
+              "shipped sptd2_small.pt for sptd2; unused by sift/orb.", read_only=True),
     ParamSpec("input_qos", "sensor_data", "QoS of the image and camera_info subscriptions.",
               choices=INPUT_QOS_CHOICES, read_only=True),
     ParamSpec("compressed_input", False, "Subscribe to 'image' as sensor_msgs/CompressedImage.", read_only=True),
@@ -81,8 +83,33 @@ PRECISION_SPEC = ParamSpec("precision", "fp32", "Numeric precision of the backen
 SCALE_SPEC = ParamSpec("odometry.scale", 0.0, "Metres per unit relative translation for odometry (0 = unknown "
                        "scale: unit-length steps, marked unknown in the covariance).", min=0.0, max=1e3)
 LOG_PERIOD_S = 5.0
+# Learned backends without shipped weights, and where their checkpoint comes from.
+WEIGHTS_HINTS = {
+    "eloftr": "download eloftr_outdoor.ckpt from the Efficient LoFTR release "
+              "(https://github.com/zju3dv/EfficientLoFTR, the README's model link) and pass "
+              "-p weights:=/path/eloftr_outdoor.ckpt (or set weights: in the params file)",
+}
+# Backends that take no weights at all.
+NO_WEIGHTS = ("sift", "orb")
 # How long an image that arrived before any camera_info waits for one (checked at each diagnostics report).
 CAMERA_INFO_WAIT_S = 0.5
+
+
+def backend_weights(backend: str, weights: str) -> str | None:
+    """The ``weights`` argument of ``create_backend`` for the ``weights`` parameter: None for the shipped
+    default (or for backends without weights), else the expanded path. Raises ``ValueError`` saying where to
+    get the file when a backend without shipped weights has none, or when the file does not exist."""
+    path = os.path.expanduser(weights.strip())
+    if backend in NO_WEIGHTS:
+        return None
+    if not path:
+        if backend in WEIGHTS_HINTS:
+            raise ValueError(f"backend {backend} needs weights and none were given: {WEIGHTS_HINTS[backend]}")
+        return None
+    if not os.path.isfile(path):
+        hint = WEIGHTS_HINTS.get(backend, "leave weights empty for the shipped default")
+        raise ValueError(f"weights file {path!r} for backend {backend} not found: {hint}")
+    return path
 
 
 class _Frame:
@@ -122,17 +149,22 @@ class MatcherNode(Node):
             declared.add("precision")
         else:
             precision = frontend_values.pop("precision")
+        weights = backend_weights(backend_name, self.values["weights"])
+        if backend_name in NO_WEIGHTS and self.values["weights"]:
+            self.get_logger().warning(f"backend {backend_name} takes no weights: ignoring weights "
+                                      f"{self.values['weights']!r}")
         self.backend = create_backend(
             backend_name,
             device=self.values["device"],
             precision=precision,
-            weights=self.values["weights"] or None,
+            weights=weights,
             **backend_values,
         )
         self._apply_num_threads(self.values["num_threads"])
         self.frontend = Frontend(self.backend, frontend_values)
         specs = self.frontend.params()
         declare(self, [s for s in specs if s.name not in declared])  # anything the frontend adds
+        self._adopt_backend_values()
         self._warn_unknown_overrides()
 
         # State shared with the worker.
@@ -146,11 +178,16 @@ class MatcherNode(Node):
         self._announced_keyframe: int | None = None
         self._log_times: dict[str, float] = {}
         self._parked: tuple[Any, float] | None = None  # (image message, arrival) waiting for a camera_info
+        # Values a backend derived itself (eloftr: a mode change alone resets the threshold to the new mode's
+        # default), copied into the ROS parameters right after the batch that caused them.
+        self._pending_sync: set[str] = set()
+        self._sync_timer = self.create_timer(0.01, self._sync_derived)
+        self._sync_timer.cancel()
 
         self.add_on_set_parameters_callback(LiveParameters(
             [s for s in self.node_specs if not s.read_only],
             self.values,
-            self.frontend.update,
+            self._update_frontend,
             [s.name for s in specs],
             self.lock,
             self._on_node_params,
@@ -176,6 +213,17 @@ class MatcherNode(Node):
             f"ready: backend {d['backend']} on {d['device']} ({d['precision']}), "
             f"image type {image_type.__name__}, input QoS {self.values['input_qos']}"
         )
+
+    def _adopt_backend_values(self) -> None:
+        """Make the ROS parameters show what the backend really uses when it adjusted a start-up value
+        (eloftr: ``eloftr.mode: opt`` with the full-mode default threshold runs with opt's default)."""
+        values = self.frontend.values()
+        params = [Parameter(k, value=v) for k, v in values.items()
+                  if self.has_parameter(k) and self.get_parameter(k).value != v]
+        if params:
+            self.set_parameters(params)
+            for p in params:
+                self.get_logger().info(f"{p.name} is {p.value!r} (set by the backend from the start-up values)")
 
     def _warn_unknown_overrides(self) -> None:
         overrides = getattr(self, "_parameter_overrides", {}) or {}
@@ -263,6 +311,36 @@ class MatcherNode(Node):
         """Accepted node-level changes (called with the lock held, so between frames)."""
         if "num_threads" in changes:
             self._apply_num_threads(changes["num_threads"])
+
+    def _update_frontend(self, changes: Mapping[str, Any]) -> str | None:
+        """``Frontend.update``, noting the parameters the change moved besides those asked for."""
+        reason = self.frontend.update(changes)
+        if reason is None:
+            values = self.frontend.values()
+            derived = {k for k, v in values.items()
+                       if k not in changes and self.has_parameter(k) and self.get_parameter(k).value != v}
+            if derived:
+                self._pending_sync |= derived
+                self._sync_timer.reset()
+        return reason
+
+    def _sync_derived(self) -> None:
+        """Set the ROS parameters whose value the backend changed by itself (executor thread, after the
+        parameter callback that caused it has returned)."""
+        self._sync_timer.cancel()
+        names, self._pending_sync = self._pending_sync, set()
+        with self.lock:
+            values = self.frontend.values()
+        params = [Parameter(k, value=values[k]) for k in sorted(names)
+                  if k in values and self.get_parameter(k).value != values[k]]
+        if not params:
+            return
+        for param, result in zip(params, self.set_parameters(params)):
+            if result.successful:
+                self.get_logger().info(
+                    f"{param.name} is now {param.value!r} (set by the backend after the last change)")
+            else:
+                self.get_logger().warning(f"could not update {param.name} to {param.value!r}: {result.reason}")
 
     @staticmethod
     def _apply_num_threads(n: int) -> None:
@@ -371,6 +449,8 @@ class MatcherNode(Node):
             "camera_info_received": self.cameras.received,
             "keyframe_stamp_ns": self._announced_keyframe if self._announced_keyframe is not None else "",
         }
+        if d.get("weights"):
+            info["weights"] = d["weights"]
         name = f"{self.get_fully_qualified_name().lstrip('/')}: matcher"
         status = self.stats.status(name, str(d.get("device", "")), info)
         msg = DiagnosticArray()
