@@ -44,6 +44,7 @@ import cv2
 import numpy as np
 
 from .backends.base import PRECISIONS, Backend, Features, Matches
+from .backends.nms import nms_matches
 from .camera import CameraModel
 from .geometry import METHODS, RelativePose, estimate_relative_pose, invert, se3
 from .keyframes import PARALLAX_MODES, Keyframe, KeyframeCache, KeyframePolicy, median_displacement_px
@@ -51,8 +52,13 @@ from .params import ParamSpec, check_changes
 
 FRONTEND_PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("max_matches", 0, "Keep at most this many matches, highest score first (0 = all).", min=0, max=1_000_000),
+    ParamSpec("nms.kernel_size", 0, "CasMTR max-pool NMS window over the matches' keyframe positions, in "
+              "cells (odd; 0 or 1 = off): a well-spread match set.", min=0, max=31),
+    ParamSpec("nms.cell_px", 4, "NMS grid cell in pixels (CasMTR runs it at 1/4 or 1/2 resolution).", min=1, max=64),
+    ParamSpec("nms.threshold", 0.0, "With NMS on, keep only matches scoring strictly above this "
+              "(in the backend's score units).", min=-1e9, max=1e9),
     ParamSpec("resize_long_edge", 0, "Resize images so the long edge has this many pixels before extraction (0 = off).",
-              min=0, max=8192),
+              min=0, max=4096),
     ParamSpec("ransac.method", "poselib", "Robust estimator: poselib (LO-RANSAC + refinement) or magsac (OpenCV USAC).",
               choices=METHODS),
     ParamSpec("ransac.threshold_px", 1.0, "Inlier threshold in pixels (epipolar / homography transfer error).",
@@ -176,6 +182,8 @@ class Frontend:
         return {**self._settings, **self.backend.settings, "precision": self.backend.precision}
 
     def _cross_check(self, merged: Mapping[str, Any]) -> str | None:
+        if merged["nms.kernel_size"] > 1 and merged["nms.kernel_size"] % 2 == 0:
+            return f"nms.kernel_size must be odd (or 0/1 for off), got {merged['nms.kernel_size']}"
         if merged["tracking.min_inliers"] > merged["keyframe.min_inliers"]:
             return (f"tracking.min_inliers ({merged['tracking.min_inliers']}) must be <= keyframe.min_inliers "
                     f"({merged['keyframe.min_inliers']})")
@@ -300,6 +308,9 @@ class Frontend:
         (oh0, ow0), (oh1, ow1) = kf.image_size, image_size
         if (ph0, pw0, ph1, pw1) != (oh0, ow0, oh1, ow1):
             m = m.scaled(ow0 / pw0, oh0 / ph0, ow1 / pw1, oh1 / ph1)
+        if s["nms.kernel_size"] > 1:
+            m = m.select(nms_matches(m.kpts0, m.scores, kf.image_size, kernel_size=int(s["nms.kernel_size"]),
+                                     cell=int(s["nms.cell_px"]), threshold=float(s["nms.threshold"])))
         m = m.top_k(int(s["max_matches"]))
         t1 = time.perf_counter()
         pose, reason = None, ""

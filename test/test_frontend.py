@@ -258,3 +258,25 @@ def test_rotation_compensated_parallax_ignores_turning(tum):
         counts[mode] = sum(r.new_keyframe for r in results)
         assert all(r.keyframe_reason.startswith("parallax") for r in results[1:] if r.new_keyframe)
     assert counts["rotation_compensated"] < counts["displacement"], counts
+
+
+def test_nms_spreads_the_matches_and_keeps_the_local_best(tum):
+    frames, _, cam = tum
+    backend = SiftBackend()
+    plain, spread = Frontend(backend), Frontend(SiftBackend(), {"nms.kernel_size": 5, "nms.cell_px": 8})
+    for fe in (plain, spread):
+        fe.process(frames[0][1], frames[0][0], cam)
+    all_m = plain.process(frames[3][1], frames[3][0], cam).matches
+    nms_m = spread.process(frames[3][1], frames[3][0], cam).matches
+    assert 0 < len(nms_m) < len(all_m)
+    # Survivors sit in cells at least kernel // 2 + 1 = 3 cells apart (Chebyshev) ...
+    cells = np.floor((nms_m.kpts0 + 0.5) / 8).astype(int)  # pixel centres, as nms_matches bins them
+    gaps = np.abs(cells[:, None, :] - cells[None, :, :]).max(-1) + np.eye(len(cells), dtype=int) * 99
+    assert gaps.min() >= 3
+    # ... and each is the best of all matches in its 5 x 5 cell neighbourhood.
+    all_cells = np.floor((all_m.kpts0 + 0.5) / 8).astype(int)
+    for c, score in zip(cells, nms_m.scores):
+        near = np.abs(all_cells - c).max(-1) <= 2
+        assert score >= all_m.scores[near].max() - 1e-6
+    assert spread.update({"nms.kernel_size": 4}) is not None  # even windows are refused
+    assert spread.settings["nms.kernel_size"] == 5
