@@ -1,0 +1,259 @@
+"""``eloftr``: the Efficient LoFTR backend (streaming: a keyframe's per-image work is done once).
+
+Coordinates: ``extract`` resizes any image to sides that are multiples of 32 (nearest multiple, at
+least 32; ``INTER_AREA`` when shrinking, ``INTER_LINEAR`` when enlarging). The network's keypoints are
+in the resized image's pixel frame (the model's own convention, kept as is, including the ``-3.5`` of
+its window indexing; it was trained with it) and are mapped back to the caller's pixels with
+:meth:`Matches.scaled` (pixel-centre convention ``x' = (x + 0.5) s - 0.5``). Images whose sides are
+already multiples of 32 are not resized, so their keypoints equal the official outputs.
+
+Live settings: ``eloftr.mode`` (``full`` | ``opt``) and ``eloftr.threshold``. When the mode changes and
+the threshold stays as it was, the threshold switches to the new mode's default (0.2 for ``full``,
+25 for ``opt``): a full-mode probability is meaningless as an opt-mode raw score and vice versa. To
+choose both, change both in one batch (with a threshold different from the current one).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+from ...params import ParamSpec
+from ..base import PRECISIONS, Backend, Features, Matches
+from .config import DEFAULT_THRESHOLDS, MODES, threshold_problem
+from .loader import load_model
+from .model import EfficientLoFTR, StageTimer
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def _resolve_device(device: str) -> str:
+    from .. import resolve_device
+
+    return resolve_device(device)
+
+
+def to_gray_uint8(image: np.ndarray) -> np.ndarray:
+    """``(H, W)`` uint8, from ``(H, W)`` or ``(H, W, 1|3)`` uint8 (RGB); anything else is a ValueError."""
+    if not isinstance(image, np.ndarray):
+        raise ValueError(f"eloftr: image must be a numpy array, got {type(image).__name__}")
+    if image.dtype != np.uint8:
+        raise ValueError(f"eloftr: image must be uint8, got {image.dtype}")
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[:, :, 0]
+    elif image.ndim == 3 and image.shape[2] == 3:
+        import cv2
+
+        image = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+    if image.ndim != 2 or min(image.shape) < 1:
+        raise ValueError(f"eloftr: expected an (H, W) grayscale or (H, W, 3) RGB image, got shape {image.shape}")
+    return np.ascontiguousarray(image)
+
+
+def network_size(h: int, w: int, multiple: int = 32) -> tuple[int, int]:
+    """The ``(H, W)`` the network sees: each side rounded to the nearest multiple (at least one)."""
+    return max(multiple, int(round(h / multiple)) * multiple), max(multiple, int(round(w / multiple)) * multiple)
+
+
+class EfficientLoFTRBackend(Backend):
+    """Efficient LoFTR (CVPR 2024), exact to the official model.
+
+    Args:
+        device: ``cpu``, ``cuda``, ``cuda:N`` or ``auto``.
+        precision: ``fp32`` | ``fp16`` | ``bf16`` (the whole model cast; ``full`` coarse scores and the
+            fine matching stay fp32).
+        weights: path of the official checkpoint (``eloftr_outdoor.ckpt``), read unchanged.
+        num_threads: torch CPU threads (``torch.set_num_threads``; process-wide), None = leave as is.
+        fuse: fold the RepVGG blocks into single convs (the released deploy form; default True).
+        mode, threshold: aliases of ``eloftr.mode`` / ``eloftr.threshold``.
+        settings: live parameters by their dotted names.
+    """
+
+    name = "eloftr"
+    PARAMS = (
+        ParamSpec("eloftr.mode", "full", "coarse matching: full (dual-softmax) or opt (raw score)", choices=MODES),
+        ParamSpec(
+            "eloftr.threshold",
+            DEFAULT_THRESHOLDS["full"],
+            "coarse confidence threshold: in (0, 1) for full (default 0.2), > 0 for opt (default 25)",
+            min=0.0,
+        ),
+    )
+
+    def __init__(
+        self,
+        device: str = "cpu",
+        precision: str = "fp32",
+        weights: str | None = None,
+        num_threads: int | None = None,
+        fuse: bool = True,
+        mode: str | None = None,
+        threshold: float | None = None,
+        **settings: Any,
+    ) -> None:
+        if weights is None:
+            raise ValueError(
+                "eloftr: weights=PATH is required (the official eloftr_outdoor.ckpt from the Efficient LoFTR release)"
+            )
+        if mode is not None:
+            settings["eloftr.mode"] = mode
+        if threshold is not None:
+            settings["eloftr.threshold"] = threshold
+        device = _resolve_device(device)
+        if num_threads is not None:
+            if int(num_threads) < 1:
+                raise ValueError(f"eloftr: num_threads must be >= 1, got {num_threads}")
+            torch.set_num_threads(int(num_threads))
+        super().__init__(device=device, precision=precision, **settings)
+        self.weights = str(weights)
+        self._master: EfficientLoFTR = load_model(weights, device=device, dtype=torch.float32, fuse=fuse)
+        self.model = self._master
+        self.last_stage_ms: dict[str, float] = {}
+        self.precision = "fp32"
+        self.set_precision(precision)
+
+    # -- settings -------------------------------------------------------------------------------------
+    def _effective(self, settings: Mapping[str, Any]) -> dict[str, Any]:
+        merged = {**self.settings, **settings}
+        mode, thr = merged["eloftr.mode"], merged["eloftr.threshold"]
+        if mode != self.settings["eloftr.mode"] and thr == self.settings["eloftr.threshold"] and mode in MODES:
+            merged["eloftr.threshold"] = DEFAULT_THRESHOLDS[mode]
+        if isinstance(merged["eloftr.threshold"], int) and not isinstance(merged["eloftr.threshold"], bool):
+            merged["eloftr.threshold"] = float(merged["eloftr.threshold"])
+        return merged
+
+    def validate(self, settings: Mapping[str, Any]) -> str | None:
+        reason = super().validate(settings)
+        if reason:
+            return reason
+        merged = self._effective(settings)
+        return threshold_problem(merged["eloftr.mode"], merged["eloftr.threshold"])
+
+    def apply(self, settings: Mapping[str, Any]) -> None:
+        self.settings.update(self._effective(settings))
+
+    def set_precision(self, precision: str) -> None:
+        """Cast the model (from the fp32 master weights) to ``precision``; a ValueError when this torch
+        build cannot run that dtype on this device."""
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
+        dtype = DTYPES[precision]
+        if dtype == torch.float32:
+            model = self._master
+        else:
+            model = copy.deepcopy(self._master).to(dtype)
+            problem = _dtype_problem(model, self.device)
+            if problem:
+                raise ValueError(f"eloftr: precision {precision} is not usable on {self.device}: {problem}")
+        self.model = model
+        self.precision = precision
+
+    def convert_features(self, feats: Features) -> Features | None:
+        if feats.backend != self.name:
+            return None
+        if feats.device == self.device and feats.precision == self.precision:
+            return feats
+        dtype = DTYPES[self.precision]
+        data = {k: (v.to(device=self.device, dtype=dtype) if torch.is_tensor(v) else v) for k, v in feats.data.items()}
+        return Features(self.name, feats.image_size, data, self.precision, self.device)
+
+    # -- per image / per pair -------------------------------------------------------------------------
+    def _tensor(self, gray: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(gray).to(self.device).float().div_(255.0)[None, None]
+
+    def _network_image(self, image: np.ndarray) -> tuple[np.ndarray, tuple[int, int]]:
+        gray = to_gray_uint8(image)
+        h, w = gray.shape
+        nh, nw = network_size(h, w, self.model.config.size_multiple)
+        if (nh, nw) != (h, w):
+            import cv2
+
+            interp = cv2.INTER_AREA if nh * nw < h * w else cv2.INTER_LINEAR
+            gray = cv2.resize(gray, (nw, nh), interpolation=interp)
+        return gray, (h, w)
+
+    def extract(self, image: np.ndarray) -> Features:
+        gray, size = self._network_image(image)
+        return self._extract_gray(gray, size)
+
+    def extract_native(self, image: np.ndarray) -> Features:
+        """Like :meth:`extract` without resizing: sides must already be multiples of 32."""
+        gray = to_gray_uint8(image)
+        return self._extract_gray(gray, gray.shape)
+
+    def _extract_gray(self, gray: np.ndarray, size: tuple[int, int]) -> Features:
+        timer = StageTimer()
+        data: dict[str, Any] = dict(self.model.extract(self._tensor(gray), timer))
+        data["net_size"] = tuple(gray.shape)
+        self.last_stage_ms = {f"extract.{k}": v for k, v in timer.ms.items()}
+        return Features(self.name, tuple(int(s) for s in size), data, self.precision, self.device)
+
+    def _own(self, feats: Features, which: str) -> Features:
+        if not isinstance(feats, Features) or feats.backend != self.name:
+            got = feats.backend if isinstance(feats, Features) else type(feats).__name__
+            raise ValueError(f"eloftr: {which} were made by {got!r}, not by eloftr")
+        converted = self.convert_features(feats)
+        assert converted is not None
+        return converted
+
+    def match_native(self, feats0: Features, feats1: Features, debug: bool = False) -> dict[str, Any]:
+        """The model's own outputs (tensors, network-input pixels, official convention)."""
+        feats0, feats1 = self._own(feats0, "feats0"), self._own(feats1, "feats1")
+        timer = StageTimer()
+        out = self.model.match_extracted(
+            feats0.data, feats1.data, self.settings["eloftr.mode"], self.settings["eloftr.threshold"], timer, debug
+        )
+        self.last_stage_ms = dict(timer.ms)
+        return out
+
+    def match(self, feats0: Features, feats1: Features) -> Matches:
+        out = self.match_native(feats0, feats1)
+        return self._to_matches(out, feats0, feats1)
+
+    def match_pair(self, image0: np.ndarray, image1: np.ndarray) -> Matches:
+        """The faithful pairwise path (official computation order, whole-map fine FPN)."""
+        out, size0, size1, net0, net1 = self.match_pair_native(image0, image1)
+        return self._scale(out, size0, size1, net0, net1)
+
+    def match_pair_native(self, image0: np.ndarray, image1: np.ndarray, resize: bool = True, debug: bool = False):
+        """``(outputs, size0, size1, net_size0, net_size1)`` of :meth:`EfficientLoFTR.forward_reference`."""
+        if resize:
+            (g0, size0), (g1, size1) = self._network_image(image0), self._network_image(image1)
+        else:
+            g0, g1 = to_gray_uint8(image0), to_gray_uint8(image1)
+            size0, size1 = g0.shape, g1.shape
+        timer = StageTimer()
+        out = self.model.forward_reference(
+            self._tensor(g0), self._tensor(g1), self.settings["eloftr.mode"], self.settings["eloftr.threshold"], timer, debug
+        )
+        self.last_stage_ms = dict(timer.ms)
+        return out, size0, size1, g0.shape, g1.shape
+
+    def _to_matches(self, out: dict[str, Any], feats0: Features, feats1: Features) -> Matches:
+        return self._scale(out, feats0.image_size, feats1.image_size, feats0.data["net_size"], feats1.data["net_size"])
+
+    @staticmethod
+    def _scale(out, size0, size1, net0, net1) -> Matches:
+        m = Matches(
+            out["mkpts0_f"].float().cpu().numpy(), out["mkpts1_f"].float().cpu().numpy(), out["mconf"].float().cpu().numpy()
+        )
+        if tuple(size0) == tuple(net0) and tuple(size1) == tuple(net1):
+            return m
+        return m.scaled(size0[1] / net0[1], size0[0] / net0[0], size1[1] / net1[1], size1[0] / net1[0])
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "weights": self.weights, "fused": self.model.backbone.is_fused}
+
+
+def _dtype_problem(model: EfficientLoFTR, device: str) -> str | None:
+    """Run a tiny pair through ``model``; the error text when this dtype/device cannot run it."""
+    try:
+        img = torch.rand(1, 1, 32, 32, device=device)
+        d = model.extract(img)
+        model.match_extracted(d, d, "opt", 1e-6)
+    except (RuntimeError, NotImplementedError, TypeError) as exc:
+        return f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
+    return None

@@ -1,0 +1,351 @@
+"""Fine level: FPN-style fusion (1/8 -> 1/4 -> 1/2 -> full resolution) and two-stage fine matching.
+
+Two ways to compute the fine features, the same numbers up to float rounding:
+
+* :meth:`FinePreprocess.dense` is the official computation: the whole full-resolution fine map, then
+  windows cut out of it (the pairwise reference path).
+* :meth:`FinePreprocess.windows_sparse` (streaming) starts from the lateral 1x1 convs computed at
+  extraction time (:meth:`FinePreprocess.laterals`, one image alone). When the requested windows'
+  receptive field (traced back level by level) needs few tiles, the 3x3 convolutions run only on those
+  tiles (8x8 at 1/4 and at 1/2 resolution); otherwise on the whole maps, which is then cheaper. The
+  x2 upsamplings and lateral sums are whole-map ``interpolate`` calls (cheap); the last x2 upsampling
+  is evaluated only at the window pixels.
+
+Window layout: image 0 uses the 8x8 block of pixels ``(8y..8y+7, 8x..8x+7)`` of coarse cell ``(x, y)``
+(index ``8 ky + kx``); image 1 uses the 10x10 block ``(8y-1..8y+8, 8x-1..8x+8)``, zero outside the image
+(index ``10 ky + kx``). Windows are channels-last: ``(M, 64, C)`` and ``(M, 100, C)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def _conv_bn_stack(cin: int, cmid: int, cout: int) -> nn.Sequential:
+    """3x3 conv -> BN -> LeakyReLU(0.01) -> 3x3 conv, no biases (indices 0, 1, 2, 3)."""
+    return nn.Sequential(
+        nn.Conv2d(cin, cmid, 3, 1, 1, bias=False),
+        nn.BatchNorm2d(cmid),
+        nn.LeakyReLU(0.01),
+        nn.Conv2d(cmid, cout, 3, 1, 1, bias=False),
+    )
+
+
+def _up2(x: torch.Tensor) -> torch.Tensor:
+    return F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
+
+
+def _up_sources(mask: torch.Tensor) -> torch.Tensor:
+    """Low-res cells read by a x2 bilinear upsampling (align_corners False) of the True pixels of
+    ``mask (H, W)``: low row ``k`` feeds high rows ``2k-1 .. 2k+2``. Returns ``(H/2, W/2)`` bool."""
+    return F.max_pool2d(mask[None, None].float(), 4, 2, 1)[0, 0] > 0
+
+
+def _dilate3(mask: torch.Tensor) -> torch.Tensor:
+    """Cells within the 3x3 neighbourhood of a True cell: ``(H, W)`` bool -> same."""
+    return F.max_pool2d(mask[None, None].float(), 3, 1, 1)[0, 0] > 0
+
+
+def _bilinear_taps(coord: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Source indices and weights of a x2 upsampling (align_corners False) at output ``coord``."""
+    src = ((coord.float() + 0.5) * 0.5 - 0.5).clamp(min=0.0)
+    i0 = src.floor().long().clamp(max=size - 1)
+    i1 = (i0 + 1).clamp(max=size - 1)
+    l1 = src - i0.float()
+    return i0, i1, 1.0 - l1, l1
+
+
+def upsample2x_at(src: torch.Tensor, ys: torch.Tensor, xs: torch.Tensor) -> torch.Tensor:
+    """Values of ``upsample_x2(src)`` at integer output pixels.
+
+    Args:
+        src: ``(h, w, C)`` channels-last low-resolution map.
+        ys, xs: integer output coordinates (any equal shapes ``S``), inside ``[0, 2h) x [0, 2w)``.
+    Returns: ``S + (C,)``.
+    """
+    h, w, _ = src.shape
+    y0, y1, wy0, wy1 = _bilinear_taps(ys, h)
+    x0, x1, wx0, wx1 = _bilinear_taps(xs, w)
+    wy0, wy1, wx0, wx1 = (t.to(src.dtype)[..., None] for t in (wy0, wy1, wx0, wx1))
+    top = wx0 * src[y0, x0] + wx1 * src[y0, x1]
+    bottom = wx0 * src[y1, x0] + wx1 * src[y1, x1]
+    return wy0 * top + wy1 * bottom
+
+
+def window_pixels(cells: torch.Tensor, grid_w: int, stride: int, size: int, pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pixel rows and columns of the ``size x size`` window of each coarse cell.
+
+    ``cells (M,)`` row-major indices on a grid ``grid_w`` wide -> ``ys, xs`` each ``(M, size*size)``,
+    window pixel ``(ky, kx)`` at ``(stride*y - pad + ky, stride*x - pad + kx)``, index ``size*ky + kx``.
+    """
+    k = torch.arange(size, device=cells.device)
+    ys = (cells // grid_w * stride - pad)[:, None] + k
+    xs = (cells % grid_w * stride - pad)[:, None] + k
+    return ys[:, :, None].expand(-1, size, size).reshape(len(cells), -1), xs[:, None, :].expand(-1, size, size).reshape(len(cells), -1)
+
+
+def gather_windows(fmap: torch.Tensor, ys: torch.Tensor, xs: torch.Tensor) -> torch.Tensor:
+    """``fmap (C, H, W)`` at pixels ``ys, xs (M, K)``, zero outside the map -> ``(M, K, C)``."""
+    _, H, W = fmap.shape
+    inside = (ys >= 0) & (ys < H) & (xs >= 0) & (xs < W)
+    out = fmap[:, ys.clamp(0, H - 1), xs.clamp(0, W - 1)].permute(1, 2, 0)
+    return out * inside[..., None].to(out.dtype)
+
+
+class _PaddedMap:
+    """A channels-last ``(H + 2, W + 2, C)`` buffer with a zero border (the convs' zero padding),
+    written tile by tile or whole."""
+
+    def __init__(self, H: int, W: int, C: int, like: torch.Tensor) -> None:
+        self.H, self.W = H, W
+        self.data = torch.zeros(H + 2, W + 2, C, dtype=like.dtype, device=like.device)
+
+    @property
+    def interior(self) -> torch.Tensor:
+        return self.data[1:-1, 1:-1]
+
+    def write_tiles(self, ty: torch.Tensor, tx: torch.Tensor, tile: int, values: torch.Tensor) -> None:
+        """Write ``values (k, tile, tile, C)`` into the tiles at tile coordinates ``ty, tx (k,)``."""
+        k = torch.arange(tile, device=ty.device)
+        rows = 1 + ty[:, None] * tile + k
+        cols = 1 + tx[:, None] * tile + k
+        self.data[rows[:, :, None], cols[:, None, :]] = values
+
+    def tile_fraction(self, need: torch.Tensor, tile: int) -> float:
+        """Fraction of the ``tile x tile`` tiles holding a True of ``need (H, W)``."""
+        return float(need.reshape(self.H // tile, tile, self.W // tile, tile).any(3).any(1).float().mean())
+
+    def conv3x3_whole(self, weight: torch.Tensor) -> torch.Tensor:
+        """A 3x3 conv (padding 1, no bias) on the whole map: ``(1, O, H, W)``."""
+        return F.conv2d(self.interior.permute(2, 0, 1)[None].contiguous(), weight, padding=1)
+
+    def conv3x3_tiles(
+        self, weight: torch.Tensor, need: torch.Tensor, tile: int, chunk: int = 128
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """A 3x3 conv (padding 1, no bias) on the ``tile x tile`` tiles that hold a True of
+        ``need (H, W)``; yields ``(ty, tx, out (k, O, tile, tile))`` per chunk of tiles.
+
+        Inside a computed tile, positions outside ``need`` may read inputs that were never computed;
+        their values are meaningless but finite, and nothing needed ever reads them.
+        """
+        H, W = self.H, self.W
+        tiles = need.reshape(H // tile, tile, W // tile, tile).any(3).any(1)
+        ty, tx = tiles.nonzero().unbind(1)
+        k = torch.arange(tile + 2, device=need.device)
+        for a in range(0, len(ty), chunk):
+            cy, cx = ty[a : a + chunk], tx[a : a + chunk]
+            rows = cy[:, None] * tile + k  # padded coordinates: the tile plus a one-pixel halo
+            cols = cx[:, None] * tile + k
+            patches = self.data[rows[:, :, None], cols[:, None, :]]  # (k, tile+2, tile+2, C)
+            yield cy, cx, F.conv2d(patches.permute(0, 3, 1, 2), weight)
+
+
+@dataclass
+class FineSparseStats:
+    """How much of each level the sparse path computed (fractions of the full maps)."""
+
+    quarter: float
+    half: float
+    sparse: bool = True  # False: the whole maps were computed (the windows covered too much)
+
+
+class FinePreprocess(nn.Module):
+    """FPN fusion of the scaled transformer output with the backbone 1/4 and 1/2 maps.
+
+    State-dict names: ``layer3_outconv``, ``layer2_outconv``, ``layer2_outconv2.{0,1,3}``,
+    ``layer1_outconv``, ``layer1_outconv2.{0,1,3}`` (no biases; BN in eval mode).
+    """
+
+    def __init__(self, block_dims: tuple[int, int, int] = (64, 128, 256)) -> None:
+        super().__init__()
+        d1, d2, d3 = block_dims
+        self.layer3_outconv = nn.Conv2d(d3, d3, 1, bias=False)
+        self.layer2_outconv = nn.Conv2d(d2, d3, 1, bias=False)
+        self.layer2_outconv2 = _conv_bn_stack(d3, d3, d2)
+        self.layer1_outconv = nn.Conv2d(d1, d2, 1, bias=False)
+        self.layer1_outconv2 = _conv_bn_stack(d2, d2, d1)
+
+    # -- official, whole maps -------------------------------------------------------------------------
+    def dense(self, feat_c: torch.Tensor, x2: torch.Tensor, x1: torch.Tensor) -> torch.Tensor:
+        """``feat_c (N, 256, h, w)`` (transformer output / 16), ``x2 (N, 128, 2h, 2w)``,
+        ``x1 (N, 64, 4h, 4w)`` -> fine map ``(N, 64, 8h, 8w)``."""
+        q = self.layer2_outconv(x2) + _up2(self.layer3_outconv(feat_c))
+        q = self.layer2_outconv2(q)
+        half = self.layer1_outconv(x1) + _up2(q)
+        half = self.layer1_outconv2(half)
+        return _up2(half)
+
+    # -- streaming, only what the windows need ---------------------------------------------------------
+    def laterals(self, x1: torch.Tensor, x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-image 1x1 lateral convs: ``lat1 (1, 128, 4h, 4w)``, ``lat2 (1, 256, 2h, 2w)`` from
+        ``x1 (1, 64, 4h, 4w)`` and ``x2 (1, 128, 2h, 2w)``."""
+        return self.layer1_outconv(x1), self.layer2_outconv(x2)
+
+    def half_from_laterals(self, feat_c: torch.Tensor, lat1: torch.Tensor, lat2: torch.Tensor) -> torch.Tensor:
+        """:meth:`dense` with the lateral convs already applied, up to the 1/2-resolution map
+        ``(1, 64, 4h, 4w)`` (the last x2 upsampling is left to the window pixels)."""
+        q = self.layer2_outconv2(lat2 + _up2(self.layer3_outconv(feat_c)))
+        return self.layer1_outconv2(lat1 + _up2(q))
+
+    # tile sides for the sparse convs: they divide the 1/4 and 1/2 maps of any valid input (sides
+    # multiples of 32), and keep conv2d efficient while skipping the tiles nothing needs
+    QUARTER_TILE = 8
+    HALF_TILE = 8
+    # above this fraction of needed tiles one whole-map conv is cheaper than the tiles
+    DENSE_ABOVE = 0.8
+    # the sparse path as a whole pays off while at most this fraction of 1/2-resolution tiles is needed
+    SPARSE_BELOW = 0.4
+
+    @staticmethod
+    def _stack_tiles(stack: nn.Sequential, src: "_PaddedMap", need_mid: torch.Tensor, need_out: torch.Tensor, tile: int) -> torch.Tensor:
+        """``stack`` (conv, BN, LeakyReLU, conv) on the tiles the needed positions fall in: returns the
+        channels-last ``(H, W, C_out)`` output (meaningful at ``need_out``)."""
+        conv0, bn, conv3 = stack[0], stack[1], stack[3]
+
+        def bn_act(x: torch.Tensor) -> torch.Tensor:
+            x = F.batch_norm(x, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps)
+            return F.leaky_relu(x, 0.01)
+
+        mid = _PaddedMap(src.H, src.W, conv0.out_channels, src.data)
+        if src.tile_fraction(need_mid, tile) > FinePreprocess.DENSE_ABOVE:
+            mid.interior.copy_(bn_act(src.conv3x3_whole(conv0.weight))[0].permute(1, 2, 0))
+        else:
+            for ty, tx, out in src.conv3x3_tiles(conv0.weight, need_mid, tile):
+                mid.write_tiles(ty, tx, tile, bn_act(out).permute(0, 2, 3, 1))
+        if mid.tile_fraction(need_out, tile) > FinePreprocess.DENSE_ABOVE:
+            return mid.conv3x3_whole(conv3.weight)[0].permute(1, 2, 0)
+        dst = _PaddedMap(src.H, src.W, conv3.out_channels, src.data)
+        for ty, tx, out in mid.conv3x3_tiles(conv3.weight, need_out, tile):
+            dst.write_tiles(ty, tx, tile, out.permute(0, 2, 3, 1))
+        return dst.interior
+
+    def windows_sparse(
+        self,
+        feat_c: torch.Tensor,
+        lat1: torch.Tensor,
+        lat2: torch.Tensor,
+        ys: torch.Tensor,
+        xs: torch.Tensor,
+        stats: list | None = None,
+    ) -> torch.Tensor:
+        """Fine features at full-resolution pixels ``ys, xs (M, K)`` (zero outside the image).
+
+        ``feat_c (1, 256, h, w)`` is the transformer output / 16; ``lat1``, ``lat2`` come from
+        :meth:`laterals`. Returns ``(M, K, 64)``. Only the receptive field of the requested pixels is
+        computed (each level's 3x3 convs on the tiles the next level reads) unless it covers more than
+        ``SPARSE_BELOW`` of the 1/2-resolution tiles; then the whole maps are cheaper and are computed.
+        """
+        _, _, h, w = feat_c.shape
+        H, W = 8 * h, 8 * w
+        dev = feat_c.device
+        inside = (ys >= 0) & (ys < H) & (xs >= 0) & (xs < W)
+        need_full = torch.zeros(H, W, dtype=torch.bool, device=dev)
+        need_full[ys[inside], xs[inside]] = True
+        need_h3 = _up_sources(need_full)  # half-res outputs of layer1_outconv2.3
+        need_h0 = _dilate3(need_h3)  # half-res outputs of layer1_outconv2.0
+        need_hin = _dilate3(need_h0)  # half-res inputs
+        need_q3 = _up_sources(need_hin)  # quarter-res outputs of layer2_outconv2.3
+        need_q0 = _dilate3(need_q3)  # quarter-res outputs of layer2_outconv2.0
+        tiles_h0 = float(need_h0.reshape(4 * h // self.HALF_TILE, self.HALF_TILE, -1, self.HALF_TILE).any(3).any(1).float().mean())
+        sparse = tiles_h0 <= self.SPARSE_BELOW
+        if stats is not None:
+            stats.append(FineSparseStats(float(need_q0.float().mean()), float(need_h0.float().mean()), sparse))
+        if sparse:
+            half = self._half_sparse(feat_c, lat1[0].permute(1, 2, 0), lat2[0].permute(1, 2, 0), need_q0, need_q3, need_h0, need_h3)
+        else:  # the receptive field covers most of the map: whole-map convs are cheaper
+            half = self.half_from_laterals(feat_c, lat1, lat2)[0].permute(1, 2, 0)
+        # 1/2 -> full resolution, at the window pixels only
+        out = upsample2x_at(half, ys.clamp(0, H - 1), xs.clamp(0, W - 1))
+        return out * inside[..., None].to(out.dtype)
+
+    def _half_sparse(self, feat_c, lat1, lat2, need_q0, need_q3, need_h0, need_h3) -> torch.Tensor:
+        """The 1/2-resolution FPN output ``(4h, 4w, 64)``, meaningful at ``need_h3``, from the tiles the
+        masks need (channels-last ``lat1``, ``lat2``)."""
+        _, _, h, w = feat_c.shape
+
+        # 1/8 -> 1/4: input = up2(layer3_outconv(c)) + lat2 (cheap whole-map ops)
+        top = _up2(self.layer3_outconv(feat_c))[0].permute(1, 2, 0)  # (2h, 2w, 256)
+        q_in = _PaddedMap(2 * h, 2 * w, top.shape[-1], top)
+        torch.add(lat2, top, out=q_in.interior)
+        quarter = self._stack_tiles(self.layer2_outconv2, q_in, need_q0, need_q3, self.QUARTER_TILE)
+
+        # 1/4 -> 1/2: input = up2(quarter) + lat1 (meaningful where the half-res convs read)
+        h_in = _PaddedMap(4 * h, 4 * w, quarter.shape[-1], top)
+        torch.add(lat1, _up2(quarter.permute(2, 0, 1)[None])[0].permute(1, 2, 0), out=h_in.interior)
+        return self._stack_tiles(self.layer1_outconv2, h_in, need_h0, need_h3, self.HALF_TILE)
+
+
+@dataclass
+class FineResult:
+    """Fine matching outputs for M coarse matches (all ``(M, ...)``; keypoints ``(x, y)`` pixels)."""
+
+    mkpts0: torch.Tensor  # (M, 2) stage-1 point in image 0 (final)
+    mkpts1: torch.Tensor  # (M, 2) stage-1 point + sub-pixel offset in image 1 (final)
+    mkpts0_s1: torch.Tensor
+    mkpts1_s1: torch.Tensor
+    idx_l: torch.Tensor  # (M,) image-0 window pixel of the stage-1 argmax
+    idx_r: torch.Tensor  # (M,) image-1 inner-window pixel of the stage-1 argmax
+    s1_top2: torch.Tensor  # (M, 2) best and runner-up stage-1 probabilities
+    heatmap: torch.Tensor  # (M, 3, 3)
+    expec: torch.Tensor  # (M, 2)
+
+
+def fine_match(
+    win0: torch.Tensor,
+    win1: torch.Tensor,
+    mkpts0_c: torch.Tensor,
+    mkpts1_c: torch.Tensor,
+    window: int = 8,
+    slicedim: int = 8,
+    temperature: float = 10.0,
+) -> FineResult:
+    """Two-stage fine matching.
+
+    Args:
+        win0: ``(M, W*W, C)`` image-0 windows; win1: ``(M, (W+2)^2, C)`` image-1 extended windows.
+        mkpts0_c, mkpts1_c: ``(M, 2)`` coarse keypoints (``stride * cell``, the cell's top-left pixel).
+
+    Stage 1: dual-softmax of ``(w0/sqrt(C)) . (w1/sqrt(C))`` over the first ``C - slicedim`` channels
+    on the full extended window, cropped to the inner ``W x W`` afterwards; first argmax. Stage 2: the
+    last ``slicedim`` channels give a 3x3 patch of the extended window centred on inner ``(r, c)`` (rows
+    ``r-1..r+1`` with wrap-around, as the official indexing), softmax(/temperature), expectation over
+    {-1, 0, 1} added to image 1's point.
+    """
+    M, WW, C = win0.shape
+    E = window + 2
+    cs = C - slicedim
+    f0 = win0[..., :cs] / C**0.5
+    f1 = win1[..., :cs] / C**0.5
+    sim = f0 @ f1.transpose(1, 2)  # (M, WW, E*E)
+    prob = torch.softmax(sim, 1) * torch.softmax(sim, 2)
+    prob = prob.reshape(M, WW, E, E)[..., 1:-1, 1:-1].reshape(M, WW * WW)
+    s1_top2 = prob.topk(2, dim=1).values if prob.shape[1] > 1 else prob
+    idx = prob.argmax(1)
+    idx_l, idx_r = idx // WW, idx % WW
+    half = window / 2 - 0.5
+
+    def offset(k: torch.Tensor) -> torch.Tensor:
+        return torch.stack([k % window - half, torch.div(k, window, rounding_mode="floor") - half], -1).to(mkpts0_c.dtype)
+
+    mkpts0_s1 = mkpts0_c + offset(idx_l)
+    mkpts1_s1 = mkpts1_c + offset(idx_r)
+
+    rows = torch.arange(M, device=win0.device)
+    t0 = win0[rows, idx_l, cs:]  # (M, slicedim)
+    t1 = win1[..., cs:] / slicedim**0.5  # (M, E*E, slicedim)
+    t = (t1 @ t0[:, :, None])[..., 0].reshape(M, E, E)
+    r, c = torch.div(idx_r, window, rounding_mode="floor"), idx_r % window
+    step = torch.arange(-1, 2, device=win0.device)
+    pr = (r[:, None] + step) % E  # row -1 wraps to the last row, like negative indexing
+    pc = (c[:, None] + step) % E
+    patch = t[rows[:, None, None], pr[:, :, None], pc[:, None, :]]  # (M, 3, 3)
+    heat = torch.softmax(patch.reshape(M, 9) / temperature, -1).reshape(M, 3, 3)
+    grid = step.to(heat.dtype)
+    expec = torch.stack([(heat * grid[None, None, :]).sum((1, 2)), (heat * grid[None, :, None]).sum((1, 2))], -1)
+    mkpts1 = mkpts1_s1 + expec * (3 // 2)
+    return FineResult(mkpts0_s1, mkpts1.to(mkpts1_s1.dtype), mkpts0_s1, mkpts1_s1, idx_l, idx_r, s1_top2, heat, expec)

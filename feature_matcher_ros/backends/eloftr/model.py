@@ -1,0 +1,296 @@
+"""The Efficient LoFTR network: backbone -> coarse transformer -> coarse matching -> fine matching.
+
+Two paths, same numbers (within float rounding, see the parity tests):
+
+* :meth:`EfficientLoFTR.forward_reference`: the faithful pairwise path. Both images go through every
+  stage (a same-size pair through the backbone as one batch of two), the fine FPN runs on the whole
+  maps and the windows are cut out of the full-resolution fine map, like the official code.
+* :meth:`EfficientLoFTR.extract` + :meth:`EfficientLoFTR.match_extracted`: the streaming path.
+  ``extract`` holds everything that depends on one image alone (backbone, the first self-attention
+  layer, the fine lateral 1x1 convs), so a keyframe's features are computed once. ``match_extracted``
+  runs the remaining transformer layers, bounded-memory coarse matching, the fine FPN from the cached
+  laterals (only on the matched windows' receptive field when that is small), and fine matching.
+
+Images are ``(1, 1, H, W)`` float in [0, 1] with H and W multiples of 32. Outputs follow the official
+names and coordinate convention: ``mkpts0_f``, ``mkpts1_f`` ``(M, 2)`` ``(x, y)`` pixels of the network
+input (``8 * cell + k - 3.5`` for image 0), ``mconf``, ``b_ids``, ``i_ids``, ``j_ids``.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+import torch
+from torch import nn
+
+from .backbone import RepVGGBackbone
+from .coarse import CoarseMatches, match_coarse
+from .config import DEFAULT_THRESHOLDS, MODES, EloftrConfig, threshold_problem
+from .fine import FinePreprocess, fine_match, gather_windows, window_pixels
+from .transformer import CoarseTransformer
+
+
+class StageTimer:
+    """Accumulates wall-clock milliseconds per named stage (synchronising CUDA when used)."""
+
+    def __init__(self) -> None:
+        self.ms: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, name: str, device: torch.device | None = None) -> Iterator[None]:
+        sync = device is not None and device.type == "cuda"
+        if sync:
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            if sync:
+                torch.cuda.synchronize(device)
+            self.ms[name] = self.ms.get(name, 0.0) + 1000.0 * (time.perf_counter() - start)
+
+
+@contextmanager
+def _no_timer(name: str, device: Any = None) -> Iterator[None]:
+    yield
+
+
+class EfficientLoFTR(nn.Module):
+    """Efficient LoFTR with the official state-dict layout (``backbone``, ``loftr_coarse``,
+    ``fine_preprocess``)."""
+
+    def __init__(self, config: EloftrConfig | None = None) -> None:
+        super().__init__()
+        self.config = config or EloftrConfig()
+        cfg = self.config
+        self.backbone = RepVGGBackbone(cfg.block_dims)
+        self.loftr_coarse = CoarseTransformer(
+            cfg.d_model, cfg.nhead, cfg.layer_names, cfg.agg_size0, cfg.agg_size1, cfg.rope, cfg.npe
+        )
+        self.fine_preprocess = FinePreprocess(cfg.block_dims)
+        # layer 0 is a self layer: it depends on one image and runs at extraction time
+        self.stream_start = 1 if cfg.layer_names[0] == "self" else 0
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    # -- inputs ---------------------------------------------------------------------------------------
+    def check_image(self, img: torch.Tensor, name: str = "image") -> None:
+        """Raise ValueError unless ``img`` is ``(1, 1, H, W)`` with H, W positive multiples of 32."""
+        m = self.config.size_multiple
+        if img.dim() != 4 or img.shape[0] != 1 or img.shape[1] != 1:
+            raise ValueError(f"{name}: expected a (1, 1, H, W) grayscale tensor, got shape {tuple(img.shape)}")
+        H, W = img.shape[-2:]
+        if H < m or W < m or H % m or W % m:
+            raise ValueError(
+                f"{name}: Efficient LoFTR needs height and width that are multiples of {m} "
+                f"(got {W}x{H}); resize first (the backend does this for you)"
+            )
+
+    def _prep(self, img: torch.Tensor, name: str) -> torch.Tensor:
+        self.check_image(img, name)
+        return img.to(device=self.device, dtype=self.dtype)
+
+    # -- streaming path -------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def extract(self, img: torch.Tensor, timer: Any = _no_timer) -> dict[str, torch.Tensor]:
+        """Per-image work: ``img (1, 1, H, W)`` -> ``feat (1, 256, H/8, W/8)`` after the layers that need
+        this image alone, and the fine lateral convs ``lat1 (1, 128, H/2, W/2)``, ``lat2 (1, 256, H/4, W/4)``."""
+        img = self._prep(img, "image")
+        with timer("backbone", img.device):
+            x1, x2, c = self.backbone(img)
+        with timer("transformer", img.device):
+            feat = c
+            for index in range(self.stream_start):
+                feat = self.loftr_coarse.self_layer(index, feat)
+        with timer("fine_laterals", img.device):
+            lat1, lat2 = self.fine_preprocess.laterals(x1, x2)
+        return {"feat": feat, "lat1": lat1, "lat2": lat2}
+
+    @torch.inference_mode()
+    def match_extracted(
+        self,
+        data0: dict[str, torch.Tensor],
+        data1: dict[str, torch.Tensor],
+        mode: str = "full",
+        threshold: float | None = None,
+        timer: Any = _no_timer,
+        debug: bool = False,
+    ) -> dict[str, Any]:
+        """Match two :meth:`extract` outputs (image 0 is the keyframe). See the module docstring."""
+        mode, threshold = self._check_mode(mode, threshold)
+        dev = data0["feat"].device
+        with timer("transformer", dev):
+            f0, f1 = self.loftr_coarse(data0["feat"], data1["feat"], start=self.stream_start)
+        coarse = self._coarse(f0, f1, mode, threshold, timer)
+        out = self._coarse_outputs(coarse, f0, f1, debug)
+        if len(coarse) == 0:
+            return out
+        with timer("fine_preprocess", dev):
+            fc0, fc1 = f0 / self.config.d_model**0.5, f1 / self.config.d_model**0.5  # the official 2nd /16
+            ys0, xs0, ys1, xs1 = self._window_pixels(coarse, f0.shape[-1], f1.shape[-1])
+            stats: list = []
+            win0 = self.fine_preprocess.windows_sparse(fc0, data0["lat1"], data0["lat2"], ys0, xs0, stats)
+            win1 = self.fine_preprocess.windows_sparse(fc1, data1["lat1"], data1["lat2"], ys1, xs1, stats)
+        out["fine_fraction"] = stats
+        return self._fine(out, win0, win1, timer, debug)
+
+    # -- faithful pairwise path -----------------------------------------------------------------------
+    @torch.inference_mode()
+    def forward_reference(
+        self,
+        img0: torch.Tensor,
+        img1: torch.Tensor,
+        mode: str = "full",
+        threshold: float | None = None,
+        timer: Any = _no_timer,
+        debug: bool = False,
+    ) -> dict[str, Any]:
+        """Both images through every stage, whole-map fine FPN (the official computation).
+
+        With ``debug``: also ``bb0/bb1`` (backbone ``x1, x2, c`` per image), ``tr_layers`` (each
+        transformer layer's ``(feat0, feat1)``), ``tr_c0/1``, ``fine_map0/1`` and the fine internals.
+        """
+        mode, threshold = self._check_mode(mode, threshold)
+        maps = self.reference_maps(img0, img1, timer, debug)
+        return self.reference_match(maps, mode, threshold, timer, debug)
+
+    @torch.inference_mode()
+    def reference_maps(self, img0: torch.Tensor, img1: torch.Tensor, timer: Any = _no_timer, debug: bool = False) -> dict[str, Any]:
+        """The mode-independent part of :meth:`forward_reference`: backbone and transformer maps."""
+        img0, img1 = self._prep(img0, "image0"), self._prep(img1, "image1")
+        dev = img0.device
+        with timer("backbone", dev):
+            if img0.shape == img1.shape:
+                maps = self.backbone(torch.cat([img0, img1]))
+                bb0, bb1 = tuple(m[:1] for m in maps), tuple(m[1:] for m in maps)
+            else:
+                bb0, bb1 = self.backbone(img0), self.backbone(img1)
+        layers: list | None = [] if debug else None
+        with timer("transformer", dev):
+            f0, f1 = self.loftr_coarse(bb0[2], bb1[2], collect=layers)
+        return {"bb0": bb0, "bb1": bb1, "tr_c0": f0, "tr_c1": f1, "tr_layers": layers}
+
+    @torch.inference_mode()
+    def reference_match(
+        self, maps: dict[str, Any], mode: str, threshold: float, timer: Any = _no_timer, debug: bool = False
+    ) -> dict[str, Any]:
+        """Coarse and fine matching of :meth:`reference_maps` output (the whole fine maps are computed
+        on first need and kept in ``maps``)."""
+        mode, threshold = self._check_mode(mode, threshold)
+        f0, f1, bb0, bb1 = maps["tr_c0"], maps["tr_c1"], maps["bb0"], maps["bb1"]
+        coarse = self._coarse(f0, f1, mode, threshold, timer)
+        out = self._coarse_outputs(coarse, f0, f1, debug)
+        if debug:
+            out.update(bb0=bb0, bb1=bb1, tr_layers=maps["tr_layers"])
+        if len(coarse) == 0 and not debug:
+            return out
+        with timer("fine_preprocess", f0.device):
+            if "fine_map0" not in maps:
+                fc0, fc1 = f0 / self.config.d_model**0.5, f1 / self.config.d_model**0.5  # the official 2nd /16
+                if f0.shape == f1.shape and bb0[0].shape == bb1[0].shape:
+                    fmaps = self.fine_preprocess.dense(
+                        torch.cat([fc0, fc1]), torch.cat([bb0[1], bb1[1]]), torch.cat([bb0[0], bb1[0]])
+                    )
+                    maps["fine_map0"], maps["fine_map1"] = fmaps[0], fmaps[1]
+                else:
+                    maps["fine_map0"] = self.fine_preprocess.dense(fc0, bb0[1], bb0[0])[0]
+                    maps["fine_map1"] = self.fine_preprocess.dense(fc1, bb1[1], bb1[0])[0]
+            ys0, xs0, ys1, xs1 = self._window_pixels(coarse, f0.shape[-1], f1.shape[-1])
+            win0 = gather_windows(maps["fine_map0"], ys0, xs0)
+            win1 = gather_windows(maps["fine_map1"], ys1, xs1)
+        if debug:
+            out.update(fine_map0=maps["fine_map0"], fine_map1=maps["fine_map1"])
+        if len(coarse) == 0:
+            return out
+        return self._fine(out, win0, win1, timer, debug)
+
+    # -- shared pieces --------------------------------------------------------------------------------
+    def _check_mode(self, mode: str, threshold: float | None) -> tuple[str, float]:
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {list(MODES)}, not {mode!r}")
+        if threshold is None:
+            threshold = DEFAULT_THRESHOLDS[mode]
+        reason = threshold_problem(mode, threshold)
+        if reason:
+            raise ValueError(reason)
+        return mode, float(threshold)
+
+    def _coarse(self, f0: torch.Tensor, f1: torch.Tensor, mode: str, threshold: float, timer: Any) -> CoarseMatches:
+        cfg = self.config
+        with timer("coarse_matching", f0.device):
+            return match_coarse(
+                f0[0].flatten(1).t(),
+                f1[0].flatten(1).t(),
+                tuple(f0.shape[-2:]),
+                tuple(f1.shape[-2:]),
+                mode,
+                threshold,
+                cfg.border_rm,
+                cfg.dsmax_temperature,
+                cfg.score_chunk_bytes,
+                score_dtype=f0.dtype,
+            )
+
+    def _window_pixels(self, coarse: CoarseMatches, w0: int, w1: int) -> tuple[torch.Tensor, ...]:
+        W, s = self.config.fine_window_size, self.config.coarse_stride
+        ys0, xs0 = window_pixels(coarse.i_ids, w0, s, W, 0)
+        ys1, xs1 = window_pixels(coarse.j_ids, w1, s, W + 2, 1)
+        return ys0, xs0, ys1, xs1
+
+    def _coarse_outputs(self, coarse: CoarseMatches, f0: torch.Tensor, f1: torch.Tensor, debug: bool) -> dict[str, Any]:
+        s = float(self.config.coarse_stride)
+        w0, w1 = f0.shape[-1], f1.shape[-1]
+        i, j = coarse.i_ids, coarse.j_ids
+        mk0 = torch.stack([i % w0, torch.div(i, w0, rounding_mode="floor")], 1).float() * s
+        mk1 = torch.stack([j % w1, torch.div(j, w1, rounding_mode="floor")], 1).float() * s
+        out: dict[str, Any] = {
+            "b_ids": torch.zeros_like(i),
+            "i_ids": i,
+            "j_ids": j,
+            "mconf": coarse.mconf.float(),
+            "mkpts0_c": mk0,
+            "mkpts1_c": mk1,
+            "mkpts0_f": mk0.clone(),
+            "mkpts1_f": mk1.clone(),
+            "hw0_c": tuple(f0.shape[-2:]),
+            "hw1_c": tuple(f1.shape[-2:]),
+        }
+        if debug:
+            out.update(tr_c0=f0, tr_c1=f1)
+        return out
+
+    def _fine(self, out: dict[str, Any], win0: torch.Tensor, win1: torch.Tensor, timer: Any, debug: bool) -> dict[str, Any]:
+        cfg = self.config
+        with timer("fine_matching", win0.device):
+            res = fine_match(
+                win0.float(),
+                win1.float(),
+                out["mkpts0_c"],
+                out["mkpts1_c"],
+                cfg.fine_window_size,
+                cfg.local_regress_slicedim,
+                cfg.local_regress_temperature,
+            )
+        out["mkpts0_f"], out["mkpts1_f"] = res.mkpts0, res.mkpts1
+        if debug:
+            out.update(
+                fine_win0=win0,
+                fine_win1=win1,
+                fine_idx_l=res.idx_l,
+                fine_idx_r=res.idx_r,
+                fine_s1_top2=res.s1_top2,
+                fine_heatmap=res.heatmap,
+                fine_expec=res.expec,
+                mkpts0_s1=res.mkpts0_s1,
+                mkpts1_s1=res.mkpts1_s1,
+            )
+        return out
+

@@ -1,0 +1,175 @@
+"""Comparing two Efficient LoFTR runs with the parity recipe of the fixture (``fixtures/eloftr``).
+
+Used by the tests (re-implementation vs the official outputs, streaming vs pairwise) and handy when
+checking a new device or precision. Nothing here knows any expected values: a reference run is always
+passed in (the fixture's arrays, or another path's outputs).
+
+Recipe (tolerances from the fixture README):
+
+* stage maps: backbone 1e-3, transformer 1e-2, fine map / windows 2e-3 (absolute);
+  raw scores ``sim_*`` 3e-2 + 1e-3 rel; full-mode ``conf_*`` 2e-3 + 1e-2 rel;
+* coarse match set: symmetric difference <= max(2, 1 % of the reference), every differing pair fragile
+  in the reference (near-tie in its row/column or near the threshold);
+* mconf on common matches: full 2e-3 + 1e-2 rel, opt 3e-2 + 1e-3 rel;
+* keypoints on common matches whose stage-1 result is not a near-tie (relative top-2 gap >= 2e-4):
+  ``mkpts0_f`` within 1e-4 px, ``mkpts1_f`` within 1e-3 px.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import lzma
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+from .coarse import dual_softmax, score_matrix
+
+
+def decompress_checkpoint(xz_path: str | Path, cache_dir: str | Path, sha256: str | None = None) -> Path:
+    """``xz_path`` decompressed once into ``cache_dir`` (atomic rename; reused when already there and,
+    if ``sha256`` is given, when its digest matches)."""
+    xz_path, cache_dir = Path(xz_path), Path(cache_dir)
+    target = cache_dir / xz_path.name.removesuffix(".xz")
+
+    def digest(p: Path) -> str:
+        h = hashlib.sha256()
+        with open(p, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        return h.hexdigest()
+
+    if target.is_file() and (sha256 is None or digest(target) == sha256):
+        return target
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = cache_dir / f".{target.name}.{os.getpid()}.tmp"
+    with lzma.open(xz_path) as src, open(tmp, "wb") as dst:
+        shutil.copyfileobj(src, dst)
+    if sha256 is not None and digest(tmp) != sha256:
+        tmp.unlink()
+        raise ValueError(f"{xz_path}: decompressed checkpoint has the wrong sha256")
+    os.replace(tmp, target)
+    return target
+
+
+def _np(x: Any) -> np.ndarray:
+    if torch.is_tensor(x):
+        return x.detach().float().cpu().numpy() if x.is_floating_point() else x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+def score_summaries(tr_c0: torch.Tensor, tr_c1: torch.Tensor, temperature: float = 0.1) -> dict[str, np.ndarray]:
+    """Row/column max, runner-up and log-sum-exp of ``sim`` and (full) ``conf`` from the transformer
+    outputs ``(1, C, h, w)``: the fixture's ``sim_*`` / ``conf_*`` arrays for any run."""
+    f0 = tr_c0[0].flatten(1).t().float()
+    f1 = tr_c1[0].flatten(1).t().float()
+    sim = score_matrix(f0, f1, temperature)
+    out: dict[str, np.ndarray] = {}
+    for name, mat in (("sim", sim), ("conf", dual_softmax(sim))):
+        for axis, tag in ((1, "row"), (0, "col")):
+            top = mat.topk(2, dim=axis).values
+            top = top if axis == 1 else top.t()
+            out[f"{name}_{tag}_max"], out[f"{name}_{tag}_2nd"] = _np(top[:, 0]), _np(top[:, 1])
+            out[f"{name}_{tag}_argmax"] = _np(mat.argmax(axis))
+        if name == "sim":
+            out["sim_row_lse"], out["sim_col_lse"] = _np(torch.logsumexp(sim, 1)), _np(torch.logsumexp(sim, 0))
+    return out
+
+
+def _close(name: str, got: Any, want: Any, atol: float, rtol: float = 0.0) -> list[str]:
+    got, want = _np(got), _np(want)
+    if got.shape != want.shape:
+        return [f"{name}: shape {got.shape} != reference {want.shape}"]
+    err = np.abs(got.astype(np.float64) - want.astype(np.float64))
+    bound = atol + rtol * np.abs(want.astype(np.float64))
+    if not np.all(err <= bound):
+        k = int(np.argmax(err - bound))
+        return [f"{name}: max |diff| {err.max():.3g} (worst at flat {k}: {got.flat[k]:.6g} vs {want.flat[k]:.6g}), tolerance {atol} + {rtol} rel"]
+    return []
+
+
+def compare_scores(summ: Mapping[str, Any], ref: Mapping[str, Any], mode: str) -> list[str]:
+    """``sim_*`` (and for ``full`` ``conf_*``) summaries against a reference."""
+    problems = []
+    for key in ("sim_row_max", "sim_row_2nd", "sim_row_lse", "sim_col_max", "sim_col_2nd", "sim_col_lse"):
+        if key in ref:
+            problems += _close(key, summ[key], ref[key], 3e-2, 1e-3)
+    if mode == "full":
+        for key in ("conf_row_max", "conf_row_2nd", "conf_col_max", "conf_col_2nd"):
+            if key in ref:
+                problems += _close(key, summ[key], ref[key], 2e-3, 1e-2)
+    return problems
+
+
+def _fragile(i: int, j: int, ref: Mapping[str, Any], mode: str, thr: float) -> bool:
+    if mode == "full":
+        rmax, r2 = float(ref["conf_row_max"][i]), float(ref["conf_row_2nd"][i])
+        cmax, c2 = float(ref["conf_col_max"][j]), float(ref["conf_col_2nd"][j])
+        gap = min((rmax - r2) / max(rmax, 1e-30), (cmax - c2) / max(cmax, 1e-30))
+        near_thr = min(abs(rmax - thr), abs(cmax - thr)) <= 0.02 * thr
+        return gap < 2e-2 or near_thr
+    rmax, r2 = float(ref["sim_row_max"][i]), float(ref["sim_row_2nd"][i])
+    cmax, c2 = float(ref["sim_col_max"][j]), float(ref["sim_col_2nd"][j])
+    return min(rmax - r2, cmax - c2) < 0.05 or min(abs(rmax - thr), abs(cmax - thr)) <= 0.05
+
+
+def common_matches(ref: Mapping[str, Any], out: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """Indices ``(in ref, in out)`` of the ``(i, j)`` pairs present in both."""
+    index = {(int(i), int(j)): k for k, (i, j) in enumerate(zip(_np(out["i_ids"]), _np(out["j_ids"])))}
+    a, b = [], []
+    for k, (i, j) in enumerate(zip(_np(ref["i_ids"]), _np(ref["j_ids"]))):
+        if (int(i), int(j)) in index:
+            a.append(k)
+            b.append(index[(int(i), int(j))])
+    return np.asarray(a, dtype=np.int64), np.asarray(b, dtype=np.int64)
+
+
+def compare_matches(out: Mapping[str, Any], ref: Mapping[str, Any], mode: str, thr: float) -> list[str]:
+    """Steps 2-5 of the recipe. ``ref`` needs ``i_ids, j_ids, mconf, mkpts0_f, mkpts1_f,
+    fine_s1_top2`` and the ``sim_*`` (opt) or ``conf_*`` (full) row/column summaries; optional
+    ``fine_idx_l/_r``, ``fine_heatmap``, ``fine_expec`` are compared too when both sides have them."""
+    problems = []
+    a = set(zip(_np(ref["i_ids"]).tolist(), _np(ref["j_ids"]).tolist()))
+    b = set(zip(_np(out["i_ids"]).tolist(), _np(out["j_ids"]).tolist()))
+    diff = a ^ b
+    if len(diff) > max(2, 0.01 * len(a)):
+        problems.append(f"coarse match sets differ by {len(diff)} of {len(a)} (allowed {max(2, int(0.01 * len(a)))})")
+    solid = [d for d in sorted(diff) if not _fragile(d[0], d[1], ref, mode, thr)]
+    if solid:
+        problems.append(f"{len(solid)} differing coarse matches are not fragile in the reference, e.g. {solid[:3]}")
+    ia, ib = common_matches(ref, out)
+    if len(ia) == 0:
+        return problems + (["no common matches"] if a else [])
+    if mode == "full":
+        problems += _close("mconf", _np(out["mconf"])[ib], _np(ref["mconf"])[ia], 2e-3, 1e-2)
+    else:
+        problems += _close("mconf", _np(out["mconf"])[ib], _np(ref["mconf"])[ia], 3e-2, 1e-3)
+    top2 = _np(ref["fine_s1_top2"])[ia]
+    ok = (top2[:, 0] - top2[:, 1]) / np.maximum(top2[:, 0], 1e-30) >= 2e-4
+    problems += _close("mkpts0_f", _np(out["mkpts0_f"])[ib][ok], _np(ref["mkpts0_f"])[ia][ok], 1e-4)
+    problems += _close("mkpts1_f", _np(out["mkpts1_f"])[ib][ok], _np(ref["mkpts1_f"])[ia][ok], 1e-3)
+    for key, tol in (("fine_heatmap", 1e-4), ("fine_expec", 1e-4)):
+        if key in out and key in ref:
+            problems += _close(key, _np(out[key])[ib][ok], _np(ref[key])[ia][ok], tol)
+    for key in ("fine_idx_l", "fine_idx_r"):
+        if key in out and key in ref and not np.array_equal(_np(out[key])[ib][ok], _np(ref[key])[ia][ok]):
+            problems.append(f"{key} differs on non-tie matches")
+    return problems
+
+
+def compare_windows(out: Mapping[str, Any], ref: Mapping[str, Any]) -> list[str]:
+    """``fine_win0/1`` of the reference's first K matches, where those matches exist in ``out``."""
+    K = len(_np(ref["fine_win0"]))
+    first = {k: (int(i), int(j)) for k, (i, j) in enumerate(zip(_np(ref["i_ids"])[:K], _np(ref["j_ids"])[:K]))}
+    index = {(int(i), int(j)): k for k, (i, j) in enumerate(zip(_np(out["i_ids"]), _np(out["j_ids"])))}
+    ka = [k for k, pair in first.items() if pair in index]
+    kb = [index[first[k]] for k in ka]
+    if not ka:
+        return ["no common match among the reference's stored windows"]
+    return _close("fine_win0", _np(out["fine_win0"])[kb], _np(ref["fine_win0"])[ka], 2e-3) + _close(
+        "fine_win1", _np(out["fine_win1"])[kb], _np(ref["fine_win1"])[ka], 2e-3
+    )

@@ -1,0 +1,223 @@
+"""fm-bench: frames per second of a backend, pairwise vs streaming against a keyframe, in one run.
+
+    fm-bench --backend eloftr --weights FILE --size 640x480 --frames 10 [--device cpu|cuda]
+             [--precision fp32|fp16|bf16] [--mode full|opt] [--threshold T] [--threads N]
+             [--images DIR] [--json]
+
+Frames come from ``--images DIR`` (sorted png/jpg), else ``$FM_SHARED/data/tum_fr2_desk`` (or
+``../shared`` beside the checkout), else the bundled ``data/tum_fr2_desk``; they are converted to gray
+and resized to ``--size``. Frame 0 is the keyframe; frames 1..N (cycling) are matched against it:
+
+* pairwise: ``match_pair(keyframe, frame)``, nothing cached (for eloftr: the faithful reference path,
+  both images through every stage, whole-map fine FPN);
+* streaming: the keyframe's features extracted once, then ``match(kf, extract(frame))`` per frame.
+
+After one untimed warm-up of each, the two paths alternate frame by frame (so that both see the same
+load on a shared machine).
+
+Reported: frames/s of both, per-stage milliseconds (mean per frame), mean match count, peak RSS
+(process-wide ``ru_maxrss``; after the streaming warm-up, before any pairwise call, and at the end) and peak GPU memory on CUDA.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
+
+
+def _parse_size(text: str) -> tuple[int, int]:
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--size must look like 640x480, not {text!r}") from None
+    if w < 1 or h < 1:
+        raise argparse.ArgumentTypeError(f"--size must be positive, got {text!r}")
+    return w, h
+
+
+def default_image_dirs() -> list[Path]:
+    from ..resources import data_dir, shared_dir
+
+    return [shared_dir() / "data" / "tum_fr2_desk" / "images", data_dir() / "tum_fr2_desk" / "images"]
+
+
+def load_frames(folder: Path | None, size: tuple[int, int], count: int) -> tuple[list[np.ndarray], Path]:
+    """``count + 1`` gray uint8 frames of ``size`` (W, H): the keyframe and ``count`` frames (cycling)."""
+    import cv2
+
+    folders = [folder] if folder is not None else default_image_dirs()
+    for candidate in folders:
+        files = sorted(p for p in Path(candidate).glob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
+        if files:
+            break
+    else:
+        raise SystemExit(f"fm-bench: no png/jpg images in {', '.join(str(f) for f in folders)}")
+    frames = []
+    for k in range(count + 1):
+        path = files[k % len(files)] if k < len(files) else files[1 + (k - 1) % max(1, len(files) - 1)]
+        img = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+        if img is None:
+            raise SystemExit(f"fm-bench: cannot read image {path}")
+        frames.append(cv2.resize(img, size, interpolation=cv2.INTER_AREA))
+    return frames, Path(candidate)
+
+
+def _stage_ms(backend, fallback: dict[str, float]) -> dict[str, float]:
+    stages = getattr(backend, "last_stage_ms", None)
+    return dict(stages) if stages else dict(fallback)
+
+
+def run(args: argparse.Namespace) -> dict:
+    import torch
+
+    from ..backends import create_backend
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    settings = {}
+    if args.backend == "eloftr":
+        if args.mode:
+            settings["eloftr.mode"] = args.mode
+        if args.threshold is not None:
+            settings["eloftr.threshold"] = args.threshold
+    elif args.mode or args.threshold is not None:
+        raise SystemExit("fm-bench: --mode/--threshold apply to --backend eloftr only")
+    backend = create_backend(args.backend, device=args.device, precision=args.precision, weights=args.weights, **settings)
+    frames, source = load_frames(Path(args.images) if args.images else None, args.size, args.frames)
+    keyframe, rest = frames[0], frames[1:]
+    cuda = str(backend.device).startswith("cuda")
+
+    def sync() -> None:
+        if cuda:
+            torch.cuda.synchronize()
+
+    # warm-up: streaming first, so that its peak RSS is known before the heavier pairwise path runs
+    kf = backend.extract(keyframe)
+    backend.match(kf, backend.extract(rest[0]))
+    peak_stream = _peak_rss_mb()
+    backend.match_pair(keyframe, rest[0])
+
+    # timed: the two paths alternate frame by frame, so that both see the same machine load
+    stream_stages: dict[str, float] = {}
+    pair_stages: dict[str, float] = {}
+    stream_ms, pair_ms, stream_counts, pair_counts = [], [], [], []
+    for frame in rest:
+        sync()
+        a = time.perf_counter()
+        feats = backend.extract(frame)
+        sync()
+        b = time.perf_counter()
+        extract_stages = _stage_ms(backend, {"extract": 1000 * (b - a)})
+        matches = backend.match(kf, feats)
+        sync()
+        c = time.perf_counter()
+        match_stages = _stage_ms(backend, {"match": 1000 * (c - b)})
+        for k, v in {**extract_stages, **match_stages}.items():
+            stream_stages[k] = stream_stages.get(k, 0.0) + v
+        stream_ms.append(1000 * (c - a))
+        stream_counts.append(len(matches))
+
+        a = time.perf_counter()
+        matches = backend.match_pair(keyframe, frame)
+        sync()
+        elapsed = 1000 * (time.perf_counter() - a)
+        stages = _stage_ms(backend, {}) if args.backend == "eloftr" else {"match_pair": elapsed}
+        for k, v in stages.items():
+            pair_stages[k] = pair_stages.get(k, 0.0) + v
+        pair_ms.append(elapsed)
+        pair_counts.append(len(matches))
+    stream_s, pair_s = sum(stream_ms) / 1000, sum(pair_ms) / 1000
+
+    n = len(rest)
+    result = {
+        "backend": args.backend,
+        "device": str(backend.device),
+        "precision": backend.precision,
+        "settings": {k: v for k, v in backend.describe().items() if "." in k},
+        "size": f"{args.size[0]}x{args.size[1]}",
+        "frames": n,
+        "images": str(source),
+        "threads": torch.get_num_threads(),
+        "pairwise_fps": n / pair_s,
+        "streaming_fps": n / stream_s,
+        "speedup": pair_s / stream_s,
+        "pairwise_ms_per_frame": 1000 * pair_s / n,
+        "streaming_ms_per_frame": 1000 * stream_s / n,
+        "pairwise_ms_median": float(np.median(pair_ms)),
+        "streaming_ms_median": float(np.median(stream_ms)),
+        "stage_ms": {k: v / n for k, v in stream_stages.items()},
+        "pairwise_stage_ms": {k: v / n for k, v in pair_stages.items()},
+        "matches_streaming": float(np.mean(stream_counts)),
+        "matches_pairwise": float(np.mean(pair_counts)),
+        "peak_rss_streaming_mb": peak_stream,
+        "peak_rss_mb": _peak_rss_mb(),
+    }
+    if cuda:
+        result["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return result
+
+
+def _print_human(r: dict) -> None:
+    print(f"fm-bench {r['backend']} on {r['device']} ({r['precision']}, {r['threads']} threads), {r['size']}, {r['frames']} frames from {r['images']}")
+    if r["settings"]:
+        print("  settings: " + ", ".join(f"{k}={v}" for k, v in r["settings"].items()))
+    print(f"  pairwise : {r['pairwise_fps']:.3f} frames/s ({r['pairwise_ms_per_frame']:.0f} ms/frame mean, {r['pairwise_ms_median']:.0f} median), {r['matches_pairwise']:.1f} matches/frame")
+    print(f"  streaming: {r['streaming_fps']:.3f} frames/s ({r['streaming_ms_per_frame']:.0f} ms/frame mean, {r['streaming_ms_median']:.0f} median), {r['matches_streaming']:.1f} matches/frame")
+    print(f"  speed-up : {r['speedup']:.2f}x")
+    print("  streaming stages (ms/frame): " + ", ".join(f"{k} {v:.0f}" for k, v in r["stage_ms"].items()))
+    print("  pairwise stages (ms/frame):  " + ", ".join(f"{k} {v:.0f}" for k, v in r["pairwise_stage_ms"].items()))
+    mem = f"  peak RSS: {r['peak_rss_streaming_mb']:.0f} MB streaming only, {r['peak_rss_mb']:.0f} MB overall"
+    if "peak_gpu_mb" in r:
+        mem += f", peak GPU {r['peak_gpu_mb']:.0f} MB"
+    print(mem)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fm-bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--backend", default="eloftr", help="eloftr, sift, orb, ... (default eloftr)")
+    p.add_argument("--weights", help="checkpoint (required for eloftr)")
+    p.add_argument("--size", type=_parse_size, default=(640, 480), help="WxH of the frames (default 640x480)")
+    p.add_argument("--frames", type=int, default=10, help="frames matched against the keyframe (default 10)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
+    p.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"))
+    p.add_argument("--mode", choices=("full", "opt"), help="eloftr coarse matching mode")
+    p.add_argument("--threshold", type=float, help="eloftr coarse threshold (mode default when omitted)")
+    p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0 = torch default)")
+    p.add_argument("--images", help="folder of png/jpg frames (default: tum_fr2_desk)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.frames < 1:
+        print("fm-bench: --frames must be >= 1", file=sys.stderr)
+        return 2
+    if args.backend == "eloftr" and not args.weights:
+        print("fm-bench: --weights FILE is required for --backend eloftr", file=sys.stderr)
+        return 2
+    try:
+        result = run(args)
+    except (ValueError, RuntimeError, FileNotFoundError) as exc:
+        print(f"fm-bench: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(result))
+    else:
+        _print_human(result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
