@@ -28,3 +28,20 @@ def shared() -> Path:
 @pytest.fixture(scope="session")
 def repo() -> Path:
     return REPO
+
+
+@pytest.fixture(scope="session")
+def fixture_dir(shared) -> Path:
+    """The Efficient LoFTR parity fixture (official outputs for a random-weight checkpoint)."""
+    return shared / "fixtures" / "eloftr"
+
+
+@pytest.fixture(scope="session")
+def checkpoint(fixture_dir, repo) -> Path:
+    """The fixture checkpoint, decompressed once into .cache/eloftr and checked against its sha256."""
+    import json
+
+    from feature_matcher_ros.backends.eloftr.parity import decompress_checkpoint
+
+    info = json.loads((fixture_dir / "manifest.json").read_text())["checkpoint"]
+    return decompress_checkpoint(fixture_dir / info["file"], repo / ".cache" / "eloftr", info["sha256_of_decompressed"])

@@ -1,6 +1,5 @@
 """Loading the official Efficient LoFTR checkpoint layout, and clear errors for everything else."""
 
-import json
 
 import cv2
 import numpy as np
@@ -8,18 +7,6 @@ import pytest
 import torch
 
 from feature_matcher_ros.backends.eloftr import CheckpointError, EfficientLoFTRBackend, load_model, read_state_dict
-from feature_matcher_ros.backends.eloftr.parity import decompress_checkpoint
-
-
-@pytest.fixture(scope="session")
-def fixture_dir(shared):
-    return shared / "fixtures" / "eloftr"
-
-
-@pytest.fixture(scope="session")
-def checkpoint(fixture_dir, repo):
-    info = json.loads((fixture_dir / "manifest.json").read_text())["checkpoint"]
-    return decompress_checkpoint(fixture_dir / info["file"], repo / ".cache" / "eloftr", info["sha256_of_decompressed"])
 
 
 @pytest.fixture(scope="module")

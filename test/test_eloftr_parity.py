@@ -21,7 +21,6 @@ from feature_matcher_ros.backends.eloftr.parity import (
     compare_matches,
     compare_scores,
     compare_windows,
-    decompress_checkpoint,
     score_summaries,
 )
 
@@ -30,19 +29,8 @@ MODES = ["full", "opt"]
 
 
 @pytest.fixture(scope="session")
-def fixture_dir(shared):
-    return shared / "fixtures" / "eloftr"
-
-
-@pytest.fixture(scope="session")
 def manifest(fixture_dir):
     return json.loads((fixture_dir / "manifest.json").read_text())
-
-
-@pytest.fixture(scope="session")
-def checkpoint(fixture_dir, manifest, repo):
-    info = manifest["checkpoint"]
-    return decompress_checkpoint(fixture_dir / info["file"], repo / ".cache" / "eloftr", info["sha256_of_decompressed"])
 
 
 @pytest.fixture(scope="module")

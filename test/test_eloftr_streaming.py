@@ -7,7 +7,6 @@ Also: live settings, precision changes with feature conversion, resizing to mult
 keypoints mapped back, and clear errors for bad input.
 """
 
-import json
 
 import cv2
 import numpy as np
@@ -19,23 +18,11 @@ from feature_matcher_ros.backends.eloftr import EfficientLoFTRBackend
 from feature_matcher_ros.backends.eloftr.parity import (
     compare_matches,
     compare_windows,
-    decompress_checkpoint,
     score_summaries,
 )
 
 PAIRS = ["capitol_640x480", "bridge_256x320", "sanmarco_384x224_320x256"]
 THR = {"full": 0.0188, "opt": 22.3}
-
-
-@pytest.fixture(scope="session")
-def fixture_dir(shared):
-    return shared / "fixtures" / "eloftr"
-
-
-@pytest.fixture(scope="session")
-def checkpoint(fixture_dir, repo):
-    info = json.loads((fixture_dir / "manifest.json").read_text())["checkpoint"]
-    return decompress_checkpoint(fixture_dir / info["file"], repo / ".cache" / "eloftr", info["sha256_of_decompressed"])
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,5 @@
 """fm-match on the fixture: --raw reproduces the official outputs; the normal path takes any size."""
 
-import json
 import os
 import subprocess
 import sys
@@ -8,18 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from feature_matcher_ros.backends.eloftr.parity import compare_matches, decompress_checkpoint
-
-
-@pytest.fixture(scope="session")
-def fixture_dir(shared):
-    return shared / "fixtures" / "eloftr"
-
-
-@pytest.fixture(scope="session")
-def checkpoint(fixture_dir, repo):
-    info = json.loads((fixture_dir / "manifest.json").read_text())["checkpoint"]
-    return decompress_checkpoint(fixture_dir / info["file"], repo / ".cache" / "eloftr", info["sha256_of_decompressed"])
+from feature_matcher_ros.backends.eloftr.parity import compare_matches
 
 
 def fm_match(repo, *args):
