@@ -1,0 +1,73 @@
+"""Entry point of ``lifecycle_matcher_node``, the managed variant of ``matcher_node``.
+
+    python -m feature_matcher_ros.lifecycle_matcher_node [--activate] --ros-args --params-file config/matcher.yaml
+
+It starts ``unconfigured``; a lifecycle manager (or ``ros2 lifecycle set <node> configure`` then
+``activate``) drives it. ``--activate`` configures and activates it right away (exit code 2 when that
+fails). The process ends after the ``shutdown`` transition, on SIGINT or on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import threading
+
+import rclpy
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.utilities import remove_ros_args
+
+
+def main(args: list[str] | None = None) -> int:
+    argv = sys.argv if args is None else args
+    parser = argparse.ArgumentParser(prog="lifecycle_matcher_node", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--activate", action="store_true", help="configure and activate at start")
+    options = parser.parse_args(remove_ros_args(argv)[1:])
+    rclpy.init(args=argv)
+    try:
+        from lifecycle_msgs.msg import State
+        from rclpy.lifecycle import TransitionCallbackReturn
+
+        from .ros.lifecycle_node import LifecycleMatcherNode
+
+        node = LifecycleMatcherNode()
+    except KeyboardInterrupt:
+        rclpy.try_shutdown()
+        return 130
+    except Exception as exc:  # noqa: BLE001 - start-up errors end in one clear line
+        print(f"[lifecycle_matcher_node] cannot start: {exc}", file=sys.stderr, flush=True)
+        rclpy.try_shutdown()
+        return 2
+    code = 0
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
+    try:
+        if options.activate:
+            for step in (node.trigger_configure, node.trigger_activate):
+                if step() != TransitionCallbackReturn.SUCCESS:
+                    print(f"[lifecycle_matcher_node] cannot start: {step.__name__} failed (see the log above)",
+                          file=sys.stderr, flush=True)
+                    return 2
+        while rclpy.ok():
+            executor.spin_once(timeout_sec=0.2)
+            if node._state_machine.current_state[0] == State.PRIMARY_STATE_FINALIZED:
+                break
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        node.close()
+        executor.remove_node(node)
+        node.destroy_node()
+        rclpy.try_shutdown()
+    if any(t.is_alive() and t.name == "matcher_worker" for t in threading.enumerate()):
+        # MatcherNode.close gave up waiting for a frame still being matched: end now, without the
+        # interpreter's finalisation (C++ destructors abort while a thread is inside torch).
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,627 @@
+"""fm-stress: the matcher node under overload and over time, measured from outside.
+
+Starts the real node process (``python -m feature_matcher_ros.matcher_node --ros-args --params-file
+config/matcher.yaml ...``), a camera publisher process sending real TUM desk frames (resized for
+1280x720) faster than the node can match them, and watches what comes out: processed rate, end-to-end
+latency (image stamp -> output received), frames dropped by the node (read from ``/diagnostics``) and
+the node's resident memory (psutil).
+
+Usage::
+
+    fm-stress                                   # 30 and 60 Hz x 640x480 and 1280x720, 10 s each
+    fm-stress --rates 30 --sizes 640x480 --seconds 20 -p backend:=sift
+    fm-stress --soak 300                        # one 5-minute run at 30 Hz 640x480, a row per window
+    fm-stress --profile default                 # Fast DDS's built-in transports (large frames are lost)
+
+Every child (node and publisher) gets ``FASTDDS_DEFAULT_PROFILES_FILE`` set to ``--profile``
+(``config/fastdds_large_images.xml`` by default; ``default`` removes it).
+
+The pieces (:class:`NodeProcess`, :class:`Monitor`, :func:`run_scenario`) are used by the robustness
+tests too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..resources import config_file, data_dir
+from .dds_loss import DEFAULT_PROFILE, parse_size, profile_env, real_frames
+
+NODE_MODULE = "feature_matcher_ros.matcher_node"
+IMAGE_TYPE = "sensor_msgs/msg/Image"
+INFO_TYPE = "sensor_msgs/msg/CameraInfo"
+_SKIP_OUTPUTS = {"/rosout", "/parameter_events", "/diagnostics"}
+
+
+# -- the node under test --------------------------------------------------------------------------
+class NodeProcess:
+    """The matcher node as a child process, its output kept in files (no pipe can fill up).
+
+    Args:
+        name: node name (``-r __node:=name``), so that several runs never meet.
+        params: ``{name: value}`` overrides (``-p name:=value``), after ``params_file``.
+        params_file: a ROS params YAML (``config/matcher.yaml`` by default; None for none).
+        env: the environment (default: this process's).
+        module: the entry module (the lifecycle variant is ``feature_matcher_ros.lifecycle_matcher_node``).
+        extra_args: more ``--ros-args`` arguments, e.g. remappings.
+        args: program arguments before ``--ros-args`` (e.g. ``["--activate"]`` for the lifecycle node).
+    """
+
+    def __init__(self, name: str = "fm_stress_matcher", params: dict | None = None,
+                 params_file: str | Path | None = "default", env: dict | None = None,
+                 module: str = NODE_MODULE, extra_args: list[str] | None = None,
+                 args: list[str] | None = None) -> None:
+        self.name = name
+        cmd = [sys.executable, "-m", module, *(args or []), "--ros-args", "-r", f"__node:={name}"]
+        if params_file == "default":
+            params_file = config_file("matcher.yaml")
+        if params_file is not None:
+            cmd += ["--params-file", str(params_file)]
+        for key, value in (params or {}).items():
+            cmd += ["-p", f"{key}:={_ros_value(value)}"]
+        cmd += list(extra_args or [])
+        self.cmd = cmd
+        self._out = tempfile.TemporaryFile(mode="w+b")
+        self._err = tempfile.TemporaryFile(mode="w+b")
+        self.proc = subprocess.Popen(cmd, env=env, stdout=self._out, stderr=self._err)
+        self.pid = self.proc.pid
+
+    def rss_mb(self) -> float:
+        """Resident memory of the node process in MiB (nan once it has exited)."""
+        import psutil
+
+        try:
+            return psutil.Process(self.pid).memory_info().rss / 2**20
+        except (psutil.NoSuchProcess, psutil.ZombieProcess):
+            return float("nan")
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self, sig: int = signal.SIGINT, timeout: float = 10.0) -> tuple[int | None, float]:
+        """Send ``sig`` and wait; returns ``(exit code, seconds it took)`` (code None: still running,
+        then killed)."""
+        if self.proc.poll() is not None:
+            return self.proc.returncode, 0.0
+        t0 = time.monotonic()
+        self.proc.send_signal(sig)
+        try:
+            rc = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            return None, time.monotonic() - t0
+        return rc, time.monotonic() - t0
+
+    def wait(self, timeout: float) -> int | None:
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def _read(self, f) -> str:
+        f.flush()
+        f.seek(0)
+        return f.read().decode(errors="replace")
+
+    @property
+    def stdout(self) -> str:
+        return self._read(self._out)
+
+    @property
+    def stderr(self) -> str:
+        return self._read(self._err)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.stop(signal.SIGINT, timeout=5.0)
+        self._out.close()
+        self._err.close()
+
+    def __enter__(self) -> "NodeProcess":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _ros_value(value) -> str:
+    """A ``-p name:=value`` literal (YAML): strings that YAML would read as something else are quoted."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value)
+    return repr(value)
+
+
+# -- watching the node from outside ---------------------------------------------------------------
+@dataclass
+class Observation:
+    """What the monitor saw, all times in ``time.monotonic`` seconds unless named ``_ns``."""
+
+    outputs: dict[int, float] = field(default_factory=dict)  # image stamp ns -> first output's arrival (wall ns)
+    diagnostics: dict[str, str] = field(default_factory=dict)  # latest values of the node's status
+    diagnostic_levels: list[int] = field(default_factory=list)
+    diagnostic_messages: list[str] = field(default_factory=list)
+
+
+class Monitor:
+    """An rclpy node in this process that finds the matcher's topics and records its outputs.
+
+    Spins in a background thread. ``image_topics()``/``info_topics()`` say where the node listens
+    (found in the ROS graph, so remappings and the node's own naming need no configuration here).
+    """
+
+    def __init__(self, node_name: str, namespace: str = "/") -> None:
+        import rclpy
+        from rclpy.executors import SingleThreadedExecutor
+
+        self.context = rclpy.Context()  # its own, so that monitors and other rclpy users never interfere
+        rclpy.init(args=[], context=self.context)
+        self.target, self.namespace = node_name, namespace
+        self.node = rclpy.create_node(f"fm_monitor_{os.getpid()}_{node_name}", context=self.context)
+        self.obs = Observation()
+        self._lock = threading.Lock()
+        self._subs: dict[str, object] = {}
+        self._executor = SingleThreadedExecutor(context=self.context)
+        self._executor.add_node(self.node)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._spin, daemon=True)
+        self._thread.start()
+        self._watch_diagnostics()
+
+    def _spin(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._executor.spin_once(timeout_sec=0.05)
+            except Exception:  # noqa: BLE001 - context shut down under us
+                if self._stop.is_set():
+                    return
+                raise
+
+    def _best_effort(self, depth: int = 50):
+        from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+
+        return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=depth, reliability=ReliabilityPolicy.BEST_EFFORT)
+
+    def _watch_diagnostics(self) -> None:
+        from diagnostic_msgs.msg import DiagnosticArray
+
+        def _on(msg: DiagnosticArray) -> None:
+            for status in msg.status:
+                text = f"{status.name} {status.hardware_id}"
+                values = {kv.key: kv.value for kv in status.values}
+                if self.target in text or ("frames_dropped" in values and not self.obs.diagnostics):
+                    with self._lock:
+                        self.obs.diagnostics = values
+                        self.obs.diagnostic_levels.append(int.from_bytes(status.level, "little")
+                                                          if isinstance(status.level, bytes) else int(status.level))
+                        self.obs.diagnostic_messages.append(status.message)
+
+        self.node.create_subscription(DiagnosticArray, "/diagnostics", _on, 50)
+
+    # -- graph ----------------------------------------------------------------------------------
+    def _by_node(self, fn) -> list[tuple[str, list[str]]]:
+        try:
+            return fn(self.target, self.namespace)
+        except Exception:  # noqa: BLE001 - node not in the graph yet
+            return []
+
+    def subscriptions(self) -> list[tuple[str, list[str]]]:
+        return self._by_node(self.node.get_subscriber_names_and_types_by_node)
+
+    def publications(self) -> list[tuple[str, list[str]]]:
+        return self._by_node(self.node.get_publisher_names_and_types_by_node)
+
+    def image_topics(self) -> list[str]:
+        return [t for t, types in self.subscriptions() if IMAGE_TYPE in types]
+
+    def info_topics(self) -> list[str]:
+        return [t for t, types in self.subscriptions() if INFO_TYPE in types]
+
+    def wait_for_node(self, timeout: float, proc: NodeProcess | None = None) -> bool:
+        """True once the node subscribes to an image topic (False on timeout or when ``proc`` exits)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.image_topics():
+                return True
+            if proc is not None and not proc.alive():
+                return False
+            time.sleep(0.1)
+        return False
+
+    def input_reliable(self, topic: str) -> bool:
+        """Whether the node's subscription on ``topic`` asks for reliable delivery."""
+        from rclpy.qos import ReliabilityPolicy
+
+        for info in self.node.get_subscriptions_info_by_topic(topic):
+            if info.node_name == self.target and info.qos_profile.reliability == ReliabilityPolicy.RELIABLE:
+                return True
+        return False
+
+    def watch_outputs(self) -> list[str]:
+        """Subscribe to every output of the node that has a ``header``; returns the topics."""
+        for topic, types in self.publications():
+            if topic in _SKIP_OUTPUTS or topic in self._subs or not types:
+                continue
+            cls = _message_class(types[0])
+            if cls is None or "header" not in cls.get_fields_and_field_types():
+                continue
+
+            def _on(msg, _topic=topic) -> None:
+                now = time.time_ns()
+                stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+                with self._lock:
+                    self.obs.outputs.setdefault(stamp, now)
+
+            self._subs[topic] = self.node.create_subscription(cls, topic, _on, self._best_effort())
+        return sorted(self._subs)
+
+    def snapshot(self) -> Observation:
+        with self._lock:
+            return Observation(dict(self.obs.outputs), dict(self.obs.diagnostics),
+                               list(self.obs.diagnostic_levels), list(self.obs.diagnostic_messages))
+
+    def clear_outputs(self) -> None:
+        with self._lock:
+            self.obs.outputs.clear()
+
+    def close(self) -> None:
+        import rclpy
+
+        self._stop.set()
+        self._thread.join(timeout=2.0)
+        self._executor.shutdown(timeout_sec=1.0)
+        self.node.destroy_node()
+        rclpy.try_shutdown(context=self.context)
+
+
+def _message_class(type_name: str):
+    """``"pkg/msg/Type"`` -> the Python class, or None when it cannot be imported."""
+    try:
+        pkg, kind, name = type_name.split("/")
+        return getattr(importlib.import_module(f"{pkg}.{kind}"), name)
+    except (ValueError, ImportError, AttributeError):
+        return None
+
+
+# -- the camera -----------------------------------------------------------------------------------
+def run_camera(image_topic: str, info_topic: str, width: int, height: int, rate: float, seconds: float,
+               reliable: bool, frame_id: str = "camera") -> dict:
+    """Publish real frames (rgb8) and their camera_info at ``rate`` for ``seconds``; stamps are wall
+    time at publication. Returns ``{"sent": n, "achieved_hz": f, "first_stamp_ns": s}``."""
+    import rclpy
+    from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+    from rclpy.signals import SignalHandlerOptions
+    from sensor_msgs.msg import CameraInfo, Image
+
+    from ..camera import CameraModel
+
+    stop: list[int] = []
+    signal.signal(signal.SIGINT, lambda *_: stop.append(1))
+    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+    frames = real_frames(width, height)
+    camera = CameraModel.from_yaml(data_dir() / "tum_fr2_desk" / "intrinsics.yaml")
+    if (camera.width, camera.height) != (width, height):
+        camera = camera.scaled(width, height)
+    rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
+    node = rclpy.create_node(f"fm_stress_camera_{os.getpid()}")
+    qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=5,
+                     reliability=ReliabilityPolicy.RELIABLE if reliable else ReliabilityPolicy.BEST_EFFORT)
+    pub = node.create_publisher(Image, image_topic, qos)
+    info_pub = node.create_publisher(CameraInfo, info_topic, qos)
+    deadline = time.monotonic() + 20.0
+    while (pub.get_subscription_count() < 1 or info_pub.get_subscription_count() < 1) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    img = Image(height=height, width=width, encoding="rgb8", is_bigendian=0, step=width * 3)
+    img.header.frame_id = frame_id
+    info = CameraInfo(width=width, height=height, distortion_model="plumb_bob")
+    info.header.frame_id = frame_id
+    info.d = [float(v) for v in camera.dist[:5]] + [0.0] * max(0, 5 - len(camera.dist))
+    info.k = [float(v) for v in camera.K.reshape(-1)]
+    info.r = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
+    info.p = [float(camera.K[0, 0]), 0.0, float(camera.K[0, 2]), 0.0,
+              0.0, float(camera.K[1, 1]), float(camera.K[1, 2]), 0.0, 0.0, 0.0, 1.0, 0.0]
+    payloads = [f.tobytes() for f in frames]
+    total, period = int(round(rate * seconds)), 1.0 / rate
+    sent, first = 0, 0
+    start = time.perf_counter()
+    for i in range(total):
+        if stop:
+            break
+        wait = start + i * period - time.perf_counter()
+        if wait > 0:
+            time.sleep(wait)
+        stamp = time.time_ns()
+        if not first:
+            first = stamp
+            print(json.dumps({"started": first}), flush=True)
+        sec, nsec = divmod(stamp, 1_000_000_000)
+        info.header.stamp.sec, info.header.stamp.nanosec = sec, nsec
+        img.header.stamp.sec, img.header.stamp.nanosec = sec, nsec
+        img.data = payloads[i % len(payloads)]
+        info_pub.publish(info)
+        pub.publish(img)
+        sent += 1
+    elapsed = time.perf_counter() - start
+    time.sleep(0.2)
+    node.destroy_node()
+    rclpy.try_shutdown()
+    return {"sent": sent, "achieved_hz": sent / elapsed if elapsed > 0 else 0.0, "first_stamp_ns": first}
+
+
+def start_camera(image_topic: str, info_topic: str, width: int, height: int, rate: float, seconds: float,
+                 reliable: bool, env: dict | None = None) -> subprocess.Popen:
+    """:func:`run_camera` in a child process (its own GIL); its last stdout line is the JSON result."""
+    cmd = [sys.executable, "-m", "feature_matcher_ros.tools.stress", "--role", "camera",
+           "--image-topic", image_topic, "--info-topic", info_topic, "--sizes", f"{width}x{height}",
+           "--rates", str(rate), "--seconds", str(seconds)] + (["--reliable"] if reliable else [])
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+# -- one scenario ---------------------------------------------------------------------------------
+@dataclass
+class Window:
+    """Numbers over one stretch of time (the whole run, or one soak window); ``rss_mb`` is the median of
+    the node's RSS samples (every 0.25 s) in the window."""
+
+    t_start_s: float
+    t_end_s: float
+    processed: int
+    processed_hz: float
+    latency_ms_p50: float
+    latency_ms_p99: float
+    rss_mb: float
+
+
+@dataclass
+class ScenarioResult:
+    """One scenario. ``sent`` and the ``node_*`` counters (from /diagnostics) cover the whole run,
+    warm-up included; rates, latency and windows cover the measured time after the warm-up."""
+
+    size: str
+    input_hz: float
+    sent: int
+    achieved_hz: float
+    node_received: int
+    node_processed: int
+    node_dropped: int
+    node_rejected: int
+    processed_hz: float
+    drop_pct: float
+    latency_ms_p50: float
+    latency_ms_p99: float
+    rss_start_mb: float
+    rss_end_mb: float
+    windows: list[Window]
+    node_alive: bool
+    outputs: list[str]
+
+
+def _percentiles(values: list[float]) -> tuple[float, float]:
+    if not values:
+        return float("nan"), float("nan")
+    arr = np.asarray(values)
+    return float(np.percentile(arr, 50)), float(np.percentile(arr, 99))
+
+
+def _int(values: dict, key: str) -> int:
+    try:
+        return int(float(values.get(key, "nan")))
+    except ValueError:
+        return -1
+
+
+def run_scenario(node: NodeProcess, monitor: Monitor, width: int, height: int, rate: float, seconds: float,
+                 warmup_s: float = 3.0, window_s: float | None = None, env: dict | None = None,
+                 log=None) -> ScenarioResult:
+    """Publish at ``rate`` for ``warmup_s + seconds`` and measure the last ``seconds``.
+
+    ``window_s`` splits the measured time into windows (soak), each with its own latency percentiles
+    and median RSS. The node must be up (``monitor.wait_for_node``). If the node dies, the camera is
+    stopped and the result says ``node_alive=False``.
+    """
+    images, infos = monitor.image_topics(), monitor.info_topics()
+    if not images or not infos:
+        raise RuntimeError(f"node {node.name} subscribes to no image/camera_info topic: {monitor.subscriptions()}")
+    reliable = monitor.input_reliable(images[0])
+    outputs = monitor.watch_outputs()
+    total_s = warmup_s + seconds
+    cam = start_camera(images[0], infos[0], width, height, rate, total_s, reliable, env)
+    started = cam.stdout.readline()  # the camera's first frame: the clock starts here
+    if '"started"' not in started:
+        cam.kill()
+        raise RuntimeError(f"camera publisher did not start: {started}{cam.communicate()[1][-2000:]}")
+    t0 = time.monotonic()
+    t0_ns = json.loads(started)["started"]
+    rss_samples: list[tuple[float, float]] = []
+    rss_start = float("nan")
+    window_s = window_s or seconds
+    next_window = warmup_s + window_s
+    windows: list[Window] = []
+    while cam.poll() is None:
+        elapsed = time.monotonic() - t0
+        rss_samples.append((elapsed, node.rss_mb()))
+        if elapsed >= warmup_s and rss_start != rss_start:  # still nan
+            rss_start = node.rss_mb()
+        if elapsed >= next_window - 1e-3:
+            lo = next_window - window_s
+            windows.append(_window(monitor, t0_ns, lo, next_window, _median_rss(rss_samples, lo, next_window)))
+            if log:
+                w = windows[-1]
+                log(f"  t={w.t_end_s:6.0f}s processed {w.processed_hz:5.1f} Hz  latency p50 {w.latency_ms_p50:7.1f} ms"
+                    f"  p99 {w.latency_ms_p99:7.1f} ms  RSS {w.rss_mb:7.1f} MiB")
+            next_window += window_s
+        if not node.alive():
+            break
+        time.sleep(0.25)
+    if cam.poll() is None:  # the node died: stop the camera early
+        cam.send_signal(signal.SIGINT)
+    out, err = cam.communicate(timeout=30)
+    cam_result = {}
+    for line in reversed(out.strip().splitlines()):
+        if line.startswith("{"):
+            cam_result = json.loads(line)
+            break
+    if not cam_result:
+        raise RuntimeError(f"camera publisher failed: {err[-2000:]}")
+    time.sleep(1.5)  # last outputs and a diagnostics period
+    if len(windows) * window_s < seconds - 1e-3:
+        lo = warmup_s + len(windows) * window_s
+        windows.append(_window(monitor, t0_ns, lo, total_s, _median_rss(rss_samples, lo, total_s)))
+    whole = _window(monitor, t0_ns, warmup_s, total_s, node.rss_mb())
+    # Counters over the whole run (warm-up included), from the node's last report after the camera stopped.
+    diag = monitor.snapshot().diagnostics
+    received, processed = _int(diag, "frames_received"), _int(diag, "frames_processed")
+    dropped, rejected = _int(diag, "frames_dropped"), _int(diag, "rejected_total")
+    return ScenarioResult(
+        size=f"{width}x{height}", input_hz=rate, sent=cam_result["sent"], achieved_hz=cam_result["achieved_hz"],
+        node_received=received, node_processed=processed, node_dropped=dropped, node_rejected=rejected,
+        processed_hz=whole.processed_hz, drop_pct=100.0 * dropped / received if received > 0 else float("nan"),
+        latency_ms_p50=whole.latency_ms_p50, latency_ms_p99=whole.latency_ms_p99,
+        rss_start_mb=rss_start, rss_end_mb=node.rss_mb(), windows=windows, node_alive=node.alive(),
+        outputs=outputs,
+    )
+
+
+def _median_rss(samples: list[tuple[float, float]], start_s: float, end_s: float) -> float:
+    """Median RSS (MiB) of the samples taken in ``[start_s, end_s]``: steadier than one sample, as the
+    allocator hands memory back and forth by 10-20 MiB within seconds."""
+    values = [rss for t, rss in samples if start_s <= t <= end_s and rss == rss]
+    return float(np.median(values)) if values else float("nan")
+
+
+def _window(monitor: Monitor, t0_ns: int, start_s: float, end_s: float, rss: float) -> Window:
+    outputs = monitor.snapshot().outputs
+    lo, hi = t0_ns + int(start_s * 1e9), t0_ns + int(end_s * 1e9)
+    lat = [(arrival - stamp) / 1e6 for stamp, arrival in outputs.items() if lo <= stamp < hi]
+    p50, p99 = _percentiles(lat)
+    span = max(end_s - start_s, 1e-6)
+    return Window(start_s, end_s, len(lat), len(lat) / span, p50, p99, rss)
+
+
+# -- table ----------------------------------------------------------------------------------------
+def format_table(results: list[ScenarioResult]) -> str:
+    head = (f"{'size':>9} {'input':>7} {'sent':>5} {'node rx':>7} {'processed':>9} {'proc Hz':>7} {'drop %':>6} "
+            f"{'lat p50':>9} {'lat p99':>9} {'RSS start':>10} {'RSS end':>9}")
+    rows = [head, "-" * len(head)]
+    for r in results:
+        rows.append(
+            f"{r.size:>9} {r.input_hz:>5.0f}Hz {r.sent:>5d} {r.node_received:>7d} {r.node_processed:>9d} "
+            f"{r.processed_hz:>7.1f} {r.drop_pct:>6.1f} {r.latency_ms_p50:>7.0f}ms {r.latency_ms_p99:>7.0f}ms "
+            f"{r.rss_start_mb:>7.0f}MiB {r.rss_end_mb:>6.0f}MiB" + ("" if r.node_alive else "  NODE EXITED")
+        )
+    return "\n".join(rows)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fm-stress", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--rates", nargs="+", type=float, default=[30.0, 60.0], help="camera rates in Hz (default 30 60)")
+    p.add_argument("--sizes", nargs="+", type=parse_size, default=[(640, 480), (1280, 720)],
+                   help="frame sizes WxH (default 640x480 1280x720)")
+    p.add_argument("--seconds", type=float, default=10.0, help="measured seconds per scenario (default 10)")
+    p.add_argument("--warmup", type=float, default=3.0, help="seconds published before measuring (default 3)")
+    p.add_argument("--soak", type=float, default=0.0, metavar="SECONDS",
+                   help="one long run (first rate and size) reported per --window, e.g. --soak 300")
+    p.add_argument("--window", type=float, default=30.0, help="soak report window in seconds (default 30)")
+    p.add_argument("--params-file", default=str(config_file("matcher.yaml")), help="node params file")
+    p.add_argument("-p", "--param", action="append", default=[], metavar="NAME:=VALUE",
+                   help="node parameter override (repeatable), e.g. -p backend:=sift")
+    p.add_argument("--profile", default=str(config_file(DEFAULT_PROFILE)),
+                   help="Fast DDS profile for node and camera ('default' = Fast DDS built-ins)")
+    p.add_argument("--startup-timeout", type=float, default=120.0, help="seconds to wait for the node")
+    p.add_argument("--json", action="store_true", help="also print one JSON line per scenario")
+    p.add_argument("--role", choices=("driver", "camera"), default="driver", help=argparse.SUPPRESS)
+    p.add_argument("--image-topic", default="image", help=argparse.SUPPRESS)
+    p.add_argument("--info-topic", default="camera_info", help=argparse.SUPPRESS)
+    p.add_argument("--reliable", action="store_true", help=argparse.SUPPRESS)
+    return p
+
+
+def _parse_overrides(items: list[str]) -> dict[str, object]:
+    import yaml
+
+    out = {}
+    for item in items:
+        if ":=" not in item:
+            raise ValueError(f"-p expects NAME:=VALUE, got {item!r}")
+        key, value = item.split(":=", 1)
+        out[key] = yaml.safe_load(value)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.role == "camera":
+        (w, h), rate = args.sizes[0], args.rates[0]
+        print(json.dumps(run_camera(args.image_topic, args.info_topic, w, h, rate, args.seconds, args.reliable)),
+              flush=True)
+        return 0
+    if min(args.rates) <= 0 or args.seconds <= 0 or args.warmup < 0:
+        print("fm-stress: --rates and --seconds must be positive, --warmup not negative", file=sys.stderr)
+        return 2
+    try:
+        overrides = _parse_overrides(args.param)
+        env = profile_env(args.profile)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"fm-stress: {err}", file=sys.stderr)
+        return 2
+    if not Path(args.params_file).is_file():
+        print(f"fm-stress: params file not found: {args.params_file}", file=sys.stderr)
+        return 2
+    os.environ.clear()  # this process (the monitor) runs with the same transports as its children
+    os.environ.update(env)
+    scenarios = [(args.rates[0], args.sizes[0])] if args.soak else [(r, s) for s in args.sizes for r in args.rates]
+    seconds = args.soak or args.seconds
+    print(f"fm-stress: profile {Path(args.profile).name}, params {args.params_file} {overrides or ''}, "
+          f"{len(scenarios)} scenario(s) of {seconds:.0f} s (+{args.warmup:.0f} s warm-up)", flush=True)
+    results: list[ScenarioResult] = []
+    failed = False
+    for i, (rate, (w, h)) in enumerate(scenarios):
+        name = f"fm_stress_{os.getpid()}_{i}"
+        with NodeProcess(name, overrides, args.params_file, env) as node:
+            monitor = Monitor(name)
+            try:
+                if not monitor.wait_for_node(args.startup_timeout, node):
+                    print(f"fm-stress: node did not come up (exit code {node.proc.poll()}):\n{node.stderr[-3000:]}",
+                          file=sys.stderr)
+                    return 1
+                print(f"{w}x{h} at {rate:.0f} Hz: node up (RSS {node.rss_mb():.0f} MiB), measuring {seconds:.0f} s",
+                      flush=True)
+                r = run_scenario(node, monitor, w, h, rate, seconds, args.warmup,
+                                 window_s=args.window if args.soak else None, env=env,
+                                 log=(lambda s: print(s, flush=True)) if args.soak else None)
+            finally:
+                monitor.close()
+            rc, took = node.stop(signal.SIGINT)
+            if not r.node_alive or rc not in (0, -signal.SIGINT):
+                failed = True
+                print(f"fm-stress: node exit code {rc}:\n{node.stderr[-3000:]}", file=sys.stderr)
+        results.append(r)
+        if args.json:
+            print(json.dumps(asdict(r)), flush=True)
+    print(format_table(results), flush=True)
+    if args.soak and results and results[0].windows:
+        ws = results[0].windows
+        print(f"soak: RSS {ws[0].rss_mb:.0f} -> {ws[-1].rss_mb:.0f} MiB; latency p99 first window "
+              f"{ws[0].latency_ms_p99:.0f} ms, last window {ws[-1].latency_ms_p99:.0f} ms", flush=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
