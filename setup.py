@@ -39,6 +39,7 @@ setup(
     entry_points={
         "console_scripts": [
             "matcher_node = feature_matcher_ros.matcher_node:main",
+            "lifecycle_matcher_node = feature_matcher_ros.lifecycle_matcher_node:main",
             "fm-demo = feature_matcher_ros.tools.demo:main",
             "fm-match = feature_matcher_ros.tools.match:main",
             "fm-bench = feature_matcher_ros.tools.bench:main",
@@ -47,6 +48,8 @@ setup(
             "fm-replay = feature_matcher_ros.tools.replay:main",
             "fm-train-sptd2 = feature_matcher_ros.tools.train_sptd2:main",
             "fm-eval-sptd2 = feature_matcher_ros.tools.eval_sptd2:main",
+            "fm-stress = feature_matcher_ros.tools.stress:main",
+            "fm-dds-loss = feature_matcher_ros.tools.dds_loss:main",
         ],
     },
 )

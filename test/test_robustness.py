@@ -5,7 +5,7 @@
    is accounted for on /diagnostics (processed + dropped + rejected = received), latency does not grow
    from the first window to the last (newest frame first, no queue), and resident memory stays flat.
 2. Bad input while running: row padding in ``step`` (same matches as without padding), camera_info with
-   zero focal lengths, an image from another camera frame (xfail until the node checks frame_id).
+   zero focal lengths, an image from another camera frame (rejected as frame_id_changed).
 3. Bad start-up: a corrupt checkpoint, a checkpoint of another model: exit code 2, one line that names
    the file, no traceback.
 """
@@ -188,8 +188,6 @@ def _send_until_answered(client, rgb, first_stamp, camera, tries=4):
     return None
 
 
-@pytest.mark.xfail(strict=True, reason="matcher_node does not compare header.frame_id with the keyframe's yet "
-                   "(reported to the coordinator); remove this mark once it does")
 def test_image_from_another_camera_frame_is_not_matched_against_this_keyframe(live):
     """The keyframe belongs to camera frame "cam"; an image in frame "other_cam" (another camera on the
     same topic, a mis-wired remapping) must not be matched against it silently. Either it is rejected

@@ -175,6 +175,7 @@ class MatcherNode(Node):
         self.chain = OdometryChain()
         self._keyframe_images: OrderedDict[int, np.ndarray] = OrderedDict()
         self._last_stamp_ns: int | None = None
+        self._frame_id: str | None = None  # every accepted image must come from this camera frame
         self._announced_keyframe: int | None = None
         self._log_times: dict[str, float] = {}
         self._parked: tuple[Any, float] | None = None  # (image message, arrival) waiting for a camera_info
@@ -231,11 +232,17 @@ class MatcherNode(Node):
         if unknown:
             self.get_logger().warning(f"ignoring unknown parameters {unknown} (typo? see config/matcher.yaml)")
 
-    def close(self) -> None:
-        """Stop the worker (call before ``destroy_node``)."""
+    def close(self, timeout: float = 1.0) -> None:
+        """Stop the worker (call before ``destroy_node``). A frame still in inference after ``timeout`` s is
+        abandoned (its results are never published): shutdown must not wait for a slow backend."""
         self.mailbox.close()
         if self._worker.is_alive():
-            self._worker.join(timeout=10.0)
+            self._worker.join(timeout=timeout)
+
+    @property
+    def busy(self) -> bool:
+        """True while the worker thread is still inside a frame (after :meth:`close` timed out)."""
+        return self._worker.is_alive()
 
     # -- inputs (executor thread) ------------------------------------------------------------------
     def _on_camera_info(self, msg: CameraInfo) -> None:
@@ -266,6 +273,12 @@ class MatcherNode(Node):
                 return
             camera = self.cameras.camera_for(width, height)
             stamp_ns = cv.stamp_to_ns(msg.header.stamp)
+            if self._frame_id is not None and msg.header.frame_id != self._frame_id:
+                raise cv.InputError(
+                    "frame_id_changed",
+                    f"image frame_id {msg.header.frame_id!r} differs from {self._frame_id!r}; run one matcher "
+                    "per camera, or call ~/reset when the camera was renamed",
+                )
             if self._last_stamp_ns is not None and stamp_ns <= self._last_stamp_ns:
                 reason = "stamp_repeated" if stamp_ns == self._last_stamp_ns else "stamp_backwards"
                 raise cv.InputError(
@@ -277,6 +290,7 @@ class MatcherNode(Node):
             self._reject(err.reason, str(err))
             return
         self._last_stamp_ns = stamp_ns
+        self._frame_id = msg.header.frame_id
         if self.mailbox.put(_Frame(pixels, msg.header, stamp_ns, camera, arrived)):
             self.stats.on_drop()
 
@@ -301,6 +315,7 @@ class MatcherNode(Node):
             self.chain.reset()
             self._keyframe_images.clear()
             self._last_stamp_ns = None
+            self._frame_id = None
             self._announced_keyframe = None
         response.success, response.message = True, "keyframes, odometry and stamp order reset"
         self.get_logger().info("reset: " + response.message)
@@ -376,6 +391,8 @@ class MatcherNode(Node):
         return self.values["camera_frame"] or header.frame_id or "camera"
 
     def _publish(self, frame: _Frame, result: FrameResult, scale: float) -> None:
+        if self.mailbox.closed:  # shutting down: the publishers' context may already be gone
+            return
         camera_frame = self._camera_frame(frame.header)
         odom = self.chain.add(result, scale)
 
