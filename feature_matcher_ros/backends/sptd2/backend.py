@@ -1,0 +1,145 @@
+"""SPTD2 as a frontend backend: per-image keypoints + descriptors (cacheable), mutual-NN matching."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar, Mapping
+
+import numpy as np
+
+from ...params import ParamSpec
+from ..base import Backend, Features, Matches
+from ..nms import nms_matches
+from .inference import MAX_KEYPOINTS, DetectionConfig, detect_and_describe, image_to_tensor, mutual_nearest_neighbours
+
+WEIGHTS_DIR = Path(__file__).resolve().parents[2] / "weights"
+DEFAULT_WEIGHTS = WEIGHTS_DIR / "sptd2_small.pt"
+_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+
+
+def default_weights() -> Path:
+    """The shipped trained weights (``feature_matcher_ros/weights/sptd2_small.pt``)."""
+    return DEFAULT_WEIGHTS
+
+
+class SPTD2Backend(Backend):
+    """SPTD2 keypoints (Wang et al., IJCAI 2021), trained in this package; see ``weights/sptd2_small.json``.
+
+    Args:
+        device: ``cpu``, ``cuda`` or ``cuda:N``.
+        precision: ``fp32``, ``fp16`` or ``bf16`` (checked with a test forward pass at start-up; a
+            combination torch cannot run raises a RuntimeError naming it).
+        weights: checkpoint path; None = the shipped ``sptd2_small.pt``; ``"random"`` = an untrained
+            network of the small size (for comparisons only).
+        settings: the ``sptd2.*`` parameters below.
+    """
+
+    name: ClassVar[str] = "sptd2"
+    PARAMS: ClassVar[tuple[ParamSpec, ...]] = (
+        ParamSpec("sptd2.top_k", 2048, "Keypoints kept per image (best fused scores after NMS).", min=1, max=MAX_KEYPOINTS),
+        ParamSpec("sptd2.nms_radius", 2, "Keypoint NMS radius in pixels (window 2r+1); 0 = off.", min=0, max=16),
+        ParamSpec("sptd2.detection_threshold", 0.0, "Minimum fused detector score of a keypoint.", min=0.0, max=1.0),
+        ParamSpec("sptd2.match_threshold", 0.0, "Minimum cosine similarity of a mutual-NN match.", min=-1.0, max=1.0),
+        ParamSpec("sptd2.ratio", 1.0, "Lowe ratio on descriptor distances, both directions (1.0 = off).", min=0.1, max=1.0),
+        ParamSpec("sptd2.match_nms_kernel", 0, "CasMTR max-pool NMS over matches (odd kernel in 4 px cells; 0 = off).",
+                  min=0, max=15),
+        ParamSpec("sptd2.key_threshold", 0.8, "Attention key threshold tau on the normalised soft score.", min=0.0, max=1.0),
+    )
+
+    def __init__(self, device: str = "cpu", precision: str = "fp32", weights: str | Path | None = None,
+                 **settings: Any) -> None:
+        import torch
+
+        from .config import SPTD2Config
+        from .model import SPTD2, load_checkpoint
+
+        if weights is not None and str(weights) == "random":
+            torch.manual_seed(0)
+            self.model, self.meta = SPTD2(SPTD2Config.small()).eval(), {"weights": "random"}
+            self.weights_path = "random"
+        else:
+            path = Path(weights) if weights is not None else DEFAULT_WEIGHTS
+            self.model, self.meta = load_checkpoint(str(path))
+            self.weights_path = str(path)
+        self._torch = torch
+        super().__init__(device=device, precision=precision, **settings)
+        self._place()
+
+    # -- device / precision -------------------------------------------------------------------------
+    @property
+    def dtype(self):
+        return getattr(self._torch, _DTYPES[self.precision])
+
+    def _place(self) -> None:
+        torch = self._torch
+        try:
+            self.model.to(device=self.device, dtype=self.dtype)
+            with torch.inference_mode():
+                self.model(torch.zeros(1, self.model.config.in_channels, 32, 32, device=self.device, dtype=self.dtype))
+        except (RuntimeError, NotImplementedError) as error:
+            self.model.to(device="cpu", dtype=torch.float32)
+            raise RuntimeError(
+                f"sptd2: precision {self.precision} is not supported on device {self.device!r} by torch "
+                f"{torch.__version__} ({error}); use fp32 there"
+            ) from error
+
+    def set_precision(self, precision: str) -> None:
+        previous = self.precision
+        super().set_precision(precision)
+        try:
+            self._place()
+        except RuntimeError:
+            self.precision = previous
+            self._place()
+            raise
+
+    def validate(self, settings: Mapping[str, Any]) -> str | None:
+        reason = super().validate(settings)
+        kernel = settings.get("sptd2.match_nms_kernel", 0)
+        if reason is None and isinstance(kernel, int) and kernel > 1 and kernel % 2 == 0:
+            return f"sptd2.match_nms_kernel: must be odd (or 0/1 = off), got {kernel}"
+        return reason
+
+    def apply(self, settings: Mapping[str, Any]) -> None:
+        super().apply(settings)
+        self.model.key_threshold = float(self.settings["sptd2.key_threshold"])
+
+    # -- per image and per pair ---------------------------------------------------------------------
+    def extract(self, image: np.ndarray) -> Features:
+        tensor = image_to_tensor(image, self.device, self.dtype)
+        cfg = DetectionConfig(top_k=int(self.settings["sptd2.top_k"]), nms_radius=int(self.settings["sptd2.nms_radius"]),
+                              detection_threshold=float(self.settings["sptd2.detection_threshold"]))
+        out = detect_and_describe(self.model, tensor, cfg)
+        data = {"keypoints": out["keypoints"], "scores": out["scores"], "descriptors": out["descriptors"].to(self.dtype)}
+        return Features(self.name, tuple(image.shape[:2]), data, self.precision, str(self.device))
+
+    def match(self, feats0: Features, feats1: Features) -> Matches:
+        for which, feats in (("feats0", feats0), ("feats1", feats1)):
+            if not isinstance(feats, Features) or feats.backend != self.name:
+                got = feats.backend if isinstance(feats, Features) else type(feats).__name__
+                raise ValueError(f"sptd2.match: {which} was made by {got!r}, not by sptd2")
+        f0 = self.convert_features(feats0)
+        f1 = self.convert_features(feats1)
+        i0, i1, sim = mutual_nearest_neighbours(
+            f0.data["descriptors"], f1.data["descriptors"], float(self.settings["sptd2.match_threshold"]),
+            float(self.settings["sptd2.ratio"]))
+        k0 = f0.data["keypoints"][i0].float().cpu().numpy()
+        k1 = f1.data["keypoints"][i1].float().cpu().numpy()
+        matches = Matches(k0, k1, sim.float().cpu().numpy())
+        kernel = int(self.settings["sptd2.match_nms_kernel"])
+        if kernel > 1:
+            return matches.select(nms_matches(matches.kpts0, matches.scores, f0.image_size, kernel_size=kernel,
+                                              cell=4, threshold=-1.0))
+        return matches.top_k(0)
+
+    def convert_features(self, feats: Features) -> Features | None:
+        if feats.backend != self.name:
+            return None
+        if feats.precision == self.precision and feats.device == str(self.device):
+            return feats
+        data = {k: v.to(self.device) for k, v in feats.data.items()}
+        data["descriptors"] = data["descriptors"].to(self.dtype)
+        return Features(self.name, feats.image_size, data, self.precision, str(self.device))
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "weights": self.weights_path}

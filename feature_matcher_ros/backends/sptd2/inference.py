@@ -1,0 +1,160 @@
+"""SPTD2 test-time procedure: one full-resolution pass, fused score map, NMS, top-K, sub-pixel refinement
+and bilinear descriptor sampling; plus mutual-nearest-neighbour matching of two descriptor sets.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..nms import maxpool_nms
+from .config import LEVEL_STRIDES
+from .model import SPTD2
+
+MAX_KEYPOINTS = 5000
+
+
+@dataclass
+class DetectionConfig:
+    """top_k: keypoints kept (<= 5000); nms_radius: NMS window is (2r+1)^2 pixels; detection_threshold:
+    minimum fused score; border: pixels ignored at the image edge; subpixel: quadratic refinement."""
+
+    top_k: int = 2048
+    nms_radius: int = 2
+    detection_threshold: float = 0.0
+    border: int = 4
+    subpixel: bool = True
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.top_k <= MAX_KEYPOINTS:
+            raise ValueError(f"top_k must be in [1, {MAX_KEYPOINTS}], got {self.top_k}")
+        if self.nms_radius < 0:
+            raise ValueError(f"nms_radius must be >= 0, got {self.nms_radius}")
+
+
+def image_to_tensor(image, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """``(H, W)`` uint8 numpy grayscale -> ``(1, 1, H, W)`` tensor in [0, 1]. Clear errors on bad input."""
+    import numpy as np
+
+    if not isinstance(image, np.ndarray):
+        raise TypeError(f"image must be a numpy array, got {type(image).__name__}")
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[..., 0]
+    if image.ndim != 2:
+        raise ValueError(f"image must be (H, W) grayscale, got shape {image.shape}")
+    if image.dtype != np.uint8:
+        raise ValueError(f"image must be uint8, got {image.dtype}")
+    if min(image.shape) < 16:
+        raise ValueError(f"image is too small for SPTD2 ({image.shape[1]}x{image.shape[0]}); need at least 16x16")
+    return torch.from_numpy(np.ascontiguousarray(image)).to(device=device, dtype=torch.float32).div(255.0)[None, None].to(dtype)
+
+
+def pad_to_multiple(image: torch.Tensor, multiple: int = 16) -> torch.Tensor:
+    """Replicate-pad ``(B, C, H, W)`` on the right/bottom to multiples of ``multiple``."""
+    h, w = image.shape[-2:]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    if ph == 0 and pw == 0:
+        return image
+    return F.pad(image.float(), (0, pw, 0, ph), mode="replicate").to(image.dtype)
+
+
+def fused_score_map(scores: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
+    """Average of the level score maps upsampled (bilinear) to the padded input size, cropped to ``size``.
+
+    scores: ``[(B, 1, H_l, W_l)]``; returns ``(B, H, W)`` float32."""
+    padded = (scores[0].shape[-2] * LEVEL_STRIDES[0], scores[0].shape[-1] * LEVEL_STRIDES[0])
+    total = sum(F.interpolate(s.float(), size=padded, mode="bilinear", align_corners=False) for s in scores)
+    return (total / len(scores))[:, 0, : size[0], : size[1]]
+
+
+def refine_subpixel(score: torch.Tensor, xy: torch.Tensor) -> torch.Tensor:
+    """Separable quadratic fit of ``score`` ``(H, W)`` around integer keypoints ``xy`` ``(N, 2)`` (long);
+    returns float ``(N, 2)`` with offsets clamped to +-0.5 px (0 where the fit is not a maximum)."""
+    h, w = score.shape
+    x, y = xy[:, 0].clamp(1, w - 2), xy[:, 1].clamp(1, h - 2)
+    c = score[y, x]
+
+    def offset(minus: torch.Tensor, plus: torch.Tensor) -> torch.Tensor:
+        curvature = minus - 2 * c + plus
+        delta = 0.5 * (minus - plus) / curvature.where(curvature < -1e-9, torch.full_like(curvature, -1.0))
+        return torch.where(curvature < -1e-9, delta, torch.zeros_like(delta)).clamp(-0.5, 0.5)
+
+    dx = offset(score[y, x - 1], score[y, x + 1])
+    dy = offset(score[y - 1, x], score[y + 1, x])
+    return xy.float() + torch.stack([dx, dy], dim=1)
+
+
+def sample_descriptors(descriptors: list[torch.Tensor], keypoints: torch.Tensor, padded: tuple[int, int]) -> torch.Tensor:
+    """Sum of the bilinearly sampled level descriptors at ``keypoints`` ``(N, 2)`` pixels, L2-normalised.
+
+    descriptors: ``[(1, d, H_l, W_l)]`` covering the padded ``(H, W)`` image; returns ``(N, d)`` float32."""
+    h, w = padded
+    grid = (keypoints.float() + 0.5) * torch.tensor([2.0 / w, 2.0 / h], device=keypoints.device) - 1.0
+    grid = grid.view(1, 1, -1, 2)
+    total = sum(F.grid_sample(d.float(), grid, mode="bilinear", align_corners=False)[0, :, 0] for d in descriptors)
+    return F.normalize(total.t(), dim=1)
+
+
+@torch.inference_mode()
+def detect_and_describe(model: SPTD2, image: torch.Tensor, cfg: DetectionConfig) -> dict[str, torch.Tensor]:
+    """Keypoints and descriptors of one image.
+
+    Args:
+        model: an :class:`SPTD2` in eval mode, on the image's device and dtype.
+        image: ``(1, C, H, W)`` in [0, 1] (any H, W >= 16; padded internally to multiples of 16).
+    Returns:
+        ``keypoints`` ``(N, 2)`` float32 ``(x, y)`` pixels, ``scores`` ``(N,)`` float32 sorted best first,
+        ``descriptors`` ``(N, d)`` float32 unit vectors; N <= top_k.
+    """
+    if image.ndim != 4 or image.shape[0] != 1:
+        raise ValueError(f"detect_and_describe expects a (1, C, H, W) tensor, got {tuple(image.shape)}")
+    h, w = image.shape[-2:]
+    padded = pad_to_multiple(image)
+    out = model(padded)
+    score = fused_score_map(out["scores"], (h, w))[0]
+    keep = maxpool_nms(score, 2 * cfg.nms_radius + 1, cfg.detection_threshold) if cfg.nms_radius > 0 else score > cfg.detection_threshold
+    b = min(cfg.border, (min(h, w) - 1) // 2)
+    if b > 0:
+        keep[:b] = False
+        keep[-b:] = False
+        keep[:, :b] = False
+        keep[:, -b:] = False
+    ys, xs = keep.nonzero(as_tuple=True)
+    values = score[ys, xs]
+    top = values.topk(min(cfg.top_k, values.numel())).indices
+    xy = torch.stack([xs[top], ys[top]], dim=1)
+    values = values[top]
+    keypoints = refine_subpixel(score, xy) if cfg.subpixel and h >= 3 and w >= 3 else xy.float()
+    descriptors = sample_descriptors(out["descriptors"], keypoints, tuple(padded.shape[-2:]))
+    return {"keypoints": keypoints.float(), "scores": values.float(), "descriptors": descriptors}
+
+
+def mutual_nearest_neighbours(desc0: torch.Tensor, desc1: torch.Tensor, min_similarity: float = -1.0,
+                              ratio: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Mutual nearest neighbours of unit descriptors ``(N0, d)`` and ``(N1, d)`` by cosine similarity.
+
+    ``min_similarity``: drop pairs under it; ``ratio``: Lowe's test on Euclidean distances in both
+    directions (1.0 = off). Returns ``idx0``, ``idx1`` (M,) long and ``similarity`` (M,) float32."""
+    empty = torch.zeros(0, dtype=torch.long, device=desc0.device)
+    if desc0.shape[0] == 0 or desc1.shape[0] == 0:
+        return empty, empty, torch.zeros(0, device=desc0.device)
+    sim = desc0.float() @ desc1.float().t()
+    best01 = sim.max(dim=1)
+    best10 = sim.max(dim=0)
+    idx0 = torch.arange(sim.shape[0], device=sim.device)
+    mutual = best10.indices[best01.indices] == idx0
+    mutual &= best01.values >= min_similarity
+    if ratio < 1.0:
+        def passes(s: torch.Tensor) -> torch.Tensor:  # rows: candidates; ratio of distances best/second
+            if s.shape[1] < 2:
+                return torch.ones(s.shape[0], dtype=torch.bool, device=s.device)
+            two = s.topk(2, dim=1).values
+            dist = torch.sqrt((2 - 2 * two).clamp_min(0))
+            return dist[:, 0] < ratio * dist[:, 1]
+
+        mutual &= passes(sim) & passes(sim.t())[best01.indices]
+    i0 = idx0[mutual]
+    i1 = best01.indices[mutual]
+    return i0, i1, best01.values[mutual]

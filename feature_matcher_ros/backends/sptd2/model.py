@@ -1,0 +1,334 @@
+"""SPTD2 network: VGG16-BN trunk, feature uniformisation, soft point-wise attention, residual fusion,
+multi-level decoder (score maps and unit descriptors).
+
+Shapes use B = batch, C = channels, H x W = input size (multiples of 16), H_l x W_l = size of level l
+(strides 4, 8, 16), N_l = H_l * W_l tokens, K = keys per branch, d = token width.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import LEVEL_STRIDES, VGG16_TAPS, SPTD2Config
+
+
+class VGGTrunk(nn.Module):
+    """VGG16-BN ``features`` up to the ReLU of conv5_3, laid out index by index like torchvision's
+    ``vgg16_bn().features[:43]`` (so such a state dict maps onto ``self.features`` key for key).
+
+    forward: ``(B, in_channels, H, W)`` -> three maps ``(B, C_l, H/s_l, W/s_l)``, s_l = 4, 8, 16.
+    """
+
+    def __init__(self, config: SPTD2Config) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        channels = config.in_channels
+        for value in config.vgg_layout:
+            if value == "M":
+                layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
+            else:
+                layers += [nn.Conv2d(channels, value, 3, padding=1), nn.BatchNorm2d(value), nn.ReLU(inplace=True)]
+                channels = value
+        self.features = nn.Sequential(*layers)
+        assert len(self.features) == VGG16_TAPS[-1] + 1
+
+    def forward(self, image: torch.Tensor) -> list[torch.Tensor]:
+        taps = []
+        x = image
+        for index, layer in enumerate(self.features):
+            x = layer(x)
+            if index in VGG16_TAPS:
+                taps.append(x)
+        return taps
+
+
+class FeatureUniformisation(nn.Module):
+    """Channel attention (Eq. 1-2, DANet style) then a 1x1 projection to d.
+
+    forward: ``(B, C, H_l, W_l)`` -> ``(B, d, H_l, W_l)``. With ``gamma == 0`` it is the 1x1 conv alone.
+    """
+
+    def __init__(self, channels: int, dim: int) -> None:
+        super().__init__()
+        self.gamma = nn.Parameter(torch.zeros(1))
+        self.proj = nn.Conv2d(channels, dim, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        flat = x.reshape(b, c, h * w)
+        flat32 = flat.float()  # fp32 affinities: sums over N positions overflow fp16
+        affinity = flat32 @ flat32.transpose(1, 2)  # (B, C, C)
+        weights = torch.softmax(affinity, dim=-1).to(x.dtype)  # softmax subtracts the row max: stable
+        mixed = (weights @ flat).reshape(b, c, h, w)
+        return self.proj(self.gamma.to(x.dtype) * mixed + x)
+
+
+class PositionEncoder(nn.Module):
+    """MLP on normalised cell-centre coordinates in [0, 1]^2, shared by all levels.
+
+    forward: level size ``(H_l, W_l)`` -> ``(1, d, H_l, W_l)``.
+    """
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(2, dim), nn.ReLU(inplace=True), nn.Linear(dim, dim))
+
+    def forward(self, height: int, width: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        ys = (torch.arange(height, device=device, dtype=torch.float32) + 0.5) / height
+        xs = (torch.arange(width, device=device, dtype=torch.float32) + 0.5) / width
+        grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1)  # (H_l, W_l, 2) as (x, y)
+        return self.mlp(grid.to(dtype)).permute(2, 0, 1).unsqueeze(0)
+
+
+def soft_keypoint_scores(features: torch.Tensor) -> torch.Tensor:
+    """Soft "dual maximum" score of every position (Eq. 8-9, D2-Net style).
+
+    Args:
+        features: ``(B, C, H_l, W_l)`` non-negative backbone map of the key level.
+    Returns:
+        ``(B, H_l * W_l)`` scores, each row summing to one.
+    """
+    x = features.float()
+    b = x.shape[0]
+    x = x / x.reshape(b, -1).amax(dim=1).clamp_min(1e-6).view(b, 1, 1, 1)
+    exp = torch.exp(x)
+    # 3x3 window including the centre; padding with exp(0) = 1 (a zero feature outside the image)
+    local_sum = 9.0 * F.avg_pool2d(F.pad(exp, (1, 1, 1, 1), value=1.0), 3, stride=1)
+    alpha = exp / local_sum
+    beta = x / x.amax(dim=1, keepdim=True).clamp_min(1e-6)
+    gamma = (alpha * beta).amax(dim=1).reshape(b, -1)
+    return gamma / gamma.sum(dim=1, keepdim=True).clamp_min(1e-12)
+
+
+@torch.no_grad()
+def select_keys(
+    scores: torch.Tensor, threshold: float, max_keys: int, min_keys: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Soft point-wise key selection (Eq. 10) with fixed shapes.
+
+    Args:
+        scores: ``(B, N)`` soft scores (``soft_keypoint_scores``).
+        threshold: tau on the max-normalised score.
+        max_keys, min_keys: K_max and K_min.
+    Returns:
+        index ``(B, K)`` long, K = min(max_keys, N), sorted by score; keep ``(B, K)`` bool, False where
+        the key is under tau (and not among the ``min_keys`` best).
+    """
+    k = min(max_keys, scores.shape[1])
+    top, index = scores.topk(k, dim=1)
+    normalised = top / top[:, :1].clamp_min(1e-12)
+    keep = normalised > threshold if threshold > 0 else torch.ones_like(normalised, dtype=torch.bool)
+    keep[:, : min(min_keys, k)] = True
+    return index, keep
+
+
+class AttentionBranch(nn.Module):
+    """One attention branch (in-, up- or down-scale): all positions of the query level attend to the
+    selected keys of the key level. Pre-LayerNorm multi-head attention + optional feed-forward, residual.
+
+    forward: queries ``(B, N_q, d)``, keys ``(B, N_k, d)``, optional ``index``/``keep`` ``(B, K)`` from
+    :func:`select_keys` (None = every key position, i.e. full attention), optional ``weights`` ``(B, K)``
+    multiplying the gathered values -> ``(B, N_q, d)``.
+    """
+
+    def __init__(self, dim: int, heads: int, ffn_mult: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.norm_q = nn.LayerNorm(dim)
+        self.norm_kv = nn.LayerNorm(dim)
+        self.to_q = nn.Linear(dim, dim)
+        self.to_kv = nn.Linear(dim, 2 * dim)
+        self.out = nn.Linear(dim, dim)
+        if ffn_mult > 0:
+            self.norm_ffn = nn.LayerNorm(dim)
+            self.ffn = nn.Sequential(nn.Linear(dim, ffn_mult * dim), nn.GELU(), nn.Linear(ffn_mult * dim, dim))
+        else:
+            self.ffn = None
+
+    def forward(
+        self,
+        queries: torch.Tensor,
+        keys: torch.Tensor,
+        index: torch.Tensor | None = None,
+        keep: torch.Tensor | None = None,
+        weights: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        b, n, d = queries.shape
+        if index is not None:
+            keys = torch.gather(keys, 1, index.unsqueeze(-1).expand(-1, -1, d))
+        q = self.to_q(self.norm_q(queries))
+        k, v = self.to_kv(self.norm_kv(keys)).chunk(2, dim=-1)
+        if weights is not None:
+            v = v * weights.unsqueeze(-1).to(v.dtype)
+        split = lambda t: t.reshape(b, t.shape[1], self.heads, d // self.heads).transpose(1, 2)  # noqa: E731
+        mask = None if keep is None else keep[:, None, None, :]  # (B, 1, 1, K), True = attend
+        message = F.scaled_dot_product_attention(split(q), split(k), split(v), attn_mask=mask)
+        x = queries + self.out(message.transpose(1, 2).reshape(b, n, d))
+        if self.ffn is not None:
+            x = x + self.ffn(self.norm_ffn(x))
+        return x
+
+
+class ResidualFusion(nn.Module):
+    """``conv(a - b) + a`` with conv = 3x3 conv-BN-ReLU (Eq. 4-5). ``(B, d, H_l, W_l)`` twice -> same."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.conv = nn.Sequential(nn.Conv2d(dim, dim, 3, padding=1, bias=False), nn.BatchNorm2d(dim), nn.ReLU(inplace=True))
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return self.conv(a - b) + a
+
+
+class DecoderHead(nn.Module):
+    """Descriptor D = P / |P| and score S = 2-class softmax(conv1x1(P * P))[1] (Eq. 6-7).
+
+    forward: ``(B, d, H_l, W_l)`` -> descriptors ``(B, d, H_l, W_l)`` unit length, scores ``(B, 1, H_l, W_l)``
+    in [0, 1].
+    """
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.score = nn.Conv2d(dim, 2, 1)
+
+    def forward(self, p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        descriptors = F.normalize(p.float(), dim=1).to(p.dtype)
+        logits = self.score(p * p)
+        scores = torch.softmax(logits.float(), dim=1)[:, 1:2].to(p.dtype)
+        return descriptors, scores
+
+
+class SPTD2(nn.Module):
+    """The whole network. forward: ``(B, in_channels, H, W)`` in [0, 1], H and W multiples of 16 ->
+    ``{"scores": [S^1, S^2, S^3], "descriptors": [D^1, D^2, D^3]}`` with S^l ``(B, 1, H_l, W_l)`` and
+    D^l ``(B, d, H_l, W_l)``; levels at strides 4, 8, 16."""
+
+    # attention branches per level: (name, key level offset)
+    BRANCHES = {0: (("in", 0), ("up", 1)), 1: (("in", 0), ("up", 1), ("down", -1)), 2: (("in", 0), ("down", -1))}
+
+    def __init__(self, config: SPTD2Config | None = None) -> None:
+        super().__init__()
+        self.config = config or SPTD2Config()
+        c = self.config
+        self.trunk = VGGTrunk(c)
+        self.uniformise = nn.ModuleList(FeatureUniformisation(ch, c.dim) for ch in c.level_channels)
+        self.position = PositionEncoder(c.dim)
+        self.branches = nn.ModuleDict(
+            {f"{level}_{name}": AttentionBranch(c.dim, c.heads, c.ffn_mult)
+             for level, names in self.BRANCHES.items() for name, _ in names}
+        )
+        self.fuse_down = nn.ModuleList([nn.Identity(), ResidualFusion(c.dim), ResidualFusion(c.dim)])
+        self.fuse_up = nn.ModuleList([ResidualFusion(c.dim), ResidualFusion(c.dim), nn.Identity()])
+        self.heads = nn.ModuleList(DecoderHead(c.dim) for _ in LEVEL_STRIDES)
+        self.key_threshold = c.key_threshold  # run-time choices, may be changed after loading
+        self.max_keys = c.max_keys
+        self.min_keys = c.min_keys
+
+    def forward(self, image: torch.Tensor) -> dict[str, Any]:
+        if image.ndim != 4 or image.shape[1] != self.config.in_channels:
+            raise ValueError(
+                f"SPTD2 expects a (B, {self.config.in_channels}, H, W) image tensor, got {tuple(image.shape)}"
+            )
+        h, w = image.shape[-2:]
+        if h % 16 or w % 16 or h < 16 or w < 16:
+            raise ValueError(f"SPTD2 input height and width must be positive multiples of 16, got {h}x{w}")
+        taps = self.trunk((image - 0.5) / 0.25)
+        tokens, shapes = [], []
+        for level, tap in enumerate(taps):
+            e = self.uniformise[level](tap)
+            _, _, hl, wl = e.shape
+            e = e + self.position(hl, wl, e.device, e.dtype)
+            tokens.append(e.flatten(2).transpose(1, 2))  # (B, N_l, d)
+            shapes.append((hl, wl))
+        selections = []
+        for tap in taps:
+            scores = soft_keypoint_scores(tap)
+            index, keep = select_keys(scores, self.key_threshold, self.max_keys, self.min_keys)
+            weights = None
+            if self.config.weighted_values:
+                picked = torch.gather(scores, 1, index)
+                weights = picked / picked.amax(dim=1, keepdim=True).clamp_min(1e-12)
+            selections.append((index, keep, weights))
+        out: dict[str, Any] = {"scores": [], "descriptors": []}
+        for level, names in self.BRANCHES.items():
+            hl, wl = shapes[level]
+            branch_out = {}
+            for name, offset in names:
+                index, keep, weights = selections[level + offset]
+                y = self.branches[f"{level}_{name}"](tokens[level], tokens[level + offset], index, keep, weights)
+                branch_out[name] = y.transpose(1, 2).reshape(-1, self.config.dim, hl, wl)
+            p = branch_out["in"]
+            if "down" in branch_out:
+                p = self.fuse_down[level](p, branch_out["down"])
+            if "up" in branch_out:
+                p = self.fuse_up[level](p, branch_out["up"])
+            descriptors, scores = self.heads[level](p)
+            out["descriptors"].append(descriptors)
+            out["scores"].append(scores)
+        return out
+
+
+def load_trunk_from_torchvision(model: SPTD2, state_dict: dict[str, torch.Tensor]) -> None:
+    """Copy a torchvision ``vgg16_bn`` state dict (keys ``features.{0..42}.*``) into the trunk (strict).
+
+    Only meaningful at ``width_divisor == 1``; a grayscale model gets the sum of the RGB first-conv kernels.
+    """
+    wanted = model.trunk.state_dict()
+    mapped = {}
+    for key in wanted:
+        source = state_dict.get(key)
+        if source is None:
+            raise KeyError(f"torchvision VGG16-BN state dict lacks {key!r}")
+        if key == "features.0.weight" and source.shape[1] == 3 and model.config.in_channels == 1:
+            source = source.sum(dim=1, keepdim=True)
+        if source.shape != wanted[key].shape:
+            raise ValueError(f"{key}: shape {tuple(source.shape)} does not fit {tuple(wanted[key].shape)}")
+        mapped[key] = source
+    model.trunk.load_state_dict(mapped, strict=True)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def save_checkpoint(model: SPTD2, path: str, meta: dict[str, Any] | None = None, half: bool = True) -> None:
+    """Write ``{"config", "architecture_hash", "state_dict", "meta"}``; floats stored in fp16 when ``half``."""
+    import json
+
+    state = {k: (v.half() if half and v.is_floating_point() else v).cpu() for k, v in model.state_dict().items()}
+    meta = json.loads(json.dumps(meta or {}, default=str))  # plain types only: loadable with weights_only
+    torch.save(
+        {"config": model.config.to_dict(), "architecture_hash": model.config.architecture_hash(),
+         "state_dict": state, "meta": meta},
+        path,
+    )
+
+
+def load_checkpoint(path: str, map_location: str | torch.device = "cpu") -> tuple[SPTD2, dict[str, Any]]:
+    """An fp32 :class:`SPTD2` in eval mode and the checkpoint's ``meta``. Clear errors on a bad file."""
+    try:
+        from torch.torch_version import TorchVersion
+
+        with torch.serialization.safe_globals([TorchVersion]):  # older files stored torch.__version__ as is
+            blob = torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"SPTD2 weights not found: {path}") from None
+    except Exception as error:  # noqa: BLE001 - anything torch.load raises means "not a checkpoint"
+        raise ValueError(f"{path} is not a readable SPTD2 checkpoint: {error}") from error
+    if not isinstance(blob, dict) or "config" not in blob or "state_dict" not in blob:
+        raise ValueError(f"{path} is not an SPTD2 checkpoint (needs 'config' and 'state_dict' entries)")
+    config = SPTD2Config.from_dict(blob["config"])
+    stored_hash = blob.get("architecture_hash")
+    if stored_hash is not None and stored_hash != config.architecture_hash():
+        raise ValueError(f"{path}: architecture hash {stored_hash} does not match its config")
+    model = SPTD2(config)
+    state = {k: v.float() if v.is_floating_point() else v for k, v in blob["state_dict"].items()}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"{path}: state dict does not fit the model (missing {missing[:5]}, unexpected {unexpected[:5]})")
+    return model.eval(), dict(blob.get("meta", {}))
