@@ -208,3 +208,41 @@ class CameraModel:
             math.degrees(2 * math.atan2(self.width / 2, self.fx)),
             math.degrees(2 * math.atan2(self.height / 2, self.fy)),
         )
+
+
+#: ``sensor_msgs/CameraInfo.distortion_model`` values whose ``d`` is in OpenCV's coefficient order.
+CAMERA_INFO_MODELS = ("", "plumb_bob", "rational_polynomial")
+
+
+def camera_from_info(msg: Any) -> CameraModel:
+    """The camera of a ``sensor_msgs/CameraInfo``-shaped message at the resolution its images have.
+
+    Works on any object with CameraInfo's fields (an rclpy message, a ``rosbags`` message): ``width``,
+    ``height``, ``k``, ``d``, ``distortion_model``, ``roi``, ``binning_x``, ``binning_y``. Region of interest
+    and binning are applied as REP 104 says. Raises ValueError naming the problem when the message cannot
+    describe a usable camera.
+    """
+    if msg.distortion_model not in CAMERA_INFO_MODELS:
+        raise ValueError(
+            f"distortion model {msg.distortion_model!r} is not supported; use plumb_bob or rational_polynomial"
+        )
+    K = np.asarray(msg.k, dtype=np.float64).reshape(3, 3).copy()
+    dist = np.asarray(msg.d, dtype=np.float64).reshape(-1)
+    width, height = int(msg.width), int(msg.height)
+    roi = msg.roi
+    if roi.width and roi.height and (roi.width, roi.height) != (width, height):
+        K[0, 2] -= roi.x_offset
+        K[1, 2] -= roi.y_offset
+        width, height = int(roi.width), int(roi.height)
+    bx, by = max(int(msg.binning_x), 1), max(int(msg.binning_y), 1)
+    if bx > 1 or by > 1:
+        K[0, :] /= bx
+        K[1, :] /= by
+        width, height = width // bx, height // by
+    if not np.all(np.isfinite(dist)):
+        raise ValueError(f"distortion coefficients are not finite: {dist.tolist()}")
+    camera = CameraModel.from_matrix(width, height, K, dist if dist.size else None)
+    problem = camera.problem()
+    if problem:
+        raise ValueError(f"camera_info is unusable: {problem}")
+    return camera

@@ -38,7 +38,6 @@ ENCODINGS = {
     "rgb8": (3, np.uint8), "bgr8": (3, np.uint8),
     "rgba8": (4, np.uint8), "bgra8": (4, np.uint8),
 }
-DISTORTION_MODELS = ("", "plumb_bob", "rational_polynomial")
 
 
 class BagError(Exception):
@@ -234,34 +233,13 @@ def _to_uint8(img: np.ndarray) -> np.ndarray:
 
 
 def camera_from_info(msg: Any, topic: str = "camera_info") -> Any:
-    """A ``sensor_msgs/CameraInfo`` -> :class:`~feature_matcher_ros.camera.CameraModel`."""
-    from ..camera import CameraModel
+    """A ``sensor_msgs/CameraInfo`` -> :class:`~feature_matcher_ros.camera.CameraModel` (as the node reads it)."""
+    from ..camera import camera_from_info as convert
 
-    model = str(msg.distortion_model)
-    if model not in DISTORTION_MODELS:
-        raise BagError(f"{topic}: distortion model {msg.distortion_model!r} is not supported "
-                       f"(supported: plumb_bob, rational_polynomial)")
-    K = np.asarray(msg.k, dtype=np.float64).reshape(3, 3).copy()
-    D = np.asarray(msg.d, dtype=np.float64).reshape(-1)
-    width, height = int(msg.width), int(msg.height)
-    roi = msg.roi  # region of interest and binning as REP 104 (and the node) apply them
-    if roi.width and roi.height and (roi.width, roi.height) != (width, height):
-        K[0, 2] -= roi.x_offset
-        K[1, 2] -= roi.y_offset
-        width, height = int(roi.width), int(roi.height)
-    bx, by = max(int(msg.binning_x), 1), max(int(msg.binning_y), 1)
-    if bx > 1 or by > 1:
-        K[0, :] /= bx
-        K[1, :] /= by
-        width, height = width // bx, height // by
     try:
-        cam = CameraModel.from_matrix(width, height, K, D if D.size else None)
-    except Exception as exc:  # noqa: BLE001
+        return convert(msg)
+    except Exception as exc:  # noqa: BLE001 - a broken message is a clear BagError, never a traceback
         raise BagError(f"{topic}: unusable camera info: {_describe(exc)}") from None
-    problem = cam.problem()
-    if problem:
-        raise BagError(f"{topic}: unusable camera info: {problem}")
-    return cam
 
 
 @dataclass

@@ -23,7 +23,7 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointField
 from sensor_msgs.msg import PointCloud2
 from std_msgs.msg import Header
 
-from ..camera import CameraModel
+from ..camera import CameraModel, camera_from_info
 
 # encoding -> (numpy dtype, channels)
 ENCODINGS = {
@@ -171,40 +171,16 @@ def numpy_to_compressed(
 
 
 # -- camera info ------------------------------------------------------------------------------------
-_DISTORTION_MODELS = ("", "plumb_bob", "rational_polynomial")
-
-
 def camera_info_to_model(msg: CameraInfo) -> CameraModel:
     """The camera of ``msg`` at the resolution its images have (ROI and binning applied, REP 104).
 
     ``plumb_bob`` and ``rational_polynomial`` use OpenCV's coefficient order, so ``d`` is taken as is.
     Raises :class:`InputError` (``bad_camera_info``) when the message cannot describe a usable camera.
     """
-    model = msg.distortion_model
-    if model not in _DISTORTION_MODELS:
-        raise InputError(
-            "bad_camera_info", f"distortion model {model!r} is not supported; use plumb_bob or rational_polynomial"
-        )
-    K = np.asarray(msg.k, dtype=np.float64).reshape(3, 3).copy()
-    dist = np.asarray(msg.d, dtype=np.float64).reshape(-1)
-    width, height = int(msg.width), int(msg.height)
-    roi = msg.roi
-    if roi.width and roi.height and (roi.width, roi.height) != (width, height):
-        K[0, 2] -= roi.x_offset
-        K[1, 2] -= roi.y_offset
-        width, height = int(roi.width), int(roi.height)
-    bx, by = max(int(msg.binning_x), 1), max(int(msg.binning_y), 1)
-    if bx > 1 or by > 1:
-        K[0, :] /= bx
-        K[1, :] /= by
-        width, height = width // bx, height // by
-    if not np.all(np.isfinite(dist)):
-        raise InputError("bad_camera_info", f"distortion coefficients are not finite: {dist.tolist()}")
-    camera = CameraModel.from_matrix(width, height, K, dist if dist.size else None)
-    problem = camera.problem()
-    if problem:
-        raise InputError("bad_camera_info", f"camera_info is unusable: {problem}")
-    return camera
+    try:
+        return camera_from_info(msg)
+    except ValueError as exc:
+        raise InputError("bad_camera_info", str(exc)) from None
 
 
 def model_to_camera_info(camera: CameraModel, stamp_ns: int = 0, frame_id: str = "") -> CameraInfo:
