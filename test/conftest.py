@@ -45,3 +45,14 @@ def checkpoint(fixture_dir, repo) -> Path:
 
     info = json.loads((fixture_dir / "manifest.json").read_text())["checkpoint"]
     return decompress_checkpoint(fixture_dir / info["file"], repo / ".cache" / "eloftr", info["sha256_of_decompressed"])
+
+
+@pytest.fixture(scope="session")
+def small_bag(shared, tmp_path_factory) -> Path:
+    """A six-frame TUM bag (frames 0, 3, ..., 15: 0.3 s apart, mono8, mcap), made once per run."""
+    from feature_matcher_ros.tools import make_bag
+
+    out = tmp_path_factory.mktemp("bags") / "tum6"
+    assert make_bag.main([str(shared / "data/tum_fr2_desk"), str(out), "--frames", "0:18:3",
+                          "--encoding", "mono8", "--quiet"]) == 0
+    return out

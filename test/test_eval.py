@@ -26,15 +26,6 @@ def run_eval(*args: str, timeout: float = 240, cwd: Path | None = None) -> subpr
                           env={**os.environ, "MPLBACKEND": "Agg"}, cwd=cwd)
 
 
-@pytest.fixture(scope="module")
-def small_bag(shared: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Six TUM frames, 0.3 s apart."""
-    out = tmp_path_factory.mktemp("bags") / "tum6"
-    assert make_bag.main([str(shared / "data/tum_fr2_desk"), str(out), "--frames", "0:18:3",
-                          "--encoding", "mono8", "--quiet"]) == 0
-    return out
-
-
 def test_eval_demo_bag_sift(repo: Path, tmp_path: Path) -> None:
     out = tmp_path / "eval"
     proc = run_eval(str(repo / "data/demo/tum_fr2_desk"), "--out", "eval", "--backend", "sift", cwd=tmp_path)

@@ -14,16 +14,7 @@ import pytest
 
 from feature_matcher_ros.evaluation import bagio
 from feature_matcher_ros.tools import eval as fm_eval
-from feature_matcher_ros.tools import make_bag, replay
-
-
-@pytest.fixture(scope="module")
-def small_bag(shared: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Six TUM frames, 0.3 s apart."""
-    out = tmp_path_factory.mktemp("bags") / "tum6"
-    assert make_bag.main([str(shared / "data/tum_fr2_desk"), str(out), "--frames", "0:18:3",
-                          "--encoding", "mono8", "--quiet"]) == 0
-    return out
+from feature_matcher_ros.tools import replay
 
 
 def _angle_deg(R0: np.ndarray, R1: np.ndarray) -> float:
