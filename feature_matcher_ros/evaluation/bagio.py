@@ -90,12 +90,10 @@ def _describe(exc: BaseException) -> str:
     return text.splitlines()[0]
 
 
-def messages(reader: Any, topics: list[str]) -> Iterator[tuple[str, int, Any]]:
-    """``(topic, log_time_ns, message)`` of the given topics in log-time order, deserialised; a read or
-    decode failure becomes a :class:`BagError` naming the topic."""
-    conns = [c for c in reader.connections if c.topic in topics]
-    store = typestore()
-    it = reader.messages(connections=conns)
+def raw_messages(reader: Any, topics: list[str]) -> Iterator[tuple[Any, int, bytes]]:
+    """``(connection, log_time_ns, serialised bytes)`` of the given topics in log-time order; a read failure
+    (truncated or corrupt file) becomes a :class:`BagError`."""
+    it = reader.messages(connections=[c for c in reader.connections if c.topic in topics])
     while True:
         try:
             conn, t, raw = next(it)
@@ -104,6 +102,14 @@ def messages(reader: Any, topics: list[str]) -> Iterator[tuple[str, int, Any]]:
         except Exception as exc:  # noqa: BLE001
             raise BagError(f"bag {reader.path} is unreadable after some messages: {_describe(exc)} "
                            f"(truncated or corrupt file?)") from None
+        yield conn, t, raw
+
+
+def messages(reader: Any, topics: list[str]) -> Iterator[tuple[str, int, Any]]:
+    """``(topic, log_time_ns, message)`` of the given topics in log-time order, deserialised; a read or
+    decode failure becomes a :class:`BagError` naming the topic."""
+    store = typestore()
+    for conn, t, raw in raw_messages(reader, topics):
         try:
             msg = store.deserialize_cdr(raw, conn.msgtype)
         except Exception as exc:  # noqa: BLE001

@@ -271,7 +271,6 @@ def play(reader: Any, topics: bagio.BagTopics, player: Player, rate: float, tota
          progress: bool) -> tuple[dict[int, int], int, int]:
     """Publish the bag's camera info and images at ``rate`` x the recorded pace, ``/clock`` along.
     Returns ``(image stamp -> monotonic publish time ns, first log time, last log time)``."""
-    conns = [c for c in reader.connections if c.topic in (topics.image, topics.camera_info)]
     store = bagio.typestore()
     published: dict[int, int] = {}
     bar = None
@@ -283,15 +282,7 @@ def play(reader: Any, topics: bagio.BagTopics, player: Player, rate: float, tota
     last_t = 0
     first_info_sent = False
     try:
-        it = reader.messages(connections=conns)
-        while True:
-            try:
-                conn, t, raw = next(it)
-            except StopIteration:
-                break
-            except Exception as exc:  # noqa: BLE001
-                raise bagio.BagError(f"bag {reader.path} is unreadable after some messages: {exc} "
-                                     "(truncated or corrupt file?)") from None
+        for conn, t, raw in bagio.raw_messages(reader, [topics.image, topics.camera_info]):
             if t0 is None:
                 t0 = t
                 # pre-roll: the clock and the first camera info before any image
