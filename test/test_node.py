@@ -28,6 +28,10 @@ def run(shared, tmp_path_factory):
                 assert client.subscribe_debug_image(), "debug_image publisher never matched"
             client.send(rgb, "rgb8", stamp, camera, FRAME_ID)
             assert client.wait_result(stamp, timeout=60.0) is not None, f"no matches for frame {i} ({stamp})"
+        # relative_pose and odometry travel on their own reliable topics and may land after matches.
+        stamps = [s for s, _ in frames]
+        client.wait_until(lambda: all(s in client.odometry for s in stamps)
+                          and all(s in client.poses for s in stamps[1:]), 20.0)
         out["diag"] = client.latest_diagnostics(timeout=5.0)
         yield out
 

@@ -182,9 +182,12 @@ class MatcherClient:
         """The ``matches`` message of the frame stamped ``stamp_ns``, or None on timeout."""
         if not self.wait_until(lambda: stamp_ns in self.matches, timeout):
             return None
-        # relative_pose and odometry of the same frame are published right after matches.
-        self.wait_until(lambda: stamp_ns in self.poses and stamp_ns in self.odometry, 0.2)
-        return self.matches[stamp_ns]
+        # relative_pose and odometry of the same frame are published right after matches, on their own
+        # topics: a loaded machine may deliver them later. A frame with inliers has a pose to wait for.
+        cloud = self.matches[stamp_ns]
+        with_pose = cloud.width > 0 and bool((cv.cloud_to_array(cloud)["inlier"] == 1.0).any())
+        self.wait_until(lambda: stamp_ns in self.poses and stamp_ns in self.odometry, 5.0 if with_pose else 0.2)
+        return cloud
 
     def latest_diagnostics(self, timeout: float = 5.0, after: float | None = None) -> dict[str, str] | None:
         """The values of the next ``/diagnostics`` status of the matcher (received after now)."""
