@@ -120,6 +120,9 @@ def test_matches_arrive_decode_and_carry_the_keyframe_stamp(node):
     diag = client.latest_diagnostics(timeout=5.0)
     assert (diag["backend"], diag["device"], diag["precision"]) == ("eloftr", "cpu", "fp32")
     assert diag["weights"].endswith(".ckpt")
+    # memory held between frames is reported: the keyframe's cached features and the matcher's scratch
+    assert int(diag["keyframe_cache_entries"]) >= 1 and float(diag["keyframe_cache_mb"]) > 0.1
+    assert float(diag["scratch_mb"]) > 0.1
 
 
 def test_threshold_outside_the_modes_range_is_rejected(node):

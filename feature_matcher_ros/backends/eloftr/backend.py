@@ -148,6 +148,8 @@ class EfficientLoFTRBackend(Backend):
             problem = _dtype_problem(model, self.device)
             if problem:
                 raise ValueError(f"eloftr: precision {precision} is not usable on {self.device}: {problem}")
+        if self.model is not model:
+            self.model.workspace.clear()  # the previous precision's scratch buffers
         self.model = model
         self.precision = precision
 
@@ -243,6 +245,11 @@ class EfficientLoFTRBackend(Backend):
         if tuple(size0) == tuple(net0) and tuple(size1) == tuple(net1):
             return m
         return m.scaled(size0[1] / net0[1], size0[0] / net0[0], size1[1] / net1[1], size1[0] / net1[0])
+
+    @property
+    def scratch_nbytes(self) -> int:
+        """Bytes of the streaming scratch buffers the model keeps between frames."""
+        return self.model.workspace.nbytes
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "weights": self.weights, "fused": self.model.backbone.is_fused}

@@ -6,10 +6,14 @@ A match ``(i, j)`` needs ``conf[i, j] > thr`` (strict), both cells outside the `
 and columns of their grids, and ``conf[i, j]`` equal to the maximum of its row **and** of its column,
 both maxima taken over the whole, unmasked matrix.
 
-The matrix is never held whole unless it fits ``chunk_bytes``: rows are processed in chunks. Mode
-``full`` needs the column log-sum-exp over all rows before any confidence is known, so its chunks are
-scored twice when there is more than one chunk (a bounded-memory trade). Exact ties (equal floats in a
-row) resolve to the first column, like ``argmax``.
+Two implementations, the same matches:
+
+* :func:`match_coarse_reference` is the official computation on whole matrices (the pairwise reference
+  path): the confidence matrix, boolean masks and full-size max comparisons, several ``L x S`` copies.
+* :func:`match_coarse` (streaming) works on blocks of rows that stay in cache and never builds the
+  confidence matrix: ``opt`` is one pass, ``full`` two passes in the log domain, and only the winners
+  are exponentiated. It holds at most ``chunk_bytes`` of scores (beyond that ``full`` scores each block
+  twice). Exact ties (equal floats in a row) resolve to the first column, like ``argmax``.
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+
+from .workspace import Workspace
 
 
 @dataclass
@@ -56,9 +62,53 @@ def border_mask(h: int, w: int, border: int, device: torch.device | str = "cpu")
     return keep.reshape(-1)
 
 
-def _row_chunks(rows: int, cols: int, elem_bytes: int, chunk_bytes: int) -> list[slice]:
-    step = max(1, min(rows, chunk_bytes // max(1, cols * elem_bytes)))
-    return [slice(a, min(rows, a + step)) for a in range(0, rows, step)]
+def match_coarse_reference(
+    f0: torch.Tensor,
+    f1: torch.Tensor,
+    hw0: tuple[int, int],
+    hw1: tuple[int, int],
+    mode: str,
+    threshold: float,
+    border_rm: int = 2,
+    temperature: float = 0.1,
+    score_dtype: torch.dtype | None = None,
+) -> CoarseMatches:
+    """The official computation, step by step on whole matrices (the pairwise reference path).
+
+    The ``(L, S)`` confidence matrix, a boolean candidate matrix, both maxima as full-size comparisons,
+    then the row-wise ``max`` over the mask. Memory grows as ``L * S`` (several copies); the streaming
+    path uses :func:`match_coarse`, which gives the same matches in bounded memory.
+    """
+    if mode not in ("full", "opt"):
+        raise ValueError(f"coarse matching mode must be 'full' or 'opt', not {mode!r}")
+    if score_dtype is None or mode == "full":
+        score_dtype = torch.float32
+    sim = score_matrix(f0.to(score_dtype), f1.to(score_dtype), temperature).float()
+    conf = dual_softmax(sim) if mode == "full" else sim
+    mask = (conf > threshold).view(*hw0, *hw1)
+    b = border_rm
+    if b > 0:  # every side of both grids
+        mask[:b] = False
+        mask[:, :b] = False
+        mask[:, :, :b] = False
+        mask[:, :, :, :b] = False
+        mask[-b:] = False
+        mask[:, -b:] = False
+        mask[:, :, -b:] = False
+        mask[:, :, :, -b:] = False
+    mask = mask.view(conf.shape)
+    mask = mask & (conf == conf.max(1, keepdim=True).values) & (conf == conf.max(0, keepdim=True).values)
+    mask_v, all_j_ids = mask.max(1)
+    i_ids = torch.nonzero(mask_v)[:, 0]
+    j_ids = all_j_ids[i_ids]
+    return CoarseMatches(i_ids, j_ids, conf[i_ids, j_ids])
+
+
+def block_rows(rows: int, cols: int, device: torch.device, chunk_bytes: int) -> int:
+    """Rows per block: about 2 MiB of fp32 scores on the CPU (the block stays in cache while it is
+    reduced), up to ``chunk_bytes`` elsewhere (fewer kernel launches)."""
+    budget = 2 * 2**20 if device.type == "cpu" else chunk_bytes
+    return max(1, min(rows, budget // max(1, 4 * cols)))
 
 
 def match_coarse(
@@ -72,8 +122,9 @@ def match_coarse(
     temperature: float = 0.1,
     chunk_bytes: int = 128 * 2**20,
     score_dtype: torch.dtype | None = None,
+    workspace: Workspace | None = None,
 ) -> CoarseMatches:
-    """Coarse mutual-nearest-neighbour matches.
+    """Coarse mutual-nearest-neighbour matches, in blocks of rows (the streaming path).
 
     Args:
         f0: ``(L, C)`` image 0 transformer features (row-major tokens of the ``hw0`` grid).
@@ -81,52 +132,77 @@ def match_coarse(
         hw0, hw1: coarse grid sizes ``(h, w)``.
         mode: ``"full"`` (dual-softmax) or ``"opt"`` (raw score).
         threshold: strict lower bound on the confidence.
-        chunk_bytes: upper bound on the bytes of one row chunk of the score matrix.
+        chunk_bytes: the most bytes of scores held at once; a larger matrix is scored twice.
         score_dtype: dtype of the score product (``full`` always uses fp32; ``opt`` may use the
             features' dtype, as the official ``fp16matmul`` does on GPU).
+        workspace: reusable buffers (optional).
+
+    ``opt`` is one pass: each block's row maxima and the running column maxima. ``full`` works in the
+    log domain, ``log conf = 2 sim - row_lse - col_lse``: pass 1 gets the row log-sum-exp per block and
+    the column log-sum-exp online (rescaled as the column maxima grow); pass 2 takes the row maxima of
+    ``log conf`` and the column maxima of ``2 sim - row_lse``. Only the winning entries are
+    exponentiated. Same matches as the dense reference, ``mconf`` within float rounding.
     """
     if mode not in ("full", "opt"):
         raise ValueError(f"coarse matching mode must be 'full' or 'opt', not {mode!r}")
     if score_dtype is None or mode == "full":
         score_dtype = torch.float32
-    f0 = f0.to(score_dtype)
-    f1 = f1.to(score_dtype)
     L, S = f0.shape[0], f1.shape[0]
     device = f0.device
-    chunks = _row_chunks(L, S, 4, chunk_bytes)
-    keep_all = len(chunks) == 1
-    kept: torch.Tensor | None = None
+    ws = workspace if workspace is not None else Workspace()
+    scale = f0.shape[-1] ** 0.5
+    a = f0.to(score_dtype) / scale
+    bt = (f1.to(score_dtype) / scale).t()
+    step = block_rows(L, S, device, chunk_bytes)
+    blocks = [slice(r, min(L, r + step)) for r in range(0, L, step)]
+    store = mode == "full" and L * S * 4 <= chunk_bytes  # keep pass 1's scores for pass 2
+    sim_buf = ws.get("coarse.sim", (L if store else step, S), torch.float32, device)
+    scratch = ws.get("coarse.block", (step, S), torch.float32, device)
 
-    def scores(rows: slice) -> torch.Tensor:
-        return score_matrix(f0[rows], f1, temperature).float()
+    def scores(rows: slice, recompute: bool = True) -> torch.Tensor:
+        out = sim_buf[rows] if store else sim_buf[: rows.stop - rows.start]
+        if not recompute:
+            return out
+        if score_dtype == torch.float32:
+            return torch.mm(a[rows], bt, out=out).div_(temperature)
+        return out.copy_(torch.mm(a[rows], bt)).div_(temperature)
 
-    row_lse = col_lse = None
-    if mode == "full":
-        row_lse = torch.empty(L, device=device)
-        col_lse = torch.full((S,), float("-inf"), device=device)
-        for rows in chunks:
-            sim = scores(rows)
-            row_lse[rows] = torch.logsumexp(sim, 1)
-            col_lse = torch.logaddexp(col_lse, torch.logsumexp(sim, 0))
-            if keep_all:
-                kept = sim
-
-    row_max = torch.empty(L, device=device)
+    row_val = torch.empty(L, device=device)
     row_arg = torch.empty(L, dtype=torch.long, device=device)
-    col_max = torch.full((S,), float("-inf"), device=device)
-    for rows in chunks:
-        conf = kept if kept is not None else scores(rows)
-        if mode == "full":
-            # softmax_L * softmax_S = exp(sim - col_lse) * exp(sim - row_lse), in place on the chunk
-            conf = conf.mul_(2.0).sub_(col_lse[None, :]).sub_(row_lse[rows, None]).exp_()
-        values, args = conf.max(1)
-        row_max[rows], row_arg[rows] = values, args
-        col_max = torch.maximum(col_max, conf.amax(0))
-        del conf
-    kept = None
-
+    if mode == "opt":
+        col_max = torch.full((S,), float("-inf"), device=device)
+        for rows in blocks:
+            s = scores(rows)
+            torch.max(s, 1, out=(row_val[rows], row_arg[rows]))
+            torch.maximum(col_max, s.amax(0), out=col_max)
+        j_ids, mconf = row_arg, row_val
+        mutual = row_val == col_max[j_ids]
+    else:
+        row_lse = torch.empty(L, device=device)
+        col_max = torch.full((S,), float("-inf"), device=device)
+        col_sum = torch.zeros(S, device=device)
+        for rows in blocks:
+            s = scores(rows)
+            e = scratch[: s.shape[0]]
+            m = s.amax(1)
+            row_lse[rows] = m + torch.sub(s, m[:, None], out=e).exp_().sum(1).log_()
+            grown = torch.maximum(col_max, s.amax(0))
+            col_sum.mul_((col_max - grown).exp_())
+            col_sum += torch.sub(s, grown[None], out=e).exp_().sum(0)
+            col_max = grown
+        col_lse = col_max + col_sum.log_()
+        col_best = torch.full((S,), float("-inf"), device=device)  # column maxima of 2 sim - row_lse
+        best = torch.empty(L, device=device)  # 2 sim - row_lse at each row's winner
+        for rows in blocks:
+            s = scores(rows, recompute=not store)
+            e = torch.mul(s, 2.0, out=scratch[: s.shape[0]]).sub_(row_lse[rows, None])
+            torch.maximum(col_best, e.amax(0), out=col_best)
+            torch.max(e.sub_(col_lse[None]), 1, out=(row_val[rows], row_arg[rows]))
+            best[rows] = s.gather(1, row_arg[rows, None])[:, 0] * 2.0 - row_lse[rows]
+        j_ids = row_arg
+        mutual = best == col_best[j_ids]
+        mconf = row_val.exp()
     i_ids = torch.arange(L, device=device)
-    j_ids = row_arg
-    valid = (row_max > threshold) & (row_max == col_max[j_ids])
+    valid = (mconf > threshold) & mutual
     valid &= border_mask(*hw0, border_rm, device)[i_ids] & border_mask(*hw1, border_rm, device)[j_ids]
-    return CoarseMatches(i_ids[valid], j_ids[valid], row_max[valid])
+    return CoarseMatches(i_ids[valid], j_ids[valid], mconf[valid])

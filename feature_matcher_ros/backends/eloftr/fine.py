@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .workspace import Workspace
+
 
 def _conv_bn_stack(cin: int, cmid: int, cout: int) -> nn.Sequential:
     """3x3 conv -> BN -> LeakyReLU(0.01) -> 3x3 conv, no biases (indices 0, 1, 2, 3)."""
@@ -38,6 +40,15 @@ def _conv_bn_stack(cin: int, cmid: int, cout: int) -> nn.Sequential:
 
 def _up2(x: torch.Tensor) -> torch.Tensor:
     return F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
+
+
+def _channels_last(x: torch.Tensor) -> torch.Tensor:
+    return x.contiguous(memory_format=torch.channels_last)
+
+
+def _hwc(x: torch.Tensor) -> torch.Tensor:
+    """``(1, C, H, W)`` -> ``(H, W, C)`` view (contiguous when ``x`` is channels-last)."""
+    return x[0].permute(1, 2, 0)
 
 
 def _up_sources(mask: torch.Tensor) -> torch.Tensor:
@@ -89,21 +100,25 @@ def window_pixels(cells: torch.Tensor, grid_w: int, stride: int, size: int, pad:
     return ys[:, :, None].expand(-1, size, size).reshape(len(cells), -1), xs[:, None, :].expand(-1, size, size).reshape(len(cells), -1)
 
 
-def gather_windows(fmap: torch.Tensor, ys: torch.Tensor, xs: torch.Tensor) -> torch.Tensor:
-    """``fmap (C, H, W)`` at pixels ``ys, xs (M, K)``, zero outside the map -> ``(M, K, C)``."""
-    _, H, W = fmap.shape
-    inside = (ys >= 0) & (ys < H) & (xs >= 0) & (xs < W)
-    out = fmap[:, ys.clamp(0, H - 1), xs.clamp(0, W - 1)].permute(1, 2, 0)
-    return out * inside[..., None].to(out.dtype)
+def unfold_windows(fmap: torch.Tensor, stride: int, size: int, pad: int) -> torch.Tensor:
+    """Every coarse cell's ``size x size`` window of ``fmap (C, H, W)``, as the official code cuts them
+    (``unfold``, zero padding ``pad``): ``(L, size*size, C)``, index ``size*ky + kx``, L row-major cells."""
+    C = fmap.shape[0]
+    cols = F.unfold(fmap[None], kernel_size=size, stride=stride, padding=pad)  # (1, C*size*size, L)
+    return cols.view(C, size * size, -1).permute(2, 1, 0)
 
 
 class _PaddedMap:
     """A channels-last ``(H + 2, W + 2, C)`` buffer with a zero border (the convs' zero padding),
     written tile by tile or whole."""
 
-    def __init__(self, H: int, W: int, C: int, like: torch.Tensor) -> None:
+    def __init__(self, H: int, W: int, C: int, like: torch.Tensor, workspace: Workspace | None = None, name: str = "") -> None:
         self.H, self.W = H, W
-        self.data = torch.zeros(H + 2, W + 2, C, dtype=like.dtype, device=like.device)
+        shape = (H + 2, W + 2, C)
+        if workspace is None:
+            self.data = torch.zeros(shape, dtype=like.dtype, device=like.device)
+        else:  # the border is never written, so it stays zero; stale interior values are finite
+            self.data = workspace.get(f"fine.{name}", shape, like.dtype, like.device, zero=True)
 
     @property
     def interior(self) -> torch.Tensor:
@@ -183,8 +198,9 @@ class FinePreprocess(nn.Module):
     # -- streaming, only what the windows need ---------------------------------------------------------
     def laterals(self, x1: torch.Tensor, x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-image 1x1 lateral convs: ``lat1 (1, 128, 4h, 4w)``, ``lat2 (1, 256, 2h, 2w)`` from
-        ``x1 (1, 64, 4h, 4w)`` and ``x2 (1, 128, 2h, 2w)``."""
-        return self.layer1_outconv(x1), self.layer2_outconv(x2)
+        ``x1 (1, 64, 4h, 4w)`` and ``x2 (1, 128, 2h, 2w)``, stored channels-last (the sparse path reads
+        them pixel by pixel)."""
+        return _channels_last(self.layer1_outconv(x1)), _channels_last(self.layer2_outconv(x2))
 
     def half_from_laterals(self, feat_c: torch.Tensor, lat1: torch.Tensor, lat2: torch.Tensor) -> torch.Tensor:
         """:meth:`dense` with the lateral convs already applied, up to the 1/2-resolution map
@@ -202,7 +218,15 @@ class FinePreprocess(nn.Module):
     SPARSE_BELOW = 0.4
 
     @staticmethod
-    def _stack_tiles(stack: nn.Sequential, src: "_PaddedMap", need_mid: torch.Tensor, need_out: torch.Tensor, tile: int) -> torch.Tensor:
+    def _stack_tiles(
+        stack: nn.Sequential,
+        src: "_PaddedMap",
+        need_mid: torch.Tensor,
+        need_out: torch.Tensor,
+        tile: int,
+        ws: Workspace | None = None,
+        name: str = "",
+    ) -> torch.Tensor:
         """``stack`` (conv, BN, LeakyReLU, conv) on the tiles the needed positions fall in: returns the
         channels-last ``(H, W, C_out)`` output (meaningful at ``need_out``)."""
         conv0, bn, conv3 = stack[0], stack[1], stack[3]
@@ -211,7 +235,7 @@ class FinePreprocess(nn.Module):
             x = F.batch_norm(x, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps)
             return F.leaky_relu(x, 0.01)
 
-        mid = _PaddedMap(src.H, src.W, conv0.out_channels, src.data)
+        mid = _PaddedMap(src.H, src.W, conv0.out_channels, src.data, ws, f"{name}.mid")
         if src.tile_fraction(need_mid, tile) > FinePreprocess.DENSE_ABOVE:
             mid.interior.copy_(bn_act(src.conv3x3_whole(conv0.weight))[0].permute(1, 2, 0))
         else:
@@ -219,7 +243,7 @@ class FinePreprocess(nn.Module):
                 mid.write_tiles(ty, tx, tile, bn_act(out).permute(0, 2, 3, 1))
         if mid.tile_fraction(need_out, tile) > FinePreprocess.DENSE_ABOVE:
             return mid.conv3x3_whole(conv3.weight)[0].permute(1, 2, 0)
-        dst = _PaddedMap(src.H, src.W, conv3.out_channels, src.data)
+        dst = _PaddedMap(src.H, src.W, conv3.out_channels, src.data, ws, f"{name}.out")
         for ty, tx, out in mid.conv3x3_tiles(conv3.weight, need_out, tile):
             dst.write_tiles(ty, tx, tile, out.permute(0, 2, 3, 1))
         return dst.interior
@@ -232,6 +256,7 @@ class FinePreprocess(nn.Module):
         ys: torch.Tensor,
         xs: torch.Tensor,
         stats: list | None = None,
+        workspace: Workspace | None = None,
     ) -> torch.Tensor:
         """Fine features at full-resolution pixels ``ys, xs (M, K)`` (zero outside the image).
 
@@ -256,28 +281,30 @@ class FinePreprocess(nn.Module):
         if stats is not None:
             stats.append(FineSparseStats(float(need_q0.float().mean()), float(need_h0.float().mean()), sparse))
         if sparse:
-            half = self._half_sparse(feat_c, lat1[0].permute(1, 2, 0), lat2[0].permute(1, 2, 0), need_q0, need_q3, need_h0, need_h3)
+            half = self._half_sparse(
+                feat_c, _hwc(lat1), _hwc(lat2), need_q0, need_q3, need_h0, need_h3, workspace
+            )
         else:  # the receptive field covers most of the map: whole-map convs are cheaper
             half = self.half_from_laterals(feat_c, lat1, lat2)[0].permute(1, 2, 0)
         # 1/2 -> full resolution, at the window pixels only
         out = upsample2x_at(half, ys.clamp(0, H - 1), xs.clamp(0, W - 1))
         return out * inside[..., None].to(out.dtype)
 
-    def _half_sparse(self, feat_c, lat1, lat2, need_q0, need_q3, need_h0, need_h3) -> torch.Tensor:
+    def _half_sparse(self, feat_c, lat1, lat2, need_q0, need_q3, need_h0, need_h3, ws=None) -> torch.Tensor:
         """The 1/2-resolution FPN output ``(4h, 4w, 64)``, meaningful at ``need_h3``, from the tiles the
         masks need (channels-last ``lat1``, ``lat2``)."""
         _, _, h, w = feat_c.shape
 
-        # 1/8 -> 1/4: input = up2(layer3_outconv(c)) + lat2 (cheap whole-map ops)
-        top = _up2(self.layer3_outconv(feat_c))[0].permute(1, 2, 0)  # (2h, 2w, 256)
-        q_in = _PaddedMap(2 * h, 2 * w, top.shape[-1], top)
+        # 1/8 -> 1/4: input = up2(layer3_outconv(c)) + lat2 (cheap whole-map ops, channels-last)
+        top = _hwc(_up2(_channels_last(self.layer3_outconv(feat_c))))  # (2h, 2w, 256)
+        q_in = _PaddedMap(2 * h, 2 * w, top.shape[-1], top, ws, "quarter.in")
         torch.add(lat2, top, out=q_in.interior)
-        quarter = self._stack_tiles(self.layer2_outconv2, q_in, need_q0, need_q3, self.QUARTER_TILE)
+        quarter = self._stack_tiles(self.layer2_outconv2, q_in, need_q0, need_q3, self.QUARTER_TILE, ws, "quarter")
 
         # 1/4 -> 1/2: input = up2(quarter) + lat1 (meaningful where the half-res convs read)
-        h_in = _PaddedMap(4 * h, 4 * w, quarter.shape[-1], top)
-        torch.add(lat1, _up2(quarter.permute(2, 0, 1)[None])[0].permute(1, 2, 0), out=h_in.interior)
-        return self._stack_tiles(self.layer1_outconv2, h_in, need_h0, need_h3, self.HALF_TILE)
+        h_in = _PaddedMap(4 * h, 4 * w, quarter.shape[-1], top, ws, "half.in")
+        torch.add(lat1, _hwc(_up2(_channels_last(quarter.permute(2, 0, 1)[None]))), out=h_in.interior)
+        return self._stack_tiles(self.layer1_outconv2, h_in, need_h0, need_h3, self.HALF_TILE, ws, "half")
 
 
 @dataclass

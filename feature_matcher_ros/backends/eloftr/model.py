@@ -2,14 +2,17 @@
 
 Two paths, same numbers (within float rounding, see the parity tests):
 
-* :meth:`EfficientLoFTR.forward_reference`: the faithful pairwise path. Both images go through every
-  stage (a same-size pair through the backbone as one batch of two), the fine FPN runs on the whole
-  maps and the windows are cut out of the full-resolution fine map, like the official code.
+* :meth:`EfficientLoFTR.forward_reference`: the faithful pairwise path, the official computation. Both
+  images go through every stage (a same-size pair through the backbone as one batch of two), coarse
+  matching builds the whole confidence matrix and its masks, the fine FPN runs on the whole maps up to
+  full resolution and every cell's window is unfolded before the matched ones are kept.
 * :meth:`EfficientLoFTR.extract` + :meth:`EfficientLoFTR.match_extracted`: the streaming path.
   ``extract`` holds everything that depends on one image alone (backbone, the first self-attention
   layer, the fine lateral 1x1 convs), so a keyframe's features are computed once. ``match_extracted``
-  runs the remaining transformer layers, bounded-memory coarse matching, the fine FPN from the cached
-  laterals (only on the matched windows' receptive field when that is small), and fine matching.
+  runs the remaining transformer layers (the MLP's message half applied before the x4 upsampling),
+  blocked log-domain coarse matching in bounded memory, the fine FPN from the cached laterals (only on
+  the matched windows' receptive field when that is small) evaluated at the window pixels only, and fine
+  matching. Its scratch buffers live in :attr:`EfficientLoFTR.workspace` between frames.
 
 Images are ``(1, 1, H, W)`` float in [0, 1] with H and W multiples of 32. Outputs follow the official
 names and coordinate convention: ``mkpts0_f``, ``mkpts1_f`` ``(M, 2)`` ``(x, y)`` pixels of the network
@@ -26,10 +29,11 @@ import torch
 from torch import nn
 
 from .backbone import RepVGGBackbone
-from .coarse import CoarseMatches, match_coarse
+from .coarse import CoarseMatches, match_coarse, match_coarse_reference
 from .config import DEFAULT_THRESHOLDS, MODES, EloftrConfig, threshold_problem
-from .fine import FinePreprocess, fine_match, gather_windows, window_pixels
+from .fine import FinePreprocess, fine_match, unfold_windows, window_pixels
 from .transformer import CoarseTransformer
+from .workspace import Workspace
 
 
 class StageTimer:
@@ -70,6 +74,7 @@ class EfficientLoFTR(nn.Module):
             cfg.d_model, cfg.nhead, cfg.layer_names, cfg.agg_size0, cfg.agg_size1, cfg.rope, cfg.npe
         )
         self.fine_preprocess = FinePreprocess(cfg.block_dims)
+        self.workspace = Workspace()  # streaming scratch (coarse scores, fine maps), reused frame to frame
         # layer 0 is a self layer: it depends on one image and runs at extraction time
         self.stream_start = 1 if cfg.layer_names[0] == "self" else 0
 
@@ -109,7 +114,7 @@ class EfficientLoFTR(nn.Module):
         with timer("transformer", img.device):
             feat = c
             for index in range(self.stream_start):
-                feat = self.loftr_coarse.self_layer(index, feat)
+                feat = self.loftr_coarse.self_layer(index, feat, factored=True)
         with timer("fine_laterals", img.device):
             lat1, lat2 = self.fine_preprocess.laterals(x1, x2)
         return {"feat": feat, "lat1": lat1, "lat2": lat2}
@@ -128,7 +133,7 @@ class EfficientLoFTR(nn.Module):
         mode, threshold = self._check_mode(mode, threshold)
         dev = data0["feat"].device
         with timer("transformer", dev):
-            f0, f1 = self.loftr_coarse(data0["feat"], data1["feat"], start=self.stream_start)
+            f0, f1 = self.loftr_coarse(data0["feat"], data1["feat"], start=self.stream_start, factored=True)
         coarse = self._coarse(f0, f1, mode, threshold, timer)
         out = self._coarse_outputs(coarse, f0, f1, debug)
         if len(coarse) == 0:
@@ -137,8 +142,9 @@ class EfficientLoFTR(nn.Module):
             fc0, fc1 = f0 / self.config.d_model**0.5, f1 / self.config.d_model**0.5  # the official 2nd /16
             ys0, xs0, ys1, xs1 = self._window_pixels(coarse, f0.shape[-1], f1.shape[-1])
             stats: list = []
-            win0 = self.fine_preprocess.windows_sparse(fc0, data0["lat1"], data0["lat2"], ys0, xs0, stats)
-            win1 = self.fine_preprocess.windows_sparse(fc1, data1["lat1"], data1["lat2"], ys1, xs1, stats)
+            fp, ws = self.fine_preprocess, self.workspace
+            win0 = fp.windows_sparse(fc0, data0["lat1"], data0["lat2"], ys0, xs0, stats, ws)
+            win1 = fp.windows_sparse(fc1, data1["lat1"], data1["lat2"], ys1, xs1, stats, ws)
         out["fine_fraction"] = stats
         return self._fine(out, win0, win1, timer, debug)
 
@@ -186,7 +192,7 @@ class EfficientLoFTR(nn.Module):
         on first need and kept in ``maps``)."""
         mode, threshold = self._check_mode(mode, threshold)
         f0, f1, bb0, bb1 = maps["tr_c0"], maps["tr_c1"], maps["bb0"], maps["bb1"]
-        coarse = self._coarse(f0, f1, mode, threshold, timer)
+        coarse = self._coarse(f0, f1, mode, threshold, timer, reference=True)
         out = self._coarse_outputs(coarse, f0, f1, debug)
         if debug:
             out.update(bb0=bb0, bb1=bb1, tr_layers=maps["tr_layers"])
@@ -203,9 +209,10 @@ class EfficientLoFTR(nn.Module):
                 else:
                     maps["fine_map0"] = self.fine_preprocess.dense(fc0, bb0[1], bb0[0])[0]
                     maps["fine_map1"] = self.fine_preprocess.dense(fc1, bb1[1], bb1[0])[0]
-            ys0, xs0, ys1, xs1 = self._window_pixels(coarse, f0.shape[-1], f1.shape[-1])
-            win0 = gather_windows(maps["fine_map0"], ys0, xs0)
-            win1 = gather_windows(maps["fine_map1"], ys1, xs1)
+            # every cell's window, then the matched ones (official); image 1's windows are 2 px wider
+            W, stride = self.config.fine_window_size, self.config.coarse_stride
+            win0 = unfold_windows(maps["fine_map0"], stride, W, 0)[coarse.i_ids]
+            win1 = unfold_windows(maps["fine_map1"], stride, W + 2, 1)[coarse.j_ids]
         if debug:
             out.update(fine_map0=maps["fine_map0"], fine_map1=maps["fine_map1"])
         if len(coarse) == 0:
@@ -223,20 +230,16 @@ class EfficientLoFTR(nn.Module):
             raise ValueError(reason)
         return mode, float(threshold)
 
-    def _coarse(self, f0: torch.Tensor, f1: torch.Tensor, mode: str, threshold: float, timer: Any) -> CoarseMatches:
+    def _coarse(
+        self, f0: torch.Tensor, f1: torch.Tensor, mode: str, threshold: float, timer: Any, reference: bool = False
+    ) -> CoarseMatches:
         cfg = self.config
+        args = (f0[0].flatten(1).t(), f1[0].flatten(1).t(), tuple(f0.shape[-2:]), tuple(f1.shape[-2:]), mode, threshold)
         with timer("coarse_matching", f0.device):
+            if reference:
+                return match_coarse_reference(*args, cfg.border_rm, cfg.dsmax_temperature, score_dtype=f0.dtype)
             return match_coarse(
-                f0[0].flatten(1).t(),
-                f1[0].flatten(1).t(),
-                tuple(f0.shape[-2:]),
-                tuple(f1.shape[-2:]),
-                mode,
-                threshold,
-                cfg.border_rm,
-                cfg.dsmax_temperature,
-                cfg.score_chunk_bytes,
-                score_dtype=f0.dtype,
+                *args, cfg.border_rm, cfg.dsmax_temperature, cfg.score_chunk_bytes, f0.dtype, self.workspace
             )
 
     def _window_pixels(self, coarse: CoarseMatches, w0: int, w1: int) -> tuple[torch.Tensor, ...]:
