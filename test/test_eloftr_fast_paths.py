@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from feature_matcher_ros.backends.eloftr.coarse import match_coarse, match_coarse_reference
-from feature_matcher_ros.backends.eloftr.fine import unfold_windows, window_pixels
+from feature_matcher_ros.backends.eloftr.fine import unfold_windows, upsample2x_windows, window_pixels, window_sources
 from feature_matcher_ros.backends.eloftr.loader import load_model
 from feature_matcher_ros.backends.eloftr.workspace import Workspace
 
@@ -76,3 +76,16 @@ def test_unfold_windows_equal_gathered_pixels():
         assert torch.equal(windows[cells], gathered)
         if pad:
             assert not inside.all()  # the zero padding was exercised
+
+
+@pytest.mark.parametrize("size, pad", [(8, 0), (10, 1)])
+def test_window_upsampling_equals_the_whole_map_upsampling(size, pad):
+    """Upsampling only inside the windows (6x6 sources each) = upsampling the whole map, then unfolding."""
+    torch.manual_seed(1)
+    half = torch.randn(1, 16, 24, 32)  # a 6 x 8 coarse grid at 1/2 resolution
+    full = torch.nn.functional.interpolate(half, scale_factor=2.0, mode="bilinear", align_corners=False)
+    cells = torch.arange(48)  # every cell: all four borders and corners
+    rows, cols = window_sources(cells, 8, 24, 32)
+    got = upsample2x_windows(half[0].permute(1, 2, 0), rows, cols, cells, 8, size, pad)
+    want = unfold_windows(full[0], 8, size, pad)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0.0)

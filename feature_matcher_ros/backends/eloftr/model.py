@@ -31,7 +31,7 @@ from torch import nn
 from .backbone import RepVGGBackbone
 from .coarse import CoarseMatches, match_coarse, match_coarse_reference
 from .config import DEFAULT_THRESHOLDS, MODES, EloftrConfig, threshold_problem
-from .fine import FinePreprocess, fine_match, unfold_windows, window_pixels
+from .fine import FinePreprocess, fine_match, unfold_windows
 from .transformer import CoarseTransformer
 from .workspace import Workspace
 
@@ -140,11 +140,11 @@ class EfficientLoFTR(nn.Module):
             return out
         with timer("fine_preprocess", dev):
             fc0, fc1 = f0 / self.config.d_model**0.5, f1 / self.config.d_model**0.5  # the official 2nd /16
-            ys0, xs0, ys1, xs1 = self._window_pixels(coarse, f0.shape[-1], f1.shape[-1])
+            W = self.config.fine_window_size
             stats: list = []
             fp, ws = self.fine_preprocess, self.workspace
-            win0 = fp.windows_sparse(fc0, data0["lat1"], data0["lat2"], ys0, xs0, stats, ws)
-            win1 = fp.windows_sparse(fc1, data1["lat1"], data1["lat2"], ys1, xs1, stats, ws)
+            win0 = fp.windows_sparse(fc0, data0["lat1"], data0["lat2"], coarse.i_ids, W, 0, stats, ws)
+            win1 = fp.windows_sparse(fc1, data1["lat1"], data1["lat2"], coarse.j_ids, W + 2, 1, stats, ws)
         out["fine_fraction"] = stats
         return self._fine(out, win0, win1, timer, debug)
 
@@ -241,12 +241,6 @@ class EfficientLoFTR(nn.Module):
             return match_coarse(
                 *args, cfg.border_rm, cfg.dsmax_temperature, cfg.score_chunk_bytes, f0.dtype, self.workspace
             )
-
-    def _window_pixels(self, coarse: CoarseMatches, w0: int, w1: int) -> tuple[torch.Tensor, ...]:
-        W, s = self.config.fine_window_size, self.config.coarse_stride
-        ys0, xs0 = window_pixels(coarse.i_ids, w0, s, W, 0)
-        ys1, xs1 = window_pixels(coarse.j_ids, w1, s, W + 2, 1)
-        return ys0, xs0, ys1, xs1
 
     def _coarse_outputs(self, coarse: CoarseMatches, f0: torch.Tensor, f1: torch.Tensor, debug: bool) -> dict[str, Any]:
         s = float(self.config.coarse_stride)
