@@ -124,6 +124,8 @@ def test_debug_image_only_while_subscribed(run):
     assert len(images) >= 1
     img = images[-1]
     assert img.encoding == "bgr8" and (img.width, img.height) == (1280, 480)
+    pixels = np.frombuffer(bytes(img.data), np.uint8).reshape(480, 1280, 3)
+    assert pixels[:, :640].mean() > 20  # the keyframe drawn on the left, not a blank stand-in
     stamps = {s for s, _ in run["frames"][HALF:]}
     assert cv.stamp_to_ns(img.header.stamp) in stamps
     assert int(run["diag"]["debug_images_published"]) >= len(images)

@@ -79,8 +79,8 @@ def test_overload_latency_does_not_grow(soak):
 def test_overload_memory_does_not_grow(soak):
     r, _, _ = soak
     first, last = r.windows[0], r.windows[-1]
-    # Bounded caches may still fill during the run (the node keeps up to 16 keyframe images for
-    # debug_image: 44 MiB at 1280x720), so the bound is generous; one leaked 1280x720 rgb frame per
+    # Bounded caches may still fill during the run (allocator pools, the keyframe cache's features and
+    # its images for debug_image), so the bound is generous; one leaked 1280x720 rgb frame per
     # processed frame would add well over 64 MiB between the first and the last window.
     assert last.rss_mb - first.rss_mb < 64.0, r.windows
     assert r.rss_end_mb - r.rss_start_mb < 128.0, r

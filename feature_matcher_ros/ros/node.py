@@ -399,9 +399,11 @@ class MatcherNode(Node):
         # The keyframe announcement goes first: a frame matched against a keyframe never arrives before it.
         keyframe = result.stamp_ns if result.new_keyframe else result.keyframe_stamp_ns
         if result.new_keyframe:
+            # kept for debug_image only while the keyframe is in the frontend's cache (it is never drawn after)
             self._keyframe_images[result.stamp_ns] = frame.pixels
-            while len(self._keyframe_images) > 16:
-                self._keyframe_images.popitem(last=False)
+            cached = {k.stamp_ns for k in self.frontend.cache} | {result.stamp_ns, result.keyframe_stamp_ns}
+            for stamp in [s for s in self._keyframe_images if s not in cached]:
+                del self._keyframe_images[stamp]
         if keyframe != self._announced_keyframe:
             self._announced_keyframe = keyframe
             T_world_kf = self.chain.keyframe_pose(keyframe)

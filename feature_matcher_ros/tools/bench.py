@@ -9,7 +9,8 @@ Frames come from ``--images DIR`` (sorted png/jpg), else ``$FM_SHARED/data/tum_f
 and resized to ``--size``. Frame 0 is the keyframe; frames 1..N (cycling) are matched against it:
 
 * pairwise: ``match_pair(keyframe, frame)``, nothing cached (for eloftr: the faithful reference path,
-  both images through every stage, whole-map fine FPN);
+  the official computation: both images through every stage, the whole confidence matrix, the whole-map
+  fine FPN and every window unfolded);
 * streaming: the keyframe's features extracted once, then ``match(kf, extract(frame))`` per frame.
 
 After one untimed warm-up of each, the two paths alternate frame by frame (so that both see the same

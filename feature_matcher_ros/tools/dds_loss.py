@@ -28,6 +28,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -73,6 +74,20 @@ def _image_qos(depth: int = 5):
     from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 
     return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=depth, reliability=ReliabilityPolicy.BEST_EFFORT)
+
+
+def paced(count: int, rate: float, stop: list) -> Iterator[int]:
+    """Yield ``0 .. count-1``, index i at ``start + i / rate`` (sleeping until then, never catching up in a
+    burst); ends early once ``stop`` is non-empty."""
+    period = 1.0 / rate
+    start = time.perf_counter()
+    for i in range(count):
+        if stop:
+            return
+        wait = start + i * period - time.perf_counter()
+        if wait > 0:
+            time.sleep(wait)
+        yield i
 
 
 def _stop_flag():
@@ -144,15 +159,9 @@ def run_publisher(topic: str, width: int, height: int, rate: float, seconds: flo
     msg.height, msg.width, msg.encoding, msg.is_bigendian, msg.step = height, width, "rgb8", 0, width * 3
     payloads = [f.tobytes() for f in frames]
     total = int(round(rate * seconds)) if matched else 0
-    period = 1.0 / rate
     start = time.perf_counter()
     sent = 0
-    for i in range(total):
-        if stop:
-            break
-        wait = start + i * period - time.perf_counter()
-        if wait > 0:
-            time.sleep(wait)
+    for i in paced(total, rate, stop):
         now = time.time_ns()
         msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(now, 1_000_000_000)
         msg.header.frame_id = f"camera#{i}"

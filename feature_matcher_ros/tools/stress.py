@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from ..resources import config_file, data_dir
-from .dds_loss import DEFAULT_PROFILE, parse_size, profile_env, real_frames
+from .dds_loss import DEFAULT_PROFILE, paced, parse_size, profile_env, real_frames
 
 NODE_MODULE = "feature_matcher_ros.matcher_node"
 IMAGE_TYPE = "sensor_msgs/msg/Image"
@@ -309,6 +309,7 @@ def run_camera(image_topic: str, info_topic: str, width: int, height: int, rate:
     from sensor_msgs.msg import CameraInfo, Image
 
     from ..camera import CameraModel
+    from ..ros.conversions import model_to_camera_info
 
     stop: list[int] = []
     signal.signal(signal.SIGINT, lambda *_: stop.append(1))
@@ -329,23 +330,11 @@ def run_camera(image_topic: str, info_topic: str, width: int, height: int, rate:
     time.sleep(0.3)
     img = Image(height=height, width=width, encoding="rgb8", is_bigendian=0, step=width * 3)
     img.header.frame_id = frame_id
-    info = CameraInfo(width=width, height=height, distortion_model="plumb_bob")
-    info.header.frame_id = frame_id
-    info.d = [float(v) for v in camera.dist[:5]] + [0.0] * max(0, 5 - len(camera.dist))
-    info.k = [float(v) for v in camera.K.reshape(-1)]
-    info.r = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
-    info.p = [float(camera.K[0, 0]), 0.0, float(camera.K[0, 2]), 0.0,
-              0.0, float(camera.K[1, 1]), float(camera.K[1, 2]), 0.0, 0.0, 0.0, 1.0, 0.0]
+    info = model_to_camera_info(camera, 0, frame_id)
     payloads = [f.tobytes() for f in frames]
-    total, period = int(round(rate * seconds)), 1.0 / rate
     sent, first = 0, 0
     start = time.perf_counter()
-    for i in range(total):
-        if stop:
-            break
-        wait = start + i * period - time.perf_counter()
-        if wait > 0:
-            time.sleep(wait)
+    for i in paced(int(round(rate * seconds)), rate, stop):
         stamp = time.time_ns()
         if not first:
             first = stamp

@@ -62,6 +62,13 @@ def border_mask(h: int, w: int, border: int, device: torch.device | str = "cpu")
     return keep.reshape(-1)
 
 
+def _score_dtype(mode: str, score_dtype: torch.dtype | None) -> torch.dtype:
+    """Check ``mode``; the dtype of the score product (``full`` always fp32)."""
+    if mode not in ("full", "opt"):
+        raise ValueError(f"coarse matching mode must be 'full' or 'opt', not {mode!r}")
+    return torch.float32 if score_dtype is None or mode == "full" else score_dtype
+
+
 def match_coarse_reference(
     f0: torch.Tensor,
     f1: torch.Tensor,
@@ -79,10 +86,7 @@ def match_coarse_reference(
     then the row-wise ``max`` over the mask. Memory grows as ``L * S`` (several copies); the streaming
     path uses :func:`match_coarse`, which gives the same matches in bounded memory.
     """
-    if mode not in ("full", "opt"):
-        raise ValueError(f"coarse matching mode must be 'full' or 'opt', not {mode!r}")
-    if score_dtype is None or mode == "full":
-        score_dtype = torch.float32
+    score_dtype = _score_dtype(mode, score_dtype)
     sim = score_matrix(f0.to(score_dtype), f1.to(score_dtype), temperature).float()
     conf = dual_softmax(sim) if mode == "full" else sim
     mask = (conf > threshold).view(*hw0, *hw1)
@@ -143,10 +147,7 @@ def match_coarse(
     ``log conf`` and the column maxima of ``2 sim - row_lse``. Only the winning entries are
     exponentiated. Same matches as the dense reference, ``mconf`` within float rounding.
     """
-    if mode not in ("full", "opt"):
-        raise ValueError(f"coarse matching mode must be 'full' or 'opt', not {mode!r}")
-    if score_dtype is None or mode == "full":
-        score_dtype = torch.float32
+    score_dtype = _score_dtype(mode, score_dtype)
     L, S = f0.shape[0], f1.shape[0]
     device = f0.device
     ws = workspace if workspace is not None else Workspace()

@@ -18,6 +18,7 @@ Window layout: image 0 uses the 8x8 block of pixels ``(8y..8y+7, 8x..8x+7)`` of 
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -73,12 +74,13 @@ def window_sources(cells: torch.Tensor, grid_w: int, h2: int, w2: int) -> tuple[
     return rows.clamp(0, h2 - 1), cols.clamp(0, w2 - 1)
 
 
+@functools.lru_cache(maxsize=16)
 def _upsample_matrix(size: int, pad: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """``(size, 6)`` weights of a x2 bilinear upsampling (align_corners False) from the 6 source rows of
     :func:`window_sources` to window offsets ``-pad .. size - pad - 1`` (relative to ``8y``): an even
     offset ``2q`` reads sources ``q, q+1`` with 1/4, 3/4, an odd one ``2q+1`` reads ``q+1, q+2`` with
     3/4, 1/4. At the map border the clamped sources reproduce the clamped taps exactly."""
-    U = torch.zeros(size, 6, dtype=dtype, device=device)
+    U = torch.zeros(size, 6, dtype=torch.float64)
     for t in range(size):
         o = t - pad
         q = o // 2
@@ -86,7 +88,7 @@ def _upsample_matrix(size: int, pad: int, dtype: torch.dtype, device: torch.devi
             U[t, q], U[t, q + 1] = 0.25, 0.75
         else:
             U[t, q + 1], U[t, q + 2] = 0.75, 0.25
-    return U
+    return U.to(device=device, dtype=dtype)  # shared, never written
 
 
 def upsample2x_windows(
