@@ -11,9 +11,10 @@ With ``--raw`` (eloftr only): the images are fed unchanged (8-bit grayscale, sid
 otherwise a clear error) and the model's native outputs are written per image k as ``mkpts0_f_k``,
 ``mkpts1_f_k``, ``mconf_k``, ``i_ids_k``, ``j_ids_k``, in the official coordinate convention.
 
-With one IMAGE the pair goes through the backend's pairwise path (for eloftr: the faithful reference
-computation); with several, the keyframe's features are extracted once and each IMAGE is matched
-against them through the streaming path. ``--draw OUT.png`` writes a side-by-side picture of the
+The keyframe's features are extracted once and each IMAGE is matched against them through the
+streaming path (bounded memory at any size). ``--raw`` with one IMAGE runs the faithful reference
+computation instead (the official whole-matrix steps: memory grows as ``(H W / 64)^2``), with several
+the streaming path. ``--draw OUT.png`` writes a side-by-side picture of the
 matches (``OUT_k.png`` per image when there are several).
 """
 
@@ -124,9 +125,9 @@ def run(args: argparse.Namespace) -> int:
                 arrays[f"{key}_{k}"] = out[key].detach().cpu().numpy()
             results.append((arrays[f"mkpts0_f_{k}"], arrays[f"mkpts1_f_{k}"], arrays[f"mconf_{k}"]))
     else:
-        kf = None if single else backend.extract(keyframe)
+        kf = backend.extract(keyframe)  # streaming even for one image: bounded memory, same matches
         for k, img in enumerate(images):
-            m = backend.match_pair(keyframe, img) if single else backend.match(kf, backend.extract(img))
+            m = backend.match(kf, backend.extract(img))
             arrays[f"kpts0_{k}"], arrays[f"kpts1_{k}"], arrays[f"scores_{k}"] = m.kpts0, m.kpts1, m.scores
             results.append((m.kpts0, m.kpts1, m.scores))
 
