@@ -17,7 +17,9 @@ After one untimed warm-up of each, the two paths alternate frame by frame (so th
 load on a shared machine).
 
 Reported: frames/s of both, per-stage milliseconds (mean per frame), mean match count, peak RSS
-(process-wide ``ru_maxrss``; after the streaming warm-up, before any pairwise call, and at the end) and peak GPU memory on CUDA.
+(process-wide ``ru_maxrss``; after the streaming warm-up, before any pairwise call, and at the end), peak GPU
+memory on CUDA (the same two moments), and what streaming holds between frames (one keyframe's features,
+the backend's reused scratch buffers).
 """
 
 from __future__ import annotations
@@ -107,6 +109,7 @@ def run(args: argparse.Namespace) -> dict:
     kf = backend.extract(keyframe)
     backend.match(kf, backend.extract(rest[0]))
     peak_stream = _peak_rss_mb()
+    peak_gpu_stream = torch.cuda.max_memory_allocated() / 2**20 if cuda else None
     backend.match_pair(keyframe, rest[0])
 
     # timed: the two paths alternate frame by frame, so that both see the same machine load
@@ -163,8 +166,11 @@ def run(args: argparse.Namespace) -> dict:
         "matches_pairwise": float(np.mean(pair_counts)),
         "peak_rss_streaming_mb": peak_stream,
         "peak_rss_mb": _peak_rss_mb(),
+        "keyframe_mb": kf.nbytes / 2**20,  # one cached keyframe's features
+        "scratch_mb": getattr(backend, "scratch_nbytes", 0) / 2**20,  # buffers reused between frames
     }
     if cuda:
+        result["peak_gpu_streaming_mb"] = peak_gpu_stream
         result["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
     return result
 
@@ -180,8 +186,9 @@ def _print_human(r: dict) -> None:
     print("  pairwise stages (ms/frame):  " + ", ".join(f"{k} {v:.0f}" for k, v in r["pairwise_stage_ms"].items()))
     mem = f"  peak RSS: {r['peak_rss_streaming_mb']:.0f} MB streaming only, {r['peak_rss_mb']:.0f} MB overall"
     if "peak_gpu_mb" in r:
-        mem += f", peak GPU {r['peak_gpu_mb']:.0f} MB"
+        mem += f"; peak GPU {r['peak_gpu_streaming_mb']:.0f} MB streaming only, {r['peak_gpu_mb']:.0f} MB overall"
     print(mem)
+    print(f"  held between frames: keyframe features {r['keyframe_mb']:.1f} MB, scratch {r['scratch_mb']:.1f} MB")
 
 
 def build_parser() -> argparse.ArgumentParser:
