@@ -89,3 +89,18 @@ def test_window_upsampling_equals_the_whole_map_upsampling(size, pad):
     got = upsample2x_windows(half[0].permute(1, 2, 0), rows, cols, cells, 8, size, pad)
     want = unfold_windows(full[0], 8, size, pad)
     torch.testing.assert_close(got, want, atol=1e-5, rtol=0.0)
+
+
+def test_workspace_reuses_and_bounds_its_buffers():
+    ws = Workspace(max_buffers=2)
+    a = ws.get("a", (4, 4), torch.float32, torch.device("cpu"), zero=True)
+    a += 1.0
+    assert ws.get("a", (4, 4), torch.float32, torch.device("cpu"), zero=True) is a  # reused, contents kept
+    assert float(a.sum()) == 16.0
+    assert ws.get("a", (4, 5), torch.float32, torch.device("cpu")) is not a  # another shape: a new buffer
+    ws.get("b", (2,), torch.float32, torch.device("cpu"))
+    ws.get("c", (2,), torch.bfloat16, torch.device("cpu"))
+    assert list(ws.buffers) == ["b", "c"] and ws.nbytes == 2 * 4 + 2 * 2  # least recently used dropped
+    import copy
+
+    assert copy.deepcopy(ws).buffers == {}  # a copied model starts empty

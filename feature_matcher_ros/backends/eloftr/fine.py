@@ -142,7 +142,8 @@ class _PaddedMap:
         if workspace is None:
             self.data = torch.zeros(shape, dtype=like.dtype, device=like.device)
         else:  # the border is never written, so it stays zero; stale interior values are finite
-            self.data = workspace.get(f"fine.{name}", shape, like.dtype, like.device, zero=True)
+            # keyed by size too: a keyframe and a frame of different sizes keep a set each
+            self.data = workspace.get(f"fine.{name}.{H}x{W}", shape, like.dtype, like.device, zero=True)
 
     @property
     def interior(self) -> torch.Tensor:

@@ -12,19 +12,24 @@ import torch
 
 
 class Workspace:
-    def __init__(self) -> None:
+    """Buffers by name; ``max_buffers`` bounds how many are kept (least recently used dropped first)."""
+
+    def __init__(self, max_buffers: int = 16) -> None:
         self.buffers: dict[str, torch.Tensor] = {}
+        self.max_buffers = max_buffers
 
     def get(
         self, name: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device, zero: bool = False
     ) -> torch.Tensor:
         """The buffer ``name`` with this shape, dtype and device, reused when the last one matches (its
         old contents are kept); a new one otherwise (zero-filled when ``zero``)."""
-        buf = self.buffers.get(name)
+        buf = self.buffers.pop(name, None)
         if buf is None or buf.shape != tuple(shape) or buf.dtype != dtype or buf.device != torch.device(device):
-            self.buffers.pop(name, None)
+            buf = None  # drop the old one before allocating its successor
             buf = (torch.zeros if zero else torch.empty)(tuple(shape), dtype=dtype, device=device)
-            self.buffers[name] = buf
+        self.buffers[name] = buf  # most recently used last
+        while len(self.buffers) > self.max_buffers:
+            self.buffers.pop(next(iter(self.buffers)))
         return buf
 
     @property
