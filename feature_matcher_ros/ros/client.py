@@ -184,9 +184,14 @@ class MatcherClient:
             return None
         # relative_pose and odometry of the same frame are published right after matches, on their own
         # topics: a loaded machine may deliver them later. A frame with inliers has a pose to wait for.
+        # The keyframe announcement, sent first, travels on its own topic too.
         cloud = self.matches[stamp_ns]
-        with_pose = cloud.width > 0 and bool((cv.cloud_to_array(cloud)["inlier"] == 1.0).any())
+        pts = cv.cloud_to_array(cloud) if cloud.width > 0 else None
+        with_pose = pts is not None and bool((pts["inlier"] == 1.0).any())
         self.wait_until(lambda: stamp_ns in self.poses and stamp_ns in self.odometry, 5.0 if with_pose else 0.2)
+        if pts is not None:
+            kf = int(pts["kf_sec"][0]) * 1_000_000_000 + int(pts["kf_nanosec"][0])
+            self.wait_until(lambda: any(cv.stamp_to_ns(k.header.stamp) == kf for k in list(self.keyframes)), 5.0)
         return cloud
 
     def latest_diagnostics(self, timeout: float = 5.0, after: float | None = None) -> dict[str, str] | None:
