@@ -39,10 +39,13 @@ class MatcherClient:
         namespace: where its relative topics live (``""`` = root).
         qos: the profile to publish with (match the matcher's ``input_qos``).
         compressed: publish ``image`` as ``CompressedImage`` (PNG).
+        image_topic, info_topic: where to publish the camera (relative to ``namespace`` unless absolute),
+            for a matcher whose inputs are remapped.
     """
 
     def __init__(self, node: str = "matcher_node", namespace: str = "", qos: str = "reliable",
-                 compressed: bool = False, name: str = "fm_client") -> None:
+                 compressed: bool = False, name: str = "fm_client", image_topic: str = "image",
+                 info_topic: str = "camera_info") -> None:
         self.target = node if node.startswith("/") else f"{namespace.rstrip('/')}/{node}"
         self.context = rclpy.Context()
         rclpy.init(args=[], context=self.context)
@@ -57,8 +60,8 @@ class MatcherClient:
         self.arrival: dict[int, float] = {}  # matches stamp -> time.monotonic() on arrival
         self.compressed = compressed
         n = self.node
-        self.pub_image = n.create_publisher(CompressedImage if compressed else Image, "image", input_qos(qos))
-        self.pub_info = n.create_publisher(CameraInfo, "camera_info", input_qos(qos))
+        self.pub_image = n.create_publisher(CompressedImage if compressed else Image, image_topic, input_qos(qos))
+        self.pub_info = n.create_publisher(CameraInfo, info_topic, input_qos(qos))
         self._subs = [
             n.create_subscription(PointCloud2, "matches", self._keep(self.matches, True), output_qos(100)),
             n.create_subscription(PoseWithCovarianceStamped, "relative_pose", self._keep(self.poses), output_qos(100)),

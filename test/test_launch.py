@@ -1,0 +1,111 @@
+"""``launch/matcher.launch.py`` as ``ros2 launch`` would run it, from a real install.
+
+``launch``/``launch_ros`` are not on PyPI: the file is evaluated with the small stand-in in
+``test/launch_standin`` (named in the README). Everything else is real: the package is installed with
+``pip install --prefix`` (the ament_python data files: resource index, launch, config, data), the default
+params file is found through the real ``ament_index_python``, and the node the file describes is started
+with the command line ``launch_ros`` would build and served over DDS through its namespace and remappings.
+"""
+
+import re
+import shutil
+import subprocess
+import sys
+from importlib.metadata import entry_points
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "launch_standin"))
+import runner  # noqa: E402
+
+from feature_matcher_ros.ros.client import MatcherClient  # noqa: E402
+from feature_matcher_ros.tools.demo import stop  # noqa: E402
+from ros_helpers import load_frames, prime_camera_info  # noqa: E402
+
+PKG = "feature_matcher_ros"
+ARGUMENTS = {"namespace", "image", "camera_info", "params_file", "use_sim_time", "backend", "weights", "device"}
+
+
+@pytest.fixture(scope="module")
+def prefix(repo, tmp_path_factory):
+    """The package installed into its own prefix (from a copy, so the checkout gets no build/ folder)."""
+    tmp = tmp_path_factory.mktemp("install")
+    src = tmp / "src"
+    shutil.copytree(repo, src, ignore=shutil.ignore_patterns(
+        ".git", ".venv", ".cache", ".hypothesis", ".pytest_cache", "out", "build", "*.egg-info", "__pycache__", "test"))
+    run = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-deps",
+         "--no-build-isolation", "--no-compile", "--prefix", str(tmp / "prefix"), str(src)],
+        capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout + run.stderr
+    return tmp / "prefix"
+
+
+def describe(prefix, monkeypatch, **arguments):
+    monkeypatch.setenv("AMENT_PREFIX_PATH", str(prefix))
+    return runner.describe(prefix / "share" / PKG / "launch" / "matcher.launch.py", **arguments)
+
+
+def test_install_holds_what_ros2_launch_and_run_need(prefix):
+    share = prefix / "share" / PKG
+    assert (prefix / "share" / "ament_index" / "resource_index" / "packages" / PKG).is_file()
+    for rel in ("package.xml", "launch/matcher.launch.py", "config/matcher.yaml", "config/fastdds_large_images.xml"):
+        assert (share / rel).is_file(), rel
+    assert any((share / "data" / "demo").rglob("*.mcap")), "the demo bag is installed"
+    (weights,) = prefix.glob(f"lib/python*/site-packages/{PKG}/weights/sptd2_small.pt")
+    assert weights.stat().st_size > 100_000
+    for script in ("matcher_node", "lifecycle_matcher_node", "fm-match", "fm-bench", "fm-replay"):
+        assert (prefix / "bin" / script).is_file(), script
+
+
+def test_arguments_defaults_and_readme_examples(prefix, monkeypatch, repo):
+    declared, (node,) = describe(prefix, monkeypatch)
+    assert set(declared) == ARGUMENTS and all(d.description for d in declared.values())
+    assert (node.package, node.executable, node.name, node.namespace) == (PKG, "matcher_node", "matcher_node", "")
+    # the default params file is the installed one, found through the ament index
+    assert node.parameters == [str(prefix / "share" / PKG / "config" / "matcher.yaml"), {"use_sim_time": False}]
+    assert node.remappings == [("image", "image"), ("camera_info", "camera_info")]
+    # every `ros2 launch` line of the README and of the file's own docstring uses declared arguments only
+    texts = (repo / "README.md").read_text() + (repo / "launch" / "matcher.launch.py").read_text()
+    examples = re.findall(r"ros2 launch feature_matcher_ros matcher\.launch\.py((?:[^\n]|\\\n)*)", texts)
+    assert len(examples) >= 5
+    for line in examples:
+        args = dict(re.findall(r"(\w+):=(\S+)", line))
+        assert args and set(args) <= ARGUMENTS, line
+        _, (n,) = describe(prefix, monkeypatch, **args)
+        if "backend" in args:
+            assert n.parameters[1]["backend"] == args["backend"]
+    with pytest.raises(ValueError, match="imgae"):
+        describe(prefix, monkeypatch, imgae="/camera/image_raw")
+
+
+def test_launched_node_serves_its_namespace_remappings_and_parameters(prefix, monkeypatch, repo, shared, tmp_path):
+    params = tmp_path / "robot.yaml"  # a robot's own params file: values that differ from the defaults
+    text = (repo / "config" / "matcher.yaml").read_text()
+    text = text.replace("max_matches: 0 ", "max_matches: 321 ").replace("input_qos: sensor_data", "input_qos: reliable")
+    params.write_text(text)
+    _, (node,) = describe(prefix, monkeypatch, namespace="front", image="/cam/image_raw",
+                          camera_info="/cam/camera_info", params_file=str(params), backend="sift", device="cpu")
+    (script,) = entry_points(group="console_scripts", name=node.executable)
+    command = runner.command(node, script.value.split(":")[0])
+    frames, camera, _ = load_frames(shared, count=2)
+    log = tmp_path / "node.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+    client = MatcherClient(node="matcher_node", namespace="/front", image_topic="/cam/image_raw",
+                           info_topic="/cam/camera_info")
+    try:
+        assert client.wait_for_matcher(timeout=60.0), log.read_text(errors="replace")
+        got = client.get_parameters(["backend", "device", "max_matches", "input_qos", "use_sim_time"])
+        assert got == {"backend": "sift", "device": "cpu", "max_matches": 321, "input_qos": "reliable",
+                       "use_sim_time": False}
+        prime_camera_info(client, camera)
+        for stamp, rgb in frames:
+            client.send(rgb, "rgb8", stamp, camera, "camera")
+            assert client.wait_result(stamp, timeout=60.0) is not None, log.read_text(errors="replace")
+        assert client.matches[frames[1][0]].width > 50  # matched, on /front/matches
+    finally:
+        client.close()
+        code = stop(process)
+    assert code in (0, -2), log.read_text(errors="replace")
