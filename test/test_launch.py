@@ -7,6 +7,7 @@ params file is found through the real ``ament_index_python``, and the node the f
 with the command line ``launch_ros`` would build and served over DDS through its namespace and remappings.
 """
 
+import configparser
 import re
 import shutil
 import subprocess
@@ -35,11 +36,20 @@ def prefix(repo, tmp_path_factory):
     shutil.copytree(repo, src, ignore=shutil.ignore_patterns(
         ".git", ".venv", ".cache", ".hypothesis", ".pytest_cache", "out", "build", "*.egg-info", "__pycache__", "test"))
     run = subprocess.run(
+        # --ignore-installed: never touch the venv's own (editable) install of the package
         [sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-deps",
-         "--no-build-isolation", "--no-compile", "--prefix", str(tmp / "prefix"), str(src)],
+         "--no-build-isolation", "--no-compile", "--ignore-installed", "--prefix", str(tmp / "prefix"), str(src)],
         capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout + run.stderr
     return tmp / "prefix"
+
+
+def installed_entry_point(prefix, script):
+    """``module:function`` of the console script ``script`` in the installed package's metadata."""
+    (info,) = prefix.glob(f"lib/python*/site-packages/{PKG}-*.dist-info/entry_points.txt")
+    parser = configparser.ConfigParser()
+    parser.read(info)
+    return parser["console_scripts"][script]
 
 
 def describe(prefix, monkeypatch, **arguments):
@@ -57,6 +67,8 @@ def test_install_holds_what_ros2_launch_and_run_need(prefix):
     assert weights.stat().st_size > 100_000
     for script in ("matcher_node", "lifecycle_matcher_node", "fm-match", "fm-bench", "fm-replay"):
         assert (prefix / "bin" / script).is_file(), script
+    # and the venv's own install of the package (`make` installs it editable) is still there
+    assert entry_points(group="console_scripts", name="matcher_node")
 
 
 def test_arguments_defaults_and_readme_examples(prefix, monkeypatch, repo):
@@ -87,8 +99,7 @@ def test_launched_node_serves_its_namespace_remappings_and_parameters(prefix, mo
     params.write_text(text)
     _, (node,) = describe(prefix, monkeypatch, namespace="front", image="/cam/image_raw",
                           camera_info="/cam/camera_info", params_file=str(params), backend="sift", device="cpu")
-    (script,) = entry_points(group="console_scripts", name=node.executable)
-    command = runner.command(node, script.value.split(":")[0])
+    command = runner.command(node, installed_entry_point(prefix, node.executable).split(":")[0])
     frames, camera, _ = load_frames(shared, count=2)
     log = tmp_path / "node.log"
     with open(log, "wb") as out:
