@@ -14,7 +14,7 @@ def test_fm_bench_json(repo, checkpoint):
     env = {**os.environ, "PYTHONPATH": str(repo)}
     run = subprocess.run(
         [sys.executable, "-m", "feature_matcher_ros.tools.bench", "--weights", str(checkpoint), "--size", "320x256",
-         "--frames", "2", "--threads", "2", "--mode", "opt", "--threshold", "22.3", "--json"],
+         "--frames", "2", "--threads", "2", "--mode", "opt", "--threshold", "22.3", "--uncached", "--json"],
         capture_output=True, text=True, env=env, cwd=repo, timeout=600,
     )
     assert run.returncode == 0, run.stderr
@@ -33,6 +33,7 @@ def test_fm_bench_json(repo, checkpoint):
     assert sum(r["stage_ms"].values()) <= r["streaming_ms_per_frame"] * 1.05
     assert 0 < r["peak_rss_streaming_mb"] <= r["peak_rss_mb"]
     assert r["keyframe_mb"] > 1.0 and r["scratch_mb"] > 1.0
+    assert abs(r["uncached_ms_per_frame"] * r["uncached_fps"] - 1000.0) < 1e-6  # --uncached ran
 
 
 def test_fm_bench_human_output_and_bad_arguments(repo):
