@@ -8,8 +8,8 @@ Two ways to compute the fine features, the same numbers up to float rounding:
   extraction time (:meth:`FinePreprocess.laterals`, one image alone). When the requested windows'
   receptive field (traced back level by level) needs few tiles, the 3x3 convolutions run only on those
   tiles (4x4 at 1/4 and at 1/2 resolution); otherwise on the whole maps, which is then cheaper. The
-  x2 upsamplings and lateral sums are whole-map ``interpolate`` calls (cheap); the last x2 upsampling
-  is evaluated only at the window pixels.
+  inner x2 upsamplings and lateral sums are whole-map (cheap, channels-last); the last x2 upsampling
+  runs only inside the windows, as ``U @ patch @ U^T`` on each window's 6x6 half-resolution sources.
 
 Window layout: image 0 uses the 8x8 block of pixels ``(8y..8y+7, 8x..8x+7)`` of coarse cell ``(x, y)``
 (index ``8 ky + kx``); image 1 uses the 10x10 block ``(8y-1..8y+8, 8x-1..8x+8)``, zero outside the image
