@@ -16,15 +16,20 @@ import threading
 
 import rclpy
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
-from rclpy.utilities import remove_ros_args
+
+from .ros.startup import init_rclpy, non_ros_args
 
 
 def main(args: list[str] | None = None) -> int:
     argv = sys.argv if args is None else args
     parser = argparse.ArgumentParser(prog="lifecycle_matcher_node", description=__doc__.split("\n\n")[0])
     parser.add_argument("--activate", action="store_true", help="configure and activate at start")
-    options = parser.parse_args(remove_ros_args(argv)[1:])
-    rclpy.init(args=argv)
+    rest = non_ros_args(argv, "lifecycle_matcher_node")
+    if rest is None:
+        return 2
+    options = parser.parse_args(rest[1:])
+    if not init_rclpy(argv, "lifecycle_matcher_node"):
+        return 2
     try:
         from lifecycle_msgs.msg import State
         from rclpy.lifecycle import TransitionCallbackReturn

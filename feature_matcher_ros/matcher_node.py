@@ -93,11 +93,9 @@ def main(args: list[str] | None = None) -> int:
     import rclpy
     from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 
-    try:
-        rclpy.init(args=argv)
-    except Exception as exc:  # noqa: BLE001 - e.g. UnknownROSArgsError: one clear line, no traceback
-        print(f"[matcher_node] cannot start: bad ROS arguments ({type(exc).__name__}: {exc}); "
-              "see matcher_node --help", file=sys.stderr, flush=True)
+    from .ros.startup import init_rclpy
+
+    if not init_rclpy(argv, "matcher_node"):
         return 2
     try:
         from .ros.node import MatcherNode

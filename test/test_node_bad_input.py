@@ -120,8 +120,9 @@ def test_startup_errors_exit_with_a_clear_message(overrides, expected):
     assert "Traceback" not in done.stderr + done.stdout
 
 
-def test_bad_ros_arguments_exit_with_a_clear_message():
-    done = subprocess.run([sys.executable, "-m", "feature_matcher_ros.matcher_node", "--ros-args", "--no-such-flag"],
+@pytest.mark.parametrize("module", ["matcher_node", "lifecycle_matcher_node"])
+def test_bad_ros_arguments_exit_with_a_clear_message(module):
+    done = subprocess.run([sys.executable, "-m", f"feature_matcher_ros.{module}", "--ros-args", "--no-such-flag"],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
     assert "bad ROS arguments" in done.stderr and "--no-such-flag" in done.stderr and "--help" in done.stderr
