@@ -17,7 +17,7 @@ import threading
 import rclpy
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 
-from .ros.startup import init_rclpy, non_ros_args
+from .ros.startup import init_rclpy, make_node, non_ros_args, tear_down
 
 
 def main(args: list[str] | None = None) -> int:
@@ -30,21 +30,17 @@ def main(args: list[str] | None = None) -> int:
     options = parser.parse_args(rest[1:])
     if not init_rclpy(argv, "lifecycle_matcher_node"):
         return 2
-    try:
-        from lifecycle_msgs.msg import State
-        from rclpy.lifecycle import TransitionCallbackReturn
+    from lifecycle_msgs.msg import State
+    from rclpy.lifecycle import TransitionCallbackReturn
 
+    def build():
         from .ros.lifecycle_node import LifecycleMatcherNode
 
-        node = LifecycleMatcherNode()
-    except KeyboardInterrupt:
-        rclpy.try_shutdown()
-        return 130
-    except Exception as exc:  # noqa: BLE001 - start-up errors end in one clear line
-        print(f"[lifecycle_matcher_node] cannot start: {exc}", file=sys.stderr, flush=True)
-        rclpy.try_shutdown()
-        return 2
-    code = 0
+        return LifecycleMatcherNode()
+
+    node, code = make_node(build, "lifecycle_matcher_node")
+    if node is None:
+        return code
     executor = SingleThreadedExecutor()
     executor.add_node(node)
     try:
@@ -61,10 +57,7 @@ def main(args: list[str] | None = None) -> int:
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
-        node.close()
-        executor.remove_node(node)
-        node.destroy_node()
-        rclpy.try_shutdown()
+        tear_down(node, executor)
     if any(t.is_alive() and t.name == "matcher_worker" for t in threading.enumerate()):
         # MatcherNode.close gave up waiting for a frame still being matched: end now, without the
         # interpreter's finalisation (C++ destructors abort while a thread is inside torch).

@@ -90,24 +90,21 @@ def main(args: list[str] | None = None) -> int:
         print_help()
         return 0
 
-    import rclpy
     from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 
-    from .ros.startup import init_rclpy
+    from .ros.startup import init_rclpy, make_node, tear_down
 
     if not init_rclpy(argv, "matcher_node"):
         return 2
-    try:
+
+    def build():
         from .ros.node import MatcherNode
 
-        node = MatcherNode()
-    except KeyboardInterrupt:
-        rclpy.try_shutdown()
-        return 130
-    except Exception as exc:  # noqa: BLE001 - start-up errors end in one clear line
-        print(f"[matcher_node] cannot start: {exc}", file=sys.stderr, flush=True)
-        rclpy.try_shutdown()
-        return 2
+        return MatcherNode()
+
+    node, code = make_node(build, "matcher_node")
+    if node is None:
+        return code
     # The executor thread serves subscriptions, parameter services and the diagnostics timer; inference
     # runs on the node's own worker thread.
     executor = SingleThreadedExecutor()
@@ -117,10 +114,7 @@ def main(args: list[str] | None = None) -> int:
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
-        node.close()
-        executor.remove_node(node)
-        node.destroy_node()
-        rclpy.try_shutdown()
+        tear_down(node, executor)
     if node.busy:
         # The worker is still inside a slow inference (a learned backend on the CPU): do not wait for it,
         # and do not let the interpreter tear down a thread that is inside torch.

@@ -1,8 +1,10 @@
-"""Start-up of the node executables: bad ROS arguments end in one clear line and exit code 2."""
+"""Start-up and tear-down shared by the node executables: bad ROS arguments and failing node
+construction end in one clear line and exit code 2."""
 
 from __future__ import annotations
 
 import sys
+from typing import Any, Callable
 
 
 def _bad_arguments(prog: str, exc: Exception) -> None:
@@ -31,3 +33,29 @@ def init_rclpy(argv: list[str], prog: str) -> bool:
         _bad_arguments(prog, exc)
         return False
     return True
+
+
+def make_node(factory: Callable[[], Any], prog: str) -> tuple[Any, int]:
+    """``(factory(), 0)`` after :func:`init_rclpy`; on failure ``(None, code)`` with rclpy shut down: 130 on
+    Ctrl-C, 2 with one ``cannot start`` line on stderr otherwise."""
+    import rclpy
+
+    try:
+        return factory(), 0
+    except KeyboardInterrupt:
+        rclpy.try_shutdown()
+        return None, 130
+    except Exception as exc:  # noqa: BLE001 - start-up errors end in one clear line
+        print(f"[{prog}] cannot start: {exc}", file=sys.stderr, flush=True)
+        rclpy.try_shutdown()
+        return None, 2
+
+
+def tear_down(node: Any, executor: Any) -> None:
+    """Stop the node's worker (``close``), then take the node off the executor and shut rclpy down."""
+    import rclpy
+
+    node.close()
+    executor.remove_node(node)
+    node.destroy_node()
+    rclpy.try_shutdown()
