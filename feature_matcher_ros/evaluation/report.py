@@ -140,17 +140,7 @@ def plot_pose_errors(per_frame: Sequence[dict], path: Path, title: str) -> Path:
     if failed:
         ymax = np.nanmax(np.concatenate([rot, tra, [1.0]]))
         ax.plot(t[failed], np.full(len(failed), ymax), "rx", label="pose failed")
-    kf = [i for i, f in enumerate(per_frame) if f["new_keyframe"]]
-    for i in kf:
-        ax.axvline(t[i], color="0.8", lw=0.8, zorder=0)
-    ax.set_xlabel("time (s)   (grey lines: new keyframes)")
-    ax.set_ylabel("error (°)")
-    ax.set_title(f"{title}: pose error per frame (keyframe → frame)")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save_per_frame(fig, ax, t, per_frame, "error (°)", f"{title}: pose error per frame (keyframe → frame)", path)
 
 
 def plot_matches(per_frame: Sequence[dict], path: Path, title: str) -> Path:
@@ -161,16 +151,21 @@ def plot_matches(per_frame: Sequence[dict], path: Path, title: str) -> Path:
     ax.plot(t, [f["inliers"] for f in per_frame], "s-", ms=3, label="pose inliers")
     ax.plot(t, [f["epipolar_correct"] if f["epipolar_correct"] is not None else np.nan for f in per_frame],
             "^-", ms=3, label="matches within 5e-4 of GT epipolar")
+    return _save_per_frame(fig, ax, t, per_frame, "count", f"{title}: matches per frame", path)
+
+
+def _save_per_frame(fig, ax, t: np.ndarray, per_frame: Sequence[dict], ylabel: str, title: str, path: Path) -> Path:
+    """The per-frame plots' common end: grey lines at new keyframes, labels, legend, saved and closed."""
     for i, f in enumerate(per_frame):
         if f["new_keyframe"]:
             ax.axvline(t[i], color="0.8", lw=0.8, zorder=0)
     ax.set_xlabel("time (s)   (grey lines: new keyframes)")
-    ax.set_ylabel("count")
-    ax.set_title(f"{title}: matches per frame")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path)
-    plt.close(fig)
+    _pyplot().close(fig)
     return path
 
 
