@@ -75,3 +75,18 @@ def run_cli(*overrides: str, timeout: float = 60.0) -> subprocess.CompletedProce
     for item in overrides:
         command += ["-p", item]
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+
+
+def send_until_answered(client, rgb, first_stamp: int, camera, tries: int = 4, timeout: float = 20.0,
+                        first_timeout: float | None = None) -> int | None:
+    """Send ``rgb`` (frame "cam", stamps 10 ms apart) until one is answered; its stamp, or None.
+
+    Right after start-up a first message can be lost before both sides have discovered each other (even
+    with reliable QoS), and camera_info travels on its own topic: a driver resends with every image."""
+    for i in range(tries):
+        stamp = first_stamp + i * 10_000_000
+        client.send(rgb, "rgb8", stamp, camera, "cam")
+        wait = first_timeout if i == 0 and first_timeout is not None else timeout
+        if client.wait_result(stamp, timeout=wait) is not None:
+            return stamp
+    return None

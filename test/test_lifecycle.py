@@ -14,6 +14,7 @@ from lifecycle_msgs.srv import ChangeState, GetState
 
 from feature_matcher_ros.ros.client import MatcherClient
 from feature_matcher_ros.tools.stress import NodeProcess
+from ros_helpers import send_until_answered
 
 MODULE = "feature_matcher_ros.lifecycle_matcher_node"
 NS = 1_000_000_000
@@ -61,17 +62,6 @@ def wait_topics(client, node, subscribed: bool, publishing: bool, timeout=10.0) 
         time.sleep(0.1)
 
 
-def send_until_answered(client, rgb, first_stamp, camera, tries=4) -> bool:
-    """Send (new stamps) until a frame is answered: right after a subscription appears, the publisher may
-    see it before it sees the publisher, and a first message can be lost even with reliable QoS."""
-    for i in range(tries):
-        stamp = first_stamp + i * NS // 100
-        client.send(rgb, "rgb8", stamp, camera, "cam")
-        if client.wait_result(stamp, timeout=20.0) is not None:
-            return True
-    return False
-
-
 @pytest.fixture(scope="module")
 def frames(shared):
     import cv2
@@ -109,7 +99,7 @@ def test_full_lifecycle(frames):
             assert client.wait_for_matcher(timeout=30.0)
             base = (100 + 10 * cycle) * NS
             for i in range(2):
-                assert send_until_answered(client, rgb[i], base + i * NS, camera), node.stderr[-2000:]
+                assert send_until_answered(client, rgb[i], base + i * NS, camera) is not None, node.stderr[-2000:]
 
             assert transition(client, name, Transition.TRANSITION_DEACTIVATE), node.stderr
             assert state(client, name) == "inactive"
@@ -163,7 +153,7 @@ def test_failed_configure_reports_why_and_activate_flag(frames, tmp_path):
         # --activate: configured and active right away.
         assert client.wait_for_matcher(timeout=60.0), auto.stderr
         assert state(client, "fm_lifecycle_auto") == "active"
-        assert send_until_answered(client, rgb[0], 7 * NS, camera), auto.stderr[-2000:]
+        assert send_until_answered(client, rgb[0], 7 * NS, camera) is not None, auto.stderr[-2000:]
         # SIGTERM while active: a clean exit, as for matcher_node (test_shutdown.py).
         rc, took = auto.stop(signal.SIGTERM, timeout=10.0)
         assert rc == 0 and "Traceback" not in auto.stderr, auto.stderr

@@ -9,7 +9,7 @@ import pytest
 from sensor_msgs.msg import CompressedImage, Image
 
 from feature_matcher_ros.ros import conversions as cv
-from ros_helpers import load_frames, run_cli, running_node
+from ros_helpers import load_frames, run_cli, running_node, send_until_answered
 
 NS = 1_000_000_000
 
@@ -34,14 +34,12 @@ def wait_reason(client, reason, at_least=1, timeout=10.0):
     pytest.fail(f"{key} never reached {at_least}; last diagnostics: {last}")
 
 
-def send_until_answered(client, rgb, first_stamp, camera, tries=5):
+def answered(client, rgb, first_stamp, camera) -> int:
     """A driver publishes camera_info with every image: resend (new stamps) until a frame is answered."""
-    for i in range(tries):
-        stamp = first_stamp + i * NS // 100
-        client.send(rgb, "rgb8", stamp, camera, "cam")
-        if client.wait_result(stamp, timeout=30.0 if i == 0 else 10.0) is not None:
-            return stamp
-    pytest.fail("no good frame was answered")
+    stamp = send_until_answered(client, rgb, first_stamp, camera, tries=5, timeout=10.0, first_timeout=30.0)
+    if stamp is None:
+        pytest.fail("no good frame was answered")
+    return stamp
 
 
 def test_bad_inputs_are_counted_and_the_node_keeps_serving(node):
@@ -63,7 +61,7 @@ def test_bad_inputs_are_counted_and_the_node_keeps_serving(node):
     wait_reason(client, "bad_camera_info")
 
     # 3. Good frames are answered again (camera_info comes with each one).
-    good = send_until_answered(client, rgb0, s0 + 2, camera)
+    good = answered(client, rgb0, s0 + 2, camera)
 
     # 4. Malformed images, each with its reason.
     bad = {
@@ -97,7 +95,7 @@ def test_bad_inputs_are_counted_and_the_node_keeps_serving(node):
 
     # 7. After ~/reset (e.g. a recording restarted) earlier stamps are welcome again: a new first keyframe.
     assert client.reset().success
-    cloud = client.wait_result(send_until_answered(client, rgb0, good - NS, camera), timeout=1.0)
+    cloud = client.wait_result(answered(client, rgb0, good - NS, camera), timeout=1.0)
     assert cloud.width == 0
     assert client.wait_until(
         lambda: bool(client.keyframes) and cv.stamp_to_ns(client.keyframes[-1].header.stamp) == good - NS, 5.0)
@@ -148,7 +146,7 @@ def compressed_node(shared, tmp_path_factory):
 
 def test_compressed_input_and_undecodable_data(compressed_node):
     client, process, ((s0, rgb0), (s1, rgb1)), camera = compressed_node
-    good = send_until_answered(client, rgb0, s0, camera)
+    good = answered(client, rgb0, s0, camera)
     client.pub_image.publish(CompressedImage(header=cv.numpy_to_image(rgb1, "rgb8", good + 1, "cam").header,
                                              format="jpeg", data=b"\xff\xd8 definitely not a jpeg"))
     wait_reason(client, "decode_failed")

@@ -24,6 +24,7 @@ from feature_matcher_ros.ros import conversions as cv
 from feature_matcher_ros.ros.client import MatcherClient
 from feature_matcher_ros.tools.dds_loss import DEFAULT_PROFILE, profile_env
 from feature_matcher_ros.tools.stress import Monitor, NodeProcess, format_table, run_scenario
+from ros_helpers import send_until_answered
 
 NS = 1_000_000_000
 SOAK_S = 60.0
@@ -135,7 +136,7 @@ def _padded(rgb: np.ndarray, stamp_ns: int, pad: int, frame_id: str = "cam") -> 
 def _pair(client, frames, camera, base: int, padded: bool) -> np.ndarray:
     """Reset, send frame 0 (the keyframe) and frame 2 (padded or not); the matches of frame 2."""
     assert client.reset().success
-    assert _send_until_answered(client, frames[0], base, camera) is not None
+    assert send_until_answered(client, frames[0], base, camera, timeout=15.0) is not None
     stamp = base + NS // 10
     if padded:
         client.pub_info.publish(cv.model_to_camera_info(camera, stamp, "cam"))
@@ -173,19 +174,8 @@ def test_zero_focal_length_camera_info_is_rejected_then_recovers(live):
     _wait_rejected(client, "bad_camera_info", before + 2)
     assert 2000 * NS not in client.matches
     # A driver sends camera_info with every image; the first image may still meet the bad one.
-    assert _send_until_answered(client, frames[1], 2001 * NS, camera) is not None
+    assert send_until_answered(client, frames[1], 2001 * NS, camera, timeout=15.0) is not None
     assert node.alive()
-
-
-def _send_until_answered(client, rgb, first_stamp, camera, tries=4):
-    """Send (new stamps) until answered: camera_info and image travel on separate topics, and right after
-    start-up a first message can be lost before both sides have discovered each other."""
-    for i in range(tries):
-        stamp = first_stamp + i * NS // 100
-        client.send(rgb, "rgb8", stamp, camera, "cam")
-        if client.wait_result(stamp, timeout=15.0) is not None:
-            return stamp
-    return None
 
 
 def test_image_from_another_camera_frame_is_not_matched_against_this_keyframe(live):
@@ -195,7 +185,7 @@ def test_image_from_another_camera_frame_is_not_matched_against_this_keyframe(li
     are served on."""
     client, node, frames, camera = live
     assert client.reset().success
-    assert _send_until_answered(client, frames[0], 3000 * NS, camera) is not None
+    assert send_until_answered(client, frames[0], 3000 * NS, camera, timeout=15.0) is not None
     client.send(frames[1], "rgb8", 3001 * NS, camera, "other_cam")
     cloud = client.wait_result(3001 * NS, timeout=5.0)
     if cloud is None:
@@ -206,7 +196,7 @@ def test_image_from_another_camera_frame_is_not_matched_against_this_keyframe(li
         points = cv.cloud_to_array(cloud)
         kf = {int(s) * NS + int(n) for s, n in zip(points["kf_sec"], points["kf_nanosec"])}
         assert kf <= {3001 * NS}, "an image of another camera frame was matched against the keyframe"
-    assert _send_until_answered(client, frames[2], 3002 * NS, camera) is not None
+    assert send_until_answered(client, frames[2], 3002 * NS, camera, timeout=15.0) is not None
     assert node.alive()
 
 
