@@ -30,6 +30,15 @@ from ..evaluation.scoring import score_run
 from ..evaluation.trajectory import Trajectory, read_tum
 
 
+def add_bag_input_args(p: argparse.ArgumentParser) -> None:
+    """Which of the bag's topics (or a TUM file) hold the images, camera info and ground truth (fm-eval, fm-replay)."""
+    p.add_argument("--image-topic", default=None, help="image topic in the bag (default: the only Image topic)")
+    p.add_argument("--camera-info-topic", default=None, help="CameraInfo topic (default: beside the image topic)")
+    p.add_argument("--gt-topic", default=None, help="ground-truth topic (PoseStamped, Odometry or TF)")
+    p.add_argument("--gt-frame", default=None, help="with a TF ground truth: the camera frame (default: the images' frame_id)")
+    p.add_argument("--gt", default=None, metavar="TUM_FILE", help="ground truth from a TUM file (T_world_camera)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fm-eval", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -41,11 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="node parameter file (ROS yaml; repeatable; default: the shipped config/matcher.yaml)")
     p.add_argument("--node-name", default="matcher_node", help="node name whose section of a parameter file applies")
     p.add_argument("--device", default=None, help="override the device (cpu, cuda, cuda:N, auto)")
-    p.add_argument("--image-topic", default=None, help="image topic (default: the only Image topic)")
-    p.add_argument("--camera-info-topic", default=None, help="CameraInfo topic (default: beside the image topic)")
-    p.add_argument("--gt-topic", default=None, help="ground-truth topic (PoseStamped, Odometry or TF)")
-    p.add_argument("--gt-frame", default=None, help="with a TF ground truth: the camera frame (default: the images' frame_id)")
-    p.add_argument("--gt", default=None, metavar="TUM_FILE", help="ground truth from a TUM file (T_world_camera)")
+    add_bag_input_args(p)
     p.add_argument("--pictures", type=int, default=3, help="match pictures per run")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p

@@ -31,6 +31,7 @@ from ..evaluation.offline import default_params_file, load_params_file
 from ..evaluation.report import LIVE_SUMMARY_KEYS, text_table
 from ..evaluation.scoring import score_run
 from ..evaluation.trajectory import read_tum
+from .eval import add_bag_input_args
 
 NODE_MODULE = "feature_matcher_ros.matcher_node"
 
@@ -58,11 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="publish the images on this topic (default: the bag's image topic; with a started node it "
                         "is remapped to the node's 'image')")
     p.add_argument("--publish-camera-info-topic", default=None, help="likewise for the camera info")
-    p.add_argument("--image-topic", default=None, help="image topic in the bag (default: the only Image topic)")
-    p.add_argument("--camera-info-topic", default=None, help="CameraInfo topic in the bag")
-    p.add_argument("--gt-topic", default=None, help="ground-truth topic in the bag")
-    p.add_argument("--gt-frame", default=None, help="with a TF ground truth: the camera frame")
-    p.add_argument("--gt", default=None, metavar="TUM_FILE", help="ground truth from a TUM file")
+    add_bag_input_args(p)
     p.add_argument("--startup-timeout", type=float, default=120.0, help="seconds to wait for the node to come up")
     p.add_argument("--drain-timeout", type=float, default=20.0,
                    help="after the last image: seconds without any output before giving up on the rest")
