@@ -132,6 +132,17 @@ def unfold_windows(fmap: torch.Tensor, stride: int, size: int, pad: int) -> torc
     return cols.view(C, size * size, -1).permute(2, 1, 0)
 
 
+def needed_tiles(need: torch.Tensor, tile: int) -> torch.Tensor:
+    """``(H/tile, W/tile)`` bool: the ``tile x tile`` tiles of ``need (H, W)`` holding a True."""
+    H, W = need.shape
+    return need.reshape(H // tile, tile, W // tile, tile).any(3).any(1)
+
+
+def tile_fraction(need: torch.Tensor, tile: int) -> float:
+    """Fraction of the ``tile x tile`` tiles of ``need (H, W)`` holding a True."""
+    return float(needed_tiles(need, tile).float().mean())
+
+
 class _PaddedMap:
     """A channels-last ``(H + 2, W + 2, C)`` buffer with a zero border (the convs' zero padding),
     written tile by tile or whole."""
@@ -156,10 +167,6 @@ class _PaddedMap:
         cols = 1 + tx[:, None] * tile + k
         self.data[rows[:, :, None], cols[:, None, :]] = values
 
-    def tile_fraction(self, need: torch.Tensor, tile: int) -> float:
-        """Fraction of the ``tile x tile`` tiles holding a True of ``need (H, W)``."""
-        return float(need.reshape(self.H // tile, tile, self.W // tile, tile).any(3).any(1).float().mean())
-
     def conv3x3_whole(self, weight: torch.Tensor) -> torch.Tensor:
         """A 3x3 conv (padding 1, no bias) on the whole map: ``(1, O, H, W)``, channels-last. The zero
         border is the padding, so the buffer is convolved as it lies (no copy)."""
@@ -175,9 +182,7 @@ class _PaddedMap:
         Inside a computed tile, positions outside ``need`` may read inputs that were never computed;
         their values are meaningless but finite, and nothing needed ever reads them.
         """
-        H, W = self.H, self.W
-        tiles = need.reshape(H // tile, tile, W // tile, tile).any(3).any(1)
-        ty, tx = tiles.nonzero().unbind(1)
+        ty, tx = needed_tiles(need, tile).nonzero().unbind(1)
         k = torch.arange(tile + 2, device=need.device)
         chunk = max(1, chunk_bytes // ((tile + 2) ** 2 * self.data.shape[-1] * self.data.element_size()))
         for a in range(0, len(ty), chunk):
@@ -267,12 +272,12 @@ class FinePreprocess(nn.Module):
             return F.leaky_relu(x, 0.01)
 
         mid = _PaddedMap(src.H, src.W, conv0.out_channels, src.data, ws, f"{name}.mid")
-        if src.tile_fraction(need_mid, tile) > FinePreprocess.DENSE_ABOVE:
+        if tile_fraction(need_mid, tile) > FinePreprocess.DENSE_ABOVE:
             mid.interior.copy_(_hwc(bn_act(src.conv3x3_whole(w0))))
         else:
             for ty, tx, out in src.conv3x3_tiles(w0, need_mid, tile):
                 mid.write_tiles(ty, tx, tile, bn_act(out).permute(0, 2, 3, 1))
-        if mid.tile_fraction(need_out, tile) > FinePreprocess.DENSE_ABOVE:
+        if tile_fraction(need_out, tile) > FinePreprocess.DENSE_ABOVE:
             return _hwc(mid.conv3x3_whole(w3))
         dst = _PaddedMap(src.H, src.W, conv3.out_channels, src.data, ws, f"{name}.out")
         for ty, tx, out in mid.conv3x3_tiles(w3, need_out, tile):
@@ -307,8 +312,7 @@ class FinePreprocess(nn.Module):
         need_hin = _dilate3(need_h0)  # half-res inputs
         need_q3 = _up_sources(need_hin)  # quarter-res outputs of layer2_outconv2.3
         need_q0 = _dilate3(need_q3)  # quarter-res outputs of layer2_outconv2.0
-        tiles_h0 = float(need_h0.reshape(4 * h // self.HALF_TILE, self.HALF_TILE, -1, self.HALF_TILE).any(3).any(1).float().mean())
-        sparse = tiles_h0 <= self.SPARSE_BELOW
+        sparse = tile_fraction(need_h0, self.HALF_TILE) <= self.SPARSE_BELOW
         if stats is not None:
             stats.append(FineSparseStats(float(need_q0.float().mean()), float(need_h0.float().mean()), sparse))
         if sparse:
