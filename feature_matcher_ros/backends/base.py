@@ -182,6 +182,11 @@ class Backend(ABC):
             return None
         return feats
 
+    @property
+    def scratch_nbytes(self) -> int:
+        """Bytes of working buffers the backend keeps between frames (beyond cached features); 0 here."""
+        return 0
+
     def describe(self) -> dict[str, Any]:
         """What diagnostics show: backend, device, precision and the live settings."""
         return {"backend": self.name, "device": self.device, "precision": self.precision, **self.settings}

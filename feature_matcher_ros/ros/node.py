@@ -469,7 +469,7 @@ class MatcherNode(Node):
             "keyframe_stamp_ns": self._announced_keyframe if self._announced_keyframe is not None else "",
             "keyframe_cache_entries": len(self.frontend.cache),
             "keyframe_cache_mb": f"{self.frontend.cache_nbytes / 2**20:.1f}",
-            "scratch_mb": f"{getattr(self.backend, 'scratch_nbytes', 0) / 2**20:.1f}",
+            "scratch_mb": f"{self.backend.scratch_nbytes / 2**20:.1f}",
         }
         if d.get("weights"):
             info["weights"] = d["weights"]

@@ -176,7 +176,7 @@ def run(args: argparse.Namespace) -> dict:
         "peak_rss_streaming_mb": peak_stream,
         "peak_rss_mb": _peak_rss_mb(),
         "keyframe_mb": kf.nbytes / 2**20,  # one cached keyframe's features
-        "scratch_mb": getattr(backend, "scratch_nbytes", 0) / 2**20,  # buffers reused between frames
+        "scratch_mb": backend.scratch_nbytes / 2**20,  # buffers reused between frames
     }
     if uncached_ms:
         result["uncached_fps"] = n / (sum(uncached_ms) / 1000)
