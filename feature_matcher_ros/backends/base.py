@@ -183,6 +183,12 @@ class Backend(ABC):
         return feats
 
     @property
+    def stage_ms(self) -> dict[str, float]:
+        """Milliseconds per named stage of the last ``extract``/``match``/``match_pair`` call; empty when the
+        backend does not time its stages."""
+        return {}
+
+    @property
     def scratch_nbytes(self) -> int:
         """Bytes of working buffers the backend keeps between frames (beyond cached features); 0 here."""
         return 0

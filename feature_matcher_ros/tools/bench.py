@@ -79,8 +79,7 @@ def load_frames(folder: Path | None, size: tuple[int, int], count: int) -> tuple
 
 
 def _stage_ms(backend, fallback: dict[str, float]) -> dict[str, float]:
-    stages = getattr(backend, "last_stage_ms", None)
-    return dict(stages) if stages else dict(fallback)
+    return backend.stage_ms or dict(fallback)
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -106,6 +105,9 @@ def run(args: argparse.Namespace) -> dict:
     def sync() -> None:
         if cuda:
             torch.cuda.synchronize()
+
+    if cuda:  # peaks of this run only (several runs may share a process: fm-gpu-check)
+        torch.cuda.reset_peak_memory_stats()
 
     # warm-up: streaming first, so that its peak RSS is known before the heavier pairwise path runs
     kf = backend.extract(keyframe)

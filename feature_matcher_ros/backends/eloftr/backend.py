@@ -68,6 +68,8 @@ class EfficientLoFTRBackend(Backend):
         weights: path of the official checkpoint (``eloftr_outdoor.ckpt``), read unchanged.
         num_threads: torch CPU threads (``torch.set_num_threads``; process-wide), None = leave as is.
         fuse: fold the RepVGG blocks into single convs (the released deploy form; default True).
+        cudnn_benchmark: on CUDA, let cudnn time its convolution algorithms once per input size (a
+            camera stream has one size); process-wide, like every cudnn flag.
         mode, threshold: aliases of ``eloftr.mode`` / ``eloftr.threshold``.
         settings: live parameters by their dotted names.
     """
@@ -90,6 +92,7 @@ class EfficientLoFTRBackend(Backend):
         weights: str | None = None,
         num_threads: int | None = None,
         fuse: bool = True,
+        cudnn_benchmark: bool = True,
         mode: str | None = None,
         threshold: float | None = None,
         **settings: Any,
@@ -111,7 +114,10 @@ class EfficientLoFTRBackend(Backend):
         self.weights = str(weights)
         self._master: EfficientLoFTR = load_model(weights, device=device, dtype=torch.float32, fuse=fuse)
         self.model = self._master
-        self.last_stage_ms: dict[str, float] = {}
+        self._timer: tuple[str, StageTimer] | None = None  # (stage prefix, timer) of the last call
+        self._staging: dict[tuple, tuple[torch.Tensor, Any]] = {}  # pinned upload buffer (CUDA)
+        if device.startswith("cuda"):
+            _configure_cuda(cudnn_benchmark)
         self.precision = "fp32"
         self.set_precision(precision)
 
@@ -164,7 +170,21 @@ class EfficientLoFTRBackend(Backend):
 
     # -- per image / per pair -------------------------------------------------------------------------
     def _tensor(self, gray: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(gray).to(self.device).float().div_(255.0)[None, None]
+        """``(1, 1, H, W)`` float in [0, 1] on the device. On CUDA the uint8 image goes through a pinned
+        staging buffer (reused per size) with an asynchronous copy, and is converted on the GPU."""
+        host = torch.from_numpy(gray)
+        if not str(self.device).startswith("cuda"):
+            return host.float().div_(255.0)[None, None]
+        staged = self._staging.get(host.shape)
+        if staged is None:
+            staged = (torch.empty(host.shape, dtype=torch.uint8, pin_memory=True), torch.cuda.Event())
+            self._staging = {host.shape: staged}  # one size at a time: frames of a stream share it
+        buf, copied = staged
+        copied.synchronize()  # the previous frame's copy out of this buffer has finished
+        buf.copy_(host)
+        image = buf.to(self.device, non_blocking=True)
+        copied.record()
+        return image.float().div_(255.0)[None, None]
 
     def _network_image(self, image: np.ndarray) -> tuple[np.ndarray, tuple[int, int]]:
         gray = to_gray_uint8(image)
@@ -190,7 +210,7 @@ class EfficientLoFTRBackend(Backend):
         timer = StageTimer()
         data: dict[str, Any] = dict(self.model.extract(self._tensor(gray), timer))
         data["net_size"] = tuple(gray.shape)
-        self.last_stage_ms = {f"extract.{k}": v for k, v in timer.ms.items()}
+        self._timer = ("extract.", timer)
         return Features(self.name, tuple(int(s) for s in size), data, self.precision, self.device)
 
     def _own(self, feats: Features, which: str) -> Features:
@@ -208,7 +228,7 @@ class EfficientLoFTRBackend(Backend):
         out = self.model.match_extracted(
             feats0.data, feats1.data, self.settings["eloftr.mode"], self.settings["eloftr.threshold"], timer, debug
         )
-        self.last_stage_ms = dict(timer.ms)
+        self._timer = ("", timer)
         return out
 
     def match(self, feats0: Features, feats1: Features) -> Matches:
@@ -231,7 +251,7 @@ class EfficientLoFTRBackend(Backend):
         out = self.model.forward_reference(
             self._tensor(g0), self._tensor(g1), self.settings["eloftr.mode"], self.settings["eloftr.threshold"], timer, debug
         )
-        self.last_stage_ms = dict(timer.ms)
+        self._timer = ("", timer)
         return out, size0, size1, g0.shape, g1.shape
 
     def _to_matches(self, out: dict[str, Any], feats0: Features, feats1: Features) -> Matches:
@@ -239,12 +259,21 @@ class EfficientLoFTRBackend(Backend):
 
     @staticmethod
     def _scale(out, size0, size1, net0, net1) -> Matches:
-        m = Matches(
-            out["mkpts0_f"].float().cpu().numpy(), out["mkpts1_f"].float().cpu().numpy(), out["mconf"].float().cpu().numpy()
-        )
+        # one device-to-host copy for keypoints and scores together
+        host = torch.cat([out["mkpts0_f"].float(), out["mkpts1_f"].float(), out["mconf"].float()[:, None]], 1).cpu().numpy()
+        m = Matches(host[:, 0:2], host[:, 2:4], host[:, 4])
         if tuple(size0) == tuple(net0) and tuple(size1) == tuple(net1):
             return m
         return m.scaled(size0[1] / net0[1], size0[0] / net0[0], size1[1] / net1[1], size1[0] / net1[0])
+
+    @property
+    def stage_ms(self) -> dict[str, float]:
+        """Milliseconds per stage of the last ``extract`` (``extract.*``), ``match`` or ``match_pair``
+        call (on CUDA read from events, so asking for them waits for that call's GPU work)."""
+        if self._timer is None:
+            return {}
+        prefix, timer = self._timer
+        return {prefix + k: v for k, v in timer.ms.items()}
 
     @property
     def scratch_nbytes(self) -> int:
@@ -253,6 +282,15 @@ class EfficientLoFTRBackend(Backend):
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "weights": self.weights, "fused": self.model.backbone.is_fused}
+
+
+def _configure_cuda(benchmark: bool) -> None:
+    """Process-wide cudnn settings for this backend: ``fp32`` stays IEEE fp32 (no TF32 convolutions, so
+    CUDA fp32 keeps the parity tolerances; ``fp16``/``bf16`` are the fast precisions), and autotuned
+    convolution algorithms for the stream's fixed input size when ``benchmark``."""
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.benchmark = bool(benchmark)
 
 
 def _dtype_problem(model: EfficientLoFTR, device: str) -> str | None:

@@ -251,6 +251,10 @@ class FinePreprocess(nn.Module):
     # the sparse path as a whole pays off while at most this fraction of 1/2-resolution tiles is needed
     # (measured at 640x480 with scattered cells: equal costs from about half the tiles on)
     SPARSE_BELOW = 0.5
+    # device types on which the sparse path is considered at all. On a GPU the whole-map convs take
+    # fractions of a millisecond with fixed shapes (cudnn autotunes them once), while the masks and tile
+    # lists cost host-device synchronisations and shapes that change every frame.
+    SPARSE_DEVICES = ("cpu",)
 
     @staticmethod
     def _stack_tiles(
@@ -302,10 +306,15 @@ class FinePreprocess(nn.Module):
         whole fine map. Only the receptive field of the windows is computed (each level's 3x3 convs on
         the tiles the next level reads, or on the whole map where those tiles cover most of it), and the
         last x2 upsampling only inside the windows (:func:`upsample2x_windows`). When the receptive field
-        covers more than ``SPARSE_BELOW`` of the 1/2-resolution tiles, the whole maps are computed.
+        covers more than ``SPARSE_BELOW`` of the 1/2-resolution tiles, or on devices not in
+        ``SPARSE_DEVICES`` (GPUs), the whole maps are computed.
         """
         _, _, h, w = feat_c.shape
         rows, cols = window_sources(cells, w, 4 * h, 4 * w)
+        if feat_c.device.type not in self.SPARSE_DEVICES:
+            if stats is not None:
+                stats.append(FineSparseStats(1.0, 1.0, False))
+            return upsample2x_windows(_hwc(self.half_from_laterals(feat_c, lat1, lat2)), rows, cols, cells, w, size, pad)
         need_h3 = torch.zeros(4 * h, 4 * w, dtype=torch.bool, device=feat_c.device)
         need_h3[rows[:, :, None], cols[:, None, :]] = True  # half-res outputs of layer1_outconv2.3
         need_h0 = _dilate3(need_h3)  # half-res outputs of layer1_outconv2.0

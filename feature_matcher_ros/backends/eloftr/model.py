@@ -37,23 +37,43 @@ from .workspace import Workspace
 
 
 class StageTimer:
-    """Accumulates wall-clock milliseconds per named stage (synchronising CUDA when used)."""
+    """Milliseconds per named stage, accumulated.
+
+    On the CPU a stage is timed with the wall clock. On CUDA each stage records a pair of CUDA events on
+    the current stream and nothing waits: the GPU keeps running while the host queues the next stage.
+    The events are read when :attr:`ms` is asked for (which then waits for the last of them), so timing
+    never adds a host-device synchronisation to the frame itself.
+    """
 
     def __init__(self) -> None:
-        self.ms: dict[str, float] = {}
+        self._ms: dict[str, float] = {}
+        self._events: list[tuple[str, Any, Any]] = []
 
     @contextmanager
     def __call__(self, name: str, device: torch.device | None = None) -> Iterator[None]:
-        sync = device is not None and device.type == "cuda"
-        if sync:
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
+        if device is not None and device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            try:
+                yield
+            finally:
+                end.record()
+                self._events.append((name, start, end))
+            return
+        t0 = time.perf_counter()
         try:
             yield
         finally:
-            if sync:
-                torch.cuda.synchronize(device)
-            self.ms[name] = self.ms.get(name, 0.0) + 1000.0 * (time.perf_counter() - start)
+            self._ms[name] = self._ms.get(name, 0.0) + 1000.0 * (time.perf_counter() - t0)
+
+    @property
+    def ms(self) -> dict[str, float]:
+        """``{stage: milliseconds}`` (waits for the CUDA events recorded so far)."""
+        for name, start, end in self._events:
+            end.synchronize()
+            self._ms[name] = self._ms.get(name, 0.0) + start.elapsed_time(end)
+        self._events.clear()
+        return dict(self._ms)
 
 
 @contextmanager

@@ -173,3 +173,32 @@ def compare_windows(out: Mapping[str, Any], ref: Mapping[str, Any]) -> list[str]
     return _close("fine_win0", _np(out["fine_win0"])[kb], _np(ref["fine_win0"])[ka], 2e-3) + _close(
         "fine_win1", _np(out["fine_win1"])[kb], _np(ref["fine_win1"])[ka], 2e-3
     )
+
+
+def load_fixture_reference(fixture_dir: str | Path, pair: str, mode: str) -> dict[str, np.ndarray]:
+    """The fixture's arrays for one pair and mode: the mode's outputs plus the pair's stage summaries
+    (``sim_*`` row/column summaries that the recipe's fragility test reads)."""
+    fixture_dir = Path(fixture_dir)
+    return {**np.load(fixture_dir / f"{pair}_stages.npz"), **np.load(fixture_dir / f"{pair}_{mode}.npz")}
+
+
+def agreement(ref: Mapping[str, Any], out: Mapping[str, Any]) -> dict[str, float]:
+    """How close two runs' matches are, when no fixed recipe applies (another precision, another device):
+    ``iou`` of the coarse ``(i, j)`` sets, and on the common matches the median / 95th percentile / max
+    of the ``mkpts1_f`` distance (px) and of ``|mconf|`` differences. ``mkpts0_f`` is a pure function of
+    the stage-1 argmax, so its changes show in ``mkpts0_moved`` (fraction of common matches moved)."""
+    a = set(zip(_np(ref["i_ids"]).tolist(), _np(ref["j_ids"]).tolist()))
+    b = set(zip(_np(out["i_ids"]).tolist(), _np(out["j_ids"]).tolist()))
+    ia, ib = common_matches(ref, out)
+    result = {"ref_matches": float(len(a)), "matches": float(len(b)),
+              "iou": len(a & b) / max(1, len(a | b)), "common": float(len(ia))}
+    if len(ia):
+        d1 = np.linalg.norm(_np(out["mkpts1_f"])[ib] - _np(ref["mkpts1_f"])[ia], axis=1)
+        d0 = np.linalg.norm(_np(out["mkpts0_f"])[ib] - _np(ref["mkpts0_f"])[ia], axis=1)
+        dc = np.abs(_np(out["mconf"])[ib].astype(np.float64) - _np(ref["mconf"])[ia])
+        for name, d in (("kpt1_px", d1), ("mconf", dc)):
+            result[f"{name}_median"] = float(np.median(d))
+            result[f"{name}_p95"] = float(np.percentile(d, 95))
+            result[f"{name}_max"] = float(d.max())
+        result["mkpts0_moved"] = float(np.mean(d0 > 1e-3))
+    return result

@@ -11,6 +11,17 @@ from __future__ import annotations
 import torch
 
 
+def same_device(have: torch.device, want: torch.device | str) -> bool:
+    """Whether a tensor on ``have`` is on ``want``: ``cuda`` (no index) means the current CUDA device, so a
+    buffer on ``cuda:0`` is reused for ``cuda`` instead of being reallocated every frame."""
+    want = torch.device(want)
+    if have.type != want.type:
+        return False
+    if want.index is None and want.type == "cuda":
+        return have.index == torch.cuda.current_device()
+    return want.index is None or have.index == want.index
+
+
 class Workspace:
     """Buffers by name; ``max_buffers`` bounds how many are kept (least recently used dropped first)."""
 
@@ -24,7 +35,7 @@ class Workspace:
         """The buffer ``name`` with this shape, dtype and device, reused when the last one matches (its
         old contents are kept); a new one otherwise (zero-filled when ``zero``)."""
         buf = self.buffers.pop(name, None)
-        if buf is None or buf.shape != tuple(shape) or buf.dtype != dtype or buf.device != torch.device(device):
+        if buf is None or buf.shape != tuple(shape) or buf.dtype != dtype or not same_device(buf.device, device):
             buf = None  # drop the old one before allocating its successor
             buf = (torch.zeros if zero else torch.empty)(tuple(shape), dtype=dtype, device=device)
         self.buffers[name] = buf  # most recently used last
