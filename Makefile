@@ -17,7 +17,7 @@ export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
 export FM_SHARED := $(SHARED)
 export PYTHONUNBUFFERED := 1
 
-.PHONY: venv demo test clean
+.PHONY: venv demo test gpu-check clean
 
 venv: $(STAMP)
 
@@ -37,6 +37,14 @@ demo: $(STAMP)
 # Each run gets its own ROS_DOMAIN_ID (chosen in test/conftest.py) so parallel runs never meet.
 test: $(STAMP)
 	$(PY) -m pytest -q test $(PYTEST_ARGS)
+
+# Everything that needs CUDA in one run, one report (feature_matcher_ros/tools/gpu_check.py). Without CUDA
+# it says so and runs its CPU dry run. On a machine with its own Python and torch (a lent GPU machine):
+#   make gpu-check GPU_CHECK_PY=python3 GPU_CHECK_ARGS="--carry .gpu_carry"
+GPU_CHECK_PY ?= $(PY)
+GPU_CHECK_ARGS ?=
+gpu-check: $(if $(filter $(PY),$(GPU_CHECK_PY)),$(STAMP))
+	$(GPU_CHECK_PY) -m feature_matcher_ros.tools.gpu_check $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

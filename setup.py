@@ -50,6 +50,7 @@ setup(
             "fm-eval-sptd2 = feature_matcher_ros.tools.eval_sptd2:main",
             "fm-stress = feature_matcher_ros.tools.stress:main",
             "fm-dds-loss = feature_matcher_ros.tools.dds_loss:main",
+            "fm-gpu-check = feature_matcher_ros.tools.gpu_check:main",
         ],
     },
 )
