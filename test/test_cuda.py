@@ -17,6 +17,7 @@ from feature_matcher_ros.backends import create_backend
 from feature_matcher_ros.backends.eloftr import EfficientLoFTRBackend
 from feature_matcher_ros.backends.eloftr.parity import (
     agreement,
+    agreement_problems,
     compare_matches,
     load_fixture_reference,
     score_summaries,
@@ -107,9 +108,9 @@ def test_stage_times_come_from_cuda_events(backend, tum_gray):
     assert all(v > 0 for v in stages.values()) and sum(stages.values()) <= wall * 1.05 + 1.0
 
 
-@pytest.mark.parametrize("precision, iou", [("fp16", 0.25), ("bf16", 0.2)])
-def test_half_precisions_stay_close_to_fp32(checkpoint, fixture_dir, precision, iou):
-    """Loose bounds here (the random-weight fixture has many near-ties); gpu-check reports the figures."""
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_half_precisions_stay_close_to_fp32(checkpoint, fixture_dir, precision):
+    """Within parity.AGREEMENT (match count, keypoints on the common matches); gpu-check reports all figures."""
     imgs = [gray(fixture_dir / f"capitol_640x480_img{k}.png") for k in (0, 1)]
     outs = {}
     for p in ("fp32", precision):
@@ -117,7 +118,8 @@ def test_half_precisions_stay_close_to_fp32(checkpoint, fixture_dir, precision, 
         outs[p] = b.match_native(*(b.extract_native(img) for img in imgs))
         assert torch.isfinite(outs[p]["mkpts1_f"]).all() and torch.isfinite(outs[p]["mconf"]).all()
     a = agreement(outs["fp32"], outs[precision])
-    assert a["iou"] >= iou and a["kpt1_px_median"] < 0.5, a
+    assert a["common"] > 0.3 * a["ref_matches"], a
+    assert not agreement_problems(a, precision), a
 
 
 def test_sptd2_on_cuda_matches_the_cpu(tum_gray):

@@ -49,14 +49,6 @@ REPO = Path(__file__).resolve().parents[2]
 PAIRS = ("capitol_640x480", "bridge_256x320", "sanmarco_384x224_320x256")
 MODES = ("full", "opt")
 PRECISIONS = ("fp32", "fp16", "bf16")
-# fp16 / bf16 against fp32 on the same device. A flipped coarse decision is a near-tie at fp32 (the
-# same fragility the fixture recipe allows for), so the set overlap measures how many decisions sit
-# inside the precision's rounding: fp16 keeps 10 mantissa bits, bf16 7. Keypoints on common matches
-# move when the fine stage-1 argmax flips (a whole pixel) or by the sub-pixel expectation.
-AGREEMENT = {
-    "fp16": {"iou": 0.90, "kpt1_px_p95": 1.0},
-    "bf16": {"iou": 0.75, "kpt1_px_p95": 1.5},
-}
 ROS_ARCHIVE = "ros.tar.xz"
 
 
@@ -161,7 +153,13 @@ def _eloftr(plan: Plan, precision: str = "fp32", **settings: Any):
 
 
 def section_parity(plan: Plan, sec: Section) -> None:
-    from ..backends.eloftr.parity import agreement, compare_matches, load_fixture_reference
+    from ..backends.eloftr.parity import (
+        AGREEMENT,
+        agreement,
+        agreement_problems,
+        compare_matches,
+        load_fixture_reference,
+    )
 
     thr = _thresholds(plan.fixture)
     backends = {p: _eloftr(plan, p) for p in plan.precisions}
@@ -186,16 +184,19 @@ def section_parity(plan: Plan, sec: Section) -> None:
                         sec.lines.append(f"| {pair} | {mode} | {path} | {len(ref['i_ids'])} | {len(out['i_ids'])} | {verdict} |")
             for precision in plan.precisions[1:]:
                 a = agreement(outs["fp32"], outs[precision])
-                tol = AGREEMENT[precision]
-                within = a["iou"] >= tol["iou"] and a.get("kpt1_px_p95", 0.0) <= tol["kpt1_px_p95"]
+                problems = agreement_problems(a, precision)
+                within = not problems
+                if plan.device.startswith("cuda"):  # the tolerances are CUDA's; CPU kernels round otherwise
+                    sec.ok &= within
                 sec.data[f"{pair}/{mode}/{precision}_vs_fp32"] = {**a, "within_tolerance": within}
                 agree_rows.append(
                     f"| {pair} | {mode} | {precision} | {int(a['ref_matches'])} / {int(a['matches'])} | {a['iou']:.3f} | "
                     f"{a.get('kpt1_px_median', float('nan')):.3f} / {a.get('kpt1_px_p95', float('nan')):.3f} / "
                     f"{a.get('kpt1_px_max', float('nan')):.3f} | {a.get('mconf_median', float('nan')):.2e} / "
-                    f"{a.get('mconf_max', float('nan')):.2e} | {'yes' if within else 'NO'} |")
-    sec.lines += ["", f"fp16 / bf16 against fp32 on {plan.device} (streaming path; reported against the tolerance {AGREEMENT}, which does not fail the section: "
-                  "with the fixture's random weights most coarse decisions are near-ties):", "",
+                    f"{a.get('mconf_max', float('nan')):.2e} | {'yes' if within else 'NO: ' + '; '.join(problems)} |")
+    sec.lines += ["", f"fp16 / bf16 against fp32 on {plan.device} (streaming path; tolerance "
+                  f"{AGREEMENT}: match count, keypoints on common matches; the IoU is reported, no criterion with "
+                  "the fixture's random weights, see parity.AGREEMENT):", "",
                   "| pair | mode | precision | matches fp32 / this | IoU | kpt1 px median / p95 / max | mconf diff median / max | within |",
                   "|---|---|---|---|---|---|---|---|", *agree_rows]
 
@@ -207,8 +208,8 @@ def _bench(plan: Plan, argv: list[str]) -> dict:
 
 
 def section_bench(plan: Plan, sec: Section) -> None:
-    rows = ["| backend | size | precision | mode | pairwise fps | streaming fps | speed-up | streaming ms | stages (ms) | peak GPU MB |",
-            "|---|---|---|---|---|---|---|---|---|---|"]
+    rows = ["| backend | size | precision | mode | pairwise fps | streaming fps | speed-up | streaming ms | stages (ms) | "
+            "peak GPU MB streaming / pairwise |", "|---|---|---|---|---|---|---|---|---|---|"]
     runs = [("eloftr", w, h, p, m) for w, h in plan.sizes for p in plan.precisions for m in MODES]
     runs += [("sptd2", w, h, p, None) for w, h in plan.sizes for p in plan.precisions]
     if plan.quick:  # the dry run: each code path once
@@ -231,7 +232,7 @@ def section_bench(plan: Plan, sec: Section) -> None:
         key = f"{backend}/{w}x{h}/{precision}/{mode or '-'}"
         sec.data[key] = r
         stages = ", ".join(f"{k} {v:.1f}" for k, v in r["stage_ms"].items())
-        peak = f"{r['peak_gpu_mb']:.0f}" if "peak_gpu_mb" in r else "-"
+        peak = f"{r['peak_gpu_streaming_mb']:.0f} / {r['peak_gpu_mb']:.0f}" if "peak_gpu_mb" in r else "-"
         rows.append(f"| {backend} | {w}x{h} | {precision} | {mode or '-'} | {r['pairwise_fps']:.1f} | "
                     f"{r['streaming_fps']:.1f} | {r['speedup']:.2f}x | {r['streaming_ms_median']:.1f} | {stages} | {peak} |")
     sec.lines = [f"{plan.frames} frames per configuration after one warm-up, median streaming ms; frames/s from the means.", "", *rows]
@@ -258,7 +259,8 @@ def section_frontend(plan: Plan, sec: Section) -> None:
     frontend = Frontend(_eloftr(plan, threshold=thr["full"]), settings)
     later = plan.precisions[1:]
     switch = {(k + 1) * len(frames) // (len(later) + 1): p for k, p in enumerate(later)}
-    sec.lines = ["| frame | precision | matches | inliers | keyframe | status | ms |", "|---|---|---|---|---|---|---|"]
+    sec.lines = ["| frame | precision | matches | inliers | keyframe | status | total ms | extract | match | geometry |",
+                 "|---|---|---|---|---|---|---|---|---|---|"]
     for k, (stamp, rgb) in enumerate(frames):
         if k in switch:
             reason = frontend.update({"precision": switch[k]})
@@ -268,10 +270,12 @@ def section_frontend(plan: Plan, sec: Section) -> None:
         res = frontend.process(rgb, stamp, camera)
         ms = 1000 * (time.perf_counter() - t0)
         precision = frontend.backend.precision
+        t = res.timings_ms
         sec.data[str(k)] = {"precision": precision, "matches": len(res.matches), "inliers": res.num_inliers,
-                            "status": res.status, "ms": ms, "new_keyframe": res.new_keyframe}
+                            "status": res.status, "ms": ms, "new_keyframe": res.new_keyframe, "timings_ms": t}
         sec.lines.append(f"| {k} | {precision} | {len(res.matches)} | {res.num_inliers} | "
-                         f"{'new' if res.new_keyframe else ''} | {res.status} | {ms:.1f} |")
+                         f"{'new' if res.new_keyframe else ''} | {res.status} | {ms:.1f} | {t.get('extract', 0):.1f} | "
+                         f"{t.get('match', 0):.1f} | {t.get('geometry', 0):.1f} |")
     answered = [v for v in sec.data.values() if v["matches"] > 0 or v["new_keyframe"]]
     sec.ok = len(answered) == len(frames) and {v["precision"] for v in sec.data.values()} == set(plan.precisions)
 

@@ -62,8 +62,11 @@ class EloftrConfig:
     fine_window_size: int = 8
     local_regress_temperature: float = 10.0
     local_regress_slicedim: int = 8
-    # memory bound for the L x S coarse score matrix (bytes per row chunk)
+    # memory bound for the L x S coarse score matrix (bytes held at once). On a GPU a larger bound keeps
+    # the whole matrix of a 1280x720 pair (830 MB) between the two passes of ``full`` instead of scoring
+    # it twice, in fewer, larger kernels.
     score_chunk_bytes: int = 128 * 2**20
+    gpu_score_chunk_bytes: int = 2**30
 
     @property
     def coarse_stride(self) -> int:

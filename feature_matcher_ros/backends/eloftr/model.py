@@ -258,9 +258,8 @@ class EfficientLoFTR(nn.Module):
         with timer("coarse_matching", f0.device):
             if reference:
                 return match_coarse_reference(*args, cfg.border_rm, cfg.dsmax_temperature, score_dtype=f0.dtype)
-            return match_coarse(
-                *args, cfg.border_rm, cfg.dsmax_temperature, cfg.score_chunk_bytes, f0.dtype, self.workspace
-            )
+            chunk = cfg.score_chunk_bytes if f0.device.type == "cpu" else cfg.gpu_score_chunk_bytes
+            return match_coarse(*args, cfg.border_rm, cfg.dsmax_temperature, chunk, f0.dtype, self.workspace)
 
     def _coarse_outputs(self, coarse: CoarseMatches, f0: torch.Tensor, f1: torch.Tensor, debug: bool) -> dict[str, Any]:
         s = float(self.config.coarse_stride)
