@@ -153,6 +153,8 @@ def _eloftr(plan: Plan, precision: str = "fp32", **settings: Any):
 
 
 def section_parity(plan: Plan, sec: Section) -> None:
+    import cv2
+
     from ..backends.eloftr.parity import (
         AGREEMENT,
         agreement,
@@ -169,20 +171,23 @@ def section_parity(plan: Plan, sec: Section) -> None:
         imgs = [_fixture_gray(plan.fixture, pair, k) for k in (0, 1)]
         for mode in MODES:
             ref = load_fixture_reference(plan.fixture, pair, mode)
-            outs: dict[str, dict] = {}
-            for precision, backend in backends.items():
+            fp32 = backends["fp32"]
+            for backend in backends.values():
                 backend.apply({"eloftr.mode": mode, "eloftr.threshold": thr[mode]})
-                feats = [backend.extract_native(img) for img in imgs]
-                outs[precision] = backend.match_native(*feats)
-                if precision == "fp32":
-                    pair_out = backend.match_pair_native(*imgs, resize=False)[0]
-                    for path, out in (("reference", pair_out), ("streaming", outs["fp32"])):
-                        problems = compare_matches(out, ref, mode, thr[mode])
-                        sec.ok &= not problems
-                        verdict = "pass" if not problems else "FAIL: " + "; ".join(problems)
-                        sec.data[f"{pair}/{mode}/{path}"] = {"problems": problems, "matches": int(len(out["i_ids"]))}
-                        sec.lines.append(f"| {pair} | {mode} | {path} | {len(ref['i_ids'])} | {len(out['i_ids'])} | {verdict} |")
-            for precision in plan.precisions[1:]:
+            streaming = fp32.match_native(*(fp32.extract_native(img) for img in imgs))
+            reference = fp32.match_pair_native(*imgs, resize=False)[0]
+            for path, out in (("reference", reference), ("streaming", streaming)):
+                problems = compare_matches(out, ref, mode, thr[mode])
+                sec.ok &= not problems
+                verdict = "pass" if not problems else "FAIL: " + "; ".join(problems)
+                sec.data[f"{pair}/{mode}/{path}"] = {"problems": problems, "matches": int(len(out["i_ids"]))}
+                sec.lines.append(f"| {pair} | {mode} | {path} | {len(ref['i_ids'])} | {len(out['i_ids'])} | {verdict} |")
+            # the dry run compares precisions on half-size images, in one mode (CPU half precision is slow)
+            small = [cv2.resize(i, (i.shape[1] // 2, i.shape[0] // 2), interpolation=cv2.INTER_AREA) for i in imgs]
+            agree_imgs = small if plan.quick else imgs
+            outs = {p: b.match_native(*(b.extract(img) for img in agree_imgs))
+                    for p, b in backends.items() if not plan.quick or mode == "full"}
+            for precision in [p for p in plan.precisions[1:] if p in outs]:
                 a = agreement(outs["fp32"], outs[precision])
                 problems = agreement_problems(a, precision)
                 within = not problems
@@ -212,8 +217,8 @@ def section_bench(plan: Plan, sec: Section) -> None:
             "peak GPU MB streaming / pairwise |", "|---|---|---|---|---|---|---|---|---|---|"]
     runs = [("eloftr", w, h, p, m) for w, h in plan.sizes for p in plan.precisions for m in MODES]
     runs += [("sptd2", w, h, p, None) for w, h in plan.sizes for p in plan.precisions]
-    if plan.quick:  # the dry run: each code path once
-        runs = [r for r in runs if r[0] == "sptd2" or (r[3], r[4]) in (("fp32", "full"), (plan.precisions[-1], "opt"))]
+    if plan.quick:  # the dry run: each backend once, fp32 (torch's CPU half-precision kernels are slow)
+        runs = [r for r in runs if r[3] == "fp32" and r[4] in ("full", None)]
     for backend, w, h, precision, mode in runs:
         if plan.left() < 20:
             rows.append(f"| {backend} | {w}x{h} | {precision} | {mode or '-'} | skipped: time budget spent |")
@@ -259,6 +264,8 @@ def section_frontend(plan: Plan, sec: Section) -> None:
     frontend = Frontend(_eloftr(plan, threshold=thr["full"]), settings)
     later = plan.precisions[1:]
     switch = {(k + 1) * len(frames) // (len(later) + 1): p for k, p in enumerate(later)}
+    if plan.quick:  # the last frames only
+        switch = {len(frames) - len(later) + k: p for k, p in enumerate(later)}
     sec.lines = ["| frame | precision | matches | inliers | keyframe | status | total ms | extract | match | geometry |",
                  "|---|---|---|---|---|---|---|---|---|---|"]
     for k, (stamp, rgb) in enumerate(frames):
@@ -308,7 +315,7 @@ def section_node(plan: Plan, sec: Section) -> None:
                 break
         got, lat = 0, []
         for k, (stamp, rgb) in enumerate(frames):
-            if k == len(frames) // 2:
+            if k == (len(frames) - 2 if plan.quick else len(frames) // 2):
                 result = client.set_parameters_atomically({"precision": plan.precisions[-1]})
                 sec.data["precision_change"] = result.successful
             t0 = time.monotonic()
@@ -501,7 +508,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cuda", help="cuda, cuda:N or cpu (default cuda; cpu = the dry run)")
     p.add_argument("--quick", action="store_true", help="tiny sizes and few frames (the CPU dry run)")
     p.add_argument("--out", type=Path, help="report folder (default: $OUT, else out/gpu-check)")
-    p.add_argument("--budget-s", type=float, default=420.0, help="stop starting new work after this (default 420)")
+    p.add_argument("--budget-s", type=float, help="stop starting new work after this (default 420; dry run 900)")
     p.add_argument("--frames", type=int, help="frames per benchmark configuration (default 20, quick 2)")
     p.add_argument("--only", nargs="+", choices=[n for n, _ in SECTIONS], help="run only these sections")
     p.add_argument("--carry", type=Path, help="folder made by --prepare-carry (on the GPU machine)")
@@ -533,7 +540,7 @@ def main(argv: list[str] | None = None) -> int:
     fixture = _shared() / "fixtures" / "eloftr"
     plan = Plan(device=device, quick=quick, sizes=((160, 128),) if quick else ((640, 480), (1280, 720)),
                 frames=args.frames or (2 if quick else 20), weights=_checkpoint(fixture), fixture=fixture, out=out,
-                deadline=time.monotonic() + args.budget_s,
+                deadline=time.monotonic() + (args.budget_s or (900.0 if quick else 420.0)),
                 # torch's CPU fp16 kernels are very slow: the dry run checks fp32 and bf16 there
                 precisions=PRECISIONS if device != "cpu" else ("fp32", "bf16"))
     sections = run_sections(plan, args.only)
