@@ -89,7 +89,10 @@ def run(args: argparse.Namespace) -> dict:
     from ..backends import create_backend
 
     if args.threads:
+        import cv2
+
         torch.set_num_threads(args.threads)
+        cv2.setNumThreads(args.threads)
     settings = {}
     if args.backend == "eloftr":
         if args.mode:
@@ -177,6 +180,8 @@ def run(args: argparse.Namespace) -> dict:
         "frames": n,
         "images": str(source),
         "threads": torch.get_num_threads(),
+        "burn": getattr(args, "burn", 0),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""),
         "pairwise_fps": n / pair_s,
         "streaming_fps": n / stream_s,
         "speedup": pair_s / stream_s,
@@ -203,7 +208,8 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def _print_human(r: dict) -> None:
-    print(f"fm-bench {r['backend']} on {r['device']} ({r['precision']}, {r['threads']} threads), {r['size']}, {r['frames']} frames from {r['images']}")
+    load = f", {r['burn']} cores kept busy" if r.get("burn") else ""
+    print(f"fm-bench {r['backend']} on {r['device']} ({r['precision']}, {r['threads']} threads{load}), {r['size']}, {r['frames']} frames from {r['images']}")
     if r["settings"]:
         print("  settings: " + ", ".join(f"{k}={v}" for k, v in r["settings"].items()))
     print(f"  pairwise : {r['pairwise_fps']:.3f} frames/s ({r['pairwise_ms_per_frame']:.0f} ms/frame mean, {r['pairwise_ms_median']:.0f} median), {r['matches_pairwise']:.1f} matches/frame")
@@ -231,11 +237,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"))
     p.add_argument("--mode", choices=("full", "opt"), help="eloftr coarse matching mode")
     p.add_argument("--threshold", type=float, help="eloftr coarse threshold (mode default when omitted)")
-    p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0 = torch default)")
+    p.add_argument("--threads", type=int, default=0, help="torch and OpenCV threads (0 = their defaults)")
     p.add_argument("--images", help="folder of png/jpg frames (default: tum_fr2_desk)")
     p.add_argument("--uncached", action="store_true",
                    help="also time the streaming path with nothing cached (both images extracted every frame): "
                         "separates what caching the keyframe gains from what the faster stages gain")
+    p.add_argument("--burn", type=int, default=0, metavar="N",
+                   help="keep N cores busy with burner processes while measuring (a loaded robot CPU)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     return p
 
@@ -248,8 +256,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.backend == "eloftr" and not args.weights:
         print("fm-bench: --weights FILE is required for --backend eloftr", file=sys.stderr)
         return 2
+    from .burn import burning
+
     try:
-        result = run(args)
+        with burning(args.burn):
+            result = run(args)
     except (ValueError, RuntimeError, FileNotFoundError) as exc:
         print(f"fm-bench: {exc}", file=sys.stderr)
         return 1

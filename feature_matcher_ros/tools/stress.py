@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from ..resources import config_file, data_dir
+from .burn import burning
 from .dds_loss import DEFAULT_PROFILE, paced, parse_size, profile_env, real_frames
 
 NODE_MODULE = "feature_matcher_ros.matcher_node"
@@ -534,6 +535,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", default=str(config_file(DEFAULT_PROFILE)),
                    help="Fast DDS profile for node and camera ('default' = Fast DDS built-ins)")
     p.add_argument("--startup-timeout", type=float, default=120.0, help="seconds to wait for the node")
+    p.add_argument("--burn", type=int, default=0, metavar="N",
+                   help="keep N cores busy with burner processes during the scenarios (a loaded robot CPU)")
     p.add_argument("--json", action="store_true", help="also print one JSON line per scenario")
     p.add_argument("--role", choices=("driver", "camera"), default="driver", help=argparse.SUPPRESS)
     p.add_argument("--image-topic", default="image", help=argparse.SUPPRESS)
@@ -552,6 +555,37 @@ def _parse_overrides(items: list[str]) -> dict[str, object]:
         key, value = item.split(":=", 1)
         out[key] = yaml.safe_load(value)
     return out
+
+
+def _run_scenarios(args: argparse.Namespace, scenarios: list, seconds: float, overrides: dict,
+                   env: dict) -> tuple[list[ScenarioResult] | None, bool]:
+    """Each scenario against a fresh node: ``(results, any failed)``; ``(None, True)`` when a node never came up."""
+    results: list[ScenarioResult] = []
+    failed = False
+    for i, (rate, (w, h)) in enumerate(scenarios):
+        name = f"fm_stress_{os.getpid()}_{i}"
+        with NodeProcess(name, overrides, args.params_file, env) as node:
+            monitor = Monitor(name)
+            try:
+                if not monitor.wait_for_node(args.startup_timeout, node):
+                    print(f"fm-stress: node did not come up (exit code {node.proc.poll()}):\n{node.stderr[-3000:]}",
+                          file=sys.stderr)
+                    return None, True
+                print(f"{w}x{h} at {rate:.0f} Hz: node up (RSS {node.rss_mb():.0f} MiB), measuring {seconds:.0f} s",
+                      flush=True)
+                r = run_scenario(node, monitor, w, h, rate, seconds, args.warmup,
+                                 window_s=args.window if args.soak else None, env=env,
+                                 log=(lambda s: print(s, flush=True)) if args.soak else None)
+            finally:
+                monitor.close()
+            rc, took = node.stop(signal.SIGINT)
+            if not r.node_alive or rc not in (0, -signal.SIGINT):
+                failed = True
+                print(f"fm-stress: node exit code {rc}:\n{node.stderr[-3000:]}", file=sys.stderr)
+        results.append(r)
+        if args.json:
+            print(json.dumps(asdict(r)), flush=True)
+    return results, failed
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -579,31 +613,10 @@ def main(argv: list[str] | None = None) -> int:
     seconds = args.soak or args.seconds
     print(f"fm-stress: profile {Path(args.profile).name}, params {args.params_file} {overrides or ''}, "
           f"{len(scenarios)} scenario(s) of {seconds:.0f} s (+{args.warmup:.0f} s warm-up)", flush=True)
-    results: list[ScenarioResult] = []
-    failed = False
-    for i, (rate, (w, h)) in enumerate(scenarios):
-        name = f"fm_stress_{os.getpid()}_{i}"
-        with NodeProcess(name, overrides, args.params_file, env) as node:
-            monitor = Monitor(name)
-            try:
-                if not monitor.wait_for_node(args.startup_timeout, node):
-                    print(f"fm-stress: node did not come up (exit code {node.proc.poll()}):\n{node.stderr[-3000:]}",
-                          file=sys.stderr)
-                    return 1
-                print(f"{w}x{h} at {rate:.0f} Hz: node up (RSS {node.rss_mb():.0f} MiB), measuring {seconds:.0f} s",
-                      flush=True)
-                r = run_scenario(node, monitor, w, h, rate, seconds, args.warmup,
-                                 window_s=args.window if args.soak else None, env=env,
-                                 log=(lambda s: print(s, flush=True)) if args.soak else None)
-            finally:
-                monitor.close()
-            rc, took = node.stop(signal.SIGINT)
-            if not r.node_alive or rc not in (0, -signal.SIGINT):
-                failed = True
-                print(f"fm-stress: node exit code {rc}:\n{node.stderr[-3000:]}", file=sys.stderr)
-        results.append(r)
-        if args.json:
-            print(json.dumps(asdict(r)), flush=True)
+    with burning(args.burn):
+        results, failed = _run_scenarios(args, scenarios, seconds, overrides, env)
+    if results is None:
+        return 1
     print(format_table(results), flush=True)
     if args.soak and results and results[0].windows:
         ws = results[0].windows
