@@ -21,7 +21,7 @@ setup(
     version="0.1.0",
     packages=find_packages(exclude=["test", "test.*"]),
     include_package_data=True,
-    package_data={package_name: ["**/*.pt", "**/*.json"]},
+    package_data={package_name + ".weights": ["*.pt", "*.json", "*.md"]},
     data_files=[
         ("share/ament_index/resource_index/packages", ["resource/" + package_name]),
         ("share/" + package_name, ["package.xml"]),
@@ -35,7 +35,6 @@ setup(
     maintainer_email="maintainers@feature-matcher-ros.invalid",
     description="Real-time learned image matching front-end for ROS 2",
     license="Apache-2.0",
-    tests_require=["pytest"],
     entry_points={
         "console_scripts": [
             "matcher_node = feature_matcher_ros.matcher_node:main",

@@ -1,0 +1,1 @@
+"""Shipped network weights (package data): ``sptd2_*.pt`` with their training records (``.json``, ``.md``)."""
