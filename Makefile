@@ -17,7 +17,7 @@ export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
 export FM_SHARED := $(SHARED)
 export PYTHONUNBUFFERED := 1
 
-.PHONY: venv demo test gpu-check clean
+.PHONY: venv demo test test-fast gpu-check clean
 
 venv: $(STAMP)
 
@@ -36,7 +36,11 @@ demo: $(STAMP)
 
 # Each run gets its own ROS_DOMAIN_ID (chosen in test/conftest.py) so parallel runs never meet.
 test: $(STAMP)
-	$(PY) -m pytest -q test $(PYTEST_ARGS)
+	$(PY) -m pytest -q --doctest-modules feature_matcher_ros test $(PYTEST_ARGS)
+
+# The core tests and the docstring examples (no DDS, no subprocess, no 640x480 Efficient LoFTR): < 1 minute.
+test-fast: $(STAMP)
+	$(PY) -m pytest -q --doctest-modules -m "not slow" feature_matcher_ros test $(PYTEST_ARGS)
 
 # Everything that needs CUDA in one run, one report (feature_matcher_ros/tools/gpu_check.py). Without CUDA
 # it says so and runs its CPU dry run. On a machine with its own Python and torch (a lent GPU machine):

@@ -15,6 +15,20 @@ os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
 os.environ.setdefault("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp")
 
 REPO = Path(__file__).resolve().parent.parent
+
+# ``make test-fast``: the core tests (no DDS, no subprocess, no Efficient LoFTR run at 640x480), in under a
+# minute. Every other file is marked ``slow``; so is any test here marked ``@pytest.mark.slow`` itself.
+# A new file that fits these rules belongs in this list.
+CORE_FILES = {
+    "test_bag.py", "test_camera.py", "test_conversions.py", "test_eloftr_fast_paths.py", "test_eloftr_loader.py",
+    "test_frontend.py", "test_geometry.py", "test_nms.py", "test_sift.py", "test_sptd2.py",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.path.name not in CORE_FILES and item.path.suffix == ".py" and item.path.name.startswith("test_"):
+            item.add_marker(pytest.mark.slow)
 SHARED = Path(os.environ.get("FM_SHARED", REPO.parent / "shared"))
 
 

@@ -74,6 +74,7 @@ def test_mono8_tf_and_subset(tum: Path, tmp_path: Path) -> None:
     np.testing.assert_allclose(gt.poses, read_tum(tum / "groundtruth.txt").poses[2:12:4], atol=1e-9)
 
 
+@pytest.mark.slow  # subprocesses
 def test_bad_inputs_exit_2(tum: Path, tmp_path: Path) -> None:
     out = tmp_path / "exists"
     out.mkdir()
