@@ -22,6 +22,7 @@ REPO = Path(__file__).resolve().parent.parent
 CORE_FILES = {
     "test_bag.py", "test_camera.py", "test_conversions.py", "test_eloftr_fast_paths.py", "test_eloftr_loader.py",
     "test_frontend.py", "test_geometry.py", "test_metric.py", "test_nms.py", "test_sift.py", "test_sptd2.py",
+    "test_sync.py",
 }
 
 
