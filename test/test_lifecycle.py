@@ -13,10 +13,10 @@ from lifecycle_msgs.msg import Transition
 from lifecycle_msgs.srv import ChangeState, GetState
 
 from feature_matcher_ros.ros.client import MatcherClient
-from feature_matcher_ros.tools.stress import NodeProcess
+from feature_matcher_ros.ros.process import LIFECYCLE_MODULE, NodeProcess
 from ros_helpers import send_until_answered
 
-MODULE = "feature_matcher_ros.lifecycle_matcher_node"
+MODULE = LIFECYCLE_MODULE
 NS = 1_000_000_000
 
 

@@ -24,7 +24,7 @@ from feature_matcher_ros.backends import create_backend
 from feature_matcher_ros.frontend import Frontend
 from feature_matcher_ros.ros.client import MatcherClient
 from feature_matcher_ros.ros.node import NODE_PARAMS, SCALE_SPEC
-from feature_matcher_ros.tools.stress import NodeProcess
+from feature_matcher_ros.ros.process import NodeProcess
 
 NODE = "fm_params_hypothesis"
 UNKNOWN = "no_such.parameter"

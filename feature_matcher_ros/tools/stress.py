@@ -16,8 +16,8 @@ Usage::
 Every child (node and publisher) gets ``FASTDDS_DEFAULT_PROFILES_FILE`` set to ``--profile``
 (``config/fastdds_large_images.xml`` by default; ``default`` removes it).
 
-The pieces (:class:`NodeProcess`, :class:`Monitor`, :func:`run_scenario`) are used by the robustness
-tests too.
+The node runs as a :class:`~feature_matcher_ros.ros.process.NodeProcess`; :class:`Monitor` and
+:func:`run_scenario` are used by the robustness tests too.
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -38,114 +37,13 @@ from pathlib import Path
 import numpy as np
 
 from ..resources import config_file, data_dir
+from ..ros.process import NodeProcess
 from .burn import burning
 from .dds_loss import DEFAULT_PROFILE, paced, parse_size, profile_env, real_frames
 
-NODE_MODULE = "feature_matcher_ros.matcher_node"
 IMAGE_TYPE = "sensor_msgs/msg/Image"
 INFO_TYPE = "sensor_msgs/msg/CameraInfo"
 _SKIP_OUTPUTS = {"/rosout", "/parameter_events", "/diagnostics"}
-
-
-# -- the node under test --------------------------------------------------------------------------
-class NodeProcess:
-    """The matcher node as a child process, its output kept in files (no pipe can fill up).
-
-    Args:
-        name: node name (``-r __node:=name``), so that several runs never meet.
-        params: ``{name: value}`` overrides (``-p name:=value``), after ``params_file``.
-        params_file: a ROS params YAML (``config/matcher.yaml`` by default; None for none).
-        env: the environment (default: this process's).
-        module: the entry module (the lifecycle variant is ``feature_matcher_ros.lifecycle_matcher_node``).
-        extra_args: more ``--ros-args`` arguments, e.g. remappings.
-        args: program arguments before ``--ros-args`` (e.g. ``["--activate"]`` for the lifecycle node).
-    """
-
-    def __init__(self, name: str = "fm_stress_matcher", params: dict | None = None,
-                 params_file: str | Path | None = "default", env: dict | None = None,
-                 module: str = NODE_MODULE, extra_args: list[str] | None = None,
-                 args: list[str] | None = None) -> None:
-        self.name = name
-        cmd = [sys.executable, "-m", module, *(args or []), "--ros-args", "-r", f"__node:={name}"]
-        if params_file == "default":
-            params_file = config_file("matcher.yaml")
-        if params_file is not None:
-            cmd += ["--params-file", str(params_file)]
-        for key, value in (params or {}).items():
-            cmd += ["-p", f"{key}:={_ros_value(value)}"]
-        cmd += list(extra_args or [])
-        self.cmd = cmd
-        self._out = tempfile.TemporaryFile(mode="w+b")
-        self._err = tempfile.TemporaryFile(mode="w+b")
-        self.proc = subprocess.Popen(cmd, env=env, stdout=self._out, stderr=self._err)
-        self.pid = self.proc.pid
-
-    def rss_mb(self) -> float:
-        """Resident memory of the node process in MiB (nan once it has exited)."""
-        import psutil
-
-        try:
-            return psutil.Process(self.pid).memory_info().rss / 2**20
-        except (psutil.NoSuchProcess, psutil.ZombieProcess):
-            return float("nan")
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def stop(self, sig: int = signal.SIGINT, timeout: float = 10.0) -> tuple[int | None, float]:
-        """Send ``sig`` and wait; returns ``(exit code, seconds it took)`` (code None: still running,
-        then killed)."""
-        if self.proc.poll() is not None:
-            return self.proc.returncode, 0.0
-        t0 = time.monotonic()
-        self.proc.send_signal(sig)
-        try:
-            rc = self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            return None, time.monotonic() - t0
-        return rc, time.monotonic() - t0
-
-    def wait(self, timeout: float) -> int | None:
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            return None
-
-    def _read(self, f) -> str:
-        f.flush()
-        f.seek(0)
-        return f.read().decode(errors="replace")
-
-    @property
-    def stdout(self) -> str:
-        return self._read(self._out)
-
-    @property
-    def stderr(self) -> str:
-        return self._read(self._err)
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.stop(signal.SIGINT, timeout=5.0)
-        self._out.close()
-        self._err.close()
-
-    def __enter__(self) -> "NodeProcess":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
-def _ros_value(value) -> str:
-    """A ``-p name:=value`` literal (YAML): strings that YAML would read as something else are quoted."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return json.dumps(value)
-    return repr(value)
 
 
 # -- watching the node from outside ---------------------------------------------------------------
