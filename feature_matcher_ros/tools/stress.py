@@ -16,185 +16,30 @@ Usage::
 Every child (node and publisher) gets ``FASTDDS_DEFAULT_PROFILES_FILE`` set to ``--profile``
 (``config/fastdds_large_images.xml`` by default; ``default`` removes it).
 
-The node runs as a :class:`~feature_matcher_ros.ros.process.NodeProcess`; :class:`Monitor` and
-:func:`run_scenario` are used by the robustness tests too.
+The node runs as a :class:`~feature_matcher_ros.ros.process.NodeProcess` and is watched by a
+:class:`~feature_matcher_ros.ros.monitor.Monitor`; :func:`run_scenario` and the camera are used by the
+robustness and shutdown tests too.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
 import signal
 import subprocess
 import sys
-import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ..resources import config_file, data_dir
+from ..ros.monitor import Monitor
 from ..ros.process import NodeProcess
 from .burn import burning
 from .dds_loss import DEFAULT_PROFILE, paced, parse_size, profile_env, real_frames
-
-IMAGE_TYPE = "sensor_msgs/msg/Image"
-INFO_TYPE = "sensor_msgs/msg/CameraInfo"
-_SKIP_OUTPUTS = {"/rosout", "/parameter_events", "/diagnostics"}
-
-
-# -- watching the node from outside ---------------------------------------------------------------
-@dataclass
-class Observation:
-    """What the monitor saw, all times in ``time.monotonic`` seconds unless named ``_ns``."""
-
-    outputs: dict[int, float] = field(default_factory=dict)  # image stamp ns -> first output's arrival (wall ns)
-    diagnostics: dict[str, str] = field(default_factory=dict)  # latest values of the node's status
-    diagnostic_levels: list[int] = field(default_factory=list)
-    diagnostic_messages: list[str] = field(default_factory=list)
-
-
-class Monitor:
-    """An rclpy node in this process that finds the matcher's topics and records its outputs.
-
-    Spins in a background thread. ``image_topics()``/``info_topics()`` say where the node listens
-    (found in the ROS graph, so remappings and the node's own naming need no configuration here).
-    """
-
-    def __init__(self, node_name: str, namespace: str = "/") -> None:
-        import rclpy
-        from rclpy.executors import SingleThreadedExecutor
-
-        self.context = rclpy.Context()  # its own, so that monitors and other rclpy users never interfere
-        rclpy.init(args=[], context=self.context)
-        self.target, self.namespace = node_name, namespace
-        self.node = rclpy.create_node(f"fm_monitor_{os.getpid()}_{node_name}", context=self.context)
-        self.obs = Observation()
-        self._lock = threading.Lock()
-        self._subs: dict[str, object] = {}
-        self._executor = SingleThreadedExecutor(context=self.context)
-        self._executor.add_node(self.node)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._spin, daemon=True)
-        self._thread.start()
-        self._watch_diagnostics()
-
-    def _spin(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self._executor.spin_once(timeout_sec=0.05)
-            except Exception:  # noqa: BLE001 - context shut down under us
-                if self._stop.is_set():
-                    return
-                raise
-
-    def _best_effort(self, depth: int = 50):
-        from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
-
-        return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=depth, reliability=ReliabilityPolicy.BEST_EFFORT)
-
-    def _watch_diagnostics(self) -> None:
-        from diagnostic_msgs.msg import DiagnosticArray
-
-        def _on(msg: DiagnosticArray) -> None:
-            for status in msg.status:
-                text = f"{status.name} {status.hardware_id}"
-                values = {kv.key: kv.value for kv in status.values}
-                if self.target in text or ("frames_dropped" in values and not self.obs.diagnostics):
-                    with self._lock:
-                        self.obs.diagnostics = values
-                        self.obs.diagnostic_levels.append(int.from_bytes(status.level, "little")
-                                                          if isinstance(status.level, bytes) else int(status.level))
-                        self.obs.diagnostic_messages.append(status.message)
-
-        self.node.create_subscription(DiagnosticArray, "/diagnostics", _on, 50)
-
-    # -- graph ----------------------------------------------------------------------------------
-    def _by_node(self, fn) -> list[tuple[str, list[str]]]:
-        try:
-            return fn(self.target, self.namespace)
-        except Exception:  # noqa: BLE001 - node not in the graph yet
-            return []
-
-    def subscriptions(self) -> list[tuple[str, list[str]]]:
-        return self._by_node(self.node.get_subscriber_names_and_types_by_node)
-
-    def publications(self) -> list[tuple[str, list[str]]]:
-        return self._by_node(self.node.get_publisher_names_and_types_by_node)
-
-    def image_topics(self) -> list[str]:
-        return [t for t, types in self.subscriptions() if IMAGE_TYPE in types]
-
-    def info_topics(self) -> list[str]:
-        return [t for t, types in self.subscriptions() if INFO_TYPE in types]
-
-    def wait_for_node(self, timeout: float, proc: NodeProcess | None = None) -> bool:
-        """True once the node subscribes to an image topic (False on timeout or when ``proc`` exits)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.image_topics():
-                return True
-            if proc is not None and not proc.alive():
-                return False
-            time.sleep(0.1)
-        return False
-
-    def input_reliable(self, topic: str) -> bool:
-        """Whether the node's subscription on ``topic`` asks for reliable delivery."""
-        from rclpy.qos import ReliabilityPolicy
-
-        for info in self.node.get_subscriptions_info_by_topic(topic):
-            if info.node_name == self.target and info.qos_profile.reliability == ReliabilityPolicy.RELIABLE:
-                return True
-        return False
-
-    def watch_outputs(self) -> list[str]:
-        """Subscribe to every output of the node that has a ``header``; returns the topics."""
-        for topic, types in self.publications():
-            if topic in _SKIP_OUTPUTS or topic in self._subs or not types:
-                continue
-            cls = _message_class(types[0])
-            if cls is None or "header" not in cls.get_fields_and_field_types():
-                continue
-
-            def _on(msg, _topic=topic) -> None:
-                now = time.time_ns()
-                stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
-                with self._lock:
-                    self.obs.outputs.setdefault(stamp, now)
-
-            self._subs[topic] = self.node.create_subscription(cls, topic, _on, self._best_effort())
-        return sorted(self._subs)
-
-    def snapshot(self) -> Observation:
-        with self._lock:
-            return Observation(dict(self.obs.outputs), dict(self.obs.diagnostics),
-                               list(self.obs.diagnostic_levels), list(self.obs.diagnostic_messages))
-
-    def clear_outputs(self) -> None:
-        with self._lock:
-            self.obs.outputs.clear()
-
-    def close(self) -> None:
-        import rclpy
-
-        self._stop.set()
-        self._thread.join(timeout=2.0)
-        self._executor.shutdown(timeout_sec=1.0)
-        self.node.destroy_node()
-        rclpy.try_shutdown(context=self.context)
-
-
-def _message_class(type_name: str):
-    """``"pkg/msg/Type"`` -> the Python class, or None when it cannot be imported."""
-    try:
-        pkg, kind, name = type_name.split("/")
-        return getattr(importlib.import_module(f"{pkg}.{kind}"), name)
-    except (ValueError, ImportError, AttributeError):
-        return None
 
 
 # -- the camera -----------------------------------------------------------------------------------
@@ -203,12 +48,12 @@ def run_camera(image_topic: str, info_topic: str, width: int, height: int, rate:
     """Publish real frames (rgb8) and their camera_info at ``rate`` for ``seconds``; stamps are wall
     time at publication. Returns ``{"sent": n, "achieved_hz": f, "first_stamp_ns": s}``."""
     import rclpy
-    from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
     from rclpy.signals import SignalHandlerOptions
     from sensor_msgs.msg import CameraInfo, Image
 
     from ..camera import CameraModel
     from ..ros.conversions import model_to_camera_info
+    from ..ros.qos import input_qos
 
     stop: list[int] = []
     signal.signal(signal.SIGINT, lambda *_: stop.append(1))
@@ -219,8 +64,7 @@ def run_camera(image_topic: str, info_topic: str, width: int, height: int, rate:
         camera = camera.scaled(width, height)
     rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
     node = rclpy.create_node(f"fm_stress_camera_{os.getpid()}")
-    qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=5,
-                     reliability=ReliabilityPolicy.RELIABLE if reliable else ReliabilityPolicy.BEST_EFFORT)
+    qos = input_qos("reliable" if reliable else "sensor_data")  # keep last 5, reliable or best effort
     pub = node.create_publisher(Image, image_topic, qos)
     info_pub = node.create_publisher(CameraInfo, info_topic, qos)
     deadline = time.monotonic() + 20.0
@@ -463,8 +307,7 @@ def _run_scenarios(args: argparse.Namespace, scenarios: list, seconds: float, ov
     for i, (rate, (w, h)) in enumerate(scenarios):
         name = f"fm_stress_{os.getpid()}_{i}"
         with NodeProcess(name, overrides, args.params_file, env) as node:
-            monitor = Monitor(name)
-            try:
+            with Monitor(name) as monitor:
                 if not monitor.wait_for_node(args.startup_timeout, node):
                     print(f"fm-stress: node did not come up (exit code {node.proc.poll()}):\n{node.stderr[-3000:]}",
                           file=sys.stderr)
@@ -474,8 +317,6 @@ def _run_scenarios(args: argparse.Namespace, scenarios: list, seconds: float, ov
                 r = run_scenario(node, monitor, w, h, rate, seconds, args.warmup,
                                  window_s=args.window if args.soak else None, env=env,
                                  log=(lambda s: print(s, flush=True)) if args.soak else None)
-            finally:
-                monitor.close()
             rc, took = node.stop(signal.SIGINT)
             if not r.node_alive or rc not in (0, -signal.SIGINT):
                 failed = True
