@@ -30,7 +30,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -158,6 +158,25 @@ def _int(values: dict, key: str) -> int:
         return -1
 
 
+@dataclass
+class _Run:
+    """One scenario while it runs: what it measures and what was sampled so far (times in seconds since
+    the camera's first frame, ``t0`` on the monotonic clock, ``t0_ns`` that frame's stamp)."""
+
+    width: int
+    height: int
+    rate: float
+    warmup_s: float
+    total_s: float
+    window_s: float
+    t0: float = 0.0
+    t0_ns: int = 0
+    outputs: list[str] = field(default_factory=list)
+    rss_samples: list[tuple[float, float]] = field(default_factory=list)
+    rss_start: float = float("nan")
+    windows: list[Window] = field(default_factory=list)
+
+
 def run_scenario(node: NodeProcess, monitor: Monitor, width: int, height: int, rate: float, seconds: float,
                  warmup_s: float = 3.0, window_s: float | None = None, env: dict | None = None,
                  log=None) -> ScenarioResult:
@@ -167,66 +186,86 @@ def run_scenario(node: NodeProcess, monitor: Monitor, width: int, height: int, r
     and median RSS. The node must be up (``monitor.wait_for_node``). If the node dies, the camera is
     stopped and the result says ``node_alive=False``.
     """
+    run = _Run(width, height, rate, warmup_s, warmup_s + seconds, window_s or seconds)
+    cam = _start_clocked_camera(node, monitor, run, env)
+    _sample_while_publishing(node, monitor, cam, run, log)
+    cam_result = _camera_result(cam)
+    time.sleep(1.5)  # last outputs and a diagnostics period
+    if len(run.windows) * run.window_s < seconds - 1e-3:  # the rest of the measured time, unlogged
+        _close_window(monitor, run, warmup_s + len(run.windows) * run.window_s, run.total_s)
+    return _scenario_result(node, monitor, run, cam_result)
+
+
+def _start_clocked_camera(node: NodeProcess, monitor: Monitor, run: _Run, env: dict | None) -> subprocess.Popen:
+    """Watch the node's outputs, then start the camera on the node's own input topics (and QoS); the
+    clock of ``run`` starts with the camera's first frame."""
     images, infos = monitor.image_topics(), monitor.info_topics()
     if not images or not infos:
         raise RuntimeError(f"node {node.name} subscribes to no image/camera_info topic: {monitor.subscriptions()}")
     reliable = monitor.input_reliable(images[0])
-    outputs = monitor.watch_outputs()
-    total_s = warmup_s + seconds
-    cam = start_camera(images[0], infos[0], width, height, rate, total_s, reliable, env)
-    started = cam.stdout.readline()  # the camera's first frame: the clock starts here
+    run.outputs = monitor.watch_outputs()
+    cam = start_camera(images[0], infos[0], run.width, run.height, run.rate, run.total_s, reliable, env)
+    started = cam.stdout.readline()
     if '"started"' not in started:
         cam.kill()
         raise RuntimeError(f"camera publisher did not start: {started}{cam.communicate()[1][-2000:]}")
-    t0 = time.monotonic()
-    t0_ns = json.loads(started)["started"]
-    rss_samples: list[tuple[float, float]] = []
-    rss_start = float("nan")
-    window_s = window_s or seconds
-    next_window = warmup_s + window_s
-    windows: list[Window] = []
+    run.t0, run.t0_ns = time.monotonic(), json.loads(started)["started"]
+    return cam
+
+
+def _sample_while_publishing(node: NodeProcess, monitor: Monitor, cam: subprocess.Popen, run: _Run,
+                             log=None) -> None:
+    """Every 0.25 s until the camera ends: sample the node's RSS and close each window that is over;
+    stop the camera early if the node dies."""
+    next_window = run.warmup_s + run.window_s
     while cam.poll() is None:
-        elapsed = time.monotonic() - t0
-        rss_samples.append((elapsed, node.rss_mb()))
-        if elapsed >= warmup_s and rss_start != rss_start:  # still nan
-            rss_start = node.rss_mb()
+        elapsed = time.monotonic() - run.t0
+        run.rss_samples.append((elapsed, node.rss_mb()))
+        if elapsed >= run.warmup_s and run.rss_start != run.rss_start:  # still nan
+            run.rss_start = node.rss_mb()
         if elapsed >= next_window - 1e-3:
-            lo = next_window - window_s
-            windows.append(_window(monitor, t0_ns, lo, next_window, _median_rss(rss_samples, lo, next_window)))
-            if log:
-                w = windows[-1]
-                log(f"  t={w.t_end_s:6.0f}s processed {w.processed_hz:5.1f} Hz  latency p50 {w.latency_ms_p50:7.1f} ms"
-                    f"  p99 {w.latency_ms_p99:7.1f} ms  RSS {w.rss_mb:7.1f} MiB")
-            next_window += window_s
+            _close_window(monitor, run, next_window - run.window_s, next_window, log)
+            next_window += run.window_s
         if not node.alive():
             break
         time.sleep(0.25)
     if cam.poll() is None:  # the node died: stop the camera early
         cam.send_signal(signal.SIGINT)
+
+
+def _close_window(monitor: Monitor, run: _Run, start_s: float, end_s: float, log=None) -> None:
+    """Add the window ``[start_s, end_s)`` to ``run`` (and print its row with ``log``)."""
+    w = _window(monitor, run.t0_ns, start_s, end_s, _median_rss(run.rss_samples, start_s, end_s))
+    run.windows.append(w)
+    if log:
+        log(f"  t={w.t_end_s:6.0f}s processed {w.processed_hz:5.1f} Hz  latency p50 {w.latency_ms_p50:7.1f} ms"
+            f"  p99 {w.latency_ms_p99:7.1f} ms  RSS {w.rss_mb:7.1f} MiB")
+
+
+def _camera_result(cam: subprocess.Popen) -> dict:
+    """The camera's JSON result (its last JSON line on stdout), once it has exited."""
     out, err = cam.communicate(timeout=30)
-    cam_result = {}
     for line in reversed(out.strip().splitlines()):
         if line.startswith("{"):
-            cam_result = json.loads(line)
-            break
-    if not cam_result:
-        raise RuntimeError(f"camera publisher failed: {err[-2000:]}")
-    time.sleep(1.5)  # last outputs and a diagnostics period
-    if len(windows) * window_s < seconds - 1e-3:
-        lo = warmup_s + len(windows) * window_s
-        windows.append(_window(monitor, t0_ns, lo, total_s, _median_rss(rss_samples, lo, total_s)))
-    whole = _window(monitor, t0_ns, warmup_s, total_s, node.rss_mb())
-    # Counters over the whole run (warm-up included), from the node's last report after the camera stopped.
+            return json.loads(line)
+    raise RuntimeError(f"camera publisher failed: {err[-2000:]}")
+
+
+def _scenario_result(node: NodeProcess, monitor: Monitor, run: _Run, cam_result: dict) -> ScenarioResult:
+    """Rates and latency over the measured time; counters over the whole run (warm-up included), from
+    the node's last report after the camera stopped."""
+    whole = _window(monitor, run.t0_ns, run.warmup_s, run.total_s, node.rss_mb())
     diag = monitor.snapshot().diagnostics
     received, processed = _int(diag, "frames_received"), _int(diag, "frames_processed")
     dropped, rejected = _int(diag, "frames_dropped"), _int(diag, "rejected_total")
     return ScenarioResult(
-        size=f"{width}x{height}", input_hz=rate, sent=cam_result["sent"], achieved_hz=cam_result["achieved_hz"],
-        node_received=received, node_processed=processed, node_dropped=dropped, node_rejected=rejected,
-        processed_hz=whole.processed_hz, drop_pct=100.0 * dropped / received if received > 0 else float("nan"),
+        size=f"{run.width}x{run.height}", input_hz=run.rate, sent=cam_result["sent"],
+        achieved_hz=cam_result["achieved_hz"], node_received=received, node_processed=processed,
+        node_dropped=dropped, node_rejected=rejected, processed_hz=whole.processed_hz,
+        drop_pct=100.0 * dropped / received if received > 0 else float("nan"),
         latency_ms_p50=whole.latency_ms_p50, latency_ms_p99=whole.latency_ms_p99,
-        rss_start_mb=rss_start, rss_end_mb=node.rss_mb(), windows=windows, node_alive=node.alive(),
-        outputs=outputs,
+        rss_start_mb=run.rss_start, rss_end_mb=node.rss_mb(), windows=run.windows, node_alive=node.alive(),
+        outputs=run.outputs,
     )
 
 
