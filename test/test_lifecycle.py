@@ -5,7 +5,6 @@ model and the publishers and a second configure/activate works, ``shutdown`` end
 leaves the node unconfigured; ``--activate`` starts it active."""
 
 import signal
-import threading
 import time
 
 import pytest
@@ -21,16 +20,7 @@ NS = 1_000_000_000
 
 
 def _call(client, srv_type, node, name, request, timeout=20.0):
-    srv = client.node.create_client(srv_type, f"/{node}/{name}")
-    try:
-        assert srv.wait_for_service(timeout_sec=timeout), f"/{node}/{name} not available"
-        done = threading.Event()
-        future = srv.call_async(request)
-        future.add_done_callback(lambda _: done.set())
-        assert done.wait(timeout), f"/{node}/{name} did not answer"
-        return future.result()
-    finally:
-        client.node.destroy_client(srv)
+    return client.call(srv_type, f"/{node}/{name}", request, timeout)
 
 
 def state(client, node) -> str:

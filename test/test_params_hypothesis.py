@@ -68,18 +68,8 @@ def node():
 
 
 def _list_parameters(client) -> list[str]:
-    srv = client.node.create_client(ListParameters, f"/{NODE}/list_parameters")
-    try:
-        assert srv.wait_for_service(timeout_sec=10.0)
-        import threading
-
-        done = threading.Event()
-        future = srv.call_async(ListParameters.Request(depth=0))
-        future.add_done_callback(lambda _: done.set())
-        assert done.wait(10.0)
-        return list(future.result().result.names)
-    finally:
-        client.node.destroy_client(srv)
+    response = client.call(ListParameters, f"/{NODE}/list_parameters", ListParameters.Request(depth=0), 10.0)
+    return list(response.result.names)
 
 
 def must_reject(name: str, value, current) -> str | None:
