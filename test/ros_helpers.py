@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -12,7 +11,8 @@ import cv2
 
 from feature_matcher_ros.ros.client import MatcherClient
 from feature_matcher_ros.ros.conversions import model_to_camera_info
-from feature_matcher_ros.tools.demo import read_sequence, stop
+from feature_matcher_ros.ros.process import NodeProcess, node_command
+from feature_matcher_ros.tools.demo import read_sequence
 
 REPO = Path(__file__).resolve().parent.parent
 PARAMS_FILE = REPO / "config" / "matcher.yaml"
@@ -30,27 +30,18 @@ def load_frames(shared: Path, count: int | None = None):
 def running_node(log_path: Path, *overrides: str, name: str = "matcher_node", namespace: str = "",
                  compressed: bool = False):
     """``matcher_node`` started with ``--params-file config/matcher.yaml`` and ``-p`` ``overrides`` (in
-    ``namespace``, so that several can run side by side), plus a
-    connected :class:`MatcherClient`; the node is stopped with SIGINT at the end (its log in ``log_path``)."""
-    command = [sys.executable, "-m", "feature_matcher_ros.matcher_node", "--ros-args",
-               "--params-file", str(PARAMS_FILE), "-r", f"__node:={name}"]
-    if namespace:
-        command += ["-r", f"__ns:={namespace}"]
-    for item in overrides:
-        command += ["-p", item]
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-        client = MatcherClient(node=name, namespace=namespace, compressed=compressed)
-        try:
+    ``namespace``, so that several can run side by side), plus a connected :class:`MatcherClient`; yields
+    ``(the node's Popen, client)``. The node is stopped with SIGINT at the end (its log in ``log_path``)."""
+    extra = [arg for item in overrides for arg in ("-p", item)]
+    with NodeProcess(name, params_file=PARAMS_FILE, namespace=namespace, extra_args=extra,
+                     log_path=log_path) as node:
+        with MatcherClient(node=name, namespace=namespace, compressed=compressed) as client:
             if not client.wait_for_matcher(timeout=60.0):
-                raise RuntimeError(f"matcher_node did not come up (exit code {process.poll()}):\n"
-                                   + log_path.read_text(errors="replace"))
-            yield process, client
-        finally:
-            client.close()
-            code = stop(process)
-            if code not in (0, -2):
-                print(log_path.read_text(errors="replace"))
+                raise RuntimeError(f"matcher_node did not come up (exit code {node.proc.poll()}):\n" + node.stderr)
+            yield node.proc, client
+        code, _ = node.stop()
+        if code not in (0, -2):
+            print(node.stderr)
 
 
 def prime_camera_info(client, camera, timeout: float = 30.0) -> None:
@@ -70,10 +61,7 @@ def prime_camera_info(client, camera, timeout: float = 30.0) -> None:
 
 def run_cli(*overrides: str, timeout: float = 60.0) -> subprocess.CompletedProcess:
     """Run ``matcher_node`` expecting it to exit by itself (start-up errors)."""
-    command = [sys.executable, "-m", "feature_matcher_ros.matcher_node", "--ros-args",
-               "--params-file", str(PARAMS_FILE)]
-    for item in overrides:
-        command += ["-p", item]
+    command = node_command(params_file=PARAMS_FILE, extra_args=[arg for item in overrides for arg in ("-p", item)])
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout)
 
 

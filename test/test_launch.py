@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent / "launch_standin"))
 import runner  # noqa: E402
 
 from feature_matcher_ros.ros.client import MatcherClient  # noqa: E402
-from feature_matcher_ros.tools.demo import stop  # noqa: E402
+from feature_matcher_ros.ros.process import NodeProcess  # noqa: E402
 from ros_helpers import load_frames, prime_camera_info  # noqa: E402
 
 PKG = "feature_matcher_ros"
@@ -102,8 +102,7 @@ def test_launched_node_serves_its_namespace_remappings_and_parameters(prefix, mo
     command = runner.command(node, installed_entry_point(prefix, node.executable).split(":")[0])
     frames, camera, _ = load_frames(shared, count=2)
     log = tmp_path / "node.log"
-    with open(log, "wb") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+    node = NodeProcess(command=command, log_path=log)
     client = MatcherClient(node="matcher_node", namespace="/front", image_topic="/cam/image_raw",
                            info_topic="/cam/camera_info")
     try:
@@ -118,5 +117,6 @@ def test_launched_node_serves_its_namespace_remappings_and_parameters(prefix, mo
         assert client.matches[frames[1][0]].width > 50  # matched, on /front/matches
     finally:
         client.close()
-        code = stop(process)
+        code, _ = node.stop()
+        node.close()
     assert code in (0, -2), log.read_text(errors="replace")

@@ -5,7 +5,6 @@ model and the publishers and a second configure/activate works, ``shutdown`` end
 leaves the node unconfigured; ``--activate`` starts it active."""
 
 import signal
-import threading
 import time
 
 import pytest
@@ -13,24 +12,15 @@ from lifecycle_msgs.msg import Transition
 from lifecycle_msgs.srv import ChangeState, GetState
 
 from feature_matcher_ros.ros.client import MatcherClient
-from feature_matcher_ros.tools.stress import NodeProcess
+from feature_matcher_ros.ros.process import LIFECYCLE_MODULE, NodeProcess
 from ros_helpers import send_until_answered
 
-MODULE = "feature_matcher_ros.lifecycle_matcher_node"
+MODULE = LIFECYCLE_MODULE
 NS = 1_000_000_000
 
 
 def _call(client, srv_type, node, name, request, timeout=20.0):
-    srv = client.node.create_client(srv_type, f"/{node}/{name}")
-    try:
-        assert srv.wait_for_service(timeout_sec=timeout), f"/{node}/{name} not available"
-        done = threading.Event()
-        future = srv.call_async(request)
-        future.add_done_callback(lambda _: done.set())
-        assert done.wait(timeout), f"/{node}/{name} did not answer"
-        return future.result()
-    finally:
-        client.node.destroy_client(srv)
+    return client.call(srv_type, f"/{node}/{name}", request, timeout)
 
 
 def state(client, node) -> str:

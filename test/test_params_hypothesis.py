@@ -24,7 +24,7 @@ from feature_matcher_ros.backends import create_backend
 from feature_matcher_ros.frontend import Frontend
 from feature_matcher_ros.ros.client import MatcherClient
 from feature_matcher_ros.ros.node import NODE_PARAMS, SCALE_SPEC
-from feature_matcher_ros.tools.stress import NodeProcess
+from feature_matcher_ros.ros.process import NodeProcess
 
 NODE = "fm_params_hypothesis"
 UNKNOWN = "no_such.parameter"
@@ -68,18 +68,8 @@ def node():
 
 
 def _list_parameters(client) -> list[str]:
-    srv = client.node.create_client(ListParameters, f"/{NODE}/list_parameters")
-    try:
-        assert srv.wait_for_service(timeout_sec=10.0)
-        import threading
-
-        done = threading.Event()
-        future = srv.call_async(ListParameters.Request(depth=0))
-        future.add_done_callback(lambda _: done.set())
-        assert done.wait(10.0)
-        return list(future.result().result.names)
-    finally:
-        client.node.destroy_client(srv)
+    response = client.call(ListParameters, f"/{NODE}/list_parameters", ListParameters.Request(depth=0), 10.0)
+    return list(response.result.names)
 
 
 def must_reject(name: str, value, current) -> str | None:

@@ -11,8 +11,6 @@
 """
 
 import signal
-import subprocess
-import sys
 import time
 
 import numpy as np
@@ -22,8 +20,10 @@ from sensor_msgs.msg import Image
 from feature_matcher_ros.resources import config_file
 from feature_matcher_ros.ros import conversions as cv
 from feature_matcher_ros.ros.client import MatcherClient
+from feature_matcher_ros.ros.monitor import Monitor
+from feature_matcher_ros.ros.process import NodeProcess
 from feature_matcher_ros.tools.dds_loss import DEFAULT_PROFILE, profile_env
-from feature_matcher_ros.tools.stress import Monitor, NodeProcess, format_table, run_scenario
+from feature_matcher_ros.tools.stress import format_table, run_scenario
 from ros_helpers import send_until_answered
 
 NS = 1_000_000_000
@@ -212,24 +212,19 @@ def test_bad_checkpoints_end_startup_with_a_clear_message(tmp_path):
         "eloftr other model": ("eloftr", other),
         "sptd2 other model": ("sptd2", other),
     }
-    procs = {}
-    for name, (backend, path) in cases.items():  # all at once: start-up is mostly imports
-        cmd = [sys.executable, "-m", "feature_matcher_ros.matcher_node", "--ros-args", "--params-file",
-               str(config_file("matcher.yaml")), "-r", f"__node:=fm_bad_{len(procs)}",
-               "-p", f"backend:={backend}", "-p", "device:=cpu", "-p", f"weights:={path}"]
-        procs[name] = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    nodes = {name: NodeProcess(f"fm_bad_{i}", {"backend": backend, "device": "cpu", "weights": str(path)})
+             for i, (name, (backend, path)) in enumerate(cases.items())}  # all at once: start-up is mostly imports
     problems = []
-    for name, proc in procs.items():
-        try:
-            out, err = proc.communicate(timeout=120)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            out, err = proc.communicate()
+    for name, node in nodes.items():
+        code = node.wait(timeout=120)
+        out, err = node.stdout, node.stderr
+        node.close()
+        if code is None:
             problems.append(f"{name}: still running after 120 s (it should refuse to start)")
             continue
         path = str(cases[name][1])
-        if proc.returncode != 2:
-            problems.append(f"{name}: exit code {proc.returncode}, expected 2; stderr: {err[-800:]}")
+        if code != 2:
+            problems.append(f"{name}: exit code {code}, expected 2; stderr: {err[-800:]}")
         if "Traceback" in out + err:
             problems.append(f"{name}: traceback:\n{err[-1500:]}")
         if "cannot start" not in err or path not in err:

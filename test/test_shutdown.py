@@ -14,8 +14,10 @@ import time
 import pytest
 
 from feature_matcher_ros.resources import config_file
+from feature_matcher_ros.ros.monitor import Monitor
+from feature_matcher_ros.ros.process import NodeProcess
 from feature_matcher_ros.tools.dds_loss import DEFAULT_PROFILE, profile_env
-from feature_matcher_ros.tools.stress import Monitor, NodeProcess, start_camera
+from feature_matcher_ros.tools.stress import start_camera
 
 EXIT_WITHIN_S = 2.0
 SIGNALS = {"SIGINT": signal.SIGINT, "SIGTERM": signal.SIGTERM}

@@ -1,8 +1,12 @@
-"""A companion node that talks to a running ``matcher_node``: publishes frames, collects every output,
-and gets/sets its parameters through the parameter services (the stand-in for ``ros2 param``).
+"""The helper nodes that live beside other code in one Python process and talk to a running
+``matcher_node`` over DDS.
 
-Used by ``fm-demo`` and the tests. It runs its own rclpy context and executor thread, so it can live
-beside other rclpy code in one process::
+:class:`HelperNode` is the plumbing they share: its own rclpy context (so that several helpers and any
+other rclpy code in the process never interfere), one executor thread, a condition to wait on, and
+service calls with a timeout. :class:`MatcherClient` publishes frames, collects every output and
+gets/sets the matcher's parameters through the parameter services (the stand-in for ``ros2 param``);
+``fm-demo``, ``fm-gpu-check`` and the tests use it. The graph watcher of ``fm-stress``
+(:mod:`.monitor`) and the bag player of ``fm-replay`` are helper nodes too::
 
     with MatcherClient() as client:
         client.wait_for_matcher()
@@ -33,12 +37,90 @@ from . import conversions as cv
 from .qos import input_qos, latched_qos, output_qos
 
 
-class MatcherClient:
-    """Args:
+class ServiceUnavailable(TimeoutError):
+    """The service did not show up in the ROS graph in time (as opposed to not answering)."""
+
+
+class HelperNode:
+    """An rclpy node with its own context, spun by its own daemon thread from construction to
+    :meth:`close`.
+
+    Subclasses set up the state their callbacks touch before creating the subscriptions, and hold
+    ``self._cond`` (a :class:`threading.Condition`) while they change it, so that :meth:`wait_until`
+    sees every change.
+    """
+
+    def __init__(self, name: str, namespace: str = "") -> None:
+        self.context = rclpy.Context()
+        rclpy.init(args=[], context=self.context)
+        self.node = rclpy.create_node(name, namespace=namespace, context=self.context)
+        self._cond = threading.Condition()
+        self._closed = False
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+        self._spinner = threading.Thread(target=self._spin, daemon=True)
+        self._spinner.start()
+
+    def _spin(self) -> None:
+        try:
+            self.executor.spin()
+        except Exception:  # noqa: BLE001 - the context was shut down under us
+            pass
+
+    def wait_until(self, predicate: Callable[[], bool], timeout: float) -> bool:
+        """Wait until ``predicate()`` (evaluated under the helper's lock) holds; False on timeout."""
+        with self._cond:
+            return self._cond.wait_for(predicate, timeout)
+
+    def call(self, srv_type: Any, service: str, request: Any, timeout: float) -> Any:
+        """Call ``service`` and return its response; :class:`ServiceUnavailable` when it is not there
+        within ``timeout`` seconds, :class:`TimeoutError` when it does not answer within as long again.
+
+        Waits on an event set by the future's callback: the executor thread completes the future."""
+        client = self.node.create_client(srv_type, service)
+        try:
+            if not client.wait_for_service(timeout_sec=timeout):
+                raise ServiceUnavailable(f"service {service} is not available")
+            future = client.call_async(request)
+            done = threading.Event()
+            future.add_done_callback(lambda _: done.set())
+            if not done.wait(timeout):
+                raise TimeoutError(f"service {service} did not answer in {timeout} s")
+            return future.result()
+        finally:
+            self.node.destroy_client(client)
+
+    def close(self) -> None:
+        """Stop the spinner, destroy the node and shut the context down (once; later calls do nothing)."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self.executor.shutdown(timeout_sec=2.0)
+        except Exception:  # noqa: BLE001 - a shutdown race must not hide the caller's own error
+            pass
+        try:
+            self.node.destroy_node()
+        finally:
+            rclpy.try_shutdown(context=self.context)
+        self._spinner.join(timeout=2.0)
+
+    def __enter__(self) -> "HelperNode":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+class MatcherClient(HelperNode):
+    """Frames in, outputs collected, parameters got and set: a running matcher seen from a test or tool.
+
+    Args:
         node: the matcher's node name (with namespace, e.g. ``/front/matcher_node``).
         namespace: where its relative topics live (``""`` = root).
         qos: the profile to publish with (match the matcher's ``input_qos``).
         compressed: publish ``image`` as ``CompressedImage`` (PNG).
+        name: this helper's own node name.
         image_topic, info_topic: where to publish the camera (relative to ``namespace`` unless absolute),
             for a matcher whose inputs are remapped.
     """
@@ -46,11 +128,8 @@ class MatcherClient:
     def __init__(self, node: str = "matcher_node", namespace: str = "", qos: str = "reliable",
                  compressed: bool = False, name: str = "fm_client", image_topic: str = "image",
                  info_topic: str = "camera_info") -> None:
+        super().__init__(name, namespace)
         self.target = node if node.startswith("/") else f"{namespace.rstrip('/')}/{node}"
-        self.context = rclpy.Context()
-        rclpy.init(args=[], context=self.context)
-        self.node = rclpy.create_node(name, namespace=namespace, context=self.context)
-        self._cond = threading.Condition()
         self.matches: dict[int, PointCloud2] = {}
         self.poses: dict[int, PoseWithCovarianceStamped] = {}
         self.odometry: dict[int, Odometry] = {}
@@ -70,18 +149,8 @@ class MatcherClient:
             n.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, output_qos(100)),
         ]
         self._debug_sub = None
-        self.executor = SingleThreadedExecutor(context=self.context)
-        self.executor.add_node(n)
-        self._spinner = threading.Thread(target=self._spin, daemon=True)
-        self._spinner.start()
 
-    # -- plumbing -----------------------------------------------------------------------------------
-    def _spin(self) -> None:
-        try:
-            self.executor.spin()
-        except Exception:  # noqa: BLE001 - the context was shut down under us
-            pass
-
+    # -- recording ------------------------------------------------------------------------------------
     def _keep(self, store: dict, track_arrival: bool = False) -> Callable:
         def callback(msg: Any) -> None:
             stamp = cv.stamp_to_ns(msg.header.stamp)
@@ -104,23 +173,6 @@ class MatcherClient:
         with self._cond:
             self.diagnostics.extend(s for s in msg.status if s.name.startswith(prefix))
             self._cond.notify_all()
-
-    def wait_until(self, predicate: Callable[[], bool], timeout: float) -> bool:
-        """Wait until ``predicate()`` (evaluated under the client's lock) holds; False on timeout."""
-        with self._cond:
-            return self._cond.wait_for(predicate, timeout)
-
-    def close(self) -> None:
-        self.executor.shutdown(timeout_sec=1.0)
-        self.node.destroy_node()
-        rclpy.try_shutdown(context=self.context)
-        self._spinner.join(timeout=2.0)
-
-    def __enter__(self) -> "MatcherClient":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
 
     # -- discovery ------------------------------------------------------------------------------------
     def wait_for_matcher(self, timeout: float = 30.0) -> bool:
@@ -164,11 +216,6 @@ class MatcherClient:
             time.sleep(0.05)
         return self._debug_sub.get_publisher_count() > 0
 
-    def unsubscribe_debug_image(self) -> None:
-        if self._debug_sub is not None:
-            self.node.destroy_subscription(self._debug_sub)
-            self._debug_sub = None
-
     # -- frames ---------------------------------------------------------------------------------------
     def send(self, pixels: np.ndarray, encoding: str, stamp_ns: int, camera: CameraModel | None,
              frame_id: str = "camera") -> None:
@@ -206,18 +253,8 @@ class MatcherClient:
 
     # -- parameters (the ros2 param stand-in) ------------------------------------------------------
     def _call(self, srv_type: Any, name: str, request: Any, timeout: float) -> Any:
-        client = self.node.create_client(srv_type, f"{self.target}/{name}")
-        try:
-            if not client.wait_for_service(timeout_sec=timeout):
-                raise TimeoutError(f"service {self.target}/{name} is not available")
-            future = client.call_async(request)
-            done = threading.Event()
-            future.add_done_callback(lambda _: done.set())
-            if not done.wait(timeout):
-                raise TimeoutError(f"service {self.target}/{name} did not answer in {timeout} s")
-            return future.result()
-        finally:
-            self.node.destroy_client(client)
+        """Call the matcher's service ``<target>/<name>`` (see :meth:`HelperNode.call`)."""
+        return self.call(srv_type, f"{self.target}/{name}", request, timeout)
 
     def set_parameters(self, values: Mapping[str, Any], timeout: float = 10.0) -> list[SetParametersResult]:
         """``/<node>/set_parameters``: each parameter is its own change (ROS semantics)."""

@@ -49,3 +49,9 @@ def latched_qos(depth: int = 10) -> QoSProfile:
         reliability=ReliabilityPolicy.RELIABLE,
         durability=DurabilityPolicy.TRANSIENT_LOCAL,
     )
+
+
+def best_effort_qos(depth: int = 50) -> QoSProfile:
+    """Best effort, keep last ``depth``: for a watcher that must never slow the publisher down (an
+    unreliable reader asks for no resends and matches reliable writers too)."""
+    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=depth, reliability=ReliabilityPolicy.BEST_EFFORT)

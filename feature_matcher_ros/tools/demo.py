@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
-import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
@@ -27,6 +27,10 @@ import numpy as np
 from ..camera import CameraModel
 from ..geometry import rotation_error_deg
 from ..resources import config_file, data_dir
+from ..ros.process import NodeProcess, node_command
+
+if TYPE_CHECKING:  # rclpy is imported only once the demo runs (gpu_check reads sequences from here)
+    from ..ros.client import MatcherClient
 
 NS_PER_S = 1_000_000_000
 
@@ -62,28 +66,19 @@ def read_sequence(folder: Path) -> tuple[list[tuple[int, Path]], CameraModel, di
     return frames, camera, truth
 
 
-def node_command(params_file: Path, backend: str, device: str, extra: list[str]) -> list[str]:
-    return [
-        sys.executable, "-m", "feature_matcher_ros.matcher_node", "--ros-args",
-        "--params-file", str(params_file),
-        "-p", f"backend:={backend}", "-p", f"device:={device}", "-p", "input_qos:=reliable",
-        *extra,
-    ]
+@dataclass
+class Played:
+    """What came back while playing: the stamps answered, each one's latency (ms, send -> matches), the
+    rotation errors against the ground truth (deg), the wall time and the node's last diagnostics."""
+
+    answered: list[int] = field(default_factory=list)
+    latencies: list[float] = field(default_factory=list)
+    rot_errors: list[float] = field(default_factory=list)
+    wall_s: float = 0.0
+    diagnostics: dict[str, str] = field(default_factory=dict)
 
 
-def stop(process: subprocess.Popen, timeout: float = 10.0) -> int:
-    """SIGINT, then SIGKILL if it does not exit within ``timeout`` seconds; returns the exit code."""
-    if process.poll() is None:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-    return process.returncode
-
-
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fm-demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=data_dir() / "tum_fr2_desk", help="sequence folder")
     parser.add_argument("--backend", default="sift")
@@ -91,85 +86,131 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--params-file", type=Path, default=config_file("matcher.yaml"))
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for each result")
     parser.add_argument("ros_args", nargs="*", help="extra node arguments after --, e.g. -p max_matches:=500")
-    args = parser.parse_args(argv)
+    return parser
 
-    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-    frames, camera, truth = read_sequence(args.data)
-    command = node_command(args.params_file, args.backend, args.device, args.ros_args)
+
+def start_node(args: argparse.Namespace) -> NodeProcess:
+    """The node with reliable input (so that nothing is lost in transport), its log on this terminal."""
+    command = node_command(params={"backend": args.backend, "device": args.device, "input_qos": "reliable"},
+                           params_file=args.params_file, extra_args=args.ros_args)
     print("starting:", " ".join(command), flush=True)
-    process = subprocess.Popen(command)
+    return NodeProcess(command=command, inherit_output=True)
 
-    from ..ros.client import MatcherClient
-    from ..ros.conversions import cloud_to_array, parse_keyframe_frame_id, pose_to_matrix
 
-    client = MatcherClient(name="fm_demo")
-    rows, latencies, rot_errors = [], [], []
-    try:
-        started = time.monotonic()
-        while not client.wait_for_matcher(timeout=1.0):
-            if process.poll() is not None:
-                print(f"fm-demo: matcher_node exited with code {process.returncode} before it was ready",
-                      file=sys.stderr)
-                return 1
-            if time.monotonic() - started > 120:
-                print("fm-demo: matcher_node did not come up within 120 s", file=sys.stderr)
-                return 1
-        print(f"node ready after {time.monotonic() - started:.1f} s; playing {len(frames)} frames "
-              f"from {args.data}", flush=True)
-        print(f"{'stamp':>20} {'keyframe':>20} {'matches':>7} {'inliers':>7} {'rot_err':>8} "
-              f"{'latency':>8}  status")
-        t0 = time.monotonic()
-        for stamp, path in frames:
-            rgb = cv2.cvtColor(cv2.imread(str(path), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
-            sent = time.monotonic()
-            client.send(rgb, "rgb8", stamp, camera, frame_id="camera_rgb_optical_frame")
-            cloud = client.wait_result(stamp, timeout=args.timeout)
-            if cloud is None:
-                print(f"{stamp / NS_PER_S:20.6f}  no result within {args.timeout} s")
-                continue
-            latency = 1e3 * (client.arrival[stamp] - sent)
-            latencies.append(latency)
-            pts = cloud_to_array(cloud)
-            inliers = int((pts["inlier"] > 0.5).sum()) if len(pts) else 0
-            pose = client.poses.get(stamp)
-            kf, err = None, float("nan")
-            if pose is not None:
-                kf = parse_keyframe_frame_id(pose.header.frame_id)[1]
-                if kf in truth and stamp in truth:
-                    T_kf_cur_gt = np.linalg.inv(truth[kf]) @ truth[stamp]
-                    err = rotation_error_deg(pose_to_matrix(pose.pose.pose)[:3, :3], T_kf_cur_gt[:3, :3])
-                    rot_errors.append(err)
-            elif len(pts):
-                kf = int(pts["kf_sec"][0]) * NS_PER_S + int(pts["kf_nanosec"][0])
-            announced = {k.header.stamp.sec * NS_PER_S + k.header.stamp.nanosec for k in list(client.keyframes)}
-            status = "pose" if pose is not None else "no pose"
-            if stamp in announced:
-                status += ", became keyframe"
-                kf = stamp if kf is None else kf
-            kf_text = f"{kf / NS_PER_S:20.6f}" if kf is not None else f"{'-':>20}"
-            print(f"{stamp / NS_PER_S:20.6f} {kf_text} {len(pts):7d} {inliers:7d} {err:8.3f} "
-                  f"{latency:7.0f}ms  {status}", flush=True)
-            rows.append(stamp)
-        wall = time.monotonic() - t0
-        diag = client.latest_diagnostics(timeout=3.0) or {}
-    finally:
-        client.close()
-        code = stop(process)
-    if not rows:
-        print("fm-demo: no result came back from matcher_node", file=sys.stderr)
-        return 1
+def wait_ready(client: MatcherClient, node: NodeProcess, timeout_s: float = 120.0) -> float | None:
+    """Seconds until the node was ready, or None (with the reason on stderr) if it exited or timed out."""
+    started = time.monotonic()
+    while not client.wait_for_matcher(timeout=1.0):
+        if not node.alive():
+            print(f"fm-demo: matcher_node exited with code {node.proc.returncode} before it was ready",
+                  file=sys.stderr)
+            return None
+        if time.monotonic() - started > timeout_s:
+            print(f"fm-demo: matcher_node did not come up within {timeout_s:.0f} s", file=sys.stderr)
+            return None
+    return time.monotonic() - started
+
+
+def keyframe_and_error(pose: Any, stamp: int, pts: np.ndarray, truth: dict[int, np.ndarray]) -> tuple[int | None, float]:
+    """The keyframe stamp a frame was matched against (from its pose, else from its matches) and the
+    pose's rotation error against the ground truth (nan without both)."""
+    from ..ros.conversions import parse_keyframe_frame_id, pose_to_matrix
+
+    if pose is None:
+        return (int(pts["kf_sec"][0]) * NS_PER_S + int(pts["kf_nanosec"][0]) if len(pts) else None), float("nan")
+    kf = parse_keyframe_frame_id(pose.header.frame_id)[1]
+    if kf not in truth or stamp not in truth:
+        return kf, float("nan")
+    T_kf_cur_gt = np.linalg.inv(truth[kf]) @ truth[stamp]
+    return kf, rotation_error_deg(pose_to_matrix(pose.pose.pose)[:3, :3], T_kf_cur_gt[:3, :3])
+
+
+def frame_row(client: MatcherClient, stamp: int, cloud: Any, latency: float,
+              truth: dict[int, np.ndarray]) -> tuple[str, float]:
+    """The printed row of one answered frame, and its rotation error."""
+    from ..ros.conversions import cloud_to_array
+
+    pts = cloud_to_array(cloud)
+    inliers = int((pts["inlier"] > 0.5).sum()) if len(pts) else 0
+    pose = client.poses.get(stamp)
+    kf, err = keyframe_and_error(pose, stamp, pts, truth)
+    announced = {k.header.stamp.sec * NS_PER_S + k.header.stamp.nanosec for k in list(client.keyframes)}
+    status = "pose" if pose is not None else "no pose"
+    if stamp in announced:
+        status += ", became keyframe"
+        kf = stamp if kf is None else kf
+    kf_text = f"{kf / NS_PER_S:20.6f}" if kf is not None else f"{'-':>20}"
+    return (f"{stamp / NS_PER_S:20.6f} {kf_text} {len(pts):7d} {inliers:7d} {err:8.3f} "
+            f"{latency:7.0f}ms  {status}"), err
+
+
+def play(client: MatcherClient, frames: list[tuple[int, Path]], camera: CameraModel,
+         truth: dict[int, np.ndarray], timeout: float) -> Played:
+    """Send each frame (with its camera_info) and wait for its matches before the next; a row per frame."""
+    print(f"{'stamp':>20} {'keyframe':>20} {'matches':>7} {'inliers':>7} {'rot_err':>8} "
+          f"{'latency':>8}  status")
+    played, t0 = Played(), time.monotonic()
+    for stamp, path in frames:
+        rgb = cv2.cvtColor(cv2.imread(str(path), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+        sent = time.monotonic()
+        client.send(rgb, "rgb8", stamp, camera, frame_id="camera_rgb_optical_frame")
+        cloud = client.wait_result(stamp, timeout=timeout)
+        if cloud is None:
+            print(f"{stamp / NS_PER_S:20.6f}  no result within {timeout} s")
+            continue
+        latency = 1e3 * (client.arrival[stamp] - sent)
+        row, err = frame_row(client, stamp, cloud, latency, truth)
+        print(row, flush=True)
+        played.answered.append(stamp)
+        played.latencies.append(latency)
+        if err == err:
+            played.rot_errors.append(err)
+    played.wall_s = time.monotonic() - t0
+    played.diagnostics = client.latest_diagnostics(timeout=3.0) or {}
+    return played
+
+
+def print_summary(played: Played, frames: int, keyframes: int, code: int | None) -> None:
+    """Answered frames, rotation error, throughput and latency, the node's own report, its exit code."""
     print()
-    print(f"frames: {len(rows)}/{len(frames)} answered; keyframes announced: {len(client.keyframes)}")
-    if rot_errors:
-        print(f"rotation error vs ground truth: median {np.median(rot_errors):.3f} deg, "
-              f"max {np.max(rot_errors):.3f} deg over {len(rot_errors)} poses")
-    print(f"throughput (send, wait for result, repeat): {len(rows) / wall:.2f} fps; latency median "
-          f"{np.median(latencies):.0f} ms, max {np.max(latencies):.0f} ms")
+    print(f"frames: {len(played.answered)}/{frames} answered; keyframes announced: {keyframes}")
+    if played.rot_errors:
+        print(f"rotation error vs ground truth: median {np.median(played.rot_errors):.3f} deg, "
+              f"max {np.max(played.rot_errors):.3f} deg over {len(played.rot_errors)} poses")
+    print(f"throughput (send, wait for result, repeat): {len(played.answered) / played.wall_s:.2f} fps; latency "
+          f"median {np.median(played.latencies):.0f} ms, max {np.max(played.latencies):.0f} ms")
+    diag = played.diagnostics
     if diag:
         print(f"node diagnostics: backend {diag.get('backend')} on {diag.get('device')} ({diag.get('precision')}), "
               f"frontend time {diag.get('process_ms_mean')} ms/frame (last window), "
               f"dropped {diag.get('frames_dropped')}, rejected {diag.get('rejected_total')}")
-    print(f"matcher_node exited with code {code}")
+    print(f"matcher_node exited with code {code if code is not None else 'none (killed after 10 s)'}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    frames, camera, truth = read_sequence(args.data)
+    node = start_node(args)
+    from ..ros.client import MatcherClient  # after the start: the node comes up while rclpy imports
+
+    client = MatcherClient(name="fm_demo")
+    played = None
+    try:
+        ready_s = wait_ready(client, node)
+        if ready_s is not None:
+            print(f"node ready after {ready_s:.1f} s; playing {len(frames)} frames from {args.data}", flush=True)
+            played = play(client, frames, camera, truth, args.timeout)
+    finally:
+        client.close()
+        code, _ = node.stop()
+        node.close()
+    if played is None:
+        return 1
+    if not played.answered:
+        print("fm-demo: no result came back from matcher_node", file=sys.stderr)
+        return 1
+    print_summary(played, len(frames), len(client.keyframes), code)
     return 0
 
 

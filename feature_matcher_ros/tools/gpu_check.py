@@ -295,7 +295,7 @@ def section_node(plan: Plan, sec: Section) -> None:
         return
     from ..ros.client import MatcherClient
     from ..ros.conversions import model_to_camera_info
-    from .stress import NodeProcess
+    from ..ros.process import NodeProcess
 
     thr = _thresholds(plan.fixture)
     frames, camera = _tum_frames(6 if plan.quick else 12)

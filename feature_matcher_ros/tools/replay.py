@@ -14,13 +14,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
-import subprocess
 import sys
-import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -31,9 +29,9 @@ from ..evaluation.offline import default_params_file, load_params_file
 from ..evaluation.report import LIVE_SUMMARY_KEYS, text_table
 from ..evaluation.scoring import score_run
 from ..evaluation.trajectory import read_tum
+from ..ros.client import HelperNode, ServiceUnavailable
+from ..ros.process import NodeProcess
 from .eval import add_bag_input_args
-
-NODE_MODULE = "feature_matcher_ros.matcher_node"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -115,37 +113,27 @@ def _dds_environment() -> None:
         os.environ["FASTDDS_DEFAULT_PROFILES_FILE"] = str(profile)
 
 
-class Player:
-    """The rclpy side: publishers for the bag, recorders for the node's outputs, an executor thread."""
+class Player(HelperNode):
+    """The helper node of a replay: publishers for the bag (raw CDR, as recorded) and ``/clock``, and
+    recorders for the node's outputs (raw, with their arrival time)."""
 
     def __init__(self, image_topic: str, info_topic: str, image_type: str, outputs_ns: str) -> None:
-        import rclpy
-        from rclpy.executors import SingleThreadedExecutor
-        from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
-        from rosgraph_msgs.msg import Clock
-        from sensor_msgs.msg import CameraInfo, CompressedImage, Image
-
         from diagnostic_msgs.msg import DiagnosticArray
         from geometry_msgs.msg import PoseStamped, PoseWithCovarianceStamped
         from nav_msgs.msg import Odometry
-        from sensor_msgs.msg import PointCloud2
+        from rosgraph_msgs.msg import Clock
+        from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 
-        self.rclpy = rclpy
-        self.context = rclpy.Context()
-        rclpy.init(context=self.context)
-        self.node = rclpy.create_node("fm_replay", context=self.context)
-        reliable = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10, reliability=ReliabilityPolicy.RELIABLE)
-        record = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=200, reliability=ReliabilityPolicy.RELIABLE)
-        latched = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=200, reliability=ReliabilityPolicy.RELIABLE,
-                             durability=DurabilityPolicy.TRANSIENT_LOCAL)
-        self.Clock = Clock
-        self.pub_clock = self.node.create_publisher(Clock, "/clock", reliable)
-        img_cls = CompressedImage if image_type == bagio.COMPRESSED_IMAGE else Image
-        self.pub_image = self.node.create_publisher(img_cls, image_topic, reliable)
-        self.pub_info = self.node.create_publisher(CameraInfo, info_topic, reliable)
+        from ..ros.qos import input_qos, latched_qos, output_qos
+
+        super().__init__("fm_replay")
         self.received: list[Received] = []
-        self.lock = threading.Lock()
         self.last_output = time.monotonic()
+        self.Clock = Clock
+        self.pub_clock = self.node.create_publisher(Clock, "/clock", input_qos("reliable", 10))
+        img_cls = CompressedImage if image_type == bagio.COMPRESSED_IMAGE else Image
+        self.pub_image = self.node.create_publisher(img_cls, image_topic, input_qos("reliable", 10))
+        self.pub_info = self.node.create_publisher(CameraInfo, info_topic, input_qos("reliable", 10))
         types = {"matches": PointCloud2, "relative_pose": PoseWithCovarianceStamped, "keyframe": PoseStamped,
                  "odometry": Odometry, "/diagnostics": DiagnosticArray}
         self.output_topics: dict[str, str] = {}
@@ -153,32 +141,25 @@ class Player:
         for name, cls in types.items():
             topic = name if name.startswith("/") else f"{ns}/{name}"
             self.output_topics[name] = topic
-            self.node.create_subscription(cls, topic, self._recorder(name), latched if name == "keyframe" else record,
-                                          raw=True)
-        self.executor = SingleThreadedExecutor(context=self.context)
-        self.executor.add_node(self.node)
-        self.thread = threading.Thread(target=self._spin, daemon=True, name="fm_replay_executor")
-        self.thread.start()
-
-    def _spin(self) -> None:
-        try:
-            self.executor.spin()
-        except Exception:  # noqa: BLE001 - shutdown races end the spin
-            pass
+            qos = latched_qos(200) if name == "keyframe" else output_qos(200)
+            self.node.create_subscription(cls, topic, self._recorder(name), qos, raw=True)
 
     def _recorder(self, name: str):
         def callback(raw: bytes) -> None:
             now = time.monotonic_ns()
-            with self.lock:
+            with self._cond:
                 self.received.append(Received(name, now, bytes(raw)))
                 self.last_output = time.monotonic()
         return callback
 
+    def recorded(self) -> list[Received]:
+        """A copy of every output received so far."""
+        with self._cond:
+            return list(self.received)
+
     def answered(self) -> set[int]:
         """Image stamps with a ``matches`` message so far."""
-        with self.lock:
-            items = [r for r in self.received if r.output == "matches"]
-        frames, _, _ = decode(items)
+        frames, _, _ = decode(r for r in self.recorded() if r.output == "matches")
         return set(frames)
 
     def clock(self, stamp_ns: int) -> None:
@@ -196,62 +177,24 @@ class Player:
         order from an earlier replay; returns a warning, or "" when it was reset."""
         from std_srvs.srv import Trigger
 
-        client = self.node.create_client(Trigger, service)
         try:
-            if not client.wait_for_service(timeout_sec=timeout_s):
-                return f"no {service} service: the node keeps its keyframe and stamp order from before"
-            future = client.call_async(Trigger.Request())
-            deadline = time.monotonic() + timeout_s
-            while not future.done() and time.monotonic() < deadline:
-                time.sleep(0.05)
-            if not future.done() or not future.result().success:
-                return f"{service} did not succeed"
-            return ""
-        finally:
-            self.node.destroy_client(client)
-
-    def close(self) -> None:
-        try:
-            self.executor.shutdown(timeout_sec=2.0)
-        except Exception:  # noqa: BLE001
+            if self.call(Trigger, service, Trigger.Request(), timeout_s).success:
+                return ""
+        except ServiceUnavailable:
+            return f"no {service} service: the node keeps its keyframe and stamp order from before"
+        except TimeoutError:
             pass
-        try:
-            self.node.destroy_node()
-        finally:
-            self.rclpy.try_shutdown(context=self.context)
-        self.thread.join(timeout=2.0)
+        return f"{service} did not succeed"
 
 
 # -- the node process -------------------------------------------------------------------------------------
 
-def start_node(params_file: Path, namespace: str, image_topic: str, info_topic: str, log_path: Path) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", NODE_MODULE, "--ros-args", "--params-file", str(params_file),
-           "-p", "use_sim_time:=true", "-r", f"image:={image_topic}", "-r", f"camera_info:={info_topic}"]
-    if namespace.strip("/"):
-        cmd += ["-r", f"__ns:=/{namespace.strip('/')}"]
-    log = open(log_path, "w")  # noqa: SIM115 - closed by stop_node
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    proc.log_file = log  # type: ignore[attr-defined]
-    return proc
-
-
-def stop_node(proc: subprocess.Popen) -> None:
-    """SIGINT (a clean ROS shutdown), then SIGTERM, then SIGKILL, to this one process."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.terminate()
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=5)
-    log = getattr(proc, "log_file", None)
-    if log is not None:
-        log.close()
+def start_node(params_file: Path, namespace: str, image_topic: str, info_topic: str, log_path: Path) -> NodeProcess:
+    """The matcher on simulated time, its camera inputs remapped to the topics we publish, its output in
+    ``log_path``."""
+    return NodeProcess(params_file=params_file, params={"use_sim_time": True}, namespace=namespace,
+                       extra_args=["-r", f"image:={image_topic}", "-r", f"camera_info:={info_topic}"],
+                       log_path=log_path)
 
 
 def _log_tail(path: Path, lines: int = 6) -> str:
@@ -318,7 +261,7 @@ def play(reader: Any, topics: bagio.BagTopics, player: Player, rate: float, tota
     return published, t0 or 0, last_t
 
 
-def drain(player: Player, published: dict[int, int], last_t: int, timeout_s: float, proc: subprocess.Popen | None) -> None:
+def drain(player: Player, published: dict[int, int], last_t: int, timeout_s: float, node: NodeProcess | None) -> None:
     """Wait until the last image is answered (the node always works on the newest frame, so everything
     is then done), or no output came for ``timeout_s``; keep ``/clock`` going meanwhile."""
     if not published:
@@ -330,7 +273,7 @@ def drain(player: Player, published: dict[int, int], last_t: int, timeout_s: flo
             return
         if time.monotonic() - player.last_output > timeout_s:
             return
-        if proc is not None and proc.poll() is not None:
+        if node is not None and not node.alive():
             return
         player.clock(last_t)
         time.sleep(0.05)
@@ -353,93 +296,144 @@ def write_outputs_bag(received: list[Received], topics: dict[str, str], path: Pa
             writer.write(conns[item.output], base + item.received_ns, item.raw)
 
 
+@dataclass
+class BagInputs:
+    """What a replay takes from the bag: the topics, the ground truth, the camera at each stamp, the
+    number of images, and the topics they are published on."""
+
+    topics: bagio.BagTopics
+    ground_truth: Any
+    camera_at: Callable[[int], Any]
+    total: int | None
+    image_topic: str
+    info_topic: str
+
+
+@dataclass
+class LiveRun:
+    """What came back: every output received, the image stamps published (-> monotonic publish ns), the
+    wall time of playback and drain, and the topics the outputs were recorded from."""
+
+    received: list[Received]
+    published: dict[int, int]
+    wall_s: float
+    output_topics: dict[str, str]
+
+
+def read_inputs(reader: Any, args: argparse.Namespace) -> BagInputs:
+    """Find the topics and read the ground truth and cameras; the first image must decode (encoding,
+    size) before a node is started for it."""
+    topics = bagio.discover_topics(reader, args.image_topic, args.camera_info_topic, args.gt_topic,
+                                   need_ground_truth=not args.gt)
+    if args.gt:
+        gt = read_tum(args.gt)
+    else:
+        frame = args.gt_frame
+        if topics.ground_truth_type == bagio.TF and not frame:
+            frame = bagio.image_frame_id(reader, topics.image)
+        gt = bagio.read_ground_truth(reader, topics.ground_truth, frame)
+    camera_at = bagio.camera_lookup(bagio.read_cameras(reader, topics.camera_info))
+    for _ in bagio.iter_frames(reader, topics):  # preflight
+        break
+    return BagInputs(topics, gt, camera_at, bagio.topic_counts(reader).get(topics.image),
+                     args.publish_image_topic or topics.image,
+                     args.publish_camera_info_topic or topics.camera_info)
+
+
+def start_or_reset(player: Player, args: argparse.Namespace, params_file: Path, bag: BagInputs,
+                   log_path: Path) -> NodeProcess | None:
+    """Start the node; with ``--connect`` reset the running one instead (None; a warning if that fails)."""
+    if not args.connect:
+        return start_node(params_file, args.namespace, bag.image_topic, bag.info_topic, log_path)
+    ns = args.node_namespace.strip("/")
+    warning = player.reset_node(f"{'/' + ns if ns else ''}/{args.node_name}/reset")
+    if warning:
+        print(f"fm-replay: warning: {warning}", file=sys.stderr)
+    return None
+
+
+def wait_until_ready(player: Player, node: NodeProcess | None, args: argparse.Namespace, bag: BagInputs,
+                     log_path: Path) -> None:
+    """Wait for :meth:`Player.ready`; a :class:`UsageError` if the node exits or the timeout passes."""
+    deadline = time.monotonic() + args.startup_timeout
+    while not player.ready():
+        if node is not None and not node.alive():
+            raise UsageError(f"the matcher node exited with code {node.proc.returncode} before it was ready: "
+                             f"{_log_tail(log_path)}")
+        if time.monotonic() > deadline:
+            where = "started node" if node is not None else f"node under {args.node_namespace}"
+            raise UsageError(f"the {where} did not come up within {args.startup_timeout:.0f} s "
+                             f"(needs subscribers on {bag.image_topic} and {bag.info_topic} and a publisher of "
+                             f"{player.output_topics['matches']})"
+                             + (f": {_log_tail(log_path)}" if node is not None else ""))
+        time.sleep(0.1)
+    time.sleep(0.5)  # let discovery settle in both directions
+
+
+def run_live(reader: Any, args: argparse.Namespace, bag: BagInputs, params_file: Path, out: Path) -> LiveRun:
+    """Play the bag to the node (started here unless ``--connect``) and record what it publishes until
+    it has answered the last image or gone quiet; the node is stopped (SIGINT) afterwards."""
+    _dds_environment()
+    player = Player(bag.image_topic, bag.info_topic, bag.topics.image_type,
+                    args.node_namespace if args.connect else args.namespace)
+    node = None
+    try:
+        node = start_or_reset(player, args, params_file, bag, out / "node.log")
+        wait_until_ready(player, node, args, bag, out / "node.log")
+        started = time.monotonic()
+        published, _, last_t = play(reader, bag.topics, player, args.rate, bag.total, not args.quiet)
+        drain(player, published, last_t, args.drain_timeout, node)
+        wall = time.monotonic() - started
+    finally:
+        if node is not None:
+            node.stop()  # SIGINT, a clean ROS shutdown; killed after 10 s
+            node.close()
+        player.close()
+    return LiveRun(player.recorded(), published, wall, player.output_topics)
+
+
+def live_meta(args: argparse.Namespace, bag: BagInputs, params: dict[str, Any], records: list, live: LiveRun,
+              diag: dict[str, str]) -> dict[str, Any]:
+    """The run's description for the report: what ran (the node's own report when it sent diagnostics,
+    else what it was asked to run), what was published and dropped, speed and end-to-end latency."""
+    latencies = [r.latency_ms for r in records if r.latency_ms == r.latency_ms]
+    backend = diag.get("backend") or str(params.get("backend", "sift"))
+    return {
+        "name": f"{backend} (live)", "mode": "live", "backend": backend,
+        "device": diag.get("device") or params.get("device", "auto"),
+        "precision": diag.get("precision") or params.get("precision", "fp32"),
+        "bag": str(Path(args.bag)), "image_topic": bag.topics.image, "camera_info_topic": bag.topics.camera_info,
+        "ground_truth": bag.ground_truth.source if bag.ground_truth is not None else None, "rate": args.rate,
+        "fps": len(records) / live.wall_s if live.wall_s > 0 else None, "wall_s": live.wall_s,
+        "frames_published": len(live.published), "frames_dropped": len(live.published) - len(records),
+        "end_to_end_latency_ms_p50": float(np.percentile(latencies, 50)) if latencies else None,
+        "end_to_end_latency_ms_p99": float(np.percentile(latencies, 99)) if latencies else None,
+        "node_diagnostics_last": diag, "params_file": str(args.params or default_params_file() or ""),
+    }
+
+
 def replay(args: argparse.Namespace) -> int:
+    """``fm-replay``: read the bag, play it live, record and score the node's outputs, print the summary."""
     if not args.rate > 0:
         raise UsageError(f"--rate must be > 0, got {args.rate}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     with bagio.open_bag(args.bag) as reader:
-        topics = bagio.discover_topics(reader, args.image_topic, args.camera_info_topic, args.gt_topic,
-                                       need_ground_truth=not args.gt)
-        if args.gt:
-            gt = read_tum(args.gt)
-        else:
-            frame = args.gt_frame
-            if topics.ground_truth_type == bagio.TF and not frame:
-                frame = bagio.image_frame_id(reader, topics.image)
-            gt = bagio.read_ground_truth(reader, topics.ground_truth, frame)
-        cams = bagio.read_cameras(reader, topics.camera_info)
-        # preflight: the first image decodes (encoding, size) before a node is started for it
-        for _ in bagio.iter_frames(reader, topics):
-            break
-        camera_at = bagio.camera_lookup(cams)
-        total = bagio.topic_counts(reader).get(topics.image)
-        pub_image = args.publish_image_topic or topics.image
-        pub_info = args.publish_camera_info_topic or topics.camera_info
+        bag = read_inputs(reader, args)
         params_file, params = node_params_file(args, out)
-
-        _dds_environment()
-        proc = None
-        player = Player(pub_image, pub_info, topics.image_type,
-                        args.node_namespace if args.connect else args.namespace)
-        try:
-            if not args.connect:
-                proc = start_node(params_file, args.namespace, pub_image, pub_info, out / "node.log")
-            else:
-                ns = args.node_namespace.strip("/")
-                warning = player.reset_node(f"{'/' + ns if ns else ''}/{args.node_name}/reset")
-                if warning:
-                    print(f"fm-replay: warning: {warning}", file=sys.stderr)
-            deadline = time.monotonic() + args.startup_timeout
-            while not player.ready():
-                if proc is not None and proc.poll() is not None:
-                    raise UsageError(f"the matcher node exited with code {proc.returncode} before it was ready: "
-                                     f"{_log_tail(out / 'node.log')}")
-                if time.monotonic() > deadline:
-                    where = "started node" if proc is not None else f"node under {args.node_namespace}"
-                    raise UsageError(f"the {where} did not come up within {args.startup_timeout:.0f} s "
-                                     f"(needs subscribers on {pub_image} and {pub_info} and a publisher of "
-                                     f"{player.output_topics['matches']})"
-                                     + (f": {_log_tail(out / 'node.log')}" if proc is not None else ""))
-                time.sleep(0.1)
-            time.sleep(0.5)  # let discovery settle in both directions
-            started = time.monotonic()
-            published, t0, last_t = play(reader, topics, player, args.rate, total, not args.quiet)
-            drain(player, published, last_t, args.drain_timeout, proc)
-            wall = time.monotonic() - started
-        finally:
-            if proc is not None:
-                stop_node(proc)
-            player.close()
-        with player.lock:
-            received = list(player.received)
-        write_outputs_bag(received, player.output_topics, out / "live_outputs")
-        records = records_from_live(received, published, {s: camera_at(s) for s in published})
+        live = run_live(reader, args, bag, params_file, out)
+        write_outputs_bag(live.received, live.output_topics, out / "live_outputs")
+        records = records_from_live(live.received, live.published, {s: bag.camera_at(s) for s in live.published})
         if not records:
-            raise UsageError(f"the node answered none of the {len(published)} images "
+            raise UsageError(f"the node answered none of the {len(live.published)} images "
                              f"(log: {out / 'node.log'}: {_log_tail(out / 'node.log')})")
-        _, _, diagnostics = decode(r for r in received if r.output == "/diagnostics")
-        diag = diagnostics_values(diagnostics)
+        _, _, diagnostics = decode(r for r in live.received if r.output == "/diagnostics")
+        meta = live_meta(args, bag, params, records, live, diagnostics_values(diagnostics))
 
         def images_for(stamps: set[int]) -> dict[int, Any]:
-            return {f.stamp_ns: f.image for f in bagio.iter_frames(reader, topics, stamps=stamps)}
+            return {f.stamp_ns: f.image for f in bagio.iter_frames(reader, bag.topics, stamps=stamps)}
 
-        latencies = [r.latency_ms for r in records if r.latency_ms == r.latency_ms]
-        # what ran: the node's own report when it sent diagnostics, else what it was asked to run
-        backend = diag.get("backend") or str(params.get("backend", "sift"))
-        meta = {
-            "name": f"{backend} (live)", "mode": "live", "backend": backend,
-            "device": diag.get("device") or params.get("device", "auto"),
-            "precision": diag.get("precision") or params.get("precision", "fp32"),
-            "bag": str(Path(args.bag)), "image_topic": topics.image, "camera_info_topic": topics.camera_info,
-            "ground_truth": gt.source if gt is not None else None, "rate": args.rate,
-            "fps": len(records) / wall if wall > 0 else None, "wall_s": wall,
-            "frames_published": len(published), "frames_dropped": len(published) - len(records),
-            "end_to_end_latency_ms_p50": float(np.percentile(latencies, 50)) if latencies else None,
-            "end_to_end_latency_ms_p99": float(np.percentile(latencies, 99)) if latencies else None,
-            "node_diagnostics_last": diag, "params_file": str(args.params or default_params_file() or ""),
-        }
-        metrics = score_run(records, gt, out, meta, images_for=images_for, pictures=args.pictures,
+        metrics = score_run(records, bag.ground_truth, out, meta, images_for=images_for, pictures=args.pictures,
                             latency_label="end-to-end latency (publish → matches received)")
     print(text_table([metrics], LIVE_SUMMARY_KEYS))
     print(f"results in {out}/ (report.md, metrics.json, plots, live_outputs/ with the node's messages)")

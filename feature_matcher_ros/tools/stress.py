@@ -16,21 +16,19 @@ Usage::
 Every child (node and publisher) gets ``FASTDDS_DEFAULT_PROFILES_FILE`` set to ``--profile``
 (``config/fastdds_large_images.xml`` by default; ``default`` removes it).
 
-The pieces (:class:`NodeProcess`, :class:`Monitor`, :func:`run_scenario`) are used by the robustness
-tests too.
+The node runs as a :class:`~feature_matcher_ros.ros.process.NodeProcess` and is watched by a
+:class:`~feature_matcher_ros.ros.monitor.Monitor`; :func:`run_scenario` and the camera are used by the
+robustness and shutdown tests too.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
 import signal
 import subprocess
 import sys
-import tempfile
-import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -38,265 +36,10 @@ from pathlib import Path
 import numpy as np
 
 from ..resources import config_file, data_dir
+from ..ros.monitor import Monitor
+from ..ros.process import NodeProcess
 from .burn import burning
 from .dds_loss import DEFAULT_PROFILE, paced, parse_size, profile_env, real_frames
-
-NODE_MODULE = "feature_matcher_ros.matcher_node"
-IMAGE_TYPE = "sensor_msgs/msg/Image"
-INFO_TYPE = "sensor_msgs/msg/CameraInfo"
-_SKIP_OUTPUTS = {"/rosout", "/parameter_events", "/diagnostics"}
-
-
-# -- the node under test --------------------------------------------------------------------------
-class NodeProcess:
-    """The matcher node as a child process, its output kept in files (no pipe can fill up).
-
-    Args:
-        name: node name (``-r __node:=name``), so that several runs never meet.
-        params: ``{name: value}`` overrides (``-p name:=value``), after ``params_file``.
-        params_file: a ROS params YAML (``config/matcher.yaml`` by default; None for none).
-        env: the environment (default: this process's).
-        module: the entry module (the lifecycle variant is ``feature_matcher_ros.lifecycle_matcher_node``).
-        extra_args: more ``--ros-args`` arguments, e.g. remappings.
-        args: program arguments before ``--ros-args`` (e.g. ``["--activate"]`` for the lifecycle node).
-    """
-
-    def __init__(self, name: str = "fm_stress_matcher", params: dict | None = None,
-                 params_file: str | Path | None = "default", env: dict | None = None,
-                 module: str = NODE_MODULE, extra_args: list[str] | None = None,
-                 args: list[str] | None = None) -> None:
-        self.name = name
-        cmd = [sys.executable, "-m", module, *(args or []), "--ros-args", "-r", f"__node:={name}"]
-        if params_file == "default":
-            params_file = config_file("matcher.yaml")
-        if params_file is not None:
-            cmd += ["--params-file", str(params_file)]
-        for key, value in (params or {}).items():
-            cmd += ["-p", f"{key}:={_ros_value(value)}"]
-        cmd += list(extra_args or [])
-        self.cmd = cmd
-        self._out = tempfile.TemporaryFile(mode="w+b")
-        self._err = tempfile.TemporaryFile(mode="w+b")
-        self.proc = subprocess.Popen(cmd, env=env, stdout=self._out, stderr=self._err)
-        self.pid = self.proc.pid
-
-    def rss_mb(self) -> float:
-        """Resident memory of the node process in MiB (nan once it has exited)."""
-        import psutil
-
-        try:
-            return psutil.Process(self.pid).memory_info().rss / 2**20
-        except (psutil.NoSuchProcess, psutil.ZombieProcess):
-            return float("nan")
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def stop(self, sig: int = signal.SIGINT, timeout: float = 10.0) -> tuple[int | None, float]:
-        """Send ``sig`` and wait; returns ``(exit code, seconds it took)`` (code None: still running,
-        then killed)."""
-        if self.proc.poll() is not None:
-            return self.proc.returncode, 0.0
-        t0 = time.monotonic()
-        self.proc.send_signal(sig)
-        try:
-            rc = self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            return None, time.monotonic() - t0
-        return rc, time.monotonic() - t0
-
-    def wait(self, timeout: float) -> int | None:
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            return None
-
-    def _read(self, f) -> str:
-        f.flush()
-        f.seek(0)
-        return f.read().decode(errors="replace")
-
-    @property
-    def stdout(self) -> str:
-        return self._read(self._out)
-
-    @property
-    def stderr(self) -> str:
-        return self._read(self._err)
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.stop(signal.SIGINT, timeout=5.0)
-        self._out.close()
-        self._err.close()
-
-    def __enter__(self) -> "NodeProcess":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
-def _ros_value(value) -> str:
-    """A ``-p name:=value`` literal (YAML): strings that YAML would read as something else are quoted."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return json.dumps(value)
-    return repr(value)
-
-
-# -- watching the node from outside ---------------------------------------------------------------
-@dataclass
-class Observation:
-    """What the monitor saw, all times in ``time.monotonic`` seconds unless named ``_ns``."""
-
-    outputs: dict[int, float] = field(default_factory=dict)  # image stamp ns -> first output's arrival (wall ns)
-    diagnostics: dict[str, str] = field(default_factory=dict)  # latest values of the node's status
-    diagnostic_levels: list[int] = field(default_factory=list)
-    diagnostic_messages: list[str] = field(default_factory=list)
-
-
-class Monitor:
-    """An rclpy node in this process that finds the matcher's topics and records its outputs.
-
-    Spins in a background thread. ``image_topics()``/``info_topics()`` say where the node listens
-    (found in the ROS graph, so remappings and the node's own naming need no configuration here).
-    """
-
-    def __init__(self, node_name: str, namespace: str = "/") -> None:
-        import rclpy
-        from rclpy.executors import SingleThreadedExecutor
-
-        self.context = rclpy.Context()  # its own, so that monitors and other rclpy users never interfere
-        rclpy.init(args=[], context=self.context)
-        self.target, self.namespace = node_name, namespace
-        self.node = rclpy.create_node(f"fm_monitor_{os.getpid()}_{node_name}", context=self.context)
-        self.obs = Observation()
-        self._lock = threading.Lock()
-        self._subs: dict[str, object] = {}
-        self._executor = SingleThreadedExecutor(context=self.context)
-        self._executor.add_node(self.node)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._spin, daemon=True)
-        self._thread.start()
-        self._watch_diagnostics()
-
-    def _spin(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self._executor.spin_once(timeout_sec=0.05)
-            except Exception:  # noqa: BLE001 - context shut down under us
-                if self._stop.is_set():
-                    return
-                raise
-
-    def _best_effort(self, depth: int = 50):
-        from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
-
-        return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=depth, reliability=ReliabilityPolicy.BEST_EFFORT)
-
-    def _watch_diagnostics(self) -> None:
-        from diagnostic_msgs.msg import DiagnosticArray
-
-        def _on(msg: DiagnosticArray) -> None:
-            for status in msg.status:
-                text = f"{status.name} {status.hardware_id}"
-                values = {kv.key: kv.value for kv in status.values}
-                if self.target in text or ("frames_dropped" in values and not self.obs.diagnostics):
-                    with self._lock:
-                        self.obs.diagnostics = values
-                        self.obs.diagnostic_levels.append(int.from_bytes(status.level, "little")
-                                                          if isinstance(status.level, bytes) else int(status.level))
-                        self.obs.diagnostic_messages.append(status.message)
-
-        self.node.create_subscription(DiagnosticArray, "/diagnostics", _on, 50)
-
-    # -- graph ----------------------------------------------------------------------------------
-    def _by_node(self, fn) -> list[tuple[str, list[str]]]:
-        try:
-            return fn(self.target, self.namespace)
-        except Exception:  # noqa: BLE001 - node not in the graph yet
-            return []
-
-    def subscriptions(self) -> list[tuple[str, list[str]]]:
-        return self._by_node(self.node.get_subscriber_names_and_types_by_node)
-
-    def publications(self) -> list[tuple[str, list[str]]]:
-        return self._by_node(self.node.get_publisher_names_and_types_by_node)
-
-    def image_topics(self) -> list[str]:
-        return [t for t, types in self.subscriptions() if IMAGE_TYPE in types]
-
-    def info_topics(self) -> list[str]:
-        return [t for t, types in self.subscriptions() if INFO_TYPE in types]
-
-    def wait_for_node(self, timeout: float, proc: NodeProcess | None = None) -> bool:
-        """True once the node subscribes to an image topic (False on timeout or when ``proc`` exits)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.image_topics():
-                return True
-            if proc is not None and not proc.alive():
-                return False
-            time.sleep(0.1)
-        return False
-
-    def input_reliable(self, topic: str) -> bool:
-        """Whether the node's subscription on ``topic`` asks for reliable delivery."""
-        from rclpy.qos import ReliabilityPolicy
-
-        for info in self.node.get_subscriptions_info_by_topic(topic):
-            if info.node_name == self.target and info.qos_profile.reliability == ReliabilityPolicy.RELIABLE:
-                return True
-        return False
-
-    def watch_outputs(self) -> list[str]:
-        """Subscribe to every output of the node that has a ``header``; returns the topics."""
-        for topic, types in self.publications():
-            if topic in _SKIP_OUTPUTS or topic in self._subs or not types:
-                continue
-            cls = _message_class(types[0])
-            if cls is None or "header" not in cls.get_fields_and_field_types():
-                continue
-
-            def _on(msg, _topic=topic) -> None:
-                now = time.time_ns()
-                stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
-                with self._lock:
-                    self.obs.outputs.setdefault(stamp, now)
-
-            self._subs[topic] = self.node.create_subscription(cls, topic, _on, self._best_effort())
-        return sorted(self._subs)
-
-    def snapshot(self) -> Observation:
-        with self._lock:
-            return Observation(dict(self.obs.outputs), dict(self.obs.diagnostics),
-                               list(self.obs.diagnostic_levels), list(self.obs.diagnostic_messages))
-
-    def clear_outputs(self) -> None:
-        with self._lock:
-            self.obs.outputs.clear()
-
-    def close(self) -> None:
-        import rclpy
-
-        self._stop.set()
-        self._thread.join(timeout=2.0)
-        self._executor.shutdown(timeout_sec=1.0)
-        self.node.destroy_node()
-        rclpy.try_shutdown(context=self.context)
-
-
-def _message_class(type_name: str):
-    """``"pkg/msg/Type"`` -> the Python class, or None when it cannot be imported."""
-    try:
-        pkg, kind, name = type_name.split("/")
-        return getattr(importlib.import_module(f"{pkg}.{kind}"), name)
-    except (ValueError, ImportError, AttributeError):
-        return None
 
 
 # -- the camera -----------------------------------------------------------------------------------
@@ -305,12 +48,12 @@ def run_camera(image_topic: str, info_topic: str, width: int, height: int, rate:
     """Publish real frames (rgb8) and their camera_info at ``rate`` for ``seconds``; stamps are wall
     time at publication. Returns ``{"sent": n, "achieved_hz": f, "first_stamp_ns": s}``."""
     import rclpy
-    from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
     from rclpy.signals import SignalHandlerOptions
     from sensor_msgs.msg import CameraInfo, Image
 
     from ..camera import CameraModel
     from ..ros.conversions import model_to_camera_info
+    from ..ros.qos import input_qos
 
     stop: list[int] = []
     signal.signal(signal.SIGINT, lambda *_: stop.append(1))
@@ -321,8 +64,7 @@ def run_camera(image_topic: str, info_topic: str, width: int, height: int, rate:
         camera = camera.scaled(width, height)
     rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
     node = rclpy.create_node(f"fm_stress_camera_{os.getpid()}")
-    qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=5,
-                     reliability=ReliabilityPolicy.RELIABLE if reliable else ReliabilityPolicy.BEST_EFFORT)
+    qos = input_qos("reliable" if reliable else "sensor_data")  # keep last 5, reliable or best effort
     pub = node.create_publisher(Image, image_topic, qos)
     info_pub = node.create_publisher(CameraInfo, info_topic, qos)
     deadline = time.monotonic() + 20.0
@@ -416,6 +158,25 @@ def _int(values: dict, key: str) -> int:
         return -1
 
 
+@dataclass
+class _Run:
+    """One scenario while it runs: what it measures and what was sampled so far (times in seconds since
+    the camera's first frame, ``t0`` on the monotonic clock, ``t0_ns`` that frame's stamp)."""
+
+    width: int
+    height: int
+    rate: float
+    warmup_s: float
+    total_s: float
+    window_s: float
+    t0: float = 0.0
+    t0_ns: int = 0
+    outputs: list[str] = field(default_factory=list)
+    rss_samples: list[tuple[float, float]] = field(default_factory=list)
+    rss_start: float = float("nan")
+    windows: list[Window] = field(default_factory=list)
+
+
 def run_scenario(node: NodeProcess, monitor: Monitor, width: int, height: int, rate: float, seconds: float,
                  warmup_s: float = 3.0, window_s: float | None = None, env: dict | None = None,
                  log=None) -> ScenarioResult:
@@ -425,66 +186,86 @@ def run_scenario(node: NodeProcess, monitor: Monitor, width: int, height: int, r
     and median RSS. The node must be up (``monitor.wait_for_node``). If the node dies, the camera is
     stopped and the result says ``node_alive=False``.
     """
+    run = _Run(width, height, rate, warmup_s, warmup_s + seconds, window_s or seconds)
+    cam = _start_clocked_camera(node, monitor, run, env)
+    _sample_while_publishing(node, monitor, cam, run, log)
+    cam_result = _camera_result(cam)
+    time.sleep(1.5)  # last outputs and a diagnostics period
+    if len(run.windows) * run.window_s < seconds - 1e-3:  # the rest of the measured time, unlogged
+        _close_window(monitor, run, warmup_s + len(run.windows) * run.window_s, run.total_s)
+    return _scenario_result(node, monitor, run, cam_result)
+
+
+def _start_clocked_camera(node: NodeProcess, monitor: Monitor, run: _Run, env: dict | None) -> subprocess.Popen:
+    """Watch the node's outputs, then start the camera on the node's own input topics (and QoS); the
+    clock of ``run`` starts with the camera's first frame."""
     images, infos = monitor.image_topics(), monitor.info_topics()
     if not images or not infos:
         raise RuntimeError(f"node {node.name} subscribes to no image/camera_info topic: {monitor.subscriptions()}")
     reliable = monitor.input_reliable(images[0])
-    outputs = monitor.watch_outputs()
-    total_s = warmup_s + seconds
-    cam = start_camera(images[0], infos[0], width, height, rate, total_s, reliable, env)
-    started = cam.stdout.readline()  # the camera's first frame: the clock starts here
+    run.outputs = monitor.watch_outputs()
+    cam = start_camera(images[0], infos[0], run.width, run.height, run.rate, run.total_s, reliable, env)
+    started = cam.stdout.readline()
     if '"started"' not in started:
         cam.kill()
         raise RuntimeError(f"camera publisher did not start: {started}{cam.communicate()[1][-2000:]}")
-    t0 = time.monotonic()
-    t0_ns = json.loads(started)["started"]
-    rss_samples: list[tuple[float, float]] = []
-    rss_start = float("nan")
-    window_s = window_s or seconds
-    next_window = warmup_s + window_s
-    windows: list[Window] = []
+    run.t0, run.t0_ns = time.monotonic(), json.loads(started)["started"]
+    return cam
+
+
+def _sample_while_publishing(node: NodeProcess, monitor: Monitor, cam: subprocess.Popen, run: _Run,
+                             log=None) -> None:
+    """Every 0.25 s until the camera ends: sample the node's RSS and close each window that is over;
+    stop the camera early if the node dies."""
+    next_window = run.warmup_s + run.window_s
     while cam.poll() is None:
-        elapsed = time.monotonic() - t0
-        rss_samples.append((elapsed, node.rss_mb()))
-        if elapsed >= warmup_s and rss_start != rss_start:  # still nan
-            rss_start = node.rss_mb()
+        elapsed = time.monotonic() - run.t0
+        run.rss_samples.append((elapsed, node.rss_mb()))
+        if elapsed >= run.warmup_s and run.rss_start != run.rss_start:  # still nan
+            run.rss_start = node.rss_mb()
         if elapsed >= next_window - 1e-3:
-            lo = next_window - window_s
-            windows.append(_window(monitor, t0_ns, lo, next_window, _median_rss(rss_samples, lo, next_window)))
-            if log:
-                w = windows[-1]
-                log(f"  t={w.t_end_s:6.0f}s processed {w.processed_hz:5.1f} Hz  latency p50 {w.latency_ms_p50:7.1f} ms"
-                    f"  p99 {w.latency_ms_p99:7.1f} ms  RSS {w.rss_mb:7.1f} MiB")
-            next_window += window_s
+            _close_window(monitor, run, next_window - run.window_s, next_window, log)
+            next_window += run.window_s
         if not node.alive():
             break
         time.sleep(0.25)
     if cam.poll() is None:  # the node died: stop the camera early
         cam.send_signal(signal.SIGINT)
+
+
+def _close_window(monitor: Monitor, run: _Run, start_s: float, end_s: float, log=None) -> None:
+    """Add the window ``[start_s, end_s)`` to ``run`` (and print its row with ``log``)."""
+    w = _window(monitor, run.t0_ns, start_s, end_s, _median_rss(run.rss_samples, start_s, end_s))
+    run.windows.append(w)
+    if log:
+        log(f"  t={w.t_end_s:6.0f}s processed {w.processed_hz:5.1f} Hz  latency p50 {w.latency_ms_p50:7.1f} ms"
+            f"  p99 {w.latency_ms_p99:7.1f} ms  RSS {w.rss_mb:7.1f} MiB")
+
+
+def _camera_result(cam: subprocess.Popen) -> dict:
+    """The camera's JSON result (its last JSON line on stdout), once it has exited."""
     out, err = cam.communicate(timeout=30)
-    cam_result = {}
     for line in reversed(out.strip().splitlines()):
         if line.startswith("{"):
-            cam_result = json.loads(line)
-            break
-    if not cam_result:
-        raise RuntimeError(f"camera publisher failed: {err[-2000:]}")
-    time.sleep(1.5)  # last outputs and a diagnostics period
-    if len(windows) * window_s < seconds - 1e-3:
-        lo = warmup_s + len(windows) * window_s
-        windows.append(_window(monitor, t0_ns, lo, total_s, _median_rss(rss_samples, lo, total_s)))
-    whole = _window(monitor, t0_ns, warmup_s, total_s, node.rss_mb())
-    # Counters over the whole run (warm-up included), from the node's last report after the camera stopped.
+            return json.loads(line)
+    raise RuntimeError(f"camera publisher failed: {err[-2000:]}")
+
+
+def _scenario_result(node: NodeProcess, monitor: Monitor, run: _Run, cam_result: dict) -> ScenarioResult:
+    """Rates and latency over the measured time; counters over the whole run (warm-up included), from
+    the node's last report after the camera stopped."""
+    whole = _window(monitor, run.t0_ns, run.warmup_s, run.total_s, node.rss_mb())
     diag = monitor.snapshot().diagnostics
     received, processed = _int(diag, "frames_received"), _int(diag, "frames_processed")
     dropped, rejected = _int(diag, "frames_dropped"), _int(diag, "rejected_total")
     return ScenarioResult(
-        size=f"{width}x{height}", input_hz=rate, sent=cam_result["sent"], achieved_hz=cam_result["achieved_hz"],
-        node_received=received, node_processed=processed, node_dropped=dropped, node_rejected=rejected,
-        processed_hz=whole.processed_hz, drop_pct=100.0 * dropped / received if received > 0 else float("nan"),
+        size=f"{run.width}x{run.height}", input_hz=run.rate, sent=cam_result["sent"],
+        achieved_hz=cam_result["achieved_hz"], node_received=received, node_processed=processed,
+        node_dropped=dropped, node_rejected=rejected, processed_hz=whole.processed_hz,
+        drop_pct=100.0 * dropped / received if received > 0 else float("nan"),
         latency_ms_p50=whole.latency_ms_p50, latency_ms_p99=whole.latency_ms_p99,
-        rss_start_mb=rss_start, rss_end_mb=node.rss_mb(), windows=windows, node_alive=node.alive(),
-        outputs=outputs,
+        rss_start_mb=run.rss_start, rss_end_mb=node.rss_mb(), windows=run.windows, node_alive=node.alive(),
+        outputs=run.outputs,
     )
 
 
@@ -565,8 +346,7 @@ def _run_scenarios(args: argparse.Namespace, scenarios: list, seconds: float, ov
     for i, (rate, (w, h)) in enumerate(scenarios):
         name = f"fm_stress_{os.getpid()}_{i}"
         with NodeProcess(name, overrides, args.params_file, env) as node:
-            monitor = Monitor(name)
-            try:
+            with Monitor(name) as monitor:
                 if not monitor.wait_for_node(args.startup_timeout, node):
                     print(f"fm-stress: node did not come up (exit code {node.proc.poll()}):\n{node.stderr[-3000:]}",
                           file=sys.stderr)
@@ -576,8 +356,6 @@ def _run_scenarios(args: argparse.Namespace, scenarios: list, seconds: float, ov
                 r = run_scenario(node, monitor, w, h, rate, seconds, args.warmup,
                                  window_s=args.window if args.soak else None, env=env,
                                  log=(lambda s: print(s, flush=True)) if args.soak else None)
-            finally:
-                monitor.close()
             rc, took = node.stop(signal.SIGINT)
             if not r.node_alive or rc not in (0, -signal.SIGINT):
                 failed = True
