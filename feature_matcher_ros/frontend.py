@@ -46,7 +46,8 @@ import numpy as np
 from .backends.base import PRECISIONS, Backend, Features, Matches
 from .backends.nms import nms_matches
 from .camera import CameraModel
-from .geometry import METHODS, RelativePose, estimate_relative_pose, invert, se3
+from .geometry import METHODS, RelativePose, estimate_relative_pose
+from .se3 import invert, se3
 from .keyframes import PARALLAX_MODES, Keyframe, KeyframeCache, KeyframePolicy, median_displacement_px
 from .params import ParamSpec, check_changes
 

@@ -1,8 +1,7 @@
-"""Two-view geometry: robust relative pose (essential matrix or homography), pose errors and SE(3) helpers.
+"""Two-view geometry: robust relative pose (essential matrix or homography) and pose errors.
 
 Conventions: a relative pose "0 -> 1" is ``R, t`` with ``X1 = R @ X0 + t`` (OpenCV camera frame, x right,
-y down, z forward). ``T_a_b`` is a 4x4 matrix mapping points from frame b to frame a. Quaternions are
-Hamilton, scalar last ``(qx, qy, qz, qw)`` as in TUM trajectory files.
+y down, z forward); SE(3) matrices, quaternions and covariance propagation are in :mod:`.se3`.
 
 :func:`estimate_relative_pose` undistorts the keypoints with each camera (:meth:`CameraModel.normalize`),
 converts the pixel threshold to normalised units with the mean focal length, and fits
@@ -20,6 +19,7 @@ homography decomposition on TUM), and the homography is decomposed only when no 
 
 Example:
     >>> import numpy as np
+    >>> from feature_matcher_ros.se3 import invert, rotation_from_rotvec
     >>> R = rotation_from_rotvec([0.0, 0.1, 0.0]); t = np.array([0.2, 0.0, 0.0])
     >>> T = se3(R, t)
     >>> np.allclose(invert(T) @ T, np.eye(4))
@@ -33,13 +33,14 @@ Example:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 import cv2
 import numpy as np
 
 from .camera import CameraModel
+from .se3 import closest_rotation, se3, skew
 
 METHODS = ("magsac", "poselib")
 # Variance given to what a monocular two-view pose cannot observe (the translation scale, or the whole
@@ -92,78 +93,6 @@ class RelativePose:
     def T(self) -> np.ndarray:
         """``(4, 4)`` ``T_current_keyframe`` with the unit (or zero) translation."""
         return se3(self.R, self.t)
-
-
-# ---------------------------------------------------------------------------------------------------
-# SE(3), SO(3) and quaternions
-# ---------------------------------------------------------------------------------------------------
-def se3(R: np.ndarray, t: Iterable[float]) -> np.ndarray:
-    """``(4, 4)`` homogeneous transform from a ``(3, 3)`` rotation and a ``(3,)`` translation."""
-    T = np.eye(4)
-    T[:3, :3] = np.asarray(R, dtype=np.float64)
-    T[:3, 3] = np.asarray(t, dtype=np.float64).reshape(3)
-    return T
-
-
-def invert(T: np.ndarray) -> np.ndarray:
-    """Inverse of a rigid ``(4, 4)`` transform (uses ``R^T``, not a general matrix inverse)."""
-    T = np.asarray(T, dtype=np.float64)
-    out = np.eye(4)
-    out[:3, :3] = T[:3, :3].T
-    out[:3, 3] = -T[:3, :3].T @ T[:3, 3]
-    return out
-
-
-def skew(v: Iterable[float]) -> np.ndarray:
-    """``(3, 3)`` cross-product matrix: ``skew(a) @ b == cross(a, b)``."""
-    x, y, z = np.asarray(v, dtype=np.float64).reshape(3)
-    return np.array([[0.0, -z, y], [z, 0.0, -x], [-y, x, 0.0]])
-
-
-def rotation_from_rotvec(w: Iterable[float]) -> np.ndarray:
-    """Rodrigues: ``(3,)`` axis * angle (radians) -> ``(3, 3)``."""
-    return cv2.Rodrigues(np.asarray(w, dtype=np.float64).reshape(3, 1))[0]
-
-
-def rotvec_from_rotation(R: np.ndarray) -> np.ndarray:
-    return cv2.Rodrigues(np.asarray(R, dtype=np.float64))[0].reshape(3)
-
-
-def quat_to_rotation(q: Sequence[float]) -> np.ndarray:
-    """Unit quaternion ``(qx, qy, qz, qw)`` (scalar last) -> ``(3, 3)`` rotation."""
-    x, y, z, w = np.asarray(q, dtype=np.float64).reshape(4) / np.linalg.norm(q)
-    return np.array([
-        [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-        [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-        [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
-    ])
-
-
-def rotation_to_quat(R: np.ndarray) -> np.ndarray:
-    """``(3, 3)`` rotation -> ``(4,)`` unit quaternion ``(qx, qy, qz, qw)`` with ``qw >= 0``."""
-    R = np.asarray(R, dtype=np.float64)
-    tr = np.trace(R)
-    if tr > 0:
-        s = 2.0 * math.sqrt(tr + 1.0)
-        q = [(R[2, 1] - R[1, 2]) / s, (R[0, 2] - R[2, 0]) / s, (R[1, 0] - R[0, 1]) / s, 0.25 * s]
-    else:
-        i = int(np.argmax(np.diag(R)))
-        j, k = (i + 1) % 3, (i + 2) % 3
-        s = 2.0 * math.sqrt(max(1.0 + R[i, i] - R[j, j] - R[k, k], 1e-300))
-        q = [0.0, 0.0, 0.0, (R[k, j] - R[j, k]) / s]
-        q[i] = 0.25 * s
-        q[j] = (R[j, i] + R[i, j]) / s
-        q[k] = (R[k, i] + R[i, k]) / s
-    q = np.asarray(q)
-    q /= np.linalg.norm(q)
-    return -q if q[3] < 0 else q
-
-
-def closest_rotation(M: np.ndarray) -> np.ndarray:
-    """The rotation nearest to ``M`` in the Frobenius norm."""
-    U, _, Vt = np.linalg.svd(M)
-    D = np.diag([1.0, 1.0, np.sign(np.linalg.det(U @ Vt))])
-    return U @ D @ Vt
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from feature_matcher_ros.params import ParamSpec
 from feature_matcher_ros.ros import conversions as cv
 from feature_matcher_ros.ros.mailbox import Mailbox
 from feature_matcher_ros.ros.parameters import descriptor_for
+from feature_matcher_ros.se3 import quat_to_rotation, rotation_to_quat
 
 
 @pytest.fixture(scope="module")
@@ -199,11 +200,11 @@ def test_pose_conversions_and_keyframe_frame_id():
     rng = np.random.default_rng(1)
     for _ in range(20):
         q = rng.normal(size=4)
-        R = cv.quaternion_to_rotation(*q)
+        R = quat_to_rotation(q)
         np.testing.assert_allclose(R @ R.T, np.eye(3), atol=1e-12)
-        np.testing.assert_allclose(cv.quaternion_to_rotation(*cv.rotation_to_quaternion(R)), R, atol=1e-9)
+        np.testing.assert_allclose(quat_to_rotation(rotation_to_quat(R)), R, atol=1e-9)
     T = np.eye(4)
-    T[:3, :3] = cv.quaternion_to_rotation(0.1, -0.7, 0.2, 0.05)
+    T[:3, :3] = quat_to_rotation([0.1, -0.7, 0.2, 0.05])
     T[:3, 3] = (1.0, -2.0, 0.5)
     np.testing.assert_allclose(cv.pose_to_matrix(cv.matrix_to_pose(T)), T, atol=1e-12)
     name = cv.keyframe_frame_id("camera_rgb_optical_frame", 1_311_868_169_163_498_000)
@@ -237,58 +238,6 @@ def test_descriptor_from_spec():
     assert d.integer_range[0].from_value == 0 and d.integer_range[0].to_value == 2**63 - 1
     d = descriptor_for(ParamSpec("backend", "sift", "Which.", choices=("sift", "orb"), read_only=True))
     assert d.read_only and d.type == ParameterType.PARAMETER_STRING and "sift, orb" in d.additional_constraints
-
-
-def _exp(w):
-    return cv2.Rodrigues(np.asarray(w, np.float64).reshape(3, 1))[0]
-
-
-def _log(R):
-    return cv2.Rodrigues(R)[0].reshape(3)
-
-
-def _assert_covariance_close(deltas, predicted):
-    """Sample covariance of ``deltas`` equals ``predicted`` within 5 standard errors, entry by entry."""
-    empirical = np.cov(np.asarray(deltas).T)
-    d = np.diag(predicted)
-    stderr = np.sqrt((np.outer(d, d) + predicted**2) / len(deltas))
-    assert (np.abs(empirical - predicted) < 5 * stderr).all(), np.abs(empirical - predicted) / stderr
-
-
-def test_inverse_and_composition_covariance_match_sampling():
-    """First-order covariance propagation against Monte-Carlo sampling, in the RelativePose convention
-    (``t_true = t + dt``, ``R_true = exp([w]x) @ R``)."""
-    rng = np.random.default_rng(3)
-    R, t = _exp([0.2, -0.4, 0.1]), np.array([0.3, -0.1, 0.9])
-    A = rng.normal(size=(6, 6)) * 1e-3
-    cov = A @ A.T
-    T_inv, cov_inv = cv.invert_with_covariance(R, t, cov)
-    np.testing.assert_allclose(T_inv[:3, :3], R.T, atol=1e-12)
-    np.testing.assert_allclose(T_inv[:3, 3], -R.T @ t, atol=1e-12)
-    samples = rng.multivariate_normal(np.zeros(6), cov, size=20000)
-    deltas = []
-    for d in samples:
-        Rt, tt = _exp(d[3:]) @ R, t + d[:3]
-        Ri, ti = Rt.T, -Rt.T @ tt
-        deltas.append(np.concatenate([ti - T_inv[:3, 3], _log(Ri @ T_inv[:3, :3].T)]))
-    _assert_covariance_close(deltas, cov_inv)
-
-    T_b = np.eye(4)
-    T_b[:3, :3], T_b[:3, 3] = _exp([0.0, 0.3, -0.2]), [1.0, 0.5, -0.2]
-    B = rng.normal(size=(6, 6)) * 1e-3
-    cov_b = B @ B.T
-    T_a = np.eye(4)
-    T_a[:3, :3], T_a[:3, 3] = R, t
-    T_ab, cov_ab = cv.compose_with_covariance(T_a, cov, T_b, cov_b)
-    np.testing.assert_allclose(T_ab, T_a @ T_b, atol=1e-12)
-    samples_b = rng.multivariate_normal(np.zeros(6), cov_b, size=20000)
-    deltas = []
-    for da, db in zip(samples, samples_b):
-        Ra, ta = _exp(da[3:]) @ R, t + da[:3]
-        Rb, tb = _exp(db[3:]) @ T_b[:3, :3], T_b[:3, 3] + db[:3]
-        Rc, tc = Ra @ Rb, Ra @ tb + ta
-        deltas.append(np.concatenate([tc - T_ab[:3, 3], _log(Rc @ T_ab[:3, :3].T)]))
-    _assert_covariance_close(deltas, cov_ab)
 
 
 def test_params_file_lists_every_default(repo):

@@ -8,7 +8,8 @@ import pytest
 from feature_matcher_ros.backends.sift import SiftBackend
 from feature_matcher_ros.camera import CameraModel
 from feature_matcher_ros.frontend import FRONTEND_PARAMS, Frontend
-from feature_matcher_ros.geometry import invert, rotation_error_deg
+from feature_matcher_ros.geometry import rotation_error_deg
+from feature_matcher_ros.se3 import invert
 from feature_matcher_ros.tools.bench_geometry import read_image_list, read_tum_trajectory
 
 

@@ -14,10 +14,10 @@ import pytest
 from feature_matcher_ros.backends.sift import SiftBackend
 from feature_matcher_ros.camera import CameraModel
 from feature_matcher_ros.geometry import (
-    UNKNOWN_VARIANCE, estimate_homography, estimate_relative_pose, homography_transfer_error, invert,
-    pose_error_auc, quat_to_rotation, rotation_error_deg, rotation_from_rotvec, rotation_to_quat, sampson_distance,
-    se3, essential_from_pose, symmetric_epipolar_distance, translation_angle_error_deg,
+    UNKNOWN_VARIANCE, estimate_homography, estimate_relative_pose, homography_transfer_error, pose_error_auc,
+    rotation_error_deg, sampson_distance, essential_from_pose, symmetric_epipolar_distance, translation_angle_error_deg,
 )
+from feature_matcher_ros.se3 import invert, quat_to_rotation, rotation_from_rotvec, rotation_to_quat, se3
 from feature_matcher_ros.tools.bench_geometry import dataset_camera, read_pose_pairs, read_tum_trajectory
 
 SIFT = SiftBackend()

@@ -8,7 +8,8 @@ from feature_matcher_ros.backends import available_backends, create_backend
 from feature_matcher_ros.backends.base import Features
 from feature_matcher_ros.backends.sift import OrbBackend, SiftBackend, mutual_ratio_match
 from feature_matcher_ros.camera import CameraModel
-from feature_matcher_ros.geometry import estimate_relative_pose, invert, rotation_error_deg
+from feature_matcher_ros.geometry import estimate_relative_pose, rotation_error_deg
+from feature_matcher_ros.se3 import invert
 from feature_matcher_ros.tools.bench_geometry import read_image_list, read_tum_trajectory
 
 

@@ -19,7 +19,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from .trajectory import Trajectory, TrajectoryError, pose_matrix
+from ..se3 import pose_matrix, rotation_to_quat
+from .trajectory import Trajectory, TrajectoryError
 
 IMAGE = "sensor_msgs/msg/Image"
 COMPRESSED_IMAGE = "sensor_msgs/msg/CompressedImage"
@@ -332,7 +333,7 @@ def read_ground_truth(reader: Any, topic: str, child_frame: str | None = None) -
             pose = msg.pose.pose if msgtype in (ODOMETRY, POSE_COV_STAMPED) else msg.pose
             stamps.append(stamp_ns(msg.header))
             poses.append(_pose_msg_matrix(pose))
-    except TrajectoryError as exc:
+    except ValueError as exc:  # a bad quaternion
         raise BagError(f"ground-truth topic {topic}: {exc}") from None
     if not stamps:
         raise BagError(f"ground-truth topic {topic} has no messages")
@@ -357,7 +358,7 @@ def _ground_truth_from_tf(reader: Any, topic: str, child_frame: str | None) -> T
                     entry = dynamic.setdefault(child, (parent, [], []))
                     entry[1].append(stamp_ns(tr.header))
                     entry[2].append(_tf_matrix(tr.transform))
-    except TrajectoryError as exc:
+    except ValueError as exc:  # a bad quaternion
         raise BagError(f"ground-truth topic {topic}: {exc}") from None
     child_frame = child_frame.lstrip("/")
     known = sorted(set(dynamic) | set(static))
@@ -524,9 +525,7 @@ def camera_info_message(store: Any, camera: Any, stamp: int, frame_id: str) -> A
 
 
 def _pose_parts(store: Any, T: np.ndarray) -> tuple[Any, Any]:
-    from scipy.spatial.transform import Rotation
-
-    q = Rotation.from_matrix(T[:3, :3]).as_quat()
+    q = rotation_to_quat(T[:3, :3])
     quat = store.types["geometry_msgs/msg/Quaternion"](x=float(q[0]), y=float(q[1]), z=float(q[2]), w=float(q[3]))
     return T[:3, 3].astype(float), quat
 

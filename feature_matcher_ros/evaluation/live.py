@@ -20,7 +20,7 @@ import numpy as np
 
 from .bagio import stamp_ns, typestore
 from .records import FrameRecord
-from .trajectory import pose_matrix
+from ..se3 import pose_matrix
 
 MATCHES = "sensor_msgs/msg/PointCloud2"
 RELATIVE_POSE = "geometry_msgs/msg/PoseWithCovarianceStamped"

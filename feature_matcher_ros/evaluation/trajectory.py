@@ -23,6 +23,8 @@ from typing import Iterable, Sequence
 import numpy as np
 from scipy.spatial.transform import Rotation, Slerp
 
+from ..se3 import pose_matrix, rotation_to_quat
+
 
 class TrajectoryError(ValueError):
     """A trajectory file or series that cannot be used (message names the file/line)."""
@@ -41,18 +43,6 @@ def ns_to_text(stamp_ns: int) -> str:
     sign = "-" if stamp_ns < 0 else ""
     sec, nsec = divmod(abs(int(stamp_ns)), 1_000_000_000)
     return f"{sign}{sec}.{nsec:09d}"
-
-
-def pose_matrix(position: Sequence[float], quat_xyzw: Sequence[float]) -> np.ndarray:
-    """``(3,)`` translation and ``(4,)`` scalar-last quaternion -> ``(4, 4)`` homogeneous pose."""
-    q = np.asarray(quat_xyzw, dtype=np.float64)
-    norm = float(np.linalg.norm(q))
-    if not np.isfinite(norm) or norm < 1e-9:
-        raise TrajectoryError(f"invalid quaternion {q.tolist()}")
-    T = np.eye(4)
-    T[:3, :3] = Rotation.from_quat(q / norm).as_matrix()
-    T[:3, 3] = np.asarray(position, dtype=np.float64)
-    return T
 
 
 @dataclass
@@ -150,7 +140,7 @@ def write_tum(path: str | Path, traj: Trajectory) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     lines = ["# timestamp tx ty tz qx qy qz qw"]
     for stamp, T in zip(traj.stamps_ns, traj.poses):
-        q = Rotation.from_matrix(T[:3, :3]).as_quat()
+        q = rotation_to_quat(T[:3, :3])
         values = " ".join(f"{v:.9f}" for v in (*T[:3, 3], *q))
         lines.append(f"{ns_to_text(int(stamp))} {values}")
     path.write_text("\n".join(lines) + "\n")

@@ -11,7 +11,6 @@ Every problem with an input raises :class:`InputError`, whose ``reason`` is a sh
 
 from __future__ import annotations
 
-import math
 import sys
 
 import cv2
@@ -24,6 +23,7 @@ from sensor_msgs.msg import PointCloud2
 from std_msgs.msg import Header
 
 from ..camera import CameraModel, camera_from_info
+from ..se3 import pose_matrix, rotation_to_quat
 
 # encoding -> (numpy dtype, channels)
 ENCODINGS = {
@@ -310,65 +310,17 @@ def cloud_to_array(msg: PointCloud2) -> np.ndarray:
 
 
 # -- poses ---------------------------------------------------------------------------------------
-def rotation_to_quaternion(R: np.ndarray) -> tuple[float, float, float, float]:
-    """``(x, y, z, w)`` of a rotation matrix (scalar last, w >= 0)."""
-    R = np.asarray(R, dtype=np.float64)
-    trace = R[0, 0] + R[1, 1] + R[2, 2]
-    if trace > 0:
-        s = 2.0 * math.sqrt(trace + 1.0)
-        q = (0.25 * s, (R[2, 1] - R[1, 2]) / s, (R[0, 2] - R[2, 0]) / s, (R[1, 0] - R[0, 1]) / s)
-    else:
-        i = int(np.argmax(np.diag(R)))
-        j, k = (i + 1) % 3, (i + 2) % 3
-        s = 2.0 * math.sqrt(max(1.0 + R[i, i] - R[j, j] - R[k, k], 1e-300))
-        v = [0.0, 0.0, 0.0]
-        v[i] = 0.25 * s
-        v[j] = (R[j, i] + R[i, j]) / s
-        v[k] = (R[k, i] + R[i, k]) / s
-        q = ((R[k, j] - R[j, k]) / s, *v)
-    w, x, y, z = q
-    norm = math.sqrt(w * w + x * x + y * y + z * z)
-    sign = 1.0 if w >= 0 else -1.0
-    return (sign * x / norm, sign * y / norm, sign * z / norm, sign * w / norm)
-
-
-def quaternion_to_rotation(x: float, y: float, z: float, w: float) -> np.ndarray:
-    """The 3x3 rotation of a (not necessarily unit) quaternion, scalar last."""
-    q = np.array([w, x, y, z], dtype=np.float64)
-    q /= np.linalg.norm(q)
-    w, x, y, z = q
-    return np.array([
-        [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-        [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-        [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
-    ])
-
-
 def matrix_to_pose(T: np.ndarray) -> Pose:
     pose = Pose()
     pose.position.x, pose.position.y, pose.position.z = (float(v) for v in T[:3, 3])
-    qx, qy, qz, qw = rotation_to_quaternion(T[:3, :3])
+    qx, qy, qz, qw = (float(v) for v in rotation_to_quat(T[:3, :3]))
     pose.orientation.x, pose.orientation.y, pose.orientation.z, pose.orientation.w = qx, qy, qz, qw
     return pose
 
 
 def pose_to_matrix(pose: Pose) -> np.ndarray:
-    T = np.eye(4)
-    o = pose.orientation
-    T[:3, :3] = quaternion_to_rotation(o.x, o.y, o.z, o.w)
-    T[:3, 3] = (pose.position.x, pose.position.y, pose.position.z)
-    return T
-
-
-def adjoint(T: np.ndarray) -> np.ndarray:
-    """The 6x6 adjoint of an SE(3) pose for twists ordered ``[translation, rotation]``."""
-    R, t = T[:3, :3], T[:3, 3]
-    tx = np.array([[0, -t[2], t[1]], [t[2], 0, -t[0]], [-t[1], t[0], 0]])
-    A = np.zeros((6, 6))
-    A[:3, :3] = R
-    A[:3, 3:] = tx @ R
-    A[3:, 3:] = R
-    return A
+    o, p = pose.orientation, pose.position
+    return pose_matrix((p.x, p.y, p.z), (o.x, o.y, o.z, o.w))
 
 
 def _covariance_list(cov: np.ndarray) -> list[float]:
@@ -427,37 +379,3 @@ def keyframe_msg(T_world_kf: np.ndarray, keyframe_stamp_ns: int, world_frame: st
     msg.header = Header(stamp=ns_to_stamp(keyframe_stamp_ns), frame_id=world_frame)
     msg.pose = matrix_to_pose(T_world_kf)
     return msg
-
-
-def _skew(v: np.ndarray) -> np.ndarray:
-    return np.array([[0.0, -v[2], v[1]], [v[2], 0.0, -v[0]], [-v[1], v[0], 0.0]])
-
-
-def invert_with_covariance(R: np.ndarray, t: np.ndarray, covariance: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``T_b_a`` and its covariance from ``T_a_b = (R, t)`` with covariance over ``[tx, ty, tz, rx, ry, rz]``
-    (additive translation, rotation ``R_true = exp([w]x) R``; the convention of
-    :class:`~feature_matcher_ros.geometry.RelativePose`), to first order."""
-    R = np.asarray(R, np.float64)
-    t = np.asarray(t, np.float64).reshape(3)
-    T = np.eye(4)
-    T[:3, :3] = R.T
-    T[:3, 3] = -R.T @ t
-    J = np.zeros((6, 6))
-    J[:3, :3] = -R.T
-    J[:3, 3:] = -R.T @ _skew(t)
-    J[3:, 3:] = -R.T
-    return T, J @ np.asarray(covariance, np.float64).reshape(6, 6) @ J.T
-
-
-def compose_with_covariance(
-    T_a: np.ndarray, cov_a: np.ndarray, T_b: np.ndarray, cov_b: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """``T_a @ T_b`` and its covariance (independent inputs; same convention as
-    :func:`invert_with_covariance`), to first order."""
-    Ra = T_a[:3, :3]
-    Ja = np.eye(6)
-    Ja[:3, 3:] = -_skew(Ra @ T_b[:3, 3])
-    Jb = np.zeros((6, 6))
-    Jb[:3, :3] = Ra
-    Jb[3:, 3:] = Ra
-    return T_a @ T_b, Ja @ cov_a @ Ja.T + Jb @ cov_b @ Jb.T

@@ -50,6 +50,7 @@ from ..backends import PRECISIONS, backend_class, create_backend
 from ..backends import _REGISTRY as BACKEND_NAMES
 from ..frontend import Frontend, FrameResult
 from ..params import ParamSpec
+from ..se3 import invert_with_covariance
 from . import conversions as cv
 from .diagnostics import Stats
 from .mailbox import Mailbox
@@ -417,7 +418,7 @@ class MatcherNode(Node):
             m.kpts0, m.kpts1, m.scores, inliers, header, result.keyframe_stamp_ns))
         pose = result.pose
         if pose is not None and result.keyframe_stamp_ns != result.stamp_ns:
-            T_kf_cur, cov_kf_cur = cv.invert_with_covariance(pose.R, pose.t, pose.covariance)
+            T_kf_cur, cov_kf_cur = invert_with_covariance(pose.R, pose.t, pose.covariance)
             self.pub_pose.publish(cv.relative_pose_msg(
                 T_kf_cur, cov_kf_cur, result.stamp_ns, camera_frame, result.keyframe_stamp_ns))
         if odom is not None:

@@ -13,7 +13,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-from .conversions import compose_with_covariance, invert_with_covariance
+from ..se3 import compose_with_covariance, invert_with_covariance
 
 MAX_KEYFRAMES = 64
 # Extra rotation/translation uncertainty when the chain restarts after tracking was lost.

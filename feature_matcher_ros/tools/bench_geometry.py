@@ -19,9 +19,8 @@ import cv2
 import numpy as np
 
 from ..camera import CameraModel
-from ..geometry import (
-    estimate_relative_pose, pose_error_auc, quat_to_rotation, rotation_error_deg, se3, translation_angle_error_deg,
-)
+from ..geometry import estimate_relative_pose, pose_error_auc, rotation_error_deg, translation_angle_error_deg
+from ..se3 import quat_to_rotation, se3
 
 
 @dataclass

@@ -50,13 +50,13 @@ def read_sequence(folder: Path) -> tuple[list[tuple[int, Path]], CameraModel, di
     truth = {}
     gt_file = folder / "groundtruth.txt"
     if gt_file.is_file():
-        from ..ros.conversions import quaternion_to_rotation
+        from ..se3 import quat_to_rotation
 
         for line in gt_file.read_text().splitlines():
             if line.strip() and not line.startswith("#"):
                 v = line.split()
                 T = np.eye(4)
-                T[:3, :3] = quaternion_to_rotation(*map(float, v[4:8]))
+                T[:3, :3] = quat_to_rotation([float(x) for x in v[4:8]])
                 T[:3, 3] = [float(x) for x in v[1:4]]
                 truth[parse_stamp(v[0])] = T
     return frames, camera, truth

@@ -7,7 +7,8 @@ import numpy as np
 from feature_matcher_ros.backends import create_backend
 from feature_matcher_ros.camera import CameraModel
 from feature_matcher_ros.frontend import Frontend
-from feature_matcher_ros.geometry import invert, rotation_error_deg, translation_angle_error_deg, pose_error_auc
+from feature_matcher_ros.geometry import rotation_error_deg, translation_angle_error_deg, pose_error_auc
+from feature_matcher_ros.se3 import invert
 from feature_matcher_ros.tools.bench_geometry import read_image_list, read_tum_trajectory
 from feature_matcher_ros.resources import data_dir
 ds = data_dir() / "tum_fr2_desk"
