@@ -54,7 +54,6 @@ from ..se3 import invert_with_covariance
 from . import conversions as cv
 from .diagnostics import Stats
 from .mailbox import Mailbox
-from .odometry import OdometryChain
 from .parameters import LiveParameters, declare
 from .qos import INPUT_QOS_CHOICES, input_qos, latched_qos, output_qos
 
@@ -173,7 +172,6 @@ class MatcherNode(Node):
         self.mailbox = Mailbox()
         self.stats = Stats()
         self.cameras = cv.CameraInfoCache()
-        self.chain = OdometryChain()
         self._keyframe_images: OrderedDict[int, np.ndarray] = OrderedDict()
         self._last_stamp_ns: int | None = None
         self._frame_id: str | None = None  # every accepted image must come from this camera frame
@@ -313,7 +311,6 @@ class MatcherNode(Node):
     def _on_reset(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
         with self.lock:
             self.frontend.reset()
-            self.chain.reset()
             self._keyframe_images.clear()
             self._last_stamp_ns = None
             self._frame_id = None
@@ -376,8 +373,7 @@ class MatcherNode(Node):
                     started = time.perf_counter()
                     result = self.frontend.process(frame.pixels, frame.stamp_ns, frame.camera)
                     process_ms = 1e3 * (time.perf_counter() - started)
-                    scale = float(self.frontend.settings.get("odometry.scale", self.values.get("odometry.scale", 0)))
-                self._publish(frame, result, scale)
+                self._publish(frame, result)
                 self.stats.on_output(
                     1e3 * (time.monotonic() - frame.arrived), process_ms, result.status, result.reason,
                     result.new_keyframe,
@@ -391,14 +387,13 @@ class MatcherNode(Node):
     def _camera_frame(self, header: Header) -> str:
         return self.values["camera_frame"] or header.frame_id or "camera"
 
-    def _publish(self, frame: _Frame, result: FrameResult, scale: float) -> None:
+    def _publish(self, frame: _Frame, result: FrameResult) -> None:
         if self.mailbox.closed:  # shutting down: the publishers' context may already be gone
             return
         camera_frame = self._camera_frame(frame.header)
-        odom = self.chain.add(result, scale)
 
         # The keyframe announcement goes first: a frame matched against a keyframe never arrives before it.
-        keyframe = result.stamp_ns if result.new_keyframe else result.keyframe_stamp_ns
+        keyframe = result.active_keyframe_stamp_ns
         if result.new_keyframe:
             # kept for debug_image only while the keyframe is in the frontend's cache (it is never drawn after)
             self._keyframe_images[result.stamp_ns] = frame.pixels
@@ -407,7 +402,7 @@ class MatcherNode(Node):
                 del self._keyframe_images[stamp]
         if keyframe != self._announced_keyframe:
             self._announced_keyframe = keyframe
-            T_world_kf = self.chain.keyframe_pose(keyframe)
+            T_world_kf = result.T_world_active_keyframe
             self.pub_keyframe.publish(cv.keyframe_msg(
                 T_world_kf if T_world_kf is not None else np.eye(4), keyframe, self.values["odom_frame"]))
 
@@ -421,10 +416,10 @@ class MatcherNode(Node):
             T_kf_cur, cov_kf_cur = invert_with_covariance(pose.R, pose.t, pose.covariance)
             self.pub_pose.publish(cv.relative_pose_msg(
                 T_kf_cur, cov_kf_cur, result.stamp_ns, camera_frame, result.keyframe_stamp_ns))
-        if odom is not None:
-            T_world_cur, cov = odom
+        if result.T_world_current is not None:
             self.pub_odom.publish(cv.odometry_msg(
-                T_world_cur, cov, result.stamp_ns, self.values["odom_frame"], camera_frame))
+                result.T_world_current, result.cov_world_current, result.stamp_ns, self.values["odom_frame"],
+                camera_frame))
 
         if self.pub_debug.get_subscription_count() > 0:
             self.pub_debug.publish(self._debug_image(frame, result, inliers))
