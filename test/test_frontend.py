@@ -10,7 +10,7 @@ from feature_matcher_ros.camera import CameraModel
 from feature_matcher_ros.frontend import FRONTEND_PARAMS, LOST_VARIANCE, Frontend
 from feature_matcher_ros.geometry import rotation_error_deg
 from feature_matcher_ros.se3 import invert
-from feature_matcher_ros.tools.bench_geometry import read_image_list, read_tum_trajectory
+from feature_matcher_ros.datasets import read_sequence
 
 
 class CountingSift(SiftBackend):
@@ -32,9 +32,9 @@ def _rgb(path):
 
 @pytest.fixture(scope="module")
 def tum(shared):
-    ds = shared / "data" / "tum_fr2_desk"
-    frames = [(stamp, _rgb(path)) for stamp, path in read_image_list(ds)]
-    return frames, read_tum_trajectory(ds / "groundtruth.txt"), CameraModel.from_yaml(ds / "intrinsics.yaml")
+    seq = read_sequence(shared / "data" / "tum_fr2_desk")
+    frames = [(stamp, _rgb(path)) for stamp, path in seq.frames]
+    return frames, seq.ground_truth.by_stamp(), seq.camera
 
 
 @pytest.fixture(scope="module")
@@ -175,8 +175,8 @@ def test_lost_tracking_and_metric_scale_in_the_covariance(tum, shared):
     world pose, and the keyframe made from it starts at the last pose with LOST_VARIANCE added."""
     frames, _, cam = tum
     kitti_ds = shared / "data" / "kitti00_f100_109"
-    kitti = cv2.imread(str(read_image_list(kitti_ds)[0][1]), cv2.IMREAD_GRAYSCALE)
-    kitti_cam = CameraModel.from_yaml(kitti_ds / "intrinsics.yaml")
+    kitti_seq = read_sequence(kitti_ds)
+    kitti, kitti_cam = cv2.imread(str(kitti_seq.frames[0][1]), cv2.IMREAD_GRAYSCALE), kitti_seq.camera
     unit, metric = Frontend(SiftBackend()), Frontend(SiftBackend(), {"odometry.scale": 0.5})
     for stamp, image in frames[:3]:
         a, b = unit.process(image, stamp, cam), metric.process(image, stamp, cam)
@@ -198,8 +198,9 @@ def test_relocalisation_from_the_keyframe_cache(tum, shared):
     with a cache of 3 the frontend relocalises to a cached TUM keyframe; with a cache of 1 it cannot."""
     frames, gt, cam = tum
     kitti_ds = shared / "data" / "kitti00_f100_109"
-    kitti_stamp, kitti_path = read_image_list(kitti_ds)[0]
-    kitti_cam = CameraModel.from_yaml(kitti_ds / "intrinsics.yaml")
+    kitti_seq = read_sequence(kitti_ds)
+    kitti_stamp, kitti_path = kitti_seq.frames[0]
+    kitti_cam = kitti_seq.camera
     kitti = cv2.imread(str(kitti_path), cv2.IMREAD_GRAYSCALE)
     outcome = {}
     for size in (3, 1):

@@ -18,7 +18,7 @@ from feature_matcher_ros.geometry import (
     rotation_error_deg, sampson_distance, essential_from_pose, symmetric_epipolar_distance, translation_angle_error_deg,
 )
 from feature_matcher_ros.se3 import invert, quat_to_rotation, rotation_from_rotvec, rotation_to_quat, se3
-from feature_matcher_ros.tools.bench_geometry import dataset_camera, read_pose_pairs, read_tum_trajectory
+from feature_matcher_ros.datasets import pair_camera, read_pose_pairs, read_tum
 
 SIFT = SiftBackend()
 
@@ -47,8 +47,8 @@ def matched_pairs(shared):
                     feats[path], scale[path] = SIFT.extract(image), s
             m = SIFT.match(feats[p.image0], feats[p.image1])
             s0, s1 = 1 / scale[p.image0], 1 / scale[p.image1]
-            rows.append((p, m.scaled(s0, s0, s1, s1), dataset_camera(ds, p.K0, p.image0),
-                         dataset_camera(ds, p.K1, p.image1)))
+            rows.append((p, m.scaled(s0, s0, s1, s1), pair_camera(ds, p.K0, p.image0),
+                         pair_camera(ds, p.K1, p.image1)))
         out[name] = rows
     return out
 
@@ -57,7 +57,7 @@ def matched_pairs(shared):
 # helpers
 # ------------------------------------------------------------------------------------------------
 def test_se3_invert_and_quaternions(shared):
-    traj = read_tum_trajectory(shared / "data" / "tum_fr2_desk" / "groundtruth.txt")
+    traj = read_tum(shared / "data" / "tum_fr2_desk" / "groundtruth.txt").by_stamp()
     assert len(traj) == 20
     for T in traj.values():
         assert np.allclose(invert(T) @ T, np.eye(4), atol=1e-12)

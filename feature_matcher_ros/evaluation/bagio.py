@@ -19,8 +19,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from ..datasets import Trajectory, read_sequence
 from ..se3 import pose_matrix, rotation_to_quat
-from .trajectory import Trajectory, TrajectoryError
 
 IMAGE = "sensor_msgs/msg/Image"
 COMPRESSED_IMAGE = "sensor_msgs/msg/CompressedImage"
@@ -437,49 +437,6 @@ def parse_slice(text: str) -> slice:
     return slice(*values)
 
 
-def read_sequence(dataset_dir: str | Path) -> tuple[list[tuple[int, Path]], Any, Trajectory | None]:
-    """A dataset folder in the ``../shared/data`` sequence layout -> ``([(stamp_ns, image_path)], camera,
-    ground truth or None)``. Raises :class:`BagError` naming the missing or bad file."""
-    from ..camera import CameraModel
-    from .trajectory import read_tum, stamp_to_ns
-
-    root = Path(dataset_dir)
-    if not root.is_dir():
-        raise BagError(f"dataset folder {root} does not exist")
-    listing = root / "images.txt"
-    if not listing.is_file():
-        raise BagError(f"{root} is not a sequence folder: images.txt is missing")
-    frames: list[tuple[int, Path]] = []
-    for number, line in enumerate(listing.read_text().splitlines(), start=1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        parts = line.split()
-        if len(parts) < 2:
-            raise BagError(f"{listing}:{number}: expected 'timestamp path', got {line!r}")
-        try:
-            stamp = stamp_to_ns(parts[0])
-        except TrajectoryError as exc:
-            raise BagError(f"{listing}:{number}: {exc}") from None
-        path = root / parts[1]
-        if not path.is_file():
-            raise BagError(f"{listing}:{number}: image {path} does not exist")
-        frames.append((stamp, path))
-    if not frames:
-        raise BagError(f"{listing} lists no images")
-    try:
-        camera = CameraModel.from_yaml(root / "intrinsics.yaml")
-    except ValueError as exc:
-        raise BagError(str(exc)) from None
-    gt = None
-    if (root / "groundtruth.txt").is_file():
-        try:
-            gt = read_tum(root / "groundtruth.txt")
-        except TrajectoryError as exc:
-            raise BagError(str(exc)) from None
-    return frames, camera, gt
-
-
 def _time(store: Any, stamp: int) -> Any:
     return store.types["builtin_interfaces/msg/Time"](sec=stamp // 1_000_000_000, nanosec=stamp % 1_000_000_000)
 
@@ -560,7 +517,8 @@ def write_sequence_bag(dataset_dir: str | Path, out: str | Path, options: Sequen
         raise BagError(f"storage must be mcap or sqlite3, not {opts.storage!r}")
     if opts.compression not in ("zstd", "none"):
         raise BagError(f"compression must be zstd or none, not {opts.compression!r}")
-    frames, camera, gt = read_sequence(dataset_dir)
+    seq = read_sequence(dataset_dir)
+    frames, camera, gt = seq.frames, seq.camera, seq.ground_truth
     if opts.frames:
         frames = frames[parse_slice(opts.frames)]
         if not frames:

@@ -24,42 +24,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ..camera import CameraModel
+from ..datasets import read_sequence
 from ..geometry import rotation_error_deg
 from ..resources import config_file, data_dir
 
 NS_PER_S = 1_000_000_000
-
-
-def parse_stamp(text: str) -> int:
-    """``"1311868169.163498"`` -> integer nanoseconds, exactly (no float rounding)."""
-    sec, _, frac = text.strip().partition(".")
-    return int(sec) * NS_PER_S + int((frac + "000000000")[:9])
-
-
-def read_sequence(folder: Path) -> tuple[list[tuple[int, Path]], CameraModel, dict[int, np.ndarray]]:
-    """``(frames, camera, ground_truth)`` of a sequence folder (``images.txt``, ``intrinsics.yaml``,
-    ``groundtruth.txt``): frames as ``(stamp_ns, path)`` in time order; ground truth ``stamp_ns ->
-    T_world_camera (4, 4)``."""
-    frames = []
-    for line in (folder / "images.txt").read_text().splitlines():
-        if line.strip() and not line.startswith("#"):
-            stamp, name = line.split()[:2]
-            frames.append((parse_stamp(stamp), folder / name))
-    camera = CameraModel.from_yaml(folder / "intrinsics.yaml")
-    truth = {}
-    gt_file = folder / "groundtruth.txt"
-    if gt_file.is_file():
-        from ..se3 import quat_to_rotation
-
-        for line in gt_file.read_text().splitlines():
-            if line.strip() and not line.startswith("#"):
-                v = line.split()
-                T = np.eye(4)
-                T[:3, :3] = quat_to_rotation([float(x) for x in v[4:8]])
-                T[:3, 3] = [float(x) for x in v[1:4]]
-                truth[parse_stamp(v[0])] = T
-    return frames, camera, truth
 
 
 def node_command(params_file: Path, backend: str, device: str, extra: list[str]) -> list[str]:
@@ -94,7 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-    frames, camera, truth = read_sequence(args.data)
+    seq = read_sequence(args.data)
+    frames, camera = seq.frames, seq.camera
+    truth = seq.ground_truth.by_stamp() if seq.ground_truth is not None else {}
     command = node_command(args.params_file, args.backend, args.device, args.ros_args)
     print("starting:", " ".join(command), flush=True)
     process = subprocess.Popen(command)

@@ -24,13 +24,13 @@ from typing import Any
 
 import numpy as np
 
+from ..datasets import read_tum
 from ..evaluation import bagio
 from ..evaluation.cli import UsageError, run_main
 from ..evaluation.live import OUTPUTS, Received, decode, diagnostics_values, records_from_live
 from ..evaluation.offline import default_params_file, load_params_file
 from ..evaluation.report import LIVE_SUMMARY_KEYS, text_table
 from ..evaluation.scoring import score_run
-from ..evaluation.trajectory import read_tum
 from .eval import add_bag_input_args
 
 NODE_MODULE = "feature_matcher_ros.matcher_node"
