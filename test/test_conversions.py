@@ -11,6 +11,7 @@ from rcl_interfaces.msg import ParameterType
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
+from feature_matcher_ros import messages
 from feature_matcher_ros.camera import CameraModel
 from feature_matcher_ros.params import ParamSpec
 from feature_matcher_ros.ros import conversions as cv
@@ -53,12 +54,12 @@ def test_image_round_trip_every_encoding_with_padding(rgb, encoding, pad):
     if pad:  # the padding bytes are really there and zero
         rows = np.frombuffer(msg.data, np.uint8).reshape(msg.height, msg.step)
         assert not rows[:, row:].any()
-    back = cv.image_to_numpy(msg)
+    back = messages.image_to_numpy(msg)
     assert back.dtype == pixels.dtype and back.shape == pixels.shape
     np.testing.assert_array_equal(back, pixels)
-    assert cv.stamp_to_ns(msg.header.stamp) == 1_311_868_169_163_498_000
+    assert messages.stamp_to_ns(msg.header.stamp) == 1_311_868_169_163_498_000
     # What the frontend gets: RGB for colour encodings, the same gray for mono ones.
-    out = cv.to_matcher_image(back, encoding)
+    out = messages.to_matcher_image(back, encoding)
     assert out.dtype == np.uint8
     if pixels.ndim == 3:
         np.testing.assert_array_equal(out, rgb)
@@ -72,9 +73,9 @@ def test_mono16_other_byte_order_and_stretch():
     msg = Image(height=2, width=3, encoding="mono16", step=6)
     msg.is_bigendian = sys.byteorder == "little"  # the non-native order
     msg.data = values.byteswap().tobytes()
-    back = cv.image_to_numpy(msg)
+    back = messages.image_to_numpy(msg)
     np.testing.assert_array_equal(back, values)
-    gray = cv.to_matcher_image(back, "mono16")
+    gray = messages.to_matcher_image(back, "mono16")
     assert gray.max() == 255 and gray[0, 0] == 0 and gray[1, 1] == round(2048 * 255 / 4095)
 
 
@@ -89,34 +90,34 @@ def test_mono16_other_byte_order_and_stretch():
     ],
 )
 def test_bad_images_raise_input_error_with_reason(kwargs, reason):
-    with pytest.raises(cv.InputError) as info:
-        cv.image_to_numpy(Image(**kwargs))
+    with pytest.raises(messages.InputError) as info:
+        messages.image_to_numpy(Image(**kwargs))
     assert info.value.reason == reason and str(info.value)
 
 
 @pytest.mark.parametrize("fmt", ["png", "jpeg"])
 def test_compressed_decode(rgb, fmt):
     msg = cv.numpy_to_compressed(rgb, fmt, stamp_ns=5, frame_id="cam")
-    out = cv.compressed_to_numpy(msg)
+    out = messages.compressed_to_numpy(msg)
     assert out.shape == rgb.shape and out.dtype == np.uint8
     err = np.abs(out.astype(int) - rgb.astype(int)).mean()
     assert err == 0 if fmt == "png" else err < 4
     gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
-    np.testing.assert_array_equal(cv.compressed_to_numpy(cv.numpy_to_compressed(gray, "png")), gray)
+    np.testing.assert_array_equal(messages.compressed_to_numpy(cv.numpy_to_compressed(gray, "png")), gray)
 
 
 def test_compressed_garbage_and_empty():
-    with pytest.raises(cv.InputError) as info:
-        cv.compressed_to_numpy(CompressedImage(format="jpeg", data=b"not an image at all"))
+    with pytest.raises(messages.InputError) as info:
+        messages.compressed_to_numpy(CompressedImage(format="jpeg", data=b"not an image at all"))
     assert info.value.reason == "decode_failed"
-    with pytest.raises(cv.InputError) as info:
-        cv.compressed_to_numpy(CompressedImage(format="jpeg", data=b""))
+    with pytest.raises(messages.InputError) as info:
+        messages.compressed_to_numpy(CompressedImage(format="jpeg", data=b""))
     assert info.value.reason == "zero_size"
 
 
 def test_camera_info_round_trip(camera):
     msg = cv.model_to_camera_info(camera, stamp_ns=7, frame_id="cam")
-    back = cv.camera_info_to_model(msg)
+    back = messages.camera_info_to_model(msg)
     assert (back.width, back.height) == (640, 480)
     np.testing.assert_allclose(back.K, camera.K)
     np.testing.assert_allclose(back.dist, camera.dist)
@@ -125,12 +126,12 @@ def test_camera_info_round_trip(camera):
 def test_camera_info_roi_and_binning(camera):
     msg = cv.model_to_camera_info(camera)
     msg.binning_x = msg.binning_y = 2
-    back = cv.camera_info_to_model(msg)
+    back = messages.camera_info_to_model(msg)
     assert (back.width, back.height) == (320, 240)
     assert back.fx == pytest.approx(camera.fx / 2) and back.cy == pytest.approx(camera.cy / 2)
     msg = cv.model_to_camera_info(camera)
     msg.roi.x_offset, msg.roi.y_offset, msg.roi.width, msg.roi.height = 100, 40, 320, 240
-    back = cv.camera_info_to_model(msg)
+    back = messages.camera_info_to_model(msg)
     assert (back.width, back.height) == (320, 240)
     assert back.cx == pytest.approx(camera.cx - 100) and back.cy == pytest.approx(camera.cy - 40)
 
@@ -150,25 +151,25 @@ def test_broken_camera_info(camera, broken):
     elif broken == "nan_distortion":
         msg.d = [math.nan, 0.0, 0.0, 0.0, 0.0]
     msg.k = k
-    with pytest.raises(cv.InputError) as info:
-        cv.camera_info_to_model(msg)
+    with pytest.raises(messages.InputError) as info:
+        messages.camera_info_to_model(msg)
     assert info.value.reason == "bad_camera_info"
 
 
 def test_camera_info_cache(camera):
-    cache = cv.CameraInfoCache()
-    with pytest.raises(cv.InputError) as info:
+    cache = messages.CameraInfoCache()
+    with pytest.raises(messages.InputError) as info:
         cache.camera_for(640, 480)
     assert info.value.reason == "no_camera_info"
     assert cache.update(cv.model_to_camera_info(camera)) is None
     assert cache.camera_for(640, 480).fx == pytest.approx(camera.fx)
-    with pytest.raises(cv.InputError) as info:
+    with pytest.raises(messages.InputError) as info:
         cache.camera_for(320, 240)
     assert info.value.reason == "size_mismatch"
     bad = cv.model_to_camera_info(camera)
     bad.k = [0.0] * 9
     assert cache.update(bad).reason == "bad_camera_info"
-    with pytest.raises(cv.InputError) as info:  # a broken camera_info is not silently replaced by the old one
+    with pytest.raises(messages.InputError) as info:  # a broken camera_info is not silently replaced by the old one
         cache.camera_for(640, 480)
     assert info.value.reason == "bad_camera_info"
     cache.update(cv.model_to_camera_info(camera))
@@ -185,7 +186,7 @@ def test_matches_cloud_round_trip():
     msg = cv.matches_to_cloud(k0, k1, scores, inl, header, keyframe_stamp_ns=1_311_868_169_163_498_000)
     assert msg.width == 50 and msg.height == 1 and msg.header.frame_id == "cam"
     assert [f.name for f in msg.fields][:6] == ["x0", "y0", "x1", "y1", "score", "inlier"]
-    pts = cv.cloud_to_array(msg)
+    pts = messages.cloud_to_array(msg)
     np.testing.assert_array_equal(np.stack([pts["x0"], pts["y0"]], 1), k0)
     np.testing.assert_array_equal(np.stack([pts["x1"], pts["y1"]], 1), k1)
     np.testing.assert_array_equal(pts["score"], scores)
@@ -193,7 +194,7 @@ def test_matches_cloud_round_trip():
     kf = pts["kf_sec"].astype(np.int64) * 1_000_000_000 + pts["kf_nanosec"]
     assert set(kf.tolist()) == {1_311_868_169_163_498_000}
     empty = cv.matches_to_cloud(k0[:0], k1[:0], scores[:0], inl[:0], header, 0)
-    assert empty.width == 0 and len(cv.cloud_to_array(empty)) == 0
+    assert empty.width == 0 and len(messages.cloud_to_array(empty)) == 0
 
 
 def test_pose_conversions_and_keyframe_frame_id():
@@ -206,13 +207,13 @@ def test_pose_conversions_and_keyframe_frame_id():
     T = np.eye(4)
     T[:3, :3] = quat_to_rotation([0.1, -0.7, 0.2, 0.05])
     T[:3, 3] = (1.0, -2.0, 0.5)
-    np.testing.assert_allclose(cv.pose_to_matrix(cv.matrix_to_pose(T)), T, atol=1e-12)
-    name = cv.keyframe_frame_id("camera_rgb_optical_frame", 1_311_868_169_163_498_000)
-    assert cv.parse_keyframe_frame_id(name) == ("camera_rgb_optical_frame", 1_311_868_169_163_498_000)
+    np.testing.assert_allclose(messages.pose_to_matrix(cv.matrix_to_pose(T)), T, atol=1e-12)
+    name = messages.keyframe_frame_id("camera_rgb_optical_frame", 1_311_868_169_163_498_000)
+    assert messages.parse_keyframe_frame_id(name) == ("camera_rgb_optical_frame", 1_311_868_169_163_498_000)
     with pytest.raises(ValueError):
-        cv.parse_keyframe_frame_id("camera_rgb_optical_frame")
+        messages.parse_keyframe_frame_id("camera_rgb_optical_frame")
     msg = cv.relative_pose_msg(T, np.diag([1e6] * 3 + [1e-4] * 3), 42, "cam", 41)
-    assert cv.stamp_to_ns(msg.header.stamp) == 42 and cv.parse_keyframe_frame_id(msg.header.frame_id) == ("cam", 41)
+    assert messages.stamp_to_ns(msg.header.stamp) == 42 and messages.parse_keyframe_frame_id(msg.header.frame_id) == ("cam", 41)
     assert msg.pose.covariance[0] == 1e6 and msg.pose.covariance[35] == 1e-4
 
 

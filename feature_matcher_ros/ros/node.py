@@ -49,6 +49,7 @@ from .. import frontend as frontend_module
 from ..backends import PRECISIONS, backend_class, create_backend
 from ..backends import _REGISTRY as BACKEND_NAMES
 from ..frontend import Frontend, FrameResult
+from ..messages import CameraInfoCache, InputError, decode_image, stamp_to_ns
 from ..params import ParamSpec
 from ..se3 import invert_with_covariance
 from . import conversions as cv
@@ -171,7 +172,7 @@ class MatcherNode(Node):
         self.lock = threading.Lock()  # held while a frame is processed or parameters are applied
         self.mailbox = Mailbox()
         self.stats = Stats()
-        self.cameras = cv.CameraInfoCache()
+        self.cameras = CameraInfoCache()
         self._keyframe_images: OrderedDict[int, np.ndarray] = OrderedDict()
         self._last_stamp_ns: int | None = None
         self._frame_id: str | None = None  # every accepted image must come from this camera frame
@@ -259,10 +260,7 @@ class MatcherNode(Node):
     def _accept(self, msg: Image | CompressedImage, arrived: float) -> None:
         """Check, convert and pair one image with the latest camera_info, then hand it to the worker."""
         try:
-            if isinstance(msg, CompressedImage):
-                pixels = cv.compressed_to_numpy(msg)
-            else:
-                pixels = cv.to_matcher_image(cv.image_to_numpy(msg), msg.encoding)
+            pixels = decode_image(msg)
             height, width = pixels.shape[:2]
             if self.cameras.received == 0 and time.monotonic() - arrived < CAMERA_INFO_WAIT_S:
                 # No camera_info ever: the first image often races its camera_info; keep it a moment.
@@ -271,21 +269,21 @@ class MatcherNode(Node):
                 self._parked = (msg, arrived)
                 return
             camera = self.cameras.camera_for(width, height)
-            stamp_ns = cv.stamp_to_ns(msg.header.stamp)
+            stamp_ns = stamp_to_ns(msg.header.stamp)
             if self._frame_id is not None and msg.header.frame_id != self._frame_id:
-                raise cv.InputError(
+                raise InputError(
                     "frame_id_changed",
                     f"image frame_id {msg.header.frame_id!r} differs from {self._frame_id!r}; run one matcher "
                     "per camera, or call ~/reset when the camera was renamed",
                 )
             if self._last_stamp_ns is not None and stamp_ns <= self._last_stamp_ns:
                 reason = "stamp_repeated" if stamp_ns == self._last_stamp_ns else "stamp_backwards"
-                raise cv.InputError(
+                raise InputError(
                     reason,
                     f"image stamp {stamp_ns} ns is not after the previous one ({self._last_stamp_ns} ns); "
                     "call ~/reset after restarting a recording",
                 )
-        except cv.InputError as err:
+        except InputError as err:
             self._reject(err.reason, str(err))
             return
         self._last_stamp_ns = stamp_ns

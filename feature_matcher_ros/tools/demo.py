@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     process = subprocess.Popen(command)
 
     from ..ros.client import MatcherClient
-    from ..ros.conversions import cloud_to_array, parse_keyframe_frame_id, pose_to_matrix
+    from ..messages import cloud_to_array, parse_keyframe_frame_id, pose_to_matrix
 
     client = MatcherClient(name="fm_demo")
     rows, latencies, rot_errors = [], [], []

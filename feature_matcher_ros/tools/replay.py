@@ -31,6 +31,7 @@ from ..evaluation.live import OUTPUTS, Received, decode, diagnostics_values, rec
 from ..evaluation.offline import default_params_file, load_params_file
 from ..evaluation.report import LIVE_SUMMARY_KEYS, text_table
 from ..evaluation.scoring import score_run
+from ..messages import stamp_to_ns
 from .eval import add_bag_input_args
 
 NODE_MODULE = "feature_matcher_ros.matcher_node"
@@ -307,7 +308,7 @@ def play(reader: Any, topics: bagio.BagTopics, player: Player, rate: float, tota
                     header = store.deserialize_cdr(raw, conn.msgtype).header
                 except Exception as exc:  # noqa: BLE001
                     raise bagio.BagError(f"cannot decode a {conn.msgtype} message on {conn.topic}: {exc}") from None
-                s = bagio.stamp_ns(header)
+                s = stamp_to_ns(header.stamp)
                 published[s] = time.monotonic_ns()
                 player.pub_image.publish(bytes(raw))
                 if bar is not None:
