@@ -1,5 +1,6 @@
-"""messages: one decoder for rclpy and rosbags messages. Each message is built once with rclpy, serialised to
-CDR, read back with rosbags (as a bag would give it), and both objects must decode to the same values."""
+"""messages: one decoder for rclpy and rosbags messages, on a real TUM frame. Images in every encoding and row
+padding, byte orders, compressed images and the InputError reasons; then each message built once with rclpy,
+serialised to CDR and read back with rosbags (as a bag gives it): both objects must decode to the same values."""
 
 import sys
 
@@ -7,6 +8,7 @@ import cv2
 import numpy as np
 import pytest
 from rclpy.serialization import serialize_message
+from sensor_msgs.msg import CompressedImage, Image, PointCloud2, PointField
 from std_msgs.msg import Header
 
 from feature_matcher_ros import messages
@@ -15,11 +17,18 @@ from feature_matcher_ros.ros import conversions as cv
 from feature_matcher_ros.se3 import quat_to_rotation, se3
 
 ENCODINGS = ["rgb8", "bgr8", "rgba8", "bgra8", "mono8", "8UC1", "mono16", "16UC1"]
+BAD_IMAGES = [
+    (dict(encoding="yuv422", height=4, width=4, step=8, data=bytes(32)), "unknown_encoding"),
+    (dict(encoding="rgb8", height=0, width=4, step=12, data=b""), "zero_size"),
+    (dict(encoding="rgb8", height=4, width=0, step=0, data=b""), "zero_size"),
+    (dict(encoding="rgb8", height=4, width=4, step=12, data=bytes(47)), "short_data"),
+    (dict(encoding="mono16", height=4, width=4, step=7, data=bytes(28)), "bad_step"),
+]
 
 
 @pytest.fixture(scope="module")
 def rgb(shared):
-    path = sorted((shared / "data" / "tum_fr2_desk" / "images").glob("*.png"))[3]
+    path = sorted((shared / "data" / "tum_fr2_desk" / "images").glob("*.png"))[0]
     return cv2.cvtColor(cv2.imread(str(path), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
 
 
@@ -35,20 +44,88 @@ def _as_bag_message(msg, msgtype):
     return typestore().deserialize_cdr(serialize_message(msg), msgtype)
 
 
-def _pixels(rgb, encoding):
+def _as_encoding(rgb, encoding):
+    return {
+        "rgb8": rgb,
+        "bgr8": cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR),
+        "rgba8": cv2.cvtColor(rgb, cv2.COLOR_RGB2RGBA),
+        "bgra8": cv2.cvtColor(rgb, cv2.COLOR_RGB2BGRA),
+        "mono8": cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY),
+        "8UC1": cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY),
+        "mono16": cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY).astype(np.uint16) * 257,
+        "16UC1": cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY).astype(np.uint16) * 64,
+    }[encoding]
+
+
+@pytest.mark.parametrize("encoding", ENCODINGS)
+@pytest.mark.parametrize("pad", [0, 13])
+def test_image_round_trip_every_encoding_with_padding(rgb, encoding, pad):
+    pixels = _as_encoding(rgb, encoding)
+    row = pixels.shape[1] * pixels.itemsize * (1 if pixels.ndim == 2 else pixels.shape[2])
+    msg = cv.numpy_to_image(pixels, encoding, stamp_ns=1_311_868_169_163_498_000, frame_id="cam", step=row + pad)
+    assert msg.step == row + pad and len(msg.data) == msg.step * msg.height
+    if pad:  # the padding bytes are really there and zero
+        rows = np.frombuffer(msg.data, np.uint8).reshape(msg.height, msg.step)
+        assert not rows[:, row:].any()
+    back = messages.image_to_numpy(msg)
+    assert back.dtype == pixels.dtype and back.shape == pixels.shape
+    np.testing.assert_array_equal(back, pixels)
+    assert messages.stamp_to_ns(msg.header.stamp) == 1_311_868_169_163_498_000
+    # What the frontend gets: RGB for colour encodings, the same gray for mono ones.
+    out = messages.to_matcher_image(back, encoding)
+    assert out.dtype == np.uint8
+    if pixels.ndim == 3:
+        np.testing.assert_array_equal(out, rgb)
+    else:
+        gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+        assert np.abs(out.astype(int) - gray.astype(int)).max() <= 1
+
+
+def test_mono16_other_byte_order_and_stretch():
+    values = np.array([[0, 256, 1000], [4095, 2048, 1]], np.uint16)
+    msg = Image(height=2, width=3, encoding="mono16", step=6)
+    msg.is_bigendian = sys.byteorder == "little"  # the non-native order
+    msg.data = values.byteswap().tobytes()
+    back = messages.image_to_numpy(msg)
+    np.testing.assert_array_equal(back, values)
+    gray = messages.to_matcher_image(back, "mono16")
+    assert gray.max() == 255 and gray[0, 0] == 0 and gray[1, 1] == round(2048 * 255 / 4095)
+
+
+@pytest.mark.parametrize("kwargs, reason", BAD_IMAGES)
+def test_bad_images_raise_input_error_with_reason(kwargs, reason):
+    with pytest.raises(messages.InputError) as info:
+        messages.image_to_numpy(Image(**kwargs))
+    assert info.value.reason == reason and str(info.value)
+
+
+@pytest.mark.parametrize("fmt", ["png", "jpeg"])
+def test_compressed_decode(rgb, fmt):
+    msg = cv.numpy_to_compressed(rgb, fmt, stamp_ns=5, frame_id="cam")
+    out = messages.compressed_to_numpy(msg)
+    assert out.shape == rgb.shape and out.dtype == np.uint8
+    err = np.abs(out.astype(int) - rgb.astype(int)).mean()
+    assert err == 0 if fmt == "png" else err < 4
     gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
-    return {"rgb8": rgb, "bgr8": rgb[..., ::-1], "rgba8": cv2.cvtColor(rgb, cv2.COLOR_RGB2RGBA),
-            "bgra8": cv2.cvtColor(rgb, cv2.COLOR_RGB2BGRA), "mono8": gray, "8UC1": gray,
-            "mono16": gray.astype(np.uint16) * 257, "16UC1": gray.astype(np.uint16) * 40}[encoding]
+    np.testing.assert_array_equal(messages.compressed_to_numpy(cv.numpy_to_compressed(gray, "png")), gray)
+
+
+def test_compressed_garbage_and_empty():
+    with pytest.raises(messages.InputError) as info:
+        messages.compressed_to_numpy(CompressedImage(format="jpeg", data=b"not an image at all"))
+    assert info.value.reason == "decode_failed"
+    with pytest.raises(messages.InputError) as info:
+        messages.compressed_to_numpy(CompressedImage(format="jpeg", data=b""))
+    assert info.value.reason == "zero_size"
 
 
 @pytest.mark.parametrize("encoding", ENCODINGS)
 def test_images_decode_alike_from_rclpy_and_from_a_bag(rgb, encoding):
-    msg = cv.numpy_to_image(_pixels(rgb, encoding), encoding, stamp_ns=7, frame_id="cam", step=rgb.shape[1] * 8 + 5)
+    msg = cv.numpy_to_image(_as_encoding(rgb, encoding), encoding, stamp_ns=7, frame_id="cam", step=rgb.shape[1] * 8 + 5)
     bag = _as_bag_message(msg, "sensor_msgs/msg/Image")
     assert isinstance(bag.data, np.ndarray) and not isinstance(msg.data, np.ndarray)
     raw_live, raw_bag = messages.image_to_numpy(msg), messages.image_to_numpy(bag)
-    np.testing.assert_array_equal(raw_live, _pixels(rgb, encoding))
+    np.testing.assert_array_equal(raw_live, _as_encoding(rgb, encoding))
     np.testing.assert_array_equal(raw_bag, raw_live)
     live, offline = messages.decode_image(msg), messages.decode_image(bag)
     assert live.dtype == np.uint8
@@ -91,8 +168,6 @@ def test_sixteen_bit_depth_png_is_stretched(shared):
     path = sorted((shared / "data" / "tum_fr3_cabinet_rgbd" / "depth").glob("*.png"))[0]
     raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     assert raw.dtype == np.uint16
-    from sensor_msgs.msg import CompressedImage
-
     msg = CompressedImage(format="png", data=path.read_bytes())
     gray = messages.decode_image(_as_bag_message(msg, "sensor_msgs/msg/CompressedImage"))
     np.testing.assert_array_equal(gray, messages.opencv_to_matcher_image(raw))
@@ -100,15 +175,8 @@ def test_sixteen_bit_depth_png_is_stretched(shared):
     np.testing.assert_array_equal(gray, expected)
 
 
-@pytest.mark.parametrize("kwargs, reason", [
-    (dict(encoding="yuv422", height=4, width=4, step=8, data=bytes(32)), "unknown_encoding"),
-    (dict(encoding="rgb8", height=0, width=4, step=12, data=b""), "zero_size"),
-    (dict(encoding="rgb8", height=4, width=4, step=12, data=bytes(47)), "short_data"),
-    (dict(encoding="mono16", height=4, width=4, step=7, data=bytes(28)), "bad_step"),
-])
+@pytest.mark.parametrize("kwargs, reason", BAD_IMAGES)
 def test_bag_messages_fail_with_the_node_reasons(kwargs, reason):
-    from sensor_msgs.msg import Image
-
     bag = _as_bag_message(Image(**kwargs), "sensor_msgs/msg/Image")
     with pytest.raises(messages.InputError) as info:
         messages.decode_image(bag)
@@ -144,8 +212,6 @@ def test_cloud_pose_and_stamp_alike():
 
 def test_organised_cloud_with_padded_rows():
     """height 2, each row padded by 3 bytes: the padding is skipped, fields with count > 1 become columns."""
-    from sensor_msgs.msg import PointCloud2, PointField
-
     points = np.zeros((2, 3), np.dtype([("xy", "<f4", (2,)), ("id", "<u2")]))
     points["xy"] = np.arange(12, dtype=np.float32).reshape(2, 3, 2)
     points["id"] = np.arange(6).reshape(2, 3)
