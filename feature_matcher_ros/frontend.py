@@ -52,9 +52,9 @@ from .backends.base import PRECISIONS, Backend, Features, Matches
 from .backends.nms import nms_matches
 from .camera import CameraModel
 from .geometry import METHODS, RelativePose, estimate_relative_pose
-from .se3 import compose_with_covariance, invert_with_covariance
 from .keyframes import PARALLAX_MODES, Keyframe, KeyframeCache, KeyframePolicy, median_displacement_px
 from .params import ParamSpec, check_changes
+from .se3 import compose_with_covariance
 
 FRONTEND_PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("max_matches", 0, "Keep at most this many matches, highest score first (0 = all).", min=0, max=1_000_000),
@@ -384,12 +384,7 @@ class Frontend:
         the inverse of ``pose``, its translation (and translation covariance) scaled by ``odometry.scale``."""
         if kf.T_world is None:
             return None
-        s = float(self._settings["odometry.scale"]) or 1.0
-        t = pose.t * s if pose.translation_known else np.zeros(3)
-        cov = np.asarray(pose.covariance, np.float64).copy()
-        cov[:3, :] *= s
-        cov[:, :3] *= s
-        T_kf_cur, cov_kf_cur = invert_with_covariance(pose.R, t, cov)
+        T_kf_cur, cov_kf_cur = pose.current_in_keyframe(float(self._settings["odometry.scale"]) or 1.0)
         return compose_with_covariance(kf.T_world, kf.covariance, T_kf_cur, cov_kf_cur)
 
     def _add_stage_ms(self, timings: dict[str, float]) -> None:

@@ -40,7 +40,7 @@ import cv2
 import numpy as np
 
 from .camera import CameraModel
-from .se3 import closest_rotation, se3, skew
+from .se3 import closest_rotation, invert_with_covariance, se3, skew
 
 METHODS = ("magsac", "poselib")
 # Variance given to what a monocular two-view pose cannot observe (the translation scale, or the whole
@@ -93,6 +93,16 @@ class RelativePose:
     def T(self) -> np.ndarray:
         """``(4, 4)`` ``T_current_keyframe`` with the unit (or zero) translation."""
         return se3(self.R, self.t)
+
+    def current_in_keyframe(self, scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+        """The current camera in the keyframe camera's frame: ``T_keyframe_current`` ``(4, 4)`` (the inverse of
+        :attr:`T`, translation times ``scale``) and its ``(6, 6)`` covariance (translation rows and columns times
+        ``scale``), to first order (:func:`~feature_matcher_ros.se3.invert_with_covariance`)."""
+        t = self.t * scale if self.translation_known else np.zeros(3)
+        cov = np.asarray(self.covariance, np.float64).copy()
+        cov[:3, :] *= scale
+        cov[:, :3] *= scale
+        return invert_with_covariance(self.R, t, cov)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -162,6 +162,22 @@ def test_covariance_says_what_is_unknown(matched_pairs):
     assert 1e-4 < rot_std_deg < 0.5
 
 
+def test_current_in_keyframe_inverts_and_scales(matched_pairs):
+    """What relative_pose publishes: the inverse of T, translation (and its covariance) scaled; the covariance of
+    the inverse keeps the unknown scale along the (inverted) translation and rotates the rotation block."""
+    pair, m, c0, c1 = matched_pairs["kitti00_f100_109"][0]
+    pose, _ = estimate_relative_pose(m.kpts0, m.kpts1, c0, c1, method="poselib")
+    T, cov = pose.current_in_keyframe()
+    np.testing.assert_allclose(T, invert(pose.T), atol=1e-12)
+    u = T[:3, 3] / np.linalg.norm(T[:3, 3])
+    assert u @ cov[:3, :3] @ u == pytest.approx(UNKNOWN_VARIANCE, rel=1e-3)
+    np.testing.assert_allclose(cov[3:, 3:], pose.R.T @ pose.covariance[3:, 3:] @ pose.R, rtol=1e-9, atol=1e-20)
+    T2, cov2 = pose.current_in_keyframe(2.0)
+    np.testing.assert_allclose(T2[:3, 3], 2.0 * T[:3, 3], atol=1e-12)
+    np.testing.assert_allclose(cov2[:3, :3], 4.0 * cov[:3, :3], rtol=1e-9)
+    np.testing.assert_allclose(cov2[3:, 3:], cov[3:, 3:], rtol=1e-9)
+
+
 def test_bad_input_reasons():
     cam = CameraModel.from_matrix(640, 480, [[500, 0, 320], [0, 500, 240], [0, 0, 1]])
     k = np.random.default_rng(0).uniform(0, 400, (30, 2))

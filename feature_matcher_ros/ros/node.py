@@ -51,7 +51,6 @@ from ..backends import _REGISTRY as BACKEND_NAMES
 from ..frontend import Frontend, FrameResult
 from ..messages import CameraInfoCache, InputError, decode_image, stamp_to_ns
 from ..params import ParamSpec
-from ..se3 import invert_with_covariance
 from . import conversions as cv
 from .diagnostics import Stats
 from .mailbox import Mailbox
@@ -411,7 +410,7 @@ class MatcherNode(Node):
             m.kpts0, m.kpts1, m.scores, inliers, header, result.keyframe_stamp_ns))
         pose = result.pose
         if pose is not None and result.keyframe_stamp_ns != result.stamp_ns:
-            T_kf_cur, cov_kf_cur = invert_with_covariance(pose.R, pose.t, pose.covariance)
+            T_kf_cur, cov_kf_cur = pose.current_in_keyframe()
             self.pub_pose.publish(cv.relative_pose_msg(
                 T_kf_cur, cov_kf_cur, result.stamp_ns, camera_frame, result.keyframe_stamp_ns))
         if result.T_world_current is not None:
