@@ -15,7 +15,6 @@ Example:
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -195,19 +194,6 @@ class CameraModel:
         rays = np.concatenate([xn, np.ones((len(xn), 1))], axis=1)
         out, _ = cv2.projectPoints(rays.reshape(-1, 1, 3), np.zeros(3), np.zeros(3), self.K, self.dist)
         return out.reshape(-1, 2)
-
-    def bearings(self, pts: np.ndarray) -> np.ndarray:
-        """``(N, 2)`` pixels -> ``(N, 3)`` unit rays in the camera frame."""
-        xn = self.normalize(pts)
-        rays = np.concatenate([xn, np.ones((len(xn), 1))], axis=1)
-        return rays / np.linalg.norm(rays, axis=1, keepdims=True)
-
-    def fov_deg(self) -> tuple[float, float]:
-        """Horizontal and vertical field of view of the pinhole part, in degrees."""
-        return (
-            math.degrees(2 * math.atan2(self.width / 2, self.fx)),
-            math.degrees(2 * math.atan2(self.height / 2, self.fy)),
-        )
 
 
 #: ``sensor_msgs/CameraInfo.distortion_model`` values whose ``d`` is in OpenCV's coefficient order.

@@ -10,12 +10,17 @@ the pose keyframe -> current (:func:`.geometry.estimate_relative_pose`, keypoint
 * lost: the other cached keyframes are tried, newest first (relocalisation); if none fits, the current frame
   becomes a new keyframe ("tracking lost").
 
-Odometry: ``T_world_current = T_world_keyframe @ inv(se3(R, s * t))`` with ``s = odometry.scale``. Monocular
-translation has no scale: with ``odometry.scale = 0`` (default, "unknown") unit-norm translations are chained
-(``s = 1``) and ``FrameResult.odometry_scale_known`` is False, so positions are only a direction-consistent
-sketch; rotations are exact compositions. A pure-rotation frame (homography model) contributes no translation.
-A frame that loses tracking has ``T_world_current = None``; the keyframe made from it inherits the last known
-pose (no motion assumed across the gap), and relocalising to a cached keyframe restores that keyframe's pose.
+Odometry: ``T_world_current = T_world_keyframe @ inv(se3(R, s * t))`` with ``s = odometry.scale``; the world is
+the first keyframe's camera frame. Monocular translation has no scale: with ``odometry.scale = 0`` (default,
+"unknown") unit-norm translations are chained (``s = 1``) and ``FrameResult.odometry_scale_known`` is False, so
+positions are only a direction-consistent sketch; rotations are exact compositions. A pure-rotation frame
+(homography model) contributes no translation. Each keyframe keeps its world pose and its covariance, and
+``cov_world_current`` is the keyframe's composed with the frame's relative pose (:mod:`.se3`, first order; the
+along-track variance stays ``geometry.UNKNOWN_VARIANCE``, scaled by ``s``, so an unknown scale shows there).
+A frame that loses tracking has no world pose (``None``); the keyframe made from it inherits the last known pose
+(no motion assumed across the gap) with :data:`LOST_VARIANCE` added to every variance, and relocalising to a
+cached keyframe restores that keyframe's pose. A keyframe made without matching (first frame, after a reset or a
+dropped cache) starts where the odometry last was, with its covariance.
 
 Example:
     >>> import numpy as np
@@ -46,9 +51,10 @@ import numpy as np
 from .backends.base import PRECISIONS, Backend, Features, Matches
 from .backends.nms import nms_matches
 from .camera import CameraModel
-from .geometry import METHODS, RelativePose, estimate_relative_pose, invert, se3
+from .geometry import METHODS, RelativePose, estimate_relative_pose
 from .keyframes import PARALLAX_MODES, Keyframe, KeyframeCache, KeyframePolicy, median_displacement_px
 from .params import ParamSpec, check_changes
+from .se3 import compose_with_covariance
 
 FRONTEND_PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("max_matches", 0, "Keep at most this many matches, highest score first (0 = all).", min=0, max=1_000_000),
@@ -81,9 +87,10 @@ FRONTEND_PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("odometry.scale", 0.0, "Metres per keyframe-to-frame translation for the chained odometry "
               "(0 = unknown: unit steps, marked unknown).", min=0.0, max=1000.0),
 )
-_FRONT_NAMES = frozenset(p.name for p in FRONTEND_PARAMS)
 PRECISION_PARAM = ParamSpec("precision", "fp32", "Numeric precision of the backend (features are converted or dropped).",
                             choices=PRECISIONS)
+# Added to every variance of the world pose of a keyframe made when tracking was lost.
+LOST_VARIANCE = 1e6
 
 
 @dataclass
@@ -92,6 +99,9 @@ class FrameResult:
 
     Attributes beyond the contract: ``cache_size`` / ``cache_nbytes`` (keyframes held and their feature bytes
     after this frame), ``odometry_scale_known``, ``relocalisation_tried`` (stamps of the cached keyframes tried).
+    World poses (see the module docstring): ``T_world_current`` ``(4, 4)`` and ``cov_world_current`` ``(6, 6)``
+    over ``[x, y, z, rx, ry, rz]`` (None when tracking is lost); ``T_world_active_keyframe`` ``(4, 4)``, the pose
+    of :attr:`active_keyframe_stamp_ns`.
     """
 
     stamp_ns: int
@@ -111,10 +121,17 @@ class FrameResult:
     cache_nbytes: int = 0
     odometry_scale_known: bool = False
     relocalisation_tried: list[int] = field(default_factory=list)
+    cov_world_current: np.ndarray | None = None
+    T_world_active_keyframe: np.ndarray | None = None
 
     @property
     def num_inliers(self) -> int:
         return int(np.count_nonzero(self.inliers))
+
+    @property
+    def active_keyframe_stamp_ns(self) -> int:
+        """The keyframe that is active after this frame: this frame when it became one, else the one matched."""
+        return self.stamp_ns if self.new_keyframe else self.keyframe_stamp_ns
 
 
 @dataclass
@@ -128,6 +145,31 @@ class _Attempt:
     inliers: np.ndarray
     match_ms: float
     geometry_ms: float
+
+
+@dataclass
+class _Frame:
+    """The frame being processed: its features and where they come from."""
+
+    features: Features
+    stamp_ns: int
+    index: int
+    camera: CameraModel
+    image_size: tuple[int, int]
+
+
+@dataclass
+class _Outcome:
+    """How a frame ends: the attempt kept (None: made a keyframe without matching), the keyframe policy's
+    decision and the world pose ``(T (4, 4), cov (6, 6))`` or None."""
+
+    attempt: _Attempt | None
+    status: str
+    reason: str
+    new_keyframe: bool
+    keyframe_reason: str
+    world: tuple[np.ndarray, np.ndarray] | None
+    tried: list[int] = field(default_factory=list)
 
 
 def to_gray(image: Any) -> np.ndarray:
@@ -247,8 +289,8 @@ class Frontend:
         self._frame_counter = 0
         self._keyframe_counter = 0
         self._pending_reason = "first frame"
-        self._last_T_world: np.ndarray = np.eye(4)
-        self._status = "init"
+        # the last known world pose and its covariance (where a keyframe made without matching starts)
+        self._last_world: tuple[np.ndarray, np.ndarray] = (np.eye(4), np.zeros((6, 6)))
 
     @property
     def keyframe(self) -> Keyframe | None:
@@ -299,13 +341,13 @@ class Frontend:
             work = cv2.resize(gray, size, interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR)
         return gray, work, camera
 
-    def _attempt(self, kf: Keyframe, feats: Features, camera: CameraModel, image_size: tuple[int, int]) -> _Attempt:
+    def _attempt(self, kf: Keyframe, frame: _Frame) -> _Attempt:
         s = self._settings
         t0 = time.perf_counter()
-        m = self.backend.match(kf.features, feats)
+        m = self.backend.match(kf.features, frame.features)
         # Back to original pixels of each image (the features may come from resized images).
-        (ph0, pw0), (ph1, pw1) = kf.features.image_size, feats.image_size
-        (oh0, ow0), (oh1, ow1) = kf.image_size, image_size
+        (ph0, pw0), (ph1, pw1) = kf.features.image_size, frame.features.image_size
+        (oh0, ow0), (oh1, ow1) = kf.image_size, frame.image_size
         if (ph0, pw0, ph1, pw1) != (oh0, ow0, oh1, ow1):
             m = m.scaled(ow0 / pw0, oh0 / ph0, ow1 / pw1, oh1 / ph1)
         if s["nms.kernel_size"] > 1:
@@ -318,7 +360,7 @@ class Frontend:
             reason = f"too few matches ({len(m)} < {s['keyframe.min_matches']})"
         else:
             pose, reason = estimate_relative_pose(
-                m.kpts0, m.kpts1, kf.camera, camera, threshold_px=s["ransac.threshold_px"],
+                m.kpts0, m.kpts1, kf.camera, frame.camera, threshold_px=s["ransac.threshold_px"],
                 confidence=s["ransac.confidence"], method=s["ransac.method"],
                 homography_ratio=s["ransac.homography_ratio"], min_parallax_px=s["ransac.min_parallax_px"],
                 max_iterations=s["ransac.max_iterations"], use_homography=s["ransac.homography"],
@@ -330,20 +372,25 @@ class Frontend:
         t2 = time.perf_counter()
         return _Attempt(kf, m, pose, reason, inliers, 1e3 * (t1 - t0), 1e3 * (t2 - t1))
 
-    def _new_keyframe(self, feats: Features, stamp_ns: int, frame_index: int, camera: CameraModel,
-                      image_size: tuple[int, int], T_world: np.ndarray | None) -> Keyframe:
-        kf = Keyframe(feats, stamp_ns, self._keyframe_counter, frame_index, camera, image_size,
-                      None if T_world is None else T_world.copy())
+    def _new_keyframe(self, frame: _Frame, world: tuple[np.ndarray, np.ndarray]) -> Keyframe:
+        kf = Keyframe(frame.features, frame.stamp_ns, self._keyframe_counter, frame.index, frame.camera,
+                      frame.image_size, T_world=world[0].copy(), covariance=world[1].copy())
         self._keyframe_counter += 1
         self._cache.add(kf)
         return kf
 
-    def _world_pose(self, kf: Keyframe, pose: RelativePose) -> np.ndarray | None:
+    def _world_pose(self, kf: Keyframe, pose: RelativePose) -> tuple[np.ndarray, np.ndarray] | None:
+        """``T_world_current`` ``(4, 4)`` and its ``(6, 6)`` covariance: the keyframe's world pose composed with
+        the inverse of ``pose``, its translation (and translation covariance) scaled by ``odometry.scale``."""
         if kf.T_world is None:
             return None
-        scale = float(self._settings["odometry.scale"]) or 1.0
-        t = pose.t * scale if pose.translation_known else np.zeros(3)
-        return kf.T_world @ invert(se3(pose.R, t))
+        T_kf_cur, cov_kf_cur = pose.current_in_keyframe(float(self._settings["odometry.scale"]) or 1.0)
+        return compose_with_covariance(kf.T_world, kf.covariance, T_kf_cur, cov_kf_cur)
+
+    def _add_stage_ms(self, timings: dict[str, float]) -> None:
+        """The backend's own stage timings of its last call, as ``<backend>.<stage>``."""
+        for k, v in self.backend.stage_ms.items():
+            timings.setdefault(f"{self.backend.name}.{k}", float(v))
 
     def process(self, image: np.ndarray, stamp_ns: int, camera: CameraModel) -> FrameResult:
         """Match one frame against the keyframe, estimate its pose, apply the keyframe policy.
@@ -364,80 +411,80 @@ class Frontend:
         t_start = time.perf_counter()
         if isinstance(stamp_ns, bool) or not isinstance(stamp_ns, (int, np.integer)):
             raise ValueError(f"stamp_ns must be an integer (nanoseconds), got {type(stamp_ns).__name__}")
-        stamp_ns = int(stamp_ns)
         gray, work, camera = self._prepare(image, camera)
-        image_size = (int(gray.shape[0]), int(gray.shape[1]))
         t_pre = time.perf_counter()
         self._sync_cache()
         feats = self.backend.extract(work)
-        t_ext = time.perf_counter()
-        frame_index = self._frame_counter
+        timings = {"preprocess": 1e3 * (t_pre - t_start), "extract": 1e3 * (time.perf_counter() - t_pre),
+                   "match": 0.0, "geometry": 0.0}
+        self._add_stage_ms(timings)
+        frame = _Frame(feats, int(stamp_ns), self._frame_counter, camera, (int(gray.shape[0]), int(gray.shape[1])))
         self._frame_counter += 1
-        timings = {"preprocess": 1e3 * (t_pre - t_start), "extract": 1e3 * (t_ext - t_pre), "match": 0.0,
-                   "geometry": 0.0}
-        scale_known = float(self._settings["odometry.scale"]) > 0
-
         active = self._cache.active
-        if active is None:  # first frame, or after a reset / a dropped cache
+        if active is None:  # first frame, or after a reset / a dropped cache: a keyframe where the odometry was
             reason = self._pending_reason
-            kf = self._new_keyframe(feats, stamp_ns, frame_index, camera, image_size, self._last_T_world)
-            self._status = "init"
-            return self._result(stamp_ns, kf.stamp_ns, frame_index, kf.index, Matches.empty(), np.zeros(0, bool),
-                                None, reason, True, reason, "init", timings, t_start, kf.T_world, scale_known)
+            outcome = _Outcome(None, "init", reason, True, reason, self._last_world)
+        else:
+            outcome = self._track(frame, active, timings)
+        return self._finish(frame, outcome, timings, t_start)
 
-        att = self._attempt(active, feats, camera, image_size)
+    def _track(self, frame: _Frame, active: Keyframe, timings: dict[str, float]) -> _Outcome:
+        """Match against the active keyframe; when that fails, relocalise; else tracking is lost."""
+        att = self._attempt(active, frame)
         timings["match"] += att.match_ms
         timings["geometry"] += att.geometry_ms
-        tried: list[int] = []
+        self._add_stage_ms(timings)
         if att.pose is not None:
-            T_world = self._world_pose(active, att.pose)
             parallax = (att.pose.parallax_px if self._settings["keyframe.parallax"] == "rotation_compensated"
                         else median_displacement_px(att.matches.kpts0, att.matches.kpts1, att.inliers))
             new_kf, kf_reason = self._policy.decide(att.pose.num_inliers, parallax)
-            status = "tracking"
-        else:
-            found = None
-            t_rel = time.perf_counter()
-            for old in self._cache.older():
-                tried.append(old.stamp_ns)
-                cand = self._attempt(old, feats, camera, image_size)
-                if cand.pose is not None:
-                    found = cand
-                    break
-            timings["relocalise"] = 1e3 * (time.perf_counter() - t_rel)
-            if found is not None:
-                att = found
-                self._cache.activate(att.keyframe)
-                T_world = self._world_pose(att.keyframe, att.pose)
-                new_kf, kf_reason = False, f"relocalised to keyframe @{att.keyframe.stamp_ns}"
-                status = "relocalised"
-            else:
-                T_world = None
-                new_kf, kf_reason = True, "tracking lost"
-                status = "lost"
+            return _Outcome(att, "tracking", att.reason, new_kf, kf_reason, self._world_pose(active, att.pose))
+        found, tried = self._relocalise(frame, timings)
+        if found is None:
+            return _Outcome(att, "lost", att.reason, True, "tracking lost", None, tried)
+        self._cache.activate(found.keyframe)
+        return _Outcome(found, "relocalised", found.reason, False, f"relocalised to keyframe @{found.keyframe.stamp_ns}",
+                        self._world_pose(found.keyframe, found.pose), tried)
 
-        kf_used = att.keyframe
-        if T_world is not None:
-            self._last_T_world = T_world
-        if new_kf:
-            self._new_keyframe(feats, stamp_ns, frame_index, camera, image_size,
-                               T_world if T_world is not None else self._last_T_world)
-        self._status = status
-        return self._result(stamp_ns, kf_used.stamp_ns, frame_index, kf_used.index, att.matches, att.inliers,
-                            att.pose, att.reason, new_kf, kf_reason, status, timings, t_start, T_world, scale_known,
-                            tried)
+    def _relocalise(self, frame: _Frame, timings: dict[str, float]) -> tuple[_Attempt | None, list[int]]:
+        """The first older cached keyframe (newest first) the frame has a pose against, and the stamps tried."""
+        t_rel = time.perf_counter()
+        found, tried = None, []
+        for old in self._cache.older():
+            tried.append(old.stamp_ns)
+            cand = self._attempt(old, frame)
+            if cand.pose is not None:
+                found = cand
+                break
+        timings["relocalise"] = 1e3 * (time.perf_counter() - t_rel)
+        return found, tried
 
-    def _result(self, stamp_ns, kf_stamp, frame_index, kf_index, matches, inliers, pose, reason, new_kf, kf_reason,
-                status, timings, t_start, T_world, scale_known, tried=None) -> FrameResult:
-        stages = getattr(self.backend, "timings_ms", None)
-        if isinstance(stages, Mapping):
-            for k, v in stages.items():
-                timings.setdefault(f"{self.backend.name}.{k}", float(v))
+    def _finish(self, frame: _Frame, outcome: _Outcome, timings: dict[str, float], t_start: float) -> FrameResult:
+        """Remember the world pose, make the keyframe the policy asked for, and build the result."""
+        if outcome.world is not None:
+            self._last_world = outcome.world
+        new_kf = None
+        if outcome.new_keyframe:
+            T, cov = self._last_world
+            if outcome.status == "lost":  # where the camera was last seen; where it is now is very uncertain
+                cov = cov + LOST_VARIANCE * np.eye(6)
+            new_kf = self._new_keyframe(frame, (T, cov))
+        att, world = outcome.attempt, outcome.world
+        used = att.keyframe if att is not None else new_kf
+        active = new_kf if new_kf is not None else used
         timings["total"] = 1e3 * (time.perf_counter() - t_start)
         return FrameResult(
-            stamp_ns=stamp_ns, keyframe_stamp_ns=kf_stamp, frame_index=frame_index, keyframe_index=kf_index,
-            matches=matches, inliers=inliers, pose=pose, reason=reason, new_keyframe=new_kf,
-            keyframe_reason=kf_reason, status=status, timings_ms=timings,
-            T_world_current=None if T_world is None else T_world.copy(), cache_size=len(self._cache),
-            cache_nbytes=self._cache.nbytes, odometry_scale_known=scale_known, relocalisation_tried=tried or [],
+            stamp_ns=frame.stamp_ns, keyframe_stamp_ns=used.stamp_ns, frame_index=frame.index,
+            keyframe_index=used.index, matches=att.matches if att else Matches.empty(),
+            inliers=att.inliers if att else np.zeros(0, bool), pose=att.pose if att else None,
+            reason=outcome.reason, new_keyframe=outcome.new_keyframe, keyframe_reason=outcome.keyframe_reason,
+            status=outcome.status, timings_ms=timings, T_world_current=None if world is None else world[0].copy(),
+            cov_world_current=None if world is None else world[1].copy(),
+            T_world_active_keyframe=_copy(active.T_world), cache_size=len(self._cache),
+            cache_nbytes=self._cache.nbytes, odometry_scale_known=float(self._settings["odometry.scale"]) > 0,
+            relocalisation_tried=outcome.tried,
         )
+
+
+def _copy(T: np.ndarray | None) -> np.ndarray | None:
+    return None if T is None else T.copy()

@@ -1,8 +1,7 @@
-"""Two-view geometry: robust relative pose (essential matrix or homography), pose errors and SE(3) helpers.
+"""Two-view geometry: robust relative pose (essential matrix or homography) and pose errors.
 
 Conventions: a relative pose "0 -> 1" is ``R, t`` with ``X1 = R @ X0 + t`` (OpenCV camera frame, x right,
-y down, z forward). ``T_a_b`` is a 4x4 matrix mapping points from frame b to frame a. Quaternions are
-Hamilton, scalar last ``(qx, qy, qz, qw)`` as in TUM trajectory files.
+y down, z forward); SE(3) matrices, quaternions and covariance propagation are in :mod:`.se3`.
 
 :func:`estimate_relative_pose` undistorts the keypoints with each camera (:meth:`CameraModel.normalize`),
 converts the pixel threshold to normalised units with the mean focal length, and fits
@@ -20,6 +19,7 @@ homography decomposition on TUM), and the homography is decomposed only when no 
 
 Example:
     >>> import numpy as np
+    >>> from feature_matcher_ros.se3 import invert, rotation_from_rotvec
     >>> R = rotation_from_rotvec([0.0, 0.1, 0.0]); t = np.array([0.2, 0.0, 0.0])
     >>> T = se3(R, t)
     >>> np.allclose(invert(T) @ T, np.eye(4))
@@ -33,13 +33,14 @@ Example:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Iterable, Sequence
 
 import cv2
 import numpy as np
 
 from .camera import CameraModel
+from .se3 import closest_rotation, invert_with_covariance, se3, skew
 
 METHODS = ("magsac", "poselib")
 # Variance given to what a monocular two-view pose cannot observe (the translation scale, or the whole
@@ -93,77 +94,15 @@ class RelativePose:
         """``(4, 4)`` ``T_current_keyframe`` with the unit (or zero) translation."""
         return se3(self.R, self.t)
 
-
-# ---------------------------------------------------------------------------------------------------
-# SE(3), SO(3) and quaternions
-# ---------------------------------------------------------------------------------------------------
-def se3(R: np.ndarray, t: Iterable[float]) -> np.ndarray:
-    """``(4, 4)`` homogeneous transform from a ``(3, 3)`` rotation and a ``(3,)`` translation."""
-    T = np.eye(4)
-    T[:3, :3] = np.asarray(R, dtype=np.float64)
-    T[:3, 3] = np.asarray(t, dtype=np.float64).reshape(3)
-    return T
-
-
-def invert(T: np.ndarray) -> np.ndarray:
-    """Inverse of a rigid ``(4, 4)`` transform (uses ``R^T``, not a general matrix inverse)."""
-    T = np.asarray(T, dtype=np.float64)
-    out = np.eye(4)
-    out[:3, :3] = T[:3, :3].T
-    out[:3, 3] = -T[:3, :3].T @ T[:3, 3]
-    return out
-
-
-def skew(v: Iterable[float]) -> np.ndarray:
-    """``(3, 3)`` cross-product matrix: ``skew(a) @ b == cross(a, b)``."""
-    x, y, z = np.asarray(v, dtype=np.float64).reshape(3)
-    return np.array([[0.0, -z, y], [z, 0.0, -x], [-y, x, 0.0]])
-
-
-def rotation_from_rotvec(w: Iterable[float]) -> np.ndarray:
-    """Rodrigues: ``(3,)`` axis * angle (radians) -> ``(3, 3)``."""
-    return cv2.Rodrigues(np.asarray(w, dtype=np.float64).reshape(3, 1))[0]
-
-
-def rotvec_from_rotation(R: np.ndarray) -> np.ndarray:
-    return cv2.Rodrigues(np.asarray(R, dtype=np.float64))[0].reshape(3)
-
-
-def quat_to_rotation(q: Sequence[float]) -> np.ndarray:
-    """Unit quaternion ``(qx, qy, qz, qw)`` (scalar last) -> ``(3, 3)`` rotation."""
-    x, y, z, w = np.asarray(q, dtype=np.float64).reshape(4) / np.linalg.norm(q)
-    return np.array([
-        [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-        [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-        [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
-    ])
-
-
-def rotation_to_quat(R: np.ndarray) -> np.ndarray:
-    """``(3, 3)`` rotation -> ``(4,)`` unit quaternion ``(qx, qy, qz, qw)`` with ``qw >= 0``."""
-    R = np.asarray(R, dtype=np.float64)
-    tr = np.trace(R)
-    if tr > 0:
-        s = 2.0 * math.sqrt(tr + 1.0)
-        q = [(R[2, 1] - R[1, 2]) / s, (R[0, 2] - R[2, 0]) / s, (R[1, 0] - R[0, 1]) / s, 0.25 * s]
-    else:
-        i = int(np.argmax(np.diag(R)))
-        j, k = (i + 1) % 3, (i + 2) % 3
-        s = 2.0 * math.sqrt(max(1.0 + R[i, i] - R[j, j] - R[k, k], 1e-300))
-        q = [0.0, 0.0, 0.0, (R[k, j] - R[j, k]) / s]
-        q[i] = 0.25 * s
-        q[j] = (R[j, i] + R[i, j]) / s
-        q[k] = (R[k, i] + R[i, k]) / s
-    q = np.asarray(q)
-    q /= np.linalg.norm(q)
-    return -q if q[3] < 0 else q
-
-
-def closest_rotation(M: np.ndarray) -> np.ndarray:
-    """The rotation nearest to ``M`` in the Frobenius norm."""
-    U, _, Vt = np.linalg.svd(M)
-    D = np.diag([1.0, 1.0, np.sign(np.linalg.det(U @ Vt))])
-    return U @ D @ Vt
+    def current_in_keyframe(self, scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+        """The current camera in the keyframe camera's frame: ``T_keyframe_current`` ``(4, 4)`` (the inverse of
+        :attr:`T`, translation times ``scale``) and its ``(6, 6)`` covariance (translation rows and columns times
+        ``scale``), to first order (:func:`~feature_matcher_ros.se3.invert_with_covariance`)."""
+        t = self.t * scale if self.translation_known else np.zeros(3)
+        cov = np.asarray(self.covariance, np.float64).copy()
+        cov[:3, :] *= scale
+        cov[:, :3] *= scale
+        return invert_with_covariance(self.R, t, cov)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -486,85 +425,127 @@ def estimate_relative_pose(
         ``(pose, "")`` or ``(None, reason)``.
     """
     k0, k1, why = _check_points(kpts0, kpts1)
+    if not why:
+        why = _check_pose_settings(len(k0), cam0, cam1, threshold_px, confidence, method)
     if why:
         return None, why
+    models, why = _fit_models(k0, k1, cam0, cam1, threshold_px, confidence, method, max_iterations,
+                              homography_threshold_factor if use_homography else None)
+    if models is None:
+        return None, why
+    return _select_model(models, cam0, cam1, threshold_px, homography_ratio, min_parallax_px)
+
+
+def _check_pose_settings(n: int, cam0: Any, cam1: Any, threshold_px: float, confidence: float, method: str) -> str:
+    """Why :func:`estimate_relative_pose` cannot run with these cameras and settings on ``n`` matches, or ''."""
     if method not in METHODS:
-        return None, f"method must be one of {list(METHODS)}, got {method!r}"
+        return f"method must be one of {list(METHODS)}, got {method!r}"
     for name, cam in (("cam0", cam0), ("cam1", cam1)):
         if not isinstance(cam, CameraModel):
-            return None, f"{name} must be a CameraModel, got {type(cam).__name__}"
+            return f"{name} must be a CameraModel, got {type(cam).__name__}"
         bad = cam.problem()
         if bad:
-            return None, f"{name}: {bad}"
+            return f"{name}: {bad}"
     if not (threshold_px > 0 and math.isfinite(threshold_px)):
-        return None, f"threshold_px must be a positive number, got {threshold_px!r}"
+        return f"threshold_px must be a positive number, got {threshold_px!r}"
     if not (0.0 < confidence < 1.0):
-        return None, f"confidence must be in (0, 1), got {confidence!r}"
-    n = len(k0)
+        return f"confidence must be in (0, 1), got {confidence!r}"
     if n < MIN_POINTS:
-        return None, f"too few matches ({n} < {MIN_POINTS})"
+        return f"too few matches ({n} < {MIN_POINTS})"
+    return ""
 
+
+@dataclass
+class _Models:
+    """Both candidate models, fitted on the matches that stay finite once undistorted.
+
+    ``x0, x1``: ``(M, 2)`` normalised points; ``kept``: ``(N,)`` bool, which input matches they are; ``f``: the
+    mean focal length (pixels per normalised unit); ``essential``: ``(R, unit t, inliers (M,))`` or None;
+    ``homography``: ``(Hn (3, 3) in normalised coordinates, inliers (M,))`` or None."""
+
+    x0: np.ndarray
+    x1: np.ndarray
+    kept: np.ndarray
+    f: float
+    method: str
+    essential: tuple[np.ndarray, np.ndarray, np.ndarray] | None
+    homography: tuple[np.ndarray, np.ndarray] | None
+
+    def count(self, model: tuple | None) -> int:
+        return int(model[-1].sum()) if model is not None else 0
+
+    def full_mask(self, inliers: np.ndarray) -> np.ndarray:
+        """``(N,)`` bool over the input matches from ``(M,)`` inliers of the kept ones."""
+        m = np.zeros(len(self.kept), bool)
+        m[np.nonzero(self.kept)[0][inliers]] = True
+        return m
+
+
+def _fit_models(k0, k1, cam0, cam1, threshold_px, confidence, method, max_iterations,
+                homography_factor) -> tuple[_Models | None, str]:
+    """Undistort, then fit the essential matrix and (``homography_factor`` not None) the homography with
+    ``homography_factor * threshold_px``."""
     f = 0.5 * (cam0.focal + cam1.focal)
     x0, x1 = cam0.normalize(k0), cam1.normalize(k1)
     ok = np.all(np.isfinite(x0), axis=1) & np.all(np.isfinite(x1), axis=1)
     if ok.sum() < MIN_POINTS:
         return None, "too few matches after undistortion"
     x0c, x1c = np.ascontiguousarray(x0[ok]), np.ascontiguousarray(x1[ok])
-
     ess = _fit_essential(x0c, x1c, f, threshold_px, confidence, method, max_iterations)
     hom = None
-    if use_homography:
+    if homography_factor is not None:
         S, Si = np.diag([f, f, 1.0]), np.diag([1.0 / f, 1.0 / f, 1.0])
-        hom = _fit_homography(x0c * f, x1c * f, homography_threshold_factor * threshold_px, confidence, method,
-                              max_iterations)
+        hom = _fit_homography(x0c * f, x1c * f, homography_factor * threshold_px, confidence, method, max_iterations)
         if hom is not None:
             hom = (Si @ hom[0] @ S, hom[1])
-    n_e = int(ess[2].sum()) if ess is not None else 0
-    n_h = int(hom[1].sum()) if hom is not None else 0
     if ess is None and hom is None:
         return None, "no essential matrix or homography found"
+    return _Models(x0c, x1c, ok, f, method, ess, hom), ""
 
-    def full_mask(inl_ok: np.ndarray) -> np.ndarray:
-        m = np.zeros(n, bool)
-        m[np.nonzero(ok)[0][inl_ok]] = True
-        return m
 
-    H_px = None
-    if hom is not None:
-        H_px = cam1.K @ hom[0] @ np.linalg.inv(cam0.K)
-        H_px = H_px / H_px[2, 2]
-
+def _select_model(m: _Models, cam0: CameraModel, cam1: CameraModel, threshold_px: float, homography_ratio: float,
+                  min_parallax_px: float) -> tuple[RelativePose | None, str]:
+    """The homography when it explains at least ``homography_ratio`` of the essential matrix's inliers (then a
+    pure rotation when the parallax is at most ``min_parallax_px``), else the essential matrix."""
+    n_e, n_h = m.count(m.essential), m.count(m.homography)
     translation_known = True
-    if hom is not None and n_h >= homography_ratio * n_e and n_h >= MIN_POINTS:
-        Hn, inl = hom
-        R_rot = _rotation_from_rays(_rays(x0c[inl]), _rays(x1c[inl]))
-        parallax = float(np.median(_rotation_parallax(x0c[inl], x1c[inl], R_rot))) * f
-        if parallax <= min_parallax_px:
-            R, t, translation_known = R_rot, np.zeros(3), False
-        else:
-            planar = _planar_pose(Hn, x0c, x1c, inl, f, threshold_px, ess)
-            if planar is None:
-                R, t, translation_known = R_rot, np.zeros(3), False
-            else:
-                R, t = planar
+    if m.homography is not None and n_h >= homography_ratio * n_e and n_h >= MIN_POINTS:
+        Hn, inl = m.homography
+        R, t, translation_known, parallax = _homography_motion(m, threshold_px, min_parallax_px)
         model = "homography"
-        residual = float(np.median(homography_transfer_error(x0c[inl], x1c[inl], Hn))) * f
+        residual = float(np.median(homography_transfer_error(m.x0[inl], m.x1[inl], Hn))) * m.f
+    elif m.essential is None:
+        return None, "essential matrix estimation failed"
     else:
-        if ess is None:
-            return None, "essential matrix estimation failed"
-        R, t, inl = ess
+        R, t, inl = m.essential
         model = "essential"
-        residual = float(np.median(sampson_distance(x0c[inl], x1c[inl], essential_from_pose(R, t)))) * f
-        parallax = float(np.median(_rotation_parallax(x0c[inl], x1c[inl], R))) * f
-
+        residual = float(np.median(sampson_distance(m.x0[inl], m.x1[inl], essential_from_pose(R, t)))) * m.f
+        parallax = float(np.median(_rotation_parallax(m.x0[inl], m.x1[inl], R))) * m.f
     if int(inl.sum()) < MIN_POINTS:
         return None, f"too few inliers ({int(inl.sum())} < {MIN_POINTS})"
-    cov = pose_covariance(R, t, x1c[inl], f, residual, parallax, translation_known)
-    return (
-        RelativePose(
-            R=np.asarray(R, np.float64), t=np.asarray(t, np.float64).reshape(3), inliers=full_mask(inl),
-            model=model, covariance=cov, translation_known=translation_known, parallax_px=parallax,
-            H=H_px, method=method, residual_px=residual, num_essential_inliers=n_e, num_homography_inliers=n_h,
-        ),
-        "",
-    )
+    H_px = None
+    if m.homography is not None:
+        H_px = cam1.K @ m.homography[0] @ np.linalg.inv(cam0.K)
+        H_px = H_px / H_px[2, 2]
+    cov = pose_covariance(R, t, m.x1[inl], m.f, residual, parallax, translation_known)
+    return RelativePose(
+        R=np.asarray(R, np.float64), t=np.asarray(t, np.float64).reshape(3), inliers=m.full_mask(inl), model=model,
+        covariance=cov, translation_known=translation_known, parallax_px=parallax, H=H_px, method=m.method,
+        residual_px=residual, num_essential_inliers=n_e, num_homography_inliers=n_h,
+    ), ""
+
+
+def _homography_motion(m: _Models, threshold_px: float,
+                       min_parallax_px: float) -> tuple[np.ndarray, np.ndarray, bool, float]:
+    """``(R, t, translation_known, parallax_px)`` when the homography wins: a pure rotation (``t = 0``) when the
+    rotation-compensated parallax of its inliers is at most ``min_parallax_px`` or no planar motion is found,
+    else the planar motion (:func:`_planar_pose`)."""
+    Hn, inl = m.homography
+    R_rot = _rotation_from_rays(_rays(m.x0[inl]), _rays(m.x1[inl]))
+    parallax = float(np.median(_rotation_parallax(m.x0[inl], m.x1[inl], R_rot))) * m.f
+    planar = None
+    if parallax > min_parallax_px:
+        planar = _planar_pose(Hn, m.x0, m.x1, inl, m.f, threshold_px, m.essential)
+    if planar is None:
+        return R_rot, np.zeros(3), False, parallax
+    return planar[0], planar[1], True, parallax

@@ -49,6 +49,7 @@ class Keyframe:
         camera: the camera of the original (un-resized) image.
         image_size: ``(H, W)`` of the original image.
         T_world: ``(4, 4)`` chained odometry pose ``T_world_keyframe`` (None when unknown).
+        covariance: ``(6, 6)`` covariance of ``T_world`` over ``[x, y, z, rx, ry, rz]`` (see :mod:`.se3`).
     """
 
     features: Features
@@ -58,6 +59,7 @@ class Keyframe:
     camera: CameraModel
     image_size: tuple[int, int]
     T_world: np.ndarray | None = None
+    covariance: np.ndarray | None = None
 
     @property
     def nbytes(self) -> int:

@@ -11,8 +11,8 @@ import cv2
 
 from feature_matcher_ros.ros.client import MatcherClient
 from feature_matcher_ros.ros.conversions import model_to_camera_info
+from feature_matcher_ros.datasets import read_sequence
 from feature_matcher_ros.ros.process import NodeProcess, node_command
-from feature_matcher_ros.tools.demo import read_sequence
 
 REPO = Path(__file__).resolve().parent.parent
 PARAMS_FILE = REPO / "config" / "matcher.yaml"
@@ -20,7 +20,8 @@ PARAMS_FILE = REPO / "config" / "matcher.yaml"
 
 def load_frames(shared: Path, count: int | None = None):
     """``(frames, camera, truth)`` of the shared TUM snippet, frames as ``(stamp_ns, rgb)``."""
-    frames, camera, truth = read_sequence(shared / "data" / "tum_fr2_desk")
+    seq = read_sequence(shared / "data" / "tum_fr2_desk")
+    frames, camera, truth = seq.frames, seq.camera, seq.ground_truth.by_stamp()
     frames = frames[:count] if count else frames
     rgb = [(stamp, cv2.cvtColor(cv2.imread(str(path), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)) for stamp, path in frames]
     return rgb, camera, truth

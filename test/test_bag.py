@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from feature_matcher_ros.evaluation import bagio
-from feature_matcher_ros.evaluation.trajectory import read_tum, stamp_to_ns
+from feature_matcher_ros.datasets import parse_stamp, read_tum
 from feature_matcher_ros.tools import make_bag
 
 
@@ -25,7 +25,7 @@ def _expected(tum: Path) -> tuple[list[int], list[Path]]:
     for line in (tum / "images.txt").read_text().splitlines():
         if line.strip() and not line.startswith("#"):
             t, p = line.split()[:2]
-            stamps.append(stamp_to_ns(t))
+            stamps.append(parse_stamp(t))
             paths.append(tum / p)
     return stamps, paths
 

@@ -158,7 +158,8 @@ def test_scale_injection_and_metric_definitions(shared: Path) -> None:
     from feature_matcher_ros.camera import CameraModel
     from feature_matcher_ros.evaluation.metrics import evaluate
     from feature_matcher_ros.evaluation.records import FrameRecord
-    from feature_matcher_ros.evaluation.trajectory import chain_with_gt_scale, read_tum
+    from feature_matcher_ros.datasets import read_tum
+    from feature_matcher_ros.evaluation.trajectory import chain_with_gt_scale
 
     tum = shared / "data/tum_fr2_desk"
     gt = read_tum(tum / "groundtruth.txt")

@@ -7,9 +7,10 @@ import pytest
 
 from feature_matcher_ros.backends.sift import SiftBackend
 from feature_matcher_ros.camera import CameraModel
-from feature_matcher_ros.frontend import FRONTEND_PARAMS, Frontend
-from feature_matcher_ros.geometry import invert, rotation_error_deg
-from feature_matcher_ros.tools.bench_geometry import read_image_list, read_tum_trajectory
+from feature_matcher_ros.frontend import FRONTEND_PARAMS, LOST_VARIANCE, Frontend
+from feature_matcher_ros.geometry import rotation_error_deg
+from feature_matcher_ros.se3 import invert
+from feature_matcher_ros.datasets import read_sequence
 
 
 class CountingSift(SiftBackend):
@@ -31,9 +32,9 @@ def _rgb(path):
 
 @pytest.fixture(scope="module")
 def tum(shared):
-    ds = shared / "data" / "tum_fr2_desk"
-    frames = [(stamp, _rgb(path)) for stamp, path in read_image_list(ds)]
-    return frames, read_tum_trajectory(ds / "groundtruth.txt"), CameraModel.from_yaml(ds / "intrinsics.yaml")
+    seq = read_sequence(shared / "data" / "tum_fr2_desk")
+    frames = [(stamp, _rgb(path)) for stamp, path in seq.frames]
+    return frames, seq.ground_truth.by_stamp(), seq.camera
 
 
 @pytest.fixture(scope="module")
@@ -142,13 +143,64 @@ def test_max_matches_keeps_the_highest_scores(tum):
     assert np.all(np.diff(r.matches.scores) <= 0)
 
 
+def test_world_covariance_follows_the_keyframes(tum, sequence):
+    """Frames matched against the first keyframe (the origin, known exactly) carry the covariance of the inverse of
+    their relative pose: rotation block ``R^T C_r R``; every later frame's grows from its keyframe's; the scale
+    stays unknown along the track. Keyframe announcements carry the active keyframe's world pose."""
+    _, _, results, _ = sequence
+    first = results[0]
+    assert np.array_equal(first.cov_world_current, np.zeros((6, 6)))
+    assert np.array_equal(first.T_world_active_keyframe, np.eye(4)) and first.active_keyframe_stamp_ns == first.stamp_ns
+    kf_cov = {first.stamp_ns: first.cov_world_current}
+    kf_pose = {first.stamp_ns: first.T_world_current}
+    for r in results[1:]:
+        cov = r.cov_world_current
+        assert cov.shape == (6, 6) and np.allclose(cov, cov.T) and np.linalg.eigvalsh(cov).min() > -1e-9
+        if r.keyframe_stamp_ns == first.stamp_ns:
+            R, C_r = r.pose.R, r.pose.covariance[3:, 3:]
+            np.testing.assert_allclose(cov[3:, 3:], R.T @ C_r @ R, rtol=1e-9, atol=1e-20)
+        else:  # composed with the keyframe's: never more certain than the keyframe was
+            assert np.trace(cov[3:, 3:]) > np.trace(kf_cov[r.keyframe_stamp_ns][3:, 3:])
+        assert np.linalg.eigvalsh(cov[:3, :3]).max() > 1e5  # unit steps: the scale is marked unknown
+        active = r.active_keyframe_stamp_ns
+        if r.new_keyframe:
+            assert active == r.stamp_ns and np.array_equal(r.T_world_active_keyframe, r.T_world_current)
+            kf_cov[r.stamp_ns], kf_pose[r.stamp_ns] = cov, r.T_world_current
+        else:
+            assert active == r.keyframe_stamp_ns and np.array_equal(r.T_world_active_keyframe, kf_pose[active])
+
+
+def test_lost_tracking_and_metric_scale_in_the_covariance(tum, shared):
+    """With odometry.scale the translation (and its covariance) is in metres; a frame that loses tracking has no
+    world pose, and the keyframe made from it starts at the last pose with LOST_VARIANCE added."""
+    frames, _, cam = tum
+    kitti_ds = shared / "data" / "kitti00_f100_109"
+    kitti_seq = read_sequence(kitti_ds)
+    kitti, kitti_cam = cv2.imread(str(kitti_seq.frames[0][1]), cv2.IMREAD_GRAYSCALE), kitti_seq.camera
+    unit, metric = Frontend(SiftBackend()), Frontend(SiftBackend(), {"odometry.scale": 0.5})
+    for stamp, image in frames[:3]:
+        a, b = unit.process(image, stamp, cam), metric.process(image, stamp, cam)
+    assert b.odometry_scale_known and not a.odometry_scale_known
+    step_a, step_b = a.T_world_current[:3, 3], b.T_world_current[:3, 3]
+    np.testing.assert_allclose(step_b, 0.5 * step_a, atol=1e-9)
+    np.testing.assert_allclose(b.cov_world_current[:3, :3], 0.25 * a.cov_world_current[:3, :3], rtol=1e-9)
+    np.testing.assert_allclose(b.cov_world_current[3:, 3:], a.cov_world_current[3:, 3:], rtol=1e-9)
+    lost = metric.process(kitti, frames[3][0], kitti_cam)
+    assert lost.status == "lost" and lost.T_world_current is None and lost.cov_world_current is None
+    kf = metric.keyframe
+    assert kf.stamp_ns == lost.stamp_ns and np.array_equal(kf.T_world, b.T_world_current)
+    np.testing.assert_allclose(kf.covariance, b.cov_world_current + LOST_VARIANCE * np.eye(6))
+    assert np.array_equal(lost.T_world_active_keyframe, b.T_world_current)
+
+
 def test_relocalisation_from_the_keyframe_cache(tum, shared):
     """TUM frames, then an unrelated KITTI frame (tracking lost -> it becomes the keyframe), then a TUM frame:
     with a cache of 3 the frontend relocalises to a cached TUM keyframe; with a cache of 1 it cannot."""
     frames, gt, cam = tum
     kitti_ds = shared / "data" / "kitti00_f100_109"
-    kitti_stamp, kitti_path = read_image_list(kitti_ds)[0]
-    kitti_cam = CameraModel.from_yaml(kitti_ds / "intrinsics.yaml")
+    kitti_seq = read_sequence(kitti_ds)
+    kitti_stamp, kitti_path = kitti_seq.frames[0]
+    kitti_cam = kitti_seq.camera
     kitti = cv2.imread(str(kitti_path), cv2.IMREAD_GRAYSCALE)
     outcome = {}
     for size in (3, 1):

@@ -14,11 +14,11 @@ import pytest
 from feature_matcher_ros.backends.sift import SiftBackend
 from feature_matcher_ros.camera import CameraModel
 from feature_matcher_ros.geometry import (
-    UNKNOWN_VARIANCE, estimate_homography, estimate_relative_pose, homography_transfer_error, invert,
-    pose_error_auc, quat_to_rotation, rotation_error_deg, rotation_from_rotvec, rotation_to_quat, sampson_distance,
-    se3, essential_from_pose, symmetric_epipolar_distance, translation_angle_error_deg,
+    UNKNOWN_VARIANCE, estimate_homography, estimate_relative_pose, homography_transfer_error, pose_error_auc,
+    rotation_error_deg, sampson_distance, essential_from_pose, symmetric_epipolar_distance, translation_angle_error_deg,
 )
-from feature_matcher_ros.tools.bench_geometry import dataset_camera, read_pose_pairs, read_tum_trajectory
+from feature_matcher_ros.se3 import invert, quat_to_rotation, rotation_from_rotvec, rotation_to_quat, se3
+from feature_matcher_ros.datasets import pair_camera, read_pose_pairs, read_tum
 
 SIFT = SiftBackend()
 
@@ -47,8 +47,8 @@ def matched_pairs(shared):
                     feats[path], scale[path] = SIFT.extract(image), s
             m = SIFT.match(feats[p.image0], feats[p.image1])
             s0, s1 = 1 / scale[p.image0], 1 / scale[p.image1]
-            rows.append((p, m.scaled(s0, s0, s1, s1), dataset_camera(ds, p.K0, p.image0),
-                         dataset_camera(ds, p.K1, p.image1)))
+            rows.append((p, m.scaled(s0, s0, s1, s1), pair_camera(ds, p.K0, p.image0),
+                         pair_camera(ds, p.K1, p.image1)))
         out[name] = rows
     return out
 
@@ -57,7 +57,7 @@ def matched_pairs(shared):
 # helpers
 # ------------------------------------------------------------------------------------------------
 def test_se3_invert_and_quaternions(shared):
-    traj = read_tum_trajectory(shared / "data" / "tum_fr2_desk" / "groundtruth.txt")
+    traj = read_tum(shared / "data" / "tum_fr2_desk" / "groundtruth.txt").by_stamp()
     assert len(traj) == 20
     for T in traj.values():
         assert np.allclose(invert(T) @ T, np.eye(4), atol=1e-12)
@@ -160,6 +160,22 @@ def test_covariance_says_what_is_unknown(matched_pairs):
     assert perp @ cov[:3, :3] @ perp < 1e-2  # the direction is well determined
     rot_std_deg = np.degrees(np.sqrt(np.linalg.eigvalsh(cov[3:, 3:]).max()))
     assert 1e-4 < rot_std_deg < 0.5
+
+
+def test_current_in_keyframe_inverts_and_scales(matched_pairs):
+    """What relative_pose publishes: the inverse of T, translation (and its covariance) scaled; the covariance of
+    the inverse keeps the unknown scale along the (inverted) translation and rotates the rotation block."""
+    pair, m, c0, c1 = matched_pairs["kitti00_f100_109"][0]
+    pose, _ = estimate_relative_pose(m.kpts0, m.kpts1, c0, c1, method="poselib")
+    T, cov = pose.current_in_keyframe()
+    np.testing.assert_allclose(T, invert(pose.T), atol=1e-12)
+    u = T[:3, 3] / np.linalg.norm(T[:3, 3])
+    assert u @ cov[:3, :3] @ u == pytest.approx(UNKNOWN_VARIANCE, rel=1e-3)
+    np.testing.assert_allclose(cov[3:, 3:], pose.R.T @ pose.covariance[3:, 3:] @ pose.R, rtol=1e-9, atol=1e-20)
+    T2, cov2 = pose.current_in_keyframe(2.0)
+    np.testing.assert_allclose(T2[:3, 3], 2.0 * T[:3, 3], atol=1e-12)
+    np.testing.assert_allclose(cov2[:3, :3], 4.0 * cov[:3, :3], rtol=1e-9)
+    np.testing.assert_allclose(cov2[3:, 3:], cov[3:, 3:], rtol=1e-9)
 
 
 def test_bad_input_reasons():

@@ -19,7 +19,7 @@ from feature_matcher_ros.metric import (
     stereo_depth_image,
     stereo_points,
 )
-from feature_matcher_ros.tools.bench_geometry import read_pose_pairs
+from feature_matcher_ros.datasets import read_pose_pairs
 
 
 def gray(path):

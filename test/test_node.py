@@ -7,8 +7,8 @@ waiting for each frame's ``matches`` before the next, so nothing is dropped on t
 import numpy as np
 import pytest
 
+from feature_matcher_ros import messages
 from feature_matcher_ros.geometry import rotation_error_deg
-from feature_matcher_ros.ros import conversions as cv
 from ros_helpers import load_frames, prime_camera_info, running_node
 
 FRAME_ID = "camera_rgb_optical_frame"
@@ -40,7 +40,7 @@ def test_every_frame_answered_with_the_image_header(run):
     client = run["client"]
     for stamp, _ in run["frames"]:
         cloud = client.matches[stamp]
-        assert cv.stamp_to_ns(cloud.header.stamp) == stamp
+        assert messages.stamp_to_ns(cloud.header.stamp) == stamp
         assert cloud.header.frame_id == FRAME_ID
 
 
@@ -52,7 +52,7 @@ def test_matches_decode_from_pointcloud2(run):
         cloud = client.matches[stamp]
         names = [f.name for f in cloud.fields]
         assert names[:6] == ["x0", "y0", "x1", "y1", "score", "inlier"]
-        pts = cv.cloud_to_array(cloud)
+        pts = messages.cloud_to_array(cloud)
         assert len(pts) == cloud.width > 50
         h, w = rgb.shape[:2]
         for x, y in (("x0", "y0"), ("x1", "y1")):
@@ -68,9 +68,9 @@ def test_rotation_error_against_ground_truth(run):
     errors = []
     for stamp, _ in run["frames"][1:]:
         pose = client.poses[stamp]
-        _, kf = cv.parse_keyframe_frame_id(pose.header.frame_id)
+        _, kf = messages.parse_keyframe_frame_id(pose.header.frame_id)
         T_kf_cur_gt = np.linalg.inv(truth[kf]) @ truth[stamp]  # current camera in the keyframe's frame
-        errors.append(rotation_error_deg(cv.pose_to_matrix(pose.pose.pose)[:3, :3], T_kf_cur_gt[:3, :3]))
+        errors.append(rotation_error_deg(messages.pose_to_matrix(pose.pose.pose)[:3, :3], T_kf_cur_gt[:3, :3]))
     print(f"rotation error vs GT over {len(errors)} frames: median {np.median(errors):.3f} deg, max {max(errors):.3f}")
     assert np.median(errors) < 1.0
     assert max(errors) < 5.0
@@ -79,17 +79,17 @@ def test_rotation_error_against_ground_truth(run):
 def test_keyframe_and_current_stamps_are_tied(run):
     client, frames = run["client"], run["frames"]
     stamps = [s for s, _ in frames]
-    announced = [cv.stamp_to_ns(k.header.stamp) for k in client.keyframes]
+    announced = [messages.stamp_to_ns(k.header.stamp) for k in client.keyframes]
     assert announced[0] == stamps[0]  # the first frame is the first keyframe
     assert announced == sorted(set(announced)) and set(announced) <= set(stamps)
     for stamp in stamps[1:]:
         pose = client.poses[stamp]
-        assert cv.stamp_to_ns(pose.header.stamp) == stamp
-        camera_frame, kf = cv.parse_keyframe_frame_id(pose.header.frame_id)
+        assert messages.stamp_to_ns(pose.header.stamp) == stamp
+        camera_frame, kf = messages.parse_keyframe_frame_id(pose.header.frame_id)
         assert camera_frame == FRAME_ID
         # Matched against the latest keyframe announced before this frame.
         assert kf == max(a for a in announced if a < stamp)
-        pts = cv.cloud_to_array(client.matches[stamp])
+        pts = messages.cloud_to_array(client.matches[stamp])
         kf_points = pts["kf_sec"].astype(np.int64) * 1_000_000_000 + pts["kf_nanosec"]
         assert set(kf_points.tolist()) == {kf}
     # Announcements are sent in time order: a keyframe is announced before any frame matched against it.
@@ -103,16 +103,16 @@ def test_odometry_follows_ground_truth_rotation(run):
     errors = []
     for stamp in stamps:
         odom = client.odometry[stamp]
-        assert cv.stamp_to_ns(odom.header.stamp) == stamp
+        assert messages.stamp_to_ns(odom.header.stamp) == stamp
         assert odom.header.frame_id == "odom" and odom.child_frame_id == FRAME_ID
-        T_est = cv.pose_to_matrix(odom.pose.pose)
+        T_est = messages.pose_to_matrix(odom.pose.pose)
         T_gt = np.linalg.inv(T0) @ truth[stamp]
         errors.append(rotation_error_deg(T_est[:3, :3], T_gt[:3, :3]))
         if stamp != stamps[0]:
             cov = np.array(odom.pose.covariance).reshape(6, 6)
             assert np.linalg.eigvalsh(cov[:3, :3]).max() > 1e3  # scale unknown: marked in the covariance
             assert np.diag(cov)[3:].max() < 1e-2  # rotations are known
-    np.testing.assert_allclose(cv.pose_to_matrix(client.odometry[stamps[0]].pose.pose), np.eye(4), atol=1e-9)
+    np.testing.assert_allclose(messages.pose_to_matrix(client.odometry[stamps[0]].pose.pose), np.eye(4), atol=1e-9)
     print(f"odometry rotation error vs GT: median {np.median(errors):.3f} deg, max {max(errors):.3f}")
     assert max(errors) < 3.0
 
@@ -127,7 +127,7 @@ def test_debug_image_only_while_subscribed(run):
     pixels = np.frombuffer(bytes(img.data), np.uint8).reshape(480, 1280, 3)
     assert pixels[:, :640].mean() > 20  # the keyframe drawn on the left, not a blank stand-in
     stamps = {s for s, _ in run["frames"][HALF:]}
-    assert cv.stamp_to_ns(img.header.stamp) in stamps
+    assert messages.stamp_to_ns(img.header.stamp) in stamps
     assert int(run["diag"]["debug_images_published"]) >= len(images)
 
 

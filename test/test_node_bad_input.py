@@ -8,6 +8,7 @@ import sys
 import pytest
 from sensor_msgs.msg import CompressedImage, Image
 
+from feature_matcher_ros import messages
 from feature_matcher_ros.ros import conversions as cv
 from ros_helpers import load_frames, run_cli, running_node, send_until_answered
 
@@ -98,7 +99,7 @@ def test_bad_inputs_are_counted_and_the_node_keeps_serving(node):
     cloud = client.wait_result(answered(client, rgb0, good - NS, camera), timeout=1.0)
     assert cloud.width == 0
     assert client.wait_until(
-        lambda: bool(client.keyframes) and cv.stamp_to_ns(client.keyframes[-1].header.stamp) == good - NS, 5.0)
+        lambda: bool(client.keyframes) and messages.stamp_to_ns(client.keyframes[-1].header.stamp) == good - NS, 5.0)
     assert process.poll() is None
 
 
@@ -154,5 +155,5 @@ def test_compressed_input_and_undecodable_data(compressed_node):
     cloud = client.wait_result(s1, timeout=30.0)
     assert cloud is not None and cloud.width > 50
     pose = client.poses[s1]
-    assert cv.parse_keyframe_frame_id(pose.header.frame_id)[1] == good
+    assert messages.parse_keyframe_frame_id(pose.header.frame_id)[1] == good
     assert process.poll() is None

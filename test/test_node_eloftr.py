@@ -17,9 +17,9 @@ pytest.importorskip(
     reason="the Efficient LoFTR backend (feature_matcher_ros/backends/eloftr/) is not in this checkout",
 )
 
+from feature_matcher_ros import messages  # noqa: E402
 from feature_matcher_ros.backends.eloftr import DEFAULT_THRESHOLDS  # noqa: E402
 from feature_matcher_ros.backends.eloftr.parity import decompress_checkpoint  # noqa: E402
-from feature_matcher_ros.ros import conversions as cv  # noqa: E402
 from ros_helpers import load_frames, prime_camera_info, run_cli, running_node  # noqa: E402
 
 FRAME_ID = "camera_rgb_optical_frame"
@@ -56,7 +56,7 @@ def node(shared, checkpoint, manifest, tmp_path_factory):
             cloud = client.wait_result(stamp, timeout=90.0)
             assert cloud is not None, f"no matches for frame {stamp}; log:\n{log.read_text(errors='replace')}"
             state["sent"].append(stamp)
-            return cv.cloud_to_array(cloud)
+            return messages.cloud_to_array(cloud)
 
         def matched():
             """Send the next frame, after a first one to become the keyframe when none was sent yet."""
@@ -110,10 +110,10 @@ def test_matches_arrive_decode_and_carry_the_keyframe_stamp(node):
         # full mode: a probability above the threshold
         assert (pts["score"] >= node["thr"]["full"]).all() and (pts["score"] <= 1.0 + 1e-6).all()
         assert set(np.unique(pts["inlier"]).tolist()) <= {0.0, 1.0}
-        announced = [cv.stamp_to_ns(k.header.stamp) for k in client.keyframes]
+        announced = [messages.stamp_to_ns(k.header.stamp) for k in client.keyframes]
         kf = pts["kf_sec"].astype(np.int64) * 1_000_000_000 + pts["kf_nanosec"]
         assert set(kf.tolist()) == {max(a for a in announced if a < stamp)}
-        assert cv.stamp_to_ns(client.matches[stamp].header.stamp) == stamp
+        assert messages.stamp_to_ns(client.matches[stamp].header.stamp) == stamp
         assert client.matches[stamp].header.frame_id == FRAME_ID
     if first_frame:
         assert announced[0] == state["sent"][0]

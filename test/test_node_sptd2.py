@@ -16,8 +16,8 @@ sptd2 = pytest.importorskip(
     reason="the SPTD2 backend (feature_matcher_ros/backends/sptd2/) is not in this checkout",
 )
 
+from feature_matcher_ros import messages  # noqa: E402
 from feature_matcher_ros.geometry import rotation_error_deg  # noqa: E402
-from feature_matcher_ros.ros import conversions as cv  # noqa: E402
 from ros_helpers import load_frames, prime_camera_info, running_node  # noqa: E402
 
 FRAME_ID = "camera_rgb_optical_frame"
@@ -48,8 +48,8 @@ def test_every_frame_answered_with_decodable_matches(run):
     h, w = frames[0][1].shape[:2]
     for stamp, _ in frames[1:]:
         cloud = client.matches[stamp]
-        assert cv.stamp_to_ns(cloud.header.stamp) == stamp and cloud.header.frame_id == FRAME_ID
-        pts = cv.cloud_to_array(cloud)
+        assert messages.stamp_to_ns(cloud.header.stamp) == stamp and cloud.header.frame_id == FRAME_ID
+        pts = messages.cloud_to_array(cloud)
         assert len(pts) > 50
         for x, y in (("x0", "y0"), ("x1", "y1")):
             assert (pts[x] >= -0.5).all() and (pts[x] <= w - 0.5).all()
@@ -72,9 +72,9 @@ def test_rotation_error_against_ground_truth(run):
     for stamp, _ in run["frames"][1:]:
         pose = client.poses.get(stamp)
         assert pose is not None, f"no relative_pose for frame {stamp}"
-        _, kf = cv.parse_keyframe_frame_id(pose.header.frame_id)
+        _, kf = messages.parse_keyframe_frame_id(pose.header.frame_id)
         T_kf_cur_gt = np.linalg.inv(truth[kf]) @ truth[stamp]
-        errors.append(rotation_error_deg(cv.pose_to_matrix(pose.pose.pose)[:3, :3], T_kf_cur_gt[:3, :3]))
+        errors.append(rotation_error_deg(messages.pose_to_matrix(pose.pose.pose)[:3, :3], T_kf_cur_gt[:3, :3]))
         motion.append(rotation_error_deg(np.eye(3), T_kf_cur_gt[:3, :3]))
     print(f"sptd2 rotation error vs GT over {len(errors)} frames: median {np.median(errors):.3f} deg, "
           f"max {max(errors):.3f} deg (true keyframe-to-frame rotation: median {np.median(motion):.2f} deg); "

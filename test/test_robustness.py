@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from sensor_msgs.msg import Image
 
+from feature_matcher_ros import messages
 from feature_matcher_ros.resources import config_file
 from feature_matcher_ros.ros import conversions as cv
 from feature_matcher_ros.ros.client import MatcherClient
@@ -145,7 +146,7 @@ def _pair(client, frames, camera, base: int, padded: bool) -> np.ndarray:
         client.send(frames[2], "rgb8", stamp, camera, "cam")
     cloud = client.wait_result(stamp, timeout=60.0)
     assert cloud is not None, "the frame was not answered"
-    return cv.cloud_to_array(cloud)
+    return messages.cloud_to_array(cloud)
 
 
 def test_row_padding_in_step_gives_the_same_matches(live):
@@ -193,7 +194,7 @@ def test_image_from_another_camera_frame_is_not_matched_against_this_keyframe(li
         frame_reasons = {k: v for k, v in diag.items() if k.startswith("rejected.") and "frame" in k}
         assert frame_reasons, f"neither answered nor counted under a frame reason: {diag}"
     else:
-        points = cv.cloud_to_array(cloud)
+        points = messages.cloud_to_array(cloud)
         kf = {int(s) * NS + int(n) for s, n in zip(points["kf_sec"], points["kf_nanosec"])}
         assert kf <= {3001 * NS}, "an image of another camera frame was matched against the keyframe"
     assert send_until_answered(client, frames[2], 3002 * NS, camera, timeout=15.0) is not None

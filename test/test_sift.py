@@ -7,19 +7,17 @@ import pytest
 from feature_matcher_ros.backends import available_backends, create_backend
 from feature_matcher_ros.backends.base import Features
 from feature_matcher_ros.backends.sift import OrbBackend, SiftBackend, mutual_ratio_match
-from feature_matcher_ros.camera import CameraModel
-from feature_matcher_ros.geometry import estimate_relative_pose, invert, rotation_error_deg
-from feature_matcher_ros.tools.bench_geometry import read_image_list, read_tum_trajectory
+from feature_matcher_ros.geometry import estimate_relative_pose, rotation_error_deg
+from feature_matcher_ros.se3 import invert
+from feature_matcher_ros.datasets import read_sequence
 
 
 @pytest.fixture(scope="module")
 def tum(shared):
-    ds = shared / "data" / "tum_fr2_desk"
-    frames = read_image_list(ds)
-    gt = read_tum_trajectory(ds / "groundtruth.txt")
+    seq = read_sequence(shared / "data" / "tum_fr2_desk")
+    frames, gt, cam = seq.frames, seq.ground_truth.by_stamp(), seq.camera
     (s0, p0), (s1, p1) = frames[0], frames[3]
     T = invert(gt[s1]) @ gt[s0]
-    cam = CameraModel.from_yaml(ds / "intrinsics.yaml")
     return cv2.imread(str(p0), cv2.IMREAD_GRAYSCALE), cv2.imread(str(p1), cv2.IMREAD_GRAYSCALE), T, cam
 
 

@@ -19,7 +19,12 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from .trajectory import Trajectory, TrajectoryError, pose_matrix
+from ..datasets import Trajectory, read_sequence
+from ..messages import (
+    InputError, camera_info_to_model, decode_image, opencv_to_matcher_image, pose_to_matrix, stamp_to_ns,
+    transform_to_matrix,
+)
+from ..se3 import rotation_to_quat
 
 IMAGE = "sensor_msgs/msg/Image"
 COMPRESSED_IMAGE = "sensor_msgs/msg/CompressedImage"
@@ -29,16 +34,6 @@ POSE_COV_STAMPED = "geometry_msgs/msg/PoseWithCovarianceStamped"
 ODOMETRY = "nav_msgs/msg/Odometry"
 TF = "tf2_msgs/msg/TFMessage"
 GT_TYPES = (POSE_STAMPED, POSE_COV_STAMPED, ODOMETRY, TF)
-
-#: encodings -> (channels, dtype); decoded to (H, W) uint8 gray or (H, W, 3) uint8 RGB. The same set and
-#: the same conversions as the node (feature_matcher_ros.ros.conversions), so offline and live see equal pixels.
-ENCODINGS = {
-    "mono8": (1, np.uint8), "8UC1": (1, np.uint8),
-    "mono16": (1, np.uint16), "16UC1": (1, np.uint16),
-    "rgb8": (3, np.uint8), "bgr8": (3, np.uint8),
-    "rgba8": (4, np.uint8), "bgra8": (4, np.uint8),
-}
-
 
 class BagError(Exception):
     """A bag that cannot be used as asked; the message says why (the tools exit with code 2)."""
@@ -50,11 +45,6 @@ def typestore():
     from rosbags.typesys import Stores, get_typestore
 
     return get_typestore(Stores.ROS2_KILTED)
-
-
-def stamp_ns(header: Any) -> int:
-    """A header's stamp in integer nanoseconds."""
-    return int(header.stamp.sec) * 1_000_000_000 + int(header.stamp.nanosec)
 
 
 # -- opening -------------------------------------------------------------------------------------------
@@ -194,58 +184,21 @@ def discover_topics(reader: Any, image: str | None = None, camera_info: str | No
 
 # -- images and cameras --------------------------------------------------------------------------------
 
-def decode_image(msg: Any, topic: str = "image") -> np.ndarray:
-    """A ``sensor_msgs/Image`` or ``CompressedImage`` -> ``(H, W)`` uint8 gray or ``(H, W, 3)`` uint8 RGB."""
-    import cv2
-
-    if hasattr(msg, "format"):  # CompressedImage
-        data = np.frombuffer(bytes(msg.data), dtype=np.uint8)
-        img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
-        if img is None:
-            raise BagError(f"{topic}: cannot decode compressed image (format {msg.format!r})")
-        if img.ndim == 3:
-            img = cv2.cvtColor(img, cv2.COLOR_BGRA2RGB if img.shape[2] == 4 else cv2.COLOR_BGR2RGB)
-        return _to_uint8(img)
-    enc = str(msg.encoding)
-    if enc not in ENCODINGS:
-        raise BagError(f"{topic}: unsupported image encoding {msg.encoding!r} "
-                       f"(supported: {', '.join(sorted(ENCODINGS))})")
-    channels, dtype = ENCODINGS[enc]
-    h, w, step = int(msg.height), int(msg.width), int(msg.step)
-    itemsize = np.dtype(dtype).itemsize
-    data = np.asarray(msg.data, dtype=np.uint8)
-    if h <= 0 or w <= 0 or step < w * channels * itemsize or data.size < h * step:
-        raise BagError(f"{topic}: image data does not fit its header ({w}x{h}, step {step}, "
-                       f"{data.size} bytes, encoding {msg.encoding})")
-    rows = data[: h * step].reshape(h, step)[:, : w * channels * itemsize]
-    img = np.ascontiguousarray(rows).view(np.dtype(dtype).newbyteorder(">" if msg.is_bigendian else "<"))
-    img = img.reshape(h, w, channels) if channels > 1 else img.reshape(h, w)
-    if enc.startswith("bgr"):
-        img = img[..., [2, 1, 0]]
-    img = img[..., :3] if img.ndim == 3 else img
-    return _to_uint8(np.array(img, dtype=img.dtype, copy=True))  # writable, owns its memory
-
-
-def _to_uint8(img: np.ndarray) -> np.ndarray:
-    """16-bit images are stretched so that the frame's largest value becomes 255 (as the node does)."""
-    if img.dtype == np.uint8:
-        return img
-    if img.ndim == 3:
-        import cv2
-
-        img = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)
-    top = int(img.max()) if img.size else 0
-    return (img.astype(np.float32) * (255.0 / max(top, 1))).round().astype(np.uint8)
-
-
-def camera_from_info(msg: Any, topic: str = "camera_info") -> Any:
-    """A ``sensor_msgs/CameraInfo`` -> :class:`~feature_matcher_ros.camera.CameraModel` (as the node reads it)."""
-    from ..camera import camera_from_info as convert
-
+def _decode_image(msg: Any, topic: str) -> np.ndarray:
+    """An ``Image`` or ``CompressedImage`` -> ``(H, W)`` uint8 gray or ``(H, W, 3)`` uint8 RGB, as the node
+    decodes it (:func:`feature_matcher_ros.messages.decode_image`); BagError naming the topic."""
     try:
-        return convert(msg)
-    except Exception as exc:  # noqa: BLE001 - a broken message is a clear BagError, never a traceback
-        raise BagError(f"{topic}: unusable camera info: {_describe(exc)}") from None
+        return decode_image(msg)
+    except InputError as err:
+        raise BagError(f"{topic}: {err}") from None
+
+
+def _camera(msg: Any, topic: str) -> Any:
+    """A ``CameraInfo`` -> :class:`~feature_matcher_ros.camera.CameraModel`, as the node reads it."""
+    try:
+        return camera_info_to_model(msg)
+    except InputError as err:
+        raise BagError(f"{topic}: unusable camera info: {err}") from None
 
 
 @dataclass
@@ -267,9 +220,9 @@ def read_cameras(reader: Any, topic: str) -> list[tuple[int, Any]]:
         key = (int(msg.width), int(msg.height), tuple(np.asarray(msg.k).tolist()), tuple(np.asarray(msg.d).tolist()),
                str(msg.distortion_model))
         if key != last_key:
-            cam = camera_from_info(msg, topic)
+            cam = _camera(msg, topic)
             last_key = key
-        cams.append((stamp_ns(msg.header), cam))
+        cams.append((stamp_to_ns(msg.header.stamp), cam))
     if not cams:
         raise BagError(f"camera info topic {topic} has no messages")
     return cams
@@ -284,7 +237,7 @@ def iter_frames(reader: Any, topics: BagTopics, stamps: set[int] | None = None) 
     order = np.argsort(cam_stamps, kind="stable")
     index = 0
     for topic, _, msg in messages(reader, [topics.image]):
-        s = stamp_ns(msg.header)
+        s = stamp_to_ns(msg.header.stamp)
         if stamps is not None and s not in stamps:
             index += 1
             continue
@@ -292,7 +245,7 @@ def iter_frames(reader: Any, topics: BagTopics, stamps: set[int] | None = None) 
         if cam is None:
             i = int(np.searchsorted(cam_stamps[order], s, side="right")) - 1
             cam = cams[order[max(i, 0)]][1]
-        image = decode_image(msg, topic)
+        image = _decode_image(msg, topic)
         if image.shape[:2] != (cam.height, cam.width):  # the node refuses these too
             raise BagError(f"{topic}: image @{s} is {image.shape[1]}x{image.shape[0]} but the camera info says "
                            f"{cam.width}x{cam.height}")
@@ -301,16 +254,6 @@ def iter_frames(reader: Any, topics: BagTopics, stamps: set[int] | None = None) 
 
 
 # -- ground truth --------------------------------------------------------------------------------------
-
-def _tf_matrix(tr: Any) -> np.ndarray:
-    return pose_matrix((tr.translation.x, tr.translation.y, tr.translation.z),
-                       (tr.rotation.x, tr.rotation.y, tr.rotation.z, tr.rotation.w))
-
-
-def _pose_msg_matrix(pose: Any) -> np.ndarray:
-    return pose_matrix((pose.position.x, pose.position.y, pose.position.z),
-                       (pose.orientation.x, pose.orientation.y, pose.orientation.z, pose.orientation.w))
-
 
 def read_ground_truth(reader: Any, topic: str, child_frame: str | None = None) -> Trajectory:
     """Ground-truth camera poses ``T_world_camera`` from a topic.
@@ -330,9 +273,9 @@ def read_ground_truth(reader: Any, topic: str, child_frame: str | None = None) -
     try:
         for _, _, msg in messages(reader, [topic]):
             pose = msg.pose.pose if msgtype in (ODOMETRY, POSE_COV_STAMPED) else msg.pose
-            stamps.append(stamp_ns(msg.header))
-            poses.append(_pose_msg_matrix(pose))
-    except TrajectoryError as exc:
+            stamps.append(stamp_to_ns(msg.header.stamp))
+            poses.append(pose_to_matrix(pose))
+    except ValueError as exc:  # a bad quaternion
         raise BagError(f"ground-truth topic {topic}: {exc}") from None
     if not stamps:
         raise BagError(f"ground-truth topic {topic} has no messages")
@@ -352,12 +295,12 @@ def _ground_truth_from_tf(reader: Any, topic: str, child_frame: str | None) -> T
                 child = tr.child_frame_id.lstrip("/")
                 parent = tr.header.frame_id.lstrip("/")
                 if tp in static_topics:
-                    static[child] = (parent, _tf_matrix(tr.transform))
+                    static[child] = (parent, transform_to_matrix(tr.transform))
                 else:
                     entry = dynamic.setdefault(child, (parent, [], []))
-                    entry[1].append(stamp_ns(tr.header))
-                    entry[2].append(_tf_matrix(tr.transform))
-    except TrajectoryError as exc:
+                    entry[1].append(stamp_to_ns(tr.header.stamp))
+                    entry[2].append(transform_to_matrix(tr.transform))
+    except ValueError as exc:  # a bad quaternion
         raise BagError(f"ground-truth topic {topic}: {exc}") from None
     child_frame = child_frame.lstrip("/")
     known = sorted(set(dynamic) | set(static))
@@ -436,49 +379,6 @@ def parse_slice(text: str) -> slice:
     return slice(*values)
 
 
-def read_sequence(dataset_dir: str | Path) -> tuple[list[tuple[int, Path]], Any, Trajectory | None]:
-    """A dataset folder in the ``../shared/data`` sequence layout -> ``([(stamp_ns, image_path)], camera,
-    ground truth or None)``. Raises :class:`BagError` naming the missing or bad file."""
-    from ..camera import CameraModel
-    from .trajectory import read_tum, stamp_to_ns
-
-    root = Path(dataset_dir)
-    if not root.is_dir():
-        raise BagError(f"dataset folder {root} does not exist")
-    listing = root / "images.txt"
-    if not listing.is_file():
-        raise BagError(f"{root} is not a sequence folder: images.txt is missing")
-    frames: list[tuple[int, Path]] = []
-    for number, line in enumerate(listing.read_text().splitlines(), start=1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        parts = line.split()
-        if len(parts) < 2:
-            raise BagError(f"{listing}:{number}: expected 'timestamp path', got {line!r}")
-        try:
-            stamp = stamp_to_ns(parts[0])
-        except TrajectoryError as exc:
-            raise BagError(f"{listing}:{number}: {exc}") from None
-        path = root / parts[1]
-        if not path.is_file():
-            raise BagError(f"{listing}:{number}: image {path} does not exist")
-        frames.append((stamp, path))
-    if not frames:
-        raise BagError(f"{listing} lists no images")
-    try:
-        camera = CameraModel.from_yaml(root / "intrinsics.yaml")
-    except ValueError as exc:
-        raise BagError(str(exc)) from None
-    gt = None
-    if (root / "groundtruth.txt").is_file():
-        try:
-            gt = read_tum(root / "groundtruth.txt")
-        except TrajectoryError as exc:
-            raise BagError(str(exc)) from None
-    return frames, camera, gt
-
-
 def _time(store: Any, stamp: int) -> Any:
     return store.types["builtin_interfaces/msg/Time"](sec=stamp // 1_000_000_000, nanosec=stamp % 1_000_000_000)
 
@@ -524,9 +424,7 @@ def camera_info_message(store: Any, camera: Any, stamp: int, frame_id: str) -> A
 
 
 def _pose_parts(store: Any, T: np.ndarray) -> tuple[Any, Any]:
-    from scipy.spatial.transform import Rotation
-
-    q = Rotation.from_matrix(T[:3, :3]).as_quat()
+    q = rotation_to_quat(T[:3, :3])
     quat = store.types["geometry_msgs/msg/Quaternion"](x=float(q[0]), y=float(q[1]), z=float(q[2]), w=float(q[3]))
     return T[:3, 3].astype(float), quat
 
@@ -552,69 +450,33 @@ def write_sequence_bag(dataset_dir: str | Path, out: str | Path, options: Sequen
     """Write a rosbag2 from a sequence folder: per frame (log time = the dataset stamp) a CameraInfo,
     an Image and, when the folder has ``groundtruth.txt``, a ground-truth PoseStamped (``T_world_camera``
     of the optical frame, ``header.frame_id`` = the world frame) and optionally a TF. Returns a summary."""
-    import cv2
-    from rosbags.rosbag2 import Writer
-    from rosbags.rosbag2.enums import CompressionFormat, CompressionMode, StoragePlugin
-
     opts = options or SequenceBagOptions()
     if opts.storage not in ("mcap", "sqlite3"):
         raise BagError(f"storage must be mcap or sqlite3, not {opts.storage!r}")
     if opts.compression not in ("zstd", "none"):
         raise BagError(f"compression must be zstd or none, not {opts.compression!r}")
-    frames, camera, gt = read_sequence(dataset_dir)
-    if opts.frames:
-        frames = frames[parse_slice(opts.frames)]
-        if not frames:
-            raise BagError(f"frames {opts.frames!r} selects no image of {dataset_dir}")
+    seq = read_sequence(dataset_dir)
+    frames = seq.frames[parse_slice(opts.frames)] if opts.frames else seq.frames
+    if not frames:
+        raise BagError(f"frames {opts.frames!r} selects no image of {dataset_dir}")
     out = Path(out)
     if out.exists():
         raise BagError(f"{out} exists already; remove it or choose another output")
-    store = typestore()
-    plugin = StoragePlugin.MCAP if opts.storage == "mcap" else StoragePlugin.SQLITE3
-    writer = Writer(out, version=Writer.VERSION_LATEST, storage_plugin=plugin)
-    if opts.compression == "zstd":
-        mode = CompressionMode.STORAGE if opts.storage == "mcap" else CompressionMode.MESSAGE
-        writer.set_compression(mode, CompressionFormat.ZSTD)
-    written = {"images": 0, "camera_info": 0, "ground_truth": 0, "tf": 0}
-    iterator: Any = frames
-    if progress:
-        from tqdm import tqdm
-
-        iterator = tqdm(frames, desc="fm-make-bag", unit="frame")
-    writer.set_custom_data("feature_matcher_ros.source", Path(dataset_dir).resolve().name)
-    writer.set_custom_data("feature_matcher_ros.made_by", "fm-make-bag")
+    writer = _bag_writer(out, opts, Path(dataset_dir).resolve().name)
     try:
         writer.open()
-        c_info = writer.add_connection(opts.camera_info_topic, CAMERA_INFO, typestore=store)
-        c_img = writer.add_connection(opts.image_topic, IMAGE, typestore=store)
-        c_gt = writer.add_connection(opts.gt_topic, POSE_STAMPED, typestore=store) if gt is not None and opts.gt_topic else None
-        c_tf = writer.add_connection(opts.tf_topic, TF, typestore=store) if gt is not None and opts.tf_topic else None
-        for stamp, path in iterator:
-            image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-            if image is None:
-                raise BagError(f"cannot read image {path}")
-            if image.dtype != np.uint8:
-                image = _to_uint8(image)
-            if image.ndim == 3:
-                image = cv2.cvtColor(image, cv2.COLOR_BGRA2RGB if image.shape[2] == 4 else cv2.COLOR_BGR2RGB)
-            if image.shape[:2] != (camera.height, camera.width):
-                raise BagError(f"image {path} is {image.shape[1]}x{image.shape[0]} but intrinsics.yaml says "
-                               f"{camera.width}x{camera.height}")
-            msg = camera_info_message(store, camera, stamp, opts.camera_frame)
-            writer.write(c_info, stamp, store.serialize_cdr(msg, CAMERA_INFO))
-            msg = image_message(store, image, stamp, opts.camera_frame, opts.encoding)
-            writer.write(c_img, stamp, store.serialize_cdr(msg, IMAGE))
-            written["camera_info"] += 1
-            written["images"] += 1
-            T = gt.at(stamp, max_gap_ns=0) if gt is not None else None
-            if T is not None and c_gt is not None:
-                msg = pose_stamped_message(store, T, stamp, opts.world_frame)
-                writer.write(c_gt, stamp, store.serialize_cdr(msg, POSE_STAMPED))
-                written["ground_truth"] += 1
-            if T is not None and c_tf is not None:
-                msg = tf_message(store, T, stamp, opts.world_frame, opts.camera_frame)
-                writer.write(c_tf, stamp, store.serialize_cdr(msg, TF))
-                written["tf"] += 1
+        topics = _sequence_topics(opts, seq.ground_truth is not None)
+        connections = {t: writer.add_connection(t, msgtype, typestore=typestore()) for t, msgtype in topics.items()}
+        if progress:
+            from tqdm import tqdm
+
+            frames = tqdm(frames, desc="fm-make-bag", unit="frame")
+        counts = {t: 0 for t in topics}
+        for stamp, path in frames:
+            for topic, msg in _frame_messages(stamp, _load_image(path, seq.camera), seq, opts):
+                if topic in connections:
+                    writer.write(connections[topic], stamp, typestore().serialize_cdr(msg, topics[topic]))
+                    counts[topic] += 1
         writer.close()
     except BaseException:
         try:
@@ -626,11 +488,68 @@ def write_sequence_bag(dataset_dir: str | Path, out: str | Path, options: Sequen
         shutil.rmtree(out, ignore_errors=True)  # never leave half a bag behind
         raise
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+    by_kind = {_KINDS[m]: counts[t] for t, m in topics.items()}
     return {"bag": str(out), "storage": opts.storage, "compression": opts.compression, "bytes": size,
-            "topics": {opts.image_topic: IMAGE, opts.camera_info_topic: CAMERA_INFO,
-                       **({opts.gt_topic: POSE_STAMPED} if c_gt is not None else {}),
-                       **({opts.tf_topic: TF} if c_tf is not None else {})},
-            **written}
+            "topics": {opts.image_topic: IMAGE, **topics},
+            **{k: by_kind.get(k, 0) for k in ("images", "camera_info", "ground_truth", "tf")}}
+
+
+#: what the summary of :func:`write_sequence_bag` calls each message type's count
+_KINDS = {IMAGE: "images", CAMERA_INFO: "camera_info", POSE_STAMPED: "ground_truth", TF: "tf"}
+
+
+def _bag_writer(out: Path, opts: SequenceBagOptions, source: str) -> Any:
+    """A rosbag2 writer (not yet open) with the storage, compression and provenance of ``opts``."""
+    from rosbags.rosbag2 import Writer
+    from rosbags.rosbag2.enums import CompressionFormat, CompressionMode, StoragePlugin
+
+    plugin = StoragePlugin.MCAP if opts.storage == "mcap" else StoragePlugin.SQLITE3
+    writer = Writer(out, version=Writer.VERSION_LATEST, storage_plugin=plugin)
+    if opts.compression == "zstd":
+        mode = CompressionMode.STORAGE if opts.storage == "mcap" else CompressionMode.MESSAGE
+        writer.set_compression(mode, CompressionFormat.ZSTD)
+    writer.set_custom_data("feature_matcher_ros.source", source)
+    writer.set_custom_data("feature_matcher_ros.made_by", "fm-make-bag")
+    return writer
+
+
+def _sequence_topics(opts: SequenceBagOptions, has_ground_truth: bool) -> dict[str, str]:
+    """topic -> message type of what :func:`write_sequence_bag` writes (camera info first)."""
+    topics = {opts.camera_info_topic: CAMERA_INFO, opts.image_topic: IMAGE}
+    if has_ground_truth and opts.gt_topic:
+        topics[opts.gt_topic] = POSE_STAMPED
+    if has_ground_truth and opts.tf_topic:
+        topics[opts.tf_topic] = TF
+    return topics
+
+
+def _load_image(path: Path, camera: Any) -> np.ndarray:
+    """An image file as the node would see it (``(H, W)`` uint8 gray or ``(H, W, 3)`` uint8 RGB; 16-bit files
+    stretched), checked against the camera's size."""
+    import cv2
+
+    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if image is None:
+        raise BagError(f"cannot read image {path}")
+    try:
+        image = opencv_to_matcher_image(image)
+    except InputError as err:
+        raise BagError(f"image {path}: {err}") from None
+    if image.shape[:2] != (camera.height, camera.width):
+        raise BagError(f"image {path} is {image.shape[1]}x{image.shape[0]} but intrinsics.yaml says "
+                       f"{camera.width}x{camera.height}")
+    return image
+
+
+def _frame_messages(stamp: int, image: np.ndarray, seq: Any, opts: SequenceBagOptions) -> Iterator[tuple[str, Any]]:
+    """``(topic, message)`` of one frame: camera info, image, and the ground truth at exactly its stamp."""
+    store = typestore()
+    yield opts.camera_info_topic, camera_info_message(store, seq.camera, stamp, opts.camera_frame)
+    yield opts.image_topic, image_message(store, image, stamp, opts.camera_frame, opts.encoding)
+    T = seq.ground_truth.at(stamp, max_gap_ns=0) if seq.ground_truth is not None else None
+    if T is not None:
+        yield opts.gt_topic, pose_stamped_message(store, T, stamp, opts.world_frame)
+        yield opts.tf_topic, tf_message(store, T, stamp, opts.world_frame, opts.camera_frame)
 
 
 def camera_lookup(cams: list[tuple[int, Any]]):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import sys
 from typing import Callable
 
+from ..datasets import DatasetError
 from .bagio import BagError
-from .trajectory import TrajectoryError
 
 EXIT_USAGE = 2
 
@@ -15,7 +15,7 @@ class UsageError(Exception):
     """A bad option or input file (the message says which)."""
 
 
-USER_ERRORS = (BagError, TrajectoryError, UsageError)
+USER_ERRORS = (BagError, DatasetError, UsageError)
 
 
 def run_main(prog: str, body: Callable[[], int | None]) -> int:

@@ -18,9 +18,9 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from .bagio import stamp_ns, typestore
+from ..messages import cloud_to_array, parse_keyframe_frame_id, pose_to_matrix, stamp_to_ns
+from .bagio import typestore
 from .records import FrameRecord
-from .trajectory import pose_matrix
 
 MATCHES = "sensor_msgs/msg/PointCloud2"
 RELATIVE_POSE = "geometry_msgs/msg/PoseWithCovarianceStamped"
@@ -32,8 +32,6 @@ DIAGNOSTICS = "diagnostic_msgs/msg/DiagnosticArray"
 OUTPUTS = {"matches": MATCHES, "relative_pose": RELATIVE_POSE, "keyframe": KEYFRAME, "odometry": ODOMETRY,
            "/diagnostics": DIAGNOSTICS}
 
-_POINTFIELD = {1: "i1", 2: "u1", 3: "i2", 4: "u2", 5: "i4", 6: "u4", 7: "f4", 8: "f8"}
-
 
 @dataclass
 class Received:
@@ -43,31 +41,6 @@ class Received:
     output: str
     received_ns: int
     raw: bytes
-
-
-def cloud_points(msg: Any) -> np.ndarray:
-    """A PointCloud2's points as a structured array, one named column per field."""
-    order = ">" if msg.is_bigendian else "<"
-    names, formats, offsets = [], [], []
-    for f in msg.fields:
-        if f.datatype not in _POINTFIELD:
-            raise ValueError(f"PointCloud2 field {f.name!r} has unknown datatype {f.datatype}")
-        names.append(f.name)
-        formats.append(order + _POINTFIELD[f.datatype])
-        offsets.append(f.offset)
-    dtype = np.dtype({"names": names, "formats": formats, "offsets": offsets, "itemsize": int(msg.point_step)})
-    count = int(msg.width) * int(msg.height)
-    data = np.asarray(msg.data, dtype=np.uint8).tobytes()
-    if int(msg.height) > 1:
-        rows = np.frombuffer(data, np.uint8, count=int(msg.row_step) * int(msg.height)).reshape(int(msg.height), -1)
-        data = np.ascontiguousarray(rows[:, : int(msg.point_step) * int(msg.width)]).tobytes()
-    return np.frombuffer(data, dtype=dtype, count=count)
-
-
-def keyframe_stamp_from_frame_id(frame_id: str) -> int | None:
-    """``<camera_frame>@<stamp ns>`` -> stamp, or None."""
-    _, sep, tail = frame_id.rpartition("@")
-    return int(tail) if sep and tail.isdigit() else None
 
 
 @dataclass
@@ -94,14 +67,14 @@ def decode(received: Iterable[Received]) -> tuple[dict[int, LiveFrame], list[int
             continue
         msg = store.deserialize_cdr(item.raw, msgtype)
         if item.output == "matches":
-            s = stamp_ns(msg.header)
+            s = stamp_to_ns(msg.header.stamp)
             fr = frames.setdefault(s, LiveFrame(s))
             fr.matches, fr.matches_received_ns = msg, item.received_ns
         elif item.output == "relative_pose":
-            s = stamp_ns(msg.header)
+            s = stamp_to_ns(msg.header.stamp)
             frames.setdefault(s, LiveFrame(s)).pose = msg
         elif item.output == "keyframe":
-            keyframes.append(stamp_ns(msg.header))
+            keyframes.append(stamp_to_ns(msg.header.stamp))
         elif item.output == "/diagnostics":
             diagnostics.append(msg)
     return frames, keyframes, diagnostics
@@ -132,18 +105,18 @@ def records_from_live(received: Iterable[Received], published: dict[int, int], c
         fr = frames[s]
         if fr.matches is None or (published and s not in published):
             continue
-        pts = cloud_points(fr.matches)
+        pts = cloud_to_array(fr.matches)
         kf_stamp = None
         if len(pts) and "kf_sec" in pts.dtype.names:
             kf_stamp = int(pts["kf_sec"][0]) * 1_000_000_000 + int(pts["kf_nanosec"][0])
         if kf_stamp is None and fr.pose is not None:
-            kf_stamp = keyframe_stamp_from_frame_id(str(fr.pose.header.frame_id))
+            kf_stamp = _keyframe_stamp(str(fr.pose.header.frame_id))
         if kf_stamp is None:  # no matches, no pose: the latest keyframe announced before this frame
             earlier = [k for k in announced if k < s]
             kf_stamp = earlier[-1] if earlier else s
         R = t = None
         if fr.pose is not None:
-            T_kf_cur = _pose_to_matrix(fr.pose.pose.pose)
+            T_kf_cur = pose_to_matrix(fr.pose.pose.pose)
             T_cur_kf = np.linalg.inv(T_kf_cur)
             R = T_cur_kf[:3, :3]
             t = T_cur_kf[:3, 3]
@@ -162,6 +135,9 @@ def records_from_live(received: Iterable[Received], published: dict[int, int], c
     return records
 
 
-def _pose_to_matrix(pose: Any) -> np.ndarray:
-    return pose_matrix((pose.position.x, pose.position.y, pose.position.z),
-                       (pose.orientation.x, pose.orientation.y, pose.orientation.z, pose.orientation.w))
+def _keyframe_stamp(frame_id: str) -> int | None:
+    """The keyframe stamp of a ``<camera_frame>@<stamp ns>`` name, or None."""
+    try:
+        return parse_keyframe_frame_id(frame_id)[1]
+    except ValueError:
+        return None

@@ -24,8 +24,8 @@ from ..geometry import (
     symmetric_epipolar_distance,
     translation_angle_error_deg,
 )
+from ..datasets import Trajectory
 from .records import FrameRecord
-from .trajectory import Trajectory
 
 EPIPOLAR_THRESHOLD = 5e-4
 AUC_THRESHOLDS = (5, 10, 20)

@@ -6,10 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from ..datasets import Trajectory
 from . import report
 from .metrics import epipolar_errors, evaluate
 from .records import FrameRecord
-from .trajectory import Trajectory, chain_with_gt_scale, sample, score_trajectory
+from .trajectory import chain_with_gt_scale, sample, score_trajectory
 
 #: the keys every metrics.json has at the top level (the issue's list, plus the trajectory scores)
 REQUIRED_KEYS = (

@@ -1,8 +1,8 @@
-"""Trajectories: TUM files, ground-truth lookup at image stamps, chaining relative poses with the
-ground-truth scale injected, and scoring with evo's command-line tools.
+"""Trajectories for the evaluation: chaining relative poses with the ground-truth scale injected, ground
+truth at image stamps, and scoring with evo's command-line tools.
 
-A :class:`Trajectory` holds ``T_world_frame`` poses (4x4, maps points of the frame into the world) at
-integer-nanosecond stamps. evo (GPL) is only ever run as a command (``evo_ape``/``evo_rpe`` in a
+:class:`~feature_matcher_ros.datasets.Trajectory` (and the TUM file reader and writer) live in
+:mod:`feature_matcher_ros.datasets`. evo (GPL) is only ever run as a command (``evo_ape``/``evo_rpe`` in a
 subprocess); it is never imported.
 """
 
@@ -15,147 +15,12 @@ import subprocess
 import sys
 import tempfile
 import zipfile
-from dataclasses import dataclass, field
-from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
-from scipy.spatial.transform import Rotation, Slerp
 
-
-class TrajectoryError(ValueError):
-    """A trajectory file or series that cannot be used (message names the file/line)."""
-
-
-def stamp_to_ns(text: str) -> int:
-    """Seconds as written in a text file (``"1311868169.163498"``) -> exact integer nanoseconds."""
-    try:
-        return int((Decimal(text) * 1_000_000_000).to_integral_value())
-    except InvalidOperation as exc:
-        raise TrajectoryError(f"not a timestamp: {text!r}") from exc
-
-
-def ns_to_text(stamp_ns: int) -> str:
-    """Integer nanoseconds -> ``"sec.nanosec"`` with all nine decimals (exact, no float rounding)."""
-    sign = "-" if stamp_ns < 0 else ""
-    sec, nsec = divmod(abs(int(stamp_ns)), 1_000_000_000)
-    return f"{sign}{sec}.{nsec:09d}"
-
-
-def pose_matrix(position: Sequence[float], quat_xyzw: Sequence[float]) -> np.ndarray:
-    """``(3,)`` translation and ``(4,)`` scalar-last quaternion -> ``(4, 4)`` homogeneous pose."""
-    q = np.asarray(quat_xyzw, dtype=np.float64)
-    norm = float(np.linalg.norm(q))
-    if not np.isfinite(norm) or norm < 1e-9:
-        raise TrajectoryError(f"invalid quaternion {q.tolist()}")
-    T = np.eye(4)
-    T[:3, :3] = Rotation.from_quat(q / norm).as_matrix()
-    T[:3, 3] = np.asarray(position, dtype=np.float64)
-    return T
-
-
-@dataclass
-class Trajectory:
-    """Poses ``T_world_frame`` at stamps.
-
-    Attributes:
-        stamps_ns: ``(N,)`` int64, strictly increasing.
-        poses: ``(N, 4, 4)`` float64.
-        source: where it came from (for messages).
-    """
-
-    stamps_ns: np.ndarray
-    poses: np.ndarray
-    source: str = ""
-    notes: list[str] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        self.stamps_ns = np.asarray(self.stamps_ns, dtype=np.int64).reshape(-1)
-        self.poses = np.asarray(self.poses, dtype=np.float64).reshape(-1, 4, 4)
-        if len(self.stamps_ns) != len(self.poses):
-            raise TrajectoryError(f"{self.source}: {len(self.stamps_ns)} stamps but {len(self.poses)} poses")
-        order = np.argsort(self.stamps_ns, kind="stable")
-        self.stamps_ns, self.poses = self.stamps_ns[order], self.poses[order]
-        if len(self.stamps_ns) > 1:  # keep the first pose of duplicated stamps
-            keep = np.concatenate([[True], np.diff(self.stamps_ns) > 0])
-            self.stamps_ns, self.poses = self.stamps_ns[keep], self.poses[keep]
-
-    def __len__(self) -> int:
-        return len(self.stamps_ns)
-
-    @classmethod
-    def from_lists(cls, stamps: Iterable[int], poses: Iterable[np.ndarray], source: str = "") -> "Trajectory":
-        stamps, poses = list(stamps), list(poses)
-        return cls(np.array(stamps, dtype=np.int64), np.array(poses).reshape(-1, 4, 4), source)
-
-    def at(self, stamp_ns: int, max_gap_ns: int = 100_000_000) -> np.ndarray | None:
-        """The pose at ``stamp_ns``: exact sample, or interpolated (linear position, slerp rotation)
-        between the two bracketing samples when they are at most ``max_gap_ns`` apart; else None."""
-        if len(self) == 0:
-            return None
-        i = int(np.searchsorted(self.stamps_ns, stamp_ns))
-        if i < len(self) and self.stamps_ns[i] == stamp_ns:
-            return self.poses[i].copy()
-        if i == 0 or i == len(self):
-            return None
-        t0, t1 = int(self.stamps_ns[i - 1]), int(self.stamps_ns[i])
-        if t1 - t0 > max_gap_ns:
-            return None
-        a = (stamp_ns - t0) / (t1 - t0)
-        T0, T1 = self.poses[i - 1], self.poses[i]
-        slerp = Slerp([0.0, 1.0], Rotation.from_matrix(np.stack([T0[:3, :3], T1[:3, :3]])))
-        T = np.eye(4)
-        T[:3, :3] = slerp([a]).as_matrix()[0]
-        T[:3, 3] = (1 - a) * T0[:3, 3] + a * T1[:3, 3]
-        return T
-
-    def relative(self, stamp0_ns: int, stamp1_ns: int, max_gap_ns: int = 100_000_000) -> np.ndarray | None:
-        """``T_1_0`` (maps frame-0 points into frame 1: ``X1 = R X0 + t``) from the world poses, or None."""
-        T0, T1 = self.at(stamp0_ns, max_gap_ns), self.at(stamp1_ns, max_gap_ns)
-        if T0 is None or T1 is None:
-            return None
-        return np.linalg.inv(T1) @ T0
-
-
-# -- TUM files ----------------------------------------------------------------------------------------
-
-def read_tum(path: str | Path) -> Trajectory:
-    """A TUM trajectory file (``t tx ty tz qx qy qz qw`` per line, ``#`` comments)."""
-    path = Path(path)
-    if not path.is_file():
-        raise TrajectoryError(f"ground-truth file {path} does not exist")
-    stamps, poses = [], []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        parts = line.replace(",", " ").split()
-        if len(parts) != 8:
-            raise TrajectoryError(f"{path}:{number}: expected 8 columns (t tx ty tz qx qy qz qw), got {len(parts)}")
-        try:
-            values = [float(p) for p in parts[1:]]
-            stamps.append(stamp_to_ns(parts[0]))
-            poses.append(pose_matrix(values[:3], values[3:]))
-        except (ValueError, TrajectoryError) as exc:
-            raise TrajectoryError(f"{path}:{number}: {exc}") from None
-    if not stamps:
-        raise TrajectoryError(f"{path}: no poses in the file")
-    return Trajectory.from_lists(stamps, poses, source=str(path))
-
-
-def write_tum(path: str | Path, traj: Trajectory) -> Path:
-    """Write ``traj`` as a TUM file (stamps with nine decimals, quaternion scalar-last)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    lines = ["# timestamp tx ty tz qx qy qz qw"]
-    for stamp, T in zip(traj.stamps_ns, traj.poses):
-        q = Rotation.from_matrix(T[:3, :3]).as_quat()
-        values = " ".join(f"{v:.9f}" for v in (*T[:3, 3], *q))
-        lines.append(f"{ns_to_text(int(stamp))} {values}")
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
+from ..datasets import Trajectory, write_tum
 
 # -- chaining with the ground-truth scale -------------------------------------------------------------
 

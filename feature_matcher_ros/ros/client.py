@@ -33,6 +33,7 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from std_srvs.srv import Trigger
 
 from ..camera import CameraModel
+from ..messages import cloud_to_array, stamp_to_ns, to_matcher_image
 from . import conversions as cv
 from .qos import input_qos, latched_qos, output_qos
 
@@ -153,7 +154,7 @@ class MatcherClient(HelperNode):
     # -- recording ------------------------------------------------------------------------------------
     def _keep(self, store: dict, track_arrival: bool = False) -> Callable:
         def callback(msg: Any) -> None:
-            stamp = cv.stamp_to_ns(msg.header.stamp)
+            stamp = stamp_to_ns(msg.header.stamp)
             with self._cond:
                 store[stamp] = msg
                 if track_arrival:
@@ -223,7 +224,7 @@ class MatcherClient(HelperNode):
         if camera is not None:
             self.pub_info.publish(cv.model_to_camera_info(camera, stamp_ns, frame_id))
         if self.compressed:
-            rgb = pixels if encoding in ("rgb8", "mono8") else cv.to_matcher_image(pixels, encoding)
+            rgb = pixels if encoding in ("rgb8", "mono8") else to_matcher_image(pixels, encoding)
             self.pub_image.publish(cv.numpy_to_compressed(rgb, "png", stamp_ns, frame_id))
         else:
             self.pub_image.publish(cv.numpy_to_image(pixels, encoding, stamp_ns, frame_id))
@@ -236,12 +237,12 @@ class MatcherClient(HelperNode):
         # topics: a loaded machine may deliver them later. A frame with inliers has a pose to wait for.
         # The keyframe announcement, sent first, travels on its own topic too.
         cloud = self.matches[stamp_ns]
-        pts = cv.cloud_to_array(cloud) if cloud.width > 0 else None
+        pts = cloud_to_array(cloud) if cloud.width > 0 else None
         with_pose = pts is not None and bool((pts["inlier"] == 1.0).any())
         self.wait_until(lambda: stamp_ns in self.poses and stamp_ns in self.odometry, 5.0 if with_pose else 0.2)
         if pts is not None:
             kf = int(pts["kf_sec"][0]) * 1_000_000_000 + int(pts["kf_nanosec"][0])
-            self.wait_until(lambda: any(cv.stamp_to_ns(k.header.stamp) == kf for k in list(self.keyframes)), 5.0)
+            self.wait_until(lambda: any(stamp_to_ns(k.header.stamp) == kf for k in list(self.keyframes)), 5.0)
         return cloud
 
     def latest_diagnostics(self, timeout: float = 5.0, after: float | None = None) -> dict[str, str] | None:

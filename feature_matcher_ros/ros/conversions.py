@@ -1,17 +1,14 @@
-"""Messages <-> numpy: the small stand-ins for cv_bridge and sensor_msgs_py this package needs.
+"""numpy and core types -> rclpy messages: the small stand-ins for cv_bridge and sensor_msgs_py this package needs.
 
-Images (``sensor_msgs/Image``): ``mono8``, ``mono16``, ``rgb8``, ``bgr8``, ``rgba8``, ``bgra8`` (and the
-aliases ``8UC1``/``16UC1``), any row padding in ``step``, either byte order. ``CompressedImage`` is decoded
-with OpenCV. ``CameraInfo`` becomes a :class:`~feature_matcher_ros.camera.CameraModel`. Results become
-``PointCloud2``, ``PoseWithCovarianceStamped``, ``Odometry`` and ``PoseStamped`` messages.
-
-Every problem with an input raises :class:`InputError`, whose ``reason`` is a short key
-(``unknown_encoding``, ``zero_size``, ``short_data``, ...) that the node counts in its diagnostics.
+Images (``sensor_msgs/Image`` in any encoding of :data:`~feature_matcher_ros.messages.ENCODINGS`, rows padded to
+a given ``step``), ``CompressedImage`` (PNG or JPEG), ``CameraInfo`` from a
+:class:`~feature_matcher_ros.camera.CameraModel`, and the node's outputs: ``PointCloud2`` matches,
+``PoseWithCovarianceStamped``, ``Odometry`` and ``PoseStamped``. Decoding messages (the other direction, also for
+bags) is :mod:`feature_matcher_ros.messages`.
 """
 
 from __future__ import annotations
 
-import math
 import sys
 
 import cv2
@@ -19,101 +16,26 @@ import numpy as np
 from builtin_interfaces.msg import Time
 from geometry_msgs.msg import Pose, PoseStamped, PoseWithCovarianceStamped
 from nav_msgs.msg import Odometry
-from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointField
-from sensor_msgs.msg import PointCloud2
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2, PointField
 from std_msgs.msg import Header
 
-from ..camera import CameraModel, camera_from_info
-
-# encoding -> (numpy dtype, channels)
-ENCODINGS = {
-    "mono8": (np.uint8, 1),
-    "8UC1": (np.uint8, 1),
-    "mono16": (np.uint16, 1),
-    "16UC1": (np.uint16, 1),
-    "rgb8": (np.uint8, 3),
-    "bgr8": (np.uint8, 3),
-    "rgba8": (np.uint8, 4),
-    "bgra8": (np.uint8, 4),
-}
-
-
-class InputError(ValueError):
-    """A message the node cannot use. ``reason``: short key for counting; ``str(err)``: the details."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
+from ..camera import CameraModel
+from ..messages import ENCODINGS, POINTFIELD_DTYPES, keyframe_frame_id
+from ..se3 import rotation_to_quat
 
 
 # -- stamps ---------------------------------------------------------------------------------------
-def stamp_to_ns(stamp: Time) -> int:
-    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
-
-
 def ns_to_stamp(ns: int) -> Time:
     ns = int(ns)
     return Time(sec=ns // 1_000_000_000, nanosec=ns % 1_000_000_000)
 
 
 # -- images ---------------------------------------------------------------------------------------
-def image_to_numpy(msg: Image) -> np.ndarray:
-    """The pixels of ``msg`` as ``(H, W)`` (mono) or ``(H, W, C)`` (colour, channels in the encoding's
-    order), dtype uint8 or uint16, without row padding, in native byte order (always a copy)."""
-    if msg.encoding not in ENCODINGS:
-        raise InputError(
-            "unknown_encoding",
-            f"image encoding {msg.encoding!r} is not supported; use one of {sorted(ENCODINGS)}",
-        )
-    dtype, channels = ENCODINGS[msg.encoding]
-    height, width, step = int(msg.height), int(msg.width), int(msg.step)
-    if height == 0 or width == 0:
-        raise InputError("zero_size", f"image is {width}x{height} pixels")
-    row_bytes = width * channels * np.dtype(dtype).itemsize
-    if step < row_bytes:
-        raise InputError(
-            "bad_step", f"step {step} < width {width} x {channels * np.dtype(dtype).itemsize} bytes per pixel"
-        )
-    data = msg.data
-    size = len(data)
-    if size < step * height:
-        raise InputError(
-            "short_data", f"image data has {size} bytes, step {step} x height {height} needs {step * height}"
-        )
-    buf = np.frombuffer(data, dtype=np.uint8, count=step * height)
-    rows = buf.reshape(height, step)[:, :row_bytes]
-    pixels = np.ascontiguousarray(rows).view(dtype)
-    if np.dtype(dtype).itemsize > 1 and bool(msg.is_bigendian) != (sys.byteorder == "big"):
-        pixels = pixels.byteswap()
-    shape = (height, width) if channels == 1 else (height, width, channels)
-    return pixels.reshape(shape)
-
-
-def to_matcher_image(pixels: np.ndarray, encoding: str) -> np.ndarray:
-    """What the frontend takes: ``(H, W)`` uint8 gray or ``(H, W, 3)`` uint8 RGB.
-
-    ``mono16`` is stretched linearly so that the frame's largest value becomes 255 (16-bit cameras
-    rarely use the full range; a fixed shift would leave most images black).
-    """
-    if encoding in ("mono16", "16UC1"):
-        top = int(pixels.max()) if pixels.size else 0
-        return (pixels.astype(np.float32) * (255.0 / max(top, 1))).round().astype(np.uint8)
-    if encoding in ("mono8", "8UC1", "rgb8"):
-        return pixels
-    if encoding == "bgr8":
-        return cv2.cvtColor(pixels, cv2.COLOR_BGR2RGB)
-    if encoding == "rgba8":
-        return cv2.cvtColor(pixels, cv2.COLOR_RGBA2RGB)
-    if encoding == "bgra8":
-        return cv2.cvtColor(pixels, cv2.COLOR_BGRA2RGB)
-    raise InputError("unknown_encoding", f"image encoding {encoding!r} is not supported")
-
-
 def numpy_to_image(
     pixels: np.ndarray, encoding: str, stamp_ns: int = 0, frame_id: str = "", step: int | None = None
 ) -> Image:
-    """An ``Image`` holding ``pixels`` (shape as :func:`image_to_numpy` returns), rows padded to ``step``
-    bytes when given."""
+    """An ``Image`` holding ``pixels`` (shape as :func:`~feature_matcher_ros.messages.image_to_numpy` returns),
+    rows padded to ``step`` bytes when given."""
     if encoding not in ENCODINGS:
         raise ValueError(f"encoding {encoding!r} is not supported; use one of {sorted(ENCODINGS)}")
     dtype, channels = ENCODINGS[encoding]
@@ -134,27 +56,6 @@ def numpy_to_image(
     return msg
 
 
-def compressed_to_numpy(msg: CompressedImage) -> np.ndarray:
-    """A ``CompressedImage`` (JPEG, PNG, anything OpenCV reads) as ``(H, W)`` uint8 gray or ``(H, W, 3)``
-    uint8 RGB."""
-    if len(msg.data) == 0:
-        raise InputError("zero_size", f"compressed image ({msg.format!r}) has no data")
-    decoded = cv2.imdecode(np.frombuffer(bytes(msg.data), np.uint8), cv2.IMREAD_UNCHANGED)
-    if decoded is None or decoded.size == 0:
-        raise InputError("decode_failed", f"OpenCV could not decode the compressed image (format {msg.format!r})")
-    if decoded.dtype == np.uint16:
-        if decoded.ndim == 3:
-            decoded = cv2.cvtColor(np.ascontiguousarray(decoded[:, :, :3]), cv2.COLOR_BGR2GRAY)
-        return to_matcher_image(decoded, "mono16")
-    if decoded.dtype != np.uint8:
-        raise InputError("unknown_encoding", f"compressed image decodes to {decoded.dtype}, expected 8 or 16 bit")
-    if decoded.ndim == 2:
-        return decoded
-    if decoded.shape[2] == 4:
-        return cv2.cvtColor(decoded, cv2.COLOR_BGRA2RGB)
-    return cv2.cvtColor(decoded, cv2.COLOR_BGR2RGB)
-
-
 def numpy_to_compressed(
     rgb_or_gray: np.ndarray, fmt: str = "png", stamp_ns: int = 0, frame_id: str = ""
 ) -> CompressedImage:
@@ -171,18 +72,6 @@ def numpy_to_compressed(
 
 
 # -- camera info ------------------------------------------------------------------------------------
-def camera_info_to_model(msg: CameraInfo) -> CameraModel:
-    """The camera of ``msg`` at the resolution its images have (ROI and binning applied, REP 104).
-
-    ``plumb_bob`` and ``rational_polynomial`` use OpenCV's coefficient order, so ``d`` is taken as is.
-    Raises :class:`InputError` (``bad_camera_info``) when the message cannot describe a usable camera.
-    """
-    try:
-        return camera_from_info(msg)
-    except ValueError as exc:
-        raise InputError("bad_camera_info", str(exc)) from None
-
-
 def model_to_camera_info(camera: CameraModel, stamp_ns: int = 0, frame_id: str = "") -> CameraInfo:
     """A ``CameraInfo`` for ``camera`` (``plumb_bob``; P = [K | 0])."""
     msg = CameraInfo()
@@ -199,52 +88,12 @@ def model_to_camera_info(camera: CameraModel, stamp_ns: int = 0, frame_id: str =
     return msg
 
 
-class CameraInfoCache:
-    """The latest ``camera_info``, converted once (the stand-in for a message_filters synchroniser).
-
-    Images are paired with the most recent camera_info, whatever its stamp: intrinsics rarely change, and
-    waiting for exact stamps would stall on drivers that publish camera_info at a lower rate.
-    """
-
-    def __init__(self) -> None:
-        self.camera: CameraModel | None = None
-        self.error: InputError | None = None
-        self.received = 0
-
-    def update(self, msg: CameraInfo) -> InputError | None:
-        """Take ``msg``; returns the problem with it (kept until a good one arrives) or None."""
-        self.received += 1
-        try:
-            self.camera, self.error = camera_info_to_model(msg), None
-        except InputError as err:
-            self.camera, self.error = None, err
-        return self.error
-
-    def camera_for(self, width: int, height: int) -> CameraModel:
-        """The camera for an image of ``width`` x ``height``; :class:`InputError` when there is none."""
-        if self.error is not None:
-            raise self.error
-        if self.camera is None:
-            raise InputError("no_camera_info", "no camera_info received yet; images wait for one")
-        if (self.camera.width, self.camera.height) != (width, height):
-            raise InputError(
-                "size_mismatch",
-                f"image is {width}x{height} but camera_info says {self.camera.width}x{self.camera.height}",
-            )
-        return self.camera
-
-
 # -- matches as PointCloud2 ---------------------------------------------------------------------------
 MATCH_FIELDS = ("x0", "y0", "x1", "y1", "score", "inlier")
 _MATCH_DTYPE = np.dtype(
     [(name, "<f4") for name in MATCH_FIELDS] + [("kf_sec", "<u4"), ("kf_nanosec", "<u4")]
 )
-# PointField datatype codes
-_POINTFIELD_TYPES = {
-    PointField.INT8: "i1", PointField.UINT8: "u1", PointField.INT16: "i2", PointField.UINT16: "u2",
-    PointField.INT32: "i4", PointField.UINT32: "u4", PointField.FLOAT32: "f4", PointField.FLOAT64: "f8",
-}
-_NUMPY_TO_POINTFIELD = {v: k for k, v in _POINTFIELD_TYPES.items()}
+_NUMPY_TO_POINTFIELD = {v: k for k, v in POINTFIELD_DTYPES.items()}
 
 
 def matches_to_cloud(
@@ -288,106 +137,19 @@ def array_to_cloud(points: np.ndarray, header: Header) -> PointCloud2:
     return msg
 
 
-def cloud_to_array(msg: PointCloud2) -> np.ndarray:
-    """The points of a ``PointCloud2`` as a structured numpy array of shape ``(height * width,)``, one
-    named column per field (the sensor_msgs_py ``read_points`` stand-in)."""
-    order = ">" if msg.is_bigendian else "<"
-    names, formats, offsets = [], [], []
-    for field in msg.fields:
-        if field.datatype not in _POINTFIELD_TYPES:
-            raise InputError("bad_cloud", f"PointField {field.name!r} has unknown datatype {field.datatype}")
-        names.append(field.name)
-        base = order + _POINTFIELD_TYPES[field.datatype]
-        formats.append(base if field.count <= 1 else (base, (field.count,)))
-        offsets.append(field.offset)
-    dtype = np.dtype({"names": names, "formats": formats, "offsets": offsets, "itemsize": msg.point_step})
-    count = msg.width * msg.height
-    data = bytes(msg.data)
-    if msg.height > 1:  # rows may be padded
-        rows = np.frombuffer(data, np.uint8, count=msg.row_step * msg.height).reshape(msg.height, msg.row_step)
-        data = np.ascontiguousarray(rows[:, : msg.point_step * msg.width]).tobytes()
-    return np.frombuffer(data, dtype=dtype, count=count)
-
-
 # -- poses ---------------------------------------------------------------------------------------
-def rotation_to_quaternion(R: np.ndarray) -> tuple[float, float, float, float]:
-    """``(x, y, z, w)`` of a rotation matrix (scalar last, w >= 0)."""
-    R = np.asarray(R, dtype=np.float64)
-    trace = R[0, 0] + R[1, 1] + R[2, 2]
-    if trace > 0:
-        s = 2.0 * math.sqrt(trace + 1.0)
-        q = (0.25 * s, (R[2, 1] - R[1, 2]) / s, (R[0, 2] - R[2, 0]) / s, (R[1, 0] - R[0, 1]) / s)
-    else:
-        i = int(np.argmax(np.diag(R)))
-        j, k = (i + 1) % 3, (i + 2) % 3
-        s = 2.0 * math.sqrt(max(1.0 + R[i, i] - R[j, j] - R[k, k], 1e-300))
-        v = [0.0, 0.0, 0.0]
-        v[i] = 0.25 * s
-        v[j] = (R[j, i] + R[i, j]) / s
-        v[k] = (R[k, i] + R[i, k]) / s
-        q = ((R[k, j] - R[j, k]) / s, *v)
-    w, x, y, z = q
-    norm = math.sqrt(w * w + x * x + y * y + z * z)
-    sign = 1.0 if w >= 0 else -1.0
-    return (sign * x / norm, sign * y / norm, sign * z / norm, sign * w / norm)
-
-
-def quaternion_to_rotation(x: float, y: float, z: float, w: float) -> np.ndarray:
-    """The 3x3 rotation of a (not necessarily unit) quaternion, scalar last."""
-    q = np.array([w, x, y, z], dtype=np.float64)
-    q /= np.linalg.norm(q)
-    w, x, y, z = q
-    return np.array([
-        [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-        [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-        [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
-    ])
-
-
 def matrix_to_pose(T: np.ndarray) -> Pose:
     pose = Pose()
     pose.position.x, pose.position.y, pose.position.z = (float(v) for v in T[:3, 3])
-    qx, qy, qz, qw = rotation_to_quaternion(T[:3, :3])
+    qx, qy, qz, qw = (float(v) for v in rotation_to_quat(T[:3, :3]))
     pose.orientation.x, pose.orientation.y, pose.orientation.z, pose.orientation.w = qx, qy, qz, qw
     return pose
-
-
-def pose_to_matrix(pose: Pose) -> np.ndarray:
-    T = np.eye(4)
-    o = pose.orientation
-    T[:3, :3] = quaternion_to_rotation(o.x, o.y, o.z, o.w)
-    T[:3, 3] = (pose.position.x, pose.position.y, pose.position.z)
-    return T
-
-
-def adjoint(T: np.ndarray) -> np.ndarray:
-    """The 6x6 adjoint of an SE(3) pose for twists ordered ``[translation, rotation]``."""
-    R, t = T[:3, :3], T[:3, 3]
-    tx = np.array([[0, -t[2], t[1]], [t[2], 0, -t[0]], [-t[1], t[0], 0]])
-    A = np.zeros((6, 6))
-    A[:3, :3] = R
-    A[:3, 3:] = tx @ R
-    A[3:, 3:] = R
-    return A
 
 
 def _covariance_list(cov: np.ndarray) -> list[float]:
     cov = np.asarray(cov, np.float64).reshape(6, 6)
     cov = np.where(np.isfinite(cov), cov, 1e12)
     return [float(v) for v in (0.5 * (cov + cov.T)).reshape(-1)]
-
-
-def keyframe_frame_id(camera_frame: str, keyframe_stamp_ns: int) -> str:
-    """The frame name of the camera at the keyframe's stamp: ``<camera_frame>@<stamp in ns>``."""
-    return f"{camera_frame}@{int(keyframe_stamp_ns)}"
-
-
-def parse_keyframe_frame_id(frame_id: str) -> tuple[str, int]:
-    """``(camera_frame, keyframe_stamp_ns)`` from a :func:`keyframe_frame_id` name."""
-    camera_frame, sep, stamp = frame_id.rpartition("@")
-    if not sep or not stamp.isdigit():
-        raise ValueError(f"{frame_id!r} does not name a keyframe (expected '<camera_frame>@<stamp_ns>')")
-    return camera_frame, int(stamp)
 
 
 def relative_pose_msg(
@@ -427,37 +189,3 @@ def keyframe_msg(T_world_kf: np.ndarray, keyframe_stamp_ns: int, world_frame: st
     msg.header = Header(stamp=ns_to_stamp(keyframe_stamp_ns), frame_id=world_frame)
     msg.pose = matrix_to_pose(T_world_kf)
     return msg
-
-
-def _skew(v: np.ndarray) -> np.ndarray:
-    return np.array([[0.0, -v[2], v[1]], [v[2], 0.0, -v[0]], [-v[1], v[0], 0.0]])
-
-
-def invert_with_covariance(R: np.ndarray, t: np.ndarray, covariance: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``T_b_a`` and its covariance from ``T_a_b = (R, t)`` with covariance over ``[tx, ty, tz, rx, ry, rz]``
-    (additive translation, rotation ``R_true = exp([w]x) R``; the convention of
-    :class:`~feature_matcher_ros.geometry.RelativePose`), to first order."""
-    R = np.asarray(R, np.float64)
-    t = np.asarray(t, np.float64).reshape(3)
-    T = np.eye(4)
-    T[:3, :3] = R.T
-    T[:3, 3] = -R.T @ t
-    J = np.zeros((6, 6))
-    J[:3, :3] = -R.T
-    J[:3, 3:] = -R.T @ _skew(t)
-    J[3:, 3:] = -R.T
-    return T, J @ np.asarray(covariance, np.float64).reshape(6, 6) @ J.T
-
-
-def compose_with_covariance(
-    T_a: np.ndarray, cov_a: np.ndarray, T_b: np.ndarray, cov_b: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """``T_a @ T_b`` and its covariance (independent inputs; same convention as
-    :func:`invert_with_covariance`), to first order."""
-    Ra = T_a[:3, :3]
-    Ja = np.eye(6)
-    Ja[:3, 3:] = -_skew(Ra @ T_b[:3, 3])
-    Jb = np.zeros((6, 6))
-    Jb[:3, :3] = Ra
-    Jb[3:, 3:] = Ra
-    return T_a @ T_b, Ja @ cov_a @ Ja.T + Jb @ cov_b @ Jb.T

@@ -149,7 +149,7 @@ class LifecycleMatcherNode(LifecycleNodeMixin, MatcherNode):
         self._owned_publishers, self._owned_services, self._owned_param_callbacks = [], [], []
         self._deferred_subscriptions = []
         device = str(getattr(getattr(self, "backend", None), "device", "cpu"))
-        for name in ("frontend", "backend", "_keyframe_images", "chain"):
+        for name in ("frontend", "backend", "_keyframe_images"):
             if hasattr(self, name):
                 setattr(self, name, None)
         self._loaded = False

@@ -49,11 +49,11 @@ from .. import frontend as frontend_module
 from ..backends import PRECISIONS, backend_class, create_backend
 from ..backends import _REGISTRY as BACKEND_NAMES
 from ..frontend import Frontend, FrameResult
+from ..messages import CameraInfoCache, InputError, decode_image, stamp_to_ns
 from ..params import ParamSpec
 from . import conversions as cv
 from .diagnostics import Stats
 from .mailbox import Mailbox
-from .odometry import OdometryChain
 from .parameters import LiveParameters, declare
 from .qos import INPUT_QOS_CHOICES, input_qos, latched_qos, output_qos
 
@@ -171,8 +171,7 @@ class MatcherNode(Node):
         self.lock = threading.Lock()  # held while a frame is processed or parameters are applied
         self.mailbox = Mailbox()
         self.stats = Stats()
-        self.cameras = cv.CameraInfoCache()
-        self.chain = OdometryChain()
+        self.cameras = CameraInfoCache()
         self._keyframe_images: OrderedDict[int, np.ndarray] = OrderedDict()
         self._last_stamp_ns: int | None = None
         self._frame_id: str | None = None  # every accepted image must come from this camera frame
@@ -260,10 +259,7 @@ class MatcherNode(Node):
     def _accept(self, msg: Image | CompressedImage, arrived: float) -> None:
         """Check, convert and pair one image with the latest camera_info, then hand it to the worker."""
         try:
-            if isinstance(msg, CompressedImage):
-                pixels = cv.compressed_to_numpy(msg)
-            else:
-                pixels = cv.to_matcher_image(cv.image_to_numpy(msg), msg.encoding)
+            pixels = decode_image(msg)
             height, width = pixels.shape[:2]
             if self.cameras.received == 0 and time.monotonic() - arrived < CAMERA_INFO_WAIT_S:
                 # No camera_info ever: the first image often races its camera_info; keep it a moment.
@@ -272,21 +268,21 @@ class MatcherNode(Node):
                 self._parked = (msg, arrived)
                 return
             camera = self.cameras.camera_for(width, height)
-            stamp_ns = cv.stamp_to_ns(msg.header.stamp)
+            stamp_ns = stamp_to_ns(msg.header.stamp)
             if self._frame_id is not None and msg.header.frame_id != self._frame_id:
-                raise cv.InputError(
+                raise InputError(
                     "frame_id_changed",
                     f"image frame_id {msg.header.frame_id!r} differs from {self._frame_id!r}; run one matcher "
                     "per camera, or call ~/reset when the camera was renamed",
                 )
             if self._last_stamp_ns is not None and stamp_ns <= self._last_stamp_ns:
                 reason = "stamp_repeated" if stamp_ns == self._last_stamp_ns else "stamp_backwards"
-                raise cv.InputError(
+                raise InputError(
                     reason,
                     f"image stamp {stamp_ns} ns is not after the previous one ({self._last_stamp_ns} ns); "
                     "call ~/reset after restarting a recording",
                 )
-        except cv.InputError as err:
+        except InputError as err:
             self._reject(err.reason, str(err))
             return
         self._last_stamp_ns = stamp_ns
@@ -312,7 +308,6 @@ class MatcherNode(Node):
     def _on_reset(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
         with self.lock:
             self.frontend.reset()
-            self.chain.reset()
             self._keyframe_images.clear()
             self._last_stamp_ns = None
             self._frame_id = None
@@ -375,8 +370,7 @@ class MatcherNode(Node):
                     started = time.perf_counter()
                     result = self.frontend.process(frame.pixels, frame.stamp_ns, frame.camera)
                     process_ms = 1e3 * (time.perf_counter() - started)
-                    scale = float(self.frontend.settings.get("odometry.scale", self.values.get("odometry.scale", 0)))
-                self._publish(frame, result, scale)
+                self._publish(frame, result)
                 self.stats.on_output(
                     1e3 * (time.monotonic() - frame.arrived), process_ms, result.status, result.reason,
                     result.new_keyframe,
@@ -390,14 +384,13 @@ class MatcherNode(Node):
     def _camera_frame(self, header: Header) -> str:
         return self.values["camera_frame"] or header.frame_id or "camera"
 
-    def _publish(self, frame: _Frame, result: FrameResult, scale: float) -> None:
+    def _publish(self, frame: _Frame, result: FrameResult) -> None:
         if self.mailbox.closed:  # shutting down: the publishers' context may already be gone
             return
         camera_frame = self._camera_frame(frame.header)
-        odom = self.chain.add(result, scale)
 
         # The keyframe announcement goes first: a frame matched against a keyframe never arrives before it.
-        keyframe = result.stamp_ns if result.new_keyframe else result.keyframe_stamp_ns
+        keyframe = result.active_keyframe_stamp_ns
         if result.new_keyframe:
             # kept for debug_image only while the keyframe is in the frontend's cache (it is never drawn after)
             self._keyframe_images[result.stamp_ns] = frame.pixels
@@ -406,7 +399,7 @@ class MatcherNode(Node):
                 del self._keyframe_images[stamp]
         if keyframe != self._announced_keyframe:
             self._announced_keyframe = keyframe
-            T_world_kf = self.chain.keyframe_pose(keyframe)
+            T_world_kf = result.T_world_active_keyframe
             self.pub_keyframe.publish(cv.keyframe_msg(
                 T_world_kf if T_world_kf is not None else np.eye(4), keyframe, self.values["odom_frame"]))
 
@@ -417,13 +410,13 @@ class MatcherNode(Node):
             m.kpts0, m.kpts1, m.scores, inliers, header, result.keyframe_stamp_ns))
         pose = result.pose
         if pose is not None and result.keyframe_stamp_ns != result.stamp_ns:
-            T_kf_cur, cov_kf_cur = cv.invert_with_covariance(pose.R, pose.t, pose.covariance)
+            T_kf_cur, cov_kf_cur = pose.current_in_keyframe()
             self.pub_pose.publish(cv.relative_pose_msg(
                 T_kf_cur, cov_kf_cur, result.stamp_ns, camera_frame, result.keyframe_stamp_ns))
-        if odom is not None:
-            T_world_cur, cov = odom
+        if result.T_world_current is not None:
             self.pub_odom.publish(cv.odometry_msg(
-                T_world_cur, cov, result.stamp_ns, self.values["odom_frame"], camera_frame))
+                result.T_world_current, result.cov_world_current, result.stamp_ns, self.values["odom_frame"],
+                camera_frame))
 
         if self.pub_debug.get_subscription_count() > 0:
             self.pub_debug.publish(self._debug_image(frame, result, inliers))

@@ -3,7 +3,7 @@
 SIFT (or ORB) matches are computed once per pair; each estimator then runs on the same matches. Prints, per dataset
 and method: median rotation / translation-direction error, AUC@5/10/20 of max(rot, t) (the SuperGlue/LoFTR
 definition; failures count as infinite error; translation sign-invariant as there), and the time per
-estimate. Also the data readers used by the tests.
+estimate.
 
     python -m feature_matcher_ros.tools.bench_geometry [--shared ../shared] [--threshold 1.0] [--repeat 3]
 """
@@ -12,81 +12,13 @@ from __future__ import annotations
 
 import argparse
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from ..camera import CameraModel
-from ..geometry import (
-    estimate_relative_pose, pose_error_auc, quat_to_rotation, rotation_error_deg, se3, translation_angle_error_deg,
-)
-
-
-@dataclass
-class PosePair:
-    """One line of a ``pairs.txt``: images (absolute paths), intrinsics and ``T_0to1`` (X1 = R X0 + t)."""
-
-    image0: Path
-    image1: Path
-    K0: np.ndarray
-    K1: np.ndarray
-    T_0to1: np.ndarray
-
-
-def read_pose_pairs(dataset: Path) -> list[PosePair]:
-    """``dataset/pairs.txt`` in the layout ``img0 img1 K0[9] K1[9] T_0to1[16]`` (row-major)."""
-    out = []
-    for line in (Path(dataset) / "pairs.txt").read_text().splitlines():
-        if not line.strip() or line.lstrip().startswith("#"):
-            continue
-        tok = line.split()
-        if len(tok) != 2 + 9 + 9 + 16:
-            raise ValueError(f"{dataset}/pairs.txt: expected 36 fields, got {len(tok)}: {line[:80]}")
-        v = np.array(tok[2:], np.float64)
-        out.append(PosePair(Path(dataset) / tok[0], Path(dataset) / tok[1], v[:9].reshape(3, 3),
-                            v[9:18].reshape(3, 3), v[18:].reshape(4, 4)))
-    return out
-
-
-def read_tum_trajectory(path: Path) -> dict[int, np.ndarray]:
-    """TUM ``t tx ty tz qx qy qz qw`` -> {stamp in integer ns: (4, 4) T_world_camera}."""
-    out = {}
-    for line in Path(path).read_text().splitlines():
-        if not line.strip() or line.lstrip().startswith("#"):
-            continue
-        v = line.split()
-        out[stamp_to_ns(v[0])] = se3(quat_to_rotation([float(x) for x in v[4:8]]), [float(x) for x in v[1:4]])
-    return out
-
-
-def stamp_to_ns(text: str) -> int:
-    """Decimal seconds as text -> integer nanoseconds, exactly (no float rounding)."""
-    sec, _, frac = text.strip().partition(".")
-    return int(sec) * 1_000_000_000 + int((frac + "000000000")[:9])
-
-
-def read_image_list(dataset: Path) -> list[tuple[int, Path]]:
-    """``images.txt`` -> [(stamp ns, absolute image path)] in file order."""
-    out = []
-    for line in (Path(dataset) / "images.txt").read_text().splitlines():
-        if not line.strip() or line.lstrip().startswith("#"):
-            continue
-        stamp, name = line.split()[:2]
-        out.append((stamp_to_ns(stamp), Path(dataset) / name))
-    return out
-
-
-def dataset_camera(dataset: Path, K: np.ndarray, image_path: Path) -> CameraModel:
-    """The camera of a pair image: ``intrinsics.yaml`` (with distortion) when the dataset has one."""
-    yaml_path = Path(dataset) / "intrinsics.yaml"
-    if yaml_path.is_file():
-        cam = CameraModel.from_yaml(yaml_path)
-        if np.allclose(cam.K, K, atol=1e-3):
-            return cam
-    h, w = cv2.imread(str(image_path), cv2.IMREAD_GRAYSCALE).shape
-    return CameraModel.from_matrix(w, h, K)
+from ..datasets import pair_camera, read_pose_pairs
+from ..geometry import estimate_relative_pose, pose_error_auc, rotation_error_deg, translation_angle_error_deg
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -122,7 +54,7 @@ def main(argv: list[str] | None = None) -> None:
                 if path not in cache:
                     cache[path] = sift.extract(cv2.imread(str(path), cv2.IMREAD_GRAYSCALE))
             m = sift.match(cache[p.image0], cache[p.image1])
-            prepared.append((p, m, dataset_camera(ds, p.K0, p.image0), dataset_camera(ds, p.K1, p.image1)))
+            prepared.append((p, m, pair_camera(ds, p.K0, p.image0), pair_camera(ds, p.K1, p.image1)))
         for method in ("magsac", "poselib"):
             rot, tra, errs, times, fails = [], [], [], [], 0
             for p, m, c0, c1 in prepared:

@@ -22,10 +22,9 @@ import cv2
 import numpy as np
 import yaml
 
-from ..camera import CameraModel
+from ..datasets import Sequence, read_pose_pairs, read_sequence
 from ..geometry import estimate_relative_pose, rotation_error_deg
 from ..metric import StereoRig, back_project, depth_at, estimate_absolute_pose, stereo_depth_image
-from .bench_geometry import read_pose_pairs
 
 LOOKUPS = {"nearest, 1 px": ("nearest", 1), "nearest, 2 px": ("nearest", 2), "bilinear": ("bilinear", 0)}
 
@@ -48,26 +47,20 @@ def _gray(path: Path) -> np.ndarray:
     return img
 
 
-def _depth_source(folder: Path, mode: str, backend, camera: CameraModel):
-    """``image path -> depth (H, W) metres`` for the keyframe of a pair."""
-    info = yaml.safe_load((folder / "intrinsics.yaml").read_text())
+def _depth_source(seq: Sequence, mode: str, backend):
+    """``keyframe image path -> depth (H, W) metres``: the registered depth image, or the left-right matches
+    of the stereo pair triangulated into a sparse depth image."""
+    left_index = {path: k for k, (_, path) in enumerate(seq.frames)}
     if mode == "rgbd":
-        names = [ln.split()[1] for ln in (folder / "images.txt").read_text().splitlines() if ln and ln[0] != "#"]
-        depths = [ln.split()[1] for ln in (folder / "depth.txt").read_text().splitlines() if ln and ln[0] != "#"]
-        table = dict(zip(names, depths))
-        scale = float(info["depth_scale"])
-
         def rgbd(path: Path) -> np.ndarray:
-            raw = cv2.imread(str(folder / table[str(path.relative_to(folder))]), cv2.IMREAD_UNCHANGED)
-            return raw.astype(np.float32) / scale
+            raw = cv2.imread(str(seq.depth.frames[left_index[path]][1]), cv2.IMREAD_UNCHANGED)
+            return raw.astype(np.float32) / seq.depth.scale
 
         return rgbd
-    s = info["stereo"]
-    rig = StereoRig(camera, float(s["right_fx"]), float(s["right_cx"]), float(s["baseline_m"]))
+    rig = StereoRig(seq.camera, seq.stereo.camera.fx, seq.stereo.camera.cx, seq.stereo.baseline_m)
 
     def stereo(path: Path) -> np.ndarray:
-        left = _gray(path)
-        right = _gray(folder / "images_right" / path.name)
+        left, right = _gray(path), _gray(seq.stereo.frames[left_index[path]][1])
         m = backend.match(backend.extract(left), backend.extract(right))
         return stereo_depth_image(rig, m.kpts0, m.kpts1, left.shape)
 
@@ -79,8 +72,9 @@ MAX_DEPTH_M = {"rgbd": 10.0, "stereo": 80.0}
 
 
 def evaluate(folder: Path, mode: str, backend, max_pairs: int, methods: list[str]) -> dict[str, Row]:
-    camera = CameraModel.from_yaml(folder / "intrinsics.yaml")
-    depth_of = _depth_source(folder, mode, backend, camera)
+    seq = read_sequence(folder)
+    camera = seq.camera
+    depth_of = _depth_source(seq, mode, backend)
     rows = {f"{lk} / {m}": Row() for lk in LOOKUPS for m in methods}
     rows["mono (relative pose, no scale)"] = Row()
     for pair in read_pose_pairs(folder)[:max_pairs]:

@@ -54,13 +54,14 @@ def real_frames(width: int, height: int, count: int = 20, folder: Path | None = 
     """Up to ``count`` RGB frames ``(height, width, 3)`` uint8 of the TUM desk snippet, resized when needed."""
     import cv2
 
+    from ..datasets import read_frame_list
+
     folder = folder or data_dir() / "tum_fr2_desk"
-    lines = [ln.split() for ln in (folder / "images.txt").read_text().splitlines() if ln and not ln.startswith("#")]
     frames = []
-    for _, rel in lines[:count]:
-        bgr = cv2.imread(str(folder / rel), cv2.IMREAD_COLOR)
+    for _, path in read_frame_list(folder / "images.txt")[:count]:
+        bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
         if bgr is None:
-            raise FileNotFoundError(f"cannot read image {folder / rel}")
+            raise FileNotFoundError(f"cannot read image {path}")
         if bgr.shape[:2] != (height, width):
             bgr = cv2.resize(bgr, (width, height), interpolation=cv2.INTER_LINEAR)
         frames.append(np.ascontiguousarray(bgr[:, :, ::-1]))

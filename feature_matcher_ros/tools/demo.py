@@ -24,46 +24,16 @@ from typing import TYPE_CHECKING, Any
 import cv2
 import numpy as np
 
-from ..camera import CameraModel
+from ..datasets import read_sequence
 from ..geometry import rotation_error_deg
 from ..resources import config_file, data_dir
 from ..ros.process import NodeProcess, node_command
 
-if TYPE_CHECKING:  # rclpy is imported only once the demo runs (gpu_check reads sequences from here)
+if TYPE_CHECKING:  # rclpy is imported only once the demo runs
+    from ..camera import CameraModel
     from ..ros.client import MatcherClient
 
 NS_PER_S = 1_000_000_000
-
-
-def parse_stamp(text: str) -> int:
-    """``"1311868169.163498"`` -> integer nanoseconds, exactly (no float rounding)."""
-    sec, _, frac = text.strip().partition(".")
-    return int(sec) * NS_PER_S + int((frac + "000000000")[:9])
-
-
-def read_sequence(folder: Path) -> tuple[list[tuple[int, Path]], CameraModel, dict[int, np.ndarray]]:
-    """``(frames, camera, ground_truth)`` of a sequence folder (``images.txt``, ``intrinsics.yaml``,
-    ``groundtruth.txt``): frames as ``(stamp_ns, path)`` in time order; ground truth ``stamp_ns ->
-    T_world_camera (4, 4)``."""
-    frames = []
-    for line in (folder / "images.txt").read_text().splitlines():
-        if line.strip() and not line.startswith("#"):
-            stamp, name = line.split()[:2]
-            frames.append((parse_stamp(stamp), folder / name))
-    camera = CameraModel.from_yaml(folder / "intrinsics.yaml")
-    truth = {}
-    gt_file = folder / "groundtruth.txt"
-    if gt_file.is_file():
-        from ..ros.conversions import quaternion_to_rotation
-
-        for line in gt_file.read_text().splitlines():
-            if line.strip() and not line.startswith("#"):
-                v = line.split()
-                T = np.eye(4)
-                T[:3, :3] = quaternion_to_rotation(*map(float, v[4:8]))
-                T[:3, 3] = [float(x) for x in v[1:4]]
-                truth[parse_stamp(v[0])] = T
-    return frames, camera, truth
 
 
 @dataclass
@@ -114,7 +84,7 @@ def wait_ready(client: MatcherClient, node: NodeProcess, timeout_s: float = 120.
 def keyframe_and_error(pose: Any, stamp: int, pts: np.ndarray, truth: dict[int, np.ndarray]) -> tuple[int | None, float]:
     """The keyframe stamp a frame was matched against (from its pose, else from its matches) and the
     pose's rotation error against the ground truth (nan without both)."""
-    from ..ros.conversions import parse_keyframe_frame_id, pose_to_matrix
+    from ..messages import parse_keyframe_frame_id, pose_to_matrix
 
     if pose is None:
         return (int(pts["kf_sec"][0]) * NS_PER_S + int(pts["kf_nanosec"][0]) if len(pts) else None), float("nan")
@@ -128,7 +98,7 @@ def keyframe_and_error(pose: Any, stamp: int, pts: np.ndarray, truth: dict[int, 
 def frame_row(client: MatcherClient, stamp: int, cloud: Any, latency: float,
               truth: dict[int, np.ndarray]) -> tuple[str, float]:
     """The printed row of one answered frame, and its rotation error."""
-    from ..ros.conversions import cloud_to_array
+    from ..messages import cloud_to_array
 
     pts = cloud_to_array(cloud)
     inliers = int((pts["inlier"] > 0.5).sum()) if len(pts) else 0
@@ -190,7 +160,9 @@ def print_summary(played: Played, frames: int, keyframes: int, code: int | None)
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-    frames, camera, truth = read_sequence(args.data)
+    seq = read_sequence(args.data)
+    frames, camera = seq.frames, seq.camera
+    truth = seq.ground_truth.by_stamp() if seq.ground_truth is not None else {}
     node = start_node(args)
     from ..ros.client import MatcherClient  # after the start: the node comes up while rclpy imports
 

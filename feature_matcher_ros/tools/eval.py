@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..datasets import Trajectory, read_tum
 from ..evaluation import bagio
 from ..evaluation.cli import UsageError, run_main
 from ..evaluation.offline import (
@@ -27,7 +28,6 @@ from ..evaluation.offline import (
 )
 from ..evaluation.report import comparison_markdown, text_table, write_json
 from ..evaluation.scoring import score_run
-from ..evaluation.trajectory import Trajectory, read_tum
 
 
 def add_bag_input_args(p: argparse.ArgumentParser) -> None:

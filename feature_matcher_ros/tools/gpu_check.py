@@ -247,10 +247,11 @@ def _tum_frames(limit: int | None = None):
     """``(frames, camera)`` of the bundled TUM snippet: frames as ``(stamp_ns, rgb)``."""
     import cv2
 
+    from ..datasets import read_sequence
     from ..resources import data_dir
-    from .demo import read_sequence
 
-    frames, camera, _ = read_sequence(data_dir() / "tum_fr2_desk")
+    seq = read_sequence(data_dir() / "tum_fr2_desk")
+    frames, camera = seq.frames, seq.camera
     frames = frames[:limit] if limit else frames
     return [(s, cv2.cvtColor(cv2.imread(str(p), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)) for s, p in frames], camera
 

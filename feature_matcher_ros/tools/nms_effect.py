@@ -5,14 +5,14 @@
 import cv2
 import numpy as np
 from feature_matcher_ros.backends import create_backend
-from feature_matcher_ros.camera import CameraModel
 from feature_matcher_ros.frontend import Frontend
-from feature_matcher_ros.geometry import invert, rotation_error_deg, translation_angle_error_deg, pose_error_auc
-from feature_matcher_ros.tools.bench_geometry import read_image_list, read_tum_trajectory
+from feature_matcher_ros.geometry import rotation_error_deg, translation_angle_error_deg, pose_error_auc
+from feature_matcher_ros.se3 import invert
+from feature_matcher_ros.datasets import read_sequence
 from feature_matcher_ros.resources import data_dir
-ds = data_dir() / "tum_fr2_desk"
-frames = [(s, cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB)) for s, p in read_image_list(ds)]
-gt = read_tum_trajectory(ds / "groundtruth.txt"); cam = CameraModel.from_yaml(ds / "intrinsics.yaml")
+seq = read_sequence(data_dir() / "tum_fr2_desk")
+frames = [(s, cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB)) for s, p in seq.frames]
+gt = seq.ground_truth.by_stamp(); cam = seq.camera
 print("| NMS | matches/frame (median) | inliers (median) | rot err median (°) | t err median (°) | AUC@5 / @10 / @20 |")
 print("|---|---|---|---|---|---|")
 for k, cell in [(0, 4), (3, 4), (5, 4), (5, 8)]:

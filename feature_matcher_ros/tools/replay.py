@@ -22,13 +22,14 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ..datasets import read_tum
 from ..evaluation import bagio
 from ..evaluation.cli import UsageError, run_main
 from ..evaluation.live import OUTPUTS, Received, decode, diagnostics_values, records_from_live
 from ..evaluation.offline import default_params_file, load_params_file
 from ..evaluation.report import LIVE_SUMMARY_KEYS, text_table
 from ..evaluation.scoring import score_run
-from ..evaluation.trajectory import read_tum
+from ..messages import stamp_to_ns
 from ..ros.client import HelperNode, ServiceUnavailable
 from ..ros.process import NodeProcess
 from .eval import add_bag_input_args
@@ -250,7 +251,7 @@ def play(reader: Any, topics: bagio.BagTopics, player: Player, rate: float, tota
                     header = store.deserialize_cdr(raw, conn.msgtype).header
                 except Exception as exc:  # noqa: BLE001
                     raise bagio.BagError(f"cannot decode a {conn.msgtype} message on {conn.topic}: {exc}") from None
-                s = bagio.stamp_ns(header)
+                s = stamp_to_ns(header.stamp)
                 published[s] = time.monotonic_ns()
                 player.pub_image.publish(bytes(raw))
                 if bar is not None:
