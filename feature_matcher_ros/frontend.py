@@ -51,10 +51,40 @@ import numpy as np
 from .backends.base import PRECISIONS, Backend, Features, Matches
 from .backends.nms import nms_matches
 from .camera import CameraModel
-from .geometry import METHODS, RelativePose, estimate_relative_pose
+from .geometry import METHODS, RelativePose, estimate_relative_pose, rotation_parallax_px
 from .keyframes import PARALLAX_MODES, Keyframe, KeyframeCache, KeyframePolicy, median_displacement_px
+from .metric import (
+    DEPTH_LOOKUPS,
+    PNP_METHODS,
+    StereoFrame,
+    back_project,
+    depth_at,
+    estimate_absolute_pose,
+    stereo_depth_image,
+)
 from .params import ParamSpec, check_changes
 from .se3 import compose_with_covariance
+
+# Metric input (RGB-D depth or a rectified stereo pair): how keyframe points get their depth, and the PnP.
+METRIC_PARAMS: tuple[ParamSpec, ...] = (
+    ParamSpec("depth.lookup", "nearest", "Keypoint depth: nearest valid depth within depth.window_px, or bilinear "
+              "where all four neighbours are valid and agree (measured: README).", choices=DEPTH_LOOKUPS),
+    ParamSpec("depth.window_px", 2, "Search radius of the nearest lookup (pixels).", min=0, max=16),
+    ParamSpec("depth.min_m", 0.1, "Depths below this (metres) count as missing.", min=0.0, max=1000.0),
+    ParamSpec("depth.max_m", 10.0, "Depths above this (metres) count as missing.", min=0.01, max=10000.0),
+    ParamSpec("stereo.max_dv_px", 1.0, "Left-right matches must lie on the same row within this (pixels).",
+              min=0.0, max=50.0),
+    ParamSpec("stereo.min_disparity_px", 1.0, "Smallest disparity triangulated (pixels; sets the far limit).",
+              min=0.01, max=10000.0),
+    ParamSpec("stereo.max_disparity_px", 512.0, "Largest disparity triangulated (pixels; sets the near limit).",
+              min=0.01, max=10000.0),
+    ParamSpec("pnp.method", "poselib", "Absolute pose: poselib (LO-RANSAC + refinement) or opencv "
+              "(solvePnPRansac + LM).", choices=PNP_METHODS),
+    ParamSpec("pnp.threshold_px", 2.0, "Reprojection inlier threshold of the absolute pose (pixels).",
+              min=0.1, max=50.0),
+    ParamSpec("pnp.min_points", 12, "Fewer keyframe-to-frame matches with depth than this: monocular pose for "
+              "that frame (said in its reason).", min=6, max=100_000),
+)
 
 FRONTEND_PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("max_matches", 0, "Keep at most this many matches, highest score first (0 = all).", min=0, max=1_000_000),
@@ -86,7 +116,7 @@ FRONTEND_PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("keyframe_cache_size", 1, "Keyframes kept for relocalisation (1 = the active one only).", min=1, max=100),
     ParamSpec("odometry.scale", 0.0, "Metres per keyframe-to-frame translation for the chained odometry "
               "(0 = unknown: unit steps, marked unknown).", min=0.0, max=1000.0),
-)
+) + METRIC_PARAMS
 PRECISION_PARAM = ParamSpec("precision", "fp32", "Numeric precision of the backend (features are converted or dropped).",
                             choices=PRECISIONS)
 # Added to every variance of the world pose of a keyframe made when tracking was lost.
@@ -101,7 +131,9 @@ class FrameResult:
     after this frame), ``odometry_scale_known``, ``relocalisation_tried`` (stamps of the cached keyframes tried).
     World poses (see the module docstring): ``T_world_current`` ``(4, 4)`` and ``cov_world_current`` ``(6, 6)``
     over ``[x, y, z, rx, ry, rz]`` (None when tracking is lost); ``T_world_active_keyframe`` ``(4, 4)``, the pose
-    of :attr:`active_keyframe_stamp_ns`.
+    of :attr:`active_keyframe_stamp_ns`. Metric input: ``depth0`` ``(N,)`` the keyframe depth (metres) of each
+    match's keyframe point, NaN where unknown (None for a monocular keyframe); ``landmarks`` ``(K, 5)`` ``x y z u
+    v`` of the keyframe this frame became (None otherwise, see :class:`~.keyframes.Keyframe`).
     """
 
     stamp_ns: int
@@ -123,6 +155,13 @@ class FrameResult:
     relocalisation_tried: list[int] = field(default_factory=list)
     cov_world_current: np.ndarray | None = None
     T_world_active_keyframe: np.ndarray | None = None
+    depth0: np.ndarray | None = None
+    landmarks: np.ndarray | None = None
+
+    @property
+    def metric(self) -> bool:
+        """The pose is metric (absolute pose from the keyframe's depth), translation in metres."""
+        return self.pose is not None and self.pose.metric
 
     @property
     def num_inliers(self) -> int:
@@ -145,17 +184,22 @@ class _Attempt:
     inliers: np.ndarray
     match_ms: float
     geometry_ms: float
+    depth0: np.ndarray | None = None
+    depth_ms: float = 0.0
 
 
 @dataclass
 class _Frame:
-    """The frame being processed: its features and where they come from."""
+    """The frame being processed: its features and where they come from, and its metric input (depth in
+    metres on its pixel grid, or the right image of a rectified pair)."""
 
     features: Features
     stamp_ns: int
     index: int
     camera: CameraModel
     image_size: tuple[int, int]
+    depth: np.ndarray | None = None
+    stereo: StereoFrame | None = None
 
 
 @dataclass
@@ -226,6 +270,11 @@ class Frontend:
     def _cross_check(self, merged: Mapping[str, Any]) -> str | None:
         if merged["nms.kernel_size"] > 1 and merged["nms.kernel_size"] % 2 == 0:
             return f"nms.kernel_size must be odd (or 0/1 for off), got {merged['nms.kernel_size']}"
+        if merged["depth.min_m"] >= merged["depth.max_m"]:
+            return f"depth.min_m ({merged['depth.min_m']}) must be < depth.max_m ({merged['depth.max_m']})"
+        if merged["stereo.min_disparity_px"] >= merged["stereo.max_disparity_px"]:
+            return (f"stereo.min_disparity_px ({merged['stereo.min_disparity_px']}) must be < "
+                    f"stereo.max_disparity_px ({merged['stereo.max_disparity_px']})")
         if merged["tracking.min_inliers"] > merged["keyframe.min_inliers"]:
             return (f"tracking.min_inliers ({merged['tracking.min_inliers']}) must be <= keyframe.min_inliers "
                     f"({merged['keyframe.min_inliers']})")
@@ -346,45 +395,119 @@ class Frontend:
         t0 = time.perf_counter()
         m = self.backend.match(kf.features, frame.features)
         # Back to original pixels of each image (the features may come from resized images).
-        (ph0, pw0), (ph1, pw1) = kf.features.image_size, frame.features.image_size
-        (oh0, ow0), (oh1, ow1) = kf.image_size, frame.image_size
-        if (ph0, pw0, ph1, pw1) != (oh0, ow0, oh1, ow1):
-            m = m.scaled(ow0 / pw0, oh0 / ph0, ow1 / pw1, oh1 / ph1)
+        m = _to_original(m, kf.features.image_size, kf.image_size, frame.features.image_size, frame.image_size)
         if s["nms.kernel_size"] > 1:
             m = m.select(nms_matches(m.kpts0, m.scores, kf.image_size, kernel_size=int(s["nms.kernel_size"]),
                                      cell=int(s["nms.cell_px"]), threshold=float(s["nms.threshold"])))
         m = m.top_k(int(s["max_matches"]))
         t1 = time.perf_counter()
+        depth0 = self._keyframe_depth(kf, m.kpts0)
+        t_depth = time.perf_counter()
         pose, reason = None, ""
         if len(m) < s["keyframe.min_matches"]:
             reason = f"too few matches ({len(m)} < {s['keyframe.min_matches']})"
-        else:
-            pose, reason = estimate_relative_pose(
-                m.kpts0, m.kpts1, kf.camera, frame.camera, threshold_px=s["ransac.threshold_px"],
-                confidence=s["ransac.confidence"], method=s["ransac.method"],
-                homography_ratio=s["ransac.homography_ratio"], min_parallax_px=s["ransac.min_parallax_px"],
-                max_iterations=s["ransac.max_iterations"], use_homography=s["ransac.homography"],
-            )
+        elif depth0 is not None:
+            pose, reason = self._metric_pose(kf, frame, m, depth0)
+        if pose is None and not reason:
+            pose, reason = self._mono_pose(kf, frame, m)
         inliers = pose.inliers if pose is not None else np.zeros(len(m), bool)
         if pose is not None and self._policy.lost(pose.num_inliers):
             reason = f"too few inliers ({pose.num_inliers} < {self._policy.min_tracking_inliers})"
             pose = None
         t2 = time.perf_counter()
-        return _Attempt(kf, m, pose, reason, inliers, 1e3 * (t1 - t0), 1e3 * (t2 - t1))
+        return _Attempt(kf, m, pose, reason, inliers, 1e3 * (t1 - t0), 1e3 * (t2 - t_depth), depth0,
+                        1e3 * (t_depth - t1))
 
-    def _new_keyframe(self, frame: _Frame, world: tuple[np.ndarray, np.ndarray]) -> Keyframe:
+    def _mono_pose(self, kf: Keyframe, frame: _Frame, m: Matches) -> tuple[RelativePose | None, str]:
+        s = self._settings
+        return estimate_relative_pose(
+            m.kpts0, m.kpts1, kf.camera, frame.camera, threshold_px=s["ransac.threshold_px"],
+            confidence=s["ransac.confidence"], method=s["ransac.method"],
+            homography_ratio=s["ransac.homography_ratio"], min_parallax_px=s["ransac.min_parallax_px"],
+            max_iterations=s["ransac.max_iterations"], use_homography=s["ransac.homography"],
+        )
+
+    def _keyframe_depth(self, kf: Keyframe, kpts0: np.ndarray) -> np.ndarray | None:
+        """``(N,)`` keyframe depth (metres, NaN = none) at the matches' keyframe points; None without depth."""
+        if kf.depth is None:
+            return None
+        s = self._settings
+        return depth_at(kf.depth, kpts0, s["depth.lookup"], int(s["depth.window_px"]), s["depth.min_m"],
+                        s["depth.max_m"])
+
+    def _metric_pose(self, kf: Keyframe, frame: _Frame, m: Matches, depth0: np.ndarray
+                     ) -> tuple[RelativePose | None, str]:
+        """The absolute pose of the frame from the keyframe points with depth; ``(None, "")`` asks for the
+        monocular pose, after saying why in the reason that :meth:`_attempt` keeps."""
+        s = self._settings
+        with_depth = int(np.isfinite(depth0).sum())
+        fallback = None
+        if with_depth < s["pnp.min_points"]:
+            fallback = f"monocular pose: {with_depth} matches with depth (< pnp.min_points {s['pnp.min_points']})"
+        else:
+            X = back_project(kf.camera, m.kpts0, depth0)
+            ap = estimate_absolute_pose(X, m.kpts1, frame.camera, s["pnp.method"], s["pnp.threshold_px"],
+                                        s["ransac.confidence"], int(s["ransac.max_iterations"]))
+            if ap is not None:
+                inl = ap.inliers
+                parallax = rotation_parallax_px(m.kpts0[inl], m.kpts1[inl], kf.camera, frame.camera, ap.R)
+                return RelativePose(ap.R, ap.t, inl, "pnp", ap.covariance, True, parallax, None, ap.method,
+                                    ap.residual_px, metric=True), ""
+            fallback = f"monocular pose: the absolute pose found no consensus ({with_depth} matches with depth)"
+        pose, reason = self._mono_pose(kf, frame, m)
+        return pose, fallback if pose is not None else reason
+
+    def _new_keyframe(self, frame: _Frame, world: tuple[np.ndarray, np.ndarray], timings: dict[str, float]
+                      ) -> Keyframe:
+        t0 = time.perf_counter()
+        depth, points = self._frame_depth(frame)
         kf = Keyframe(frame.features, frame.stamp_ns, self._keyframe_counter, frame.index, frame.camera,
-                      frame.image_size, T_world=world[0].copy(), covariance=world[1].copy())
+                      frame.image_size, T_world=world[0].copy(), covariance=world[1].copy(), depth=depth)
+        if depth is not None:
+            kf.landmarks = self._landmarks(kf, points)
+            timings["keyframe_depth"] = 1e3 * (time.perf_counter() - t0)
         self._keyframe_counter += 1
         self._cache.add(kf)
         return kf
+
+    def _frame_depth(self, frame: _Frame) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """A new keyframe's depth image (metres, original pixels) and, for stereo, its triangulated pixels.
+        Stereo: the right image is extracted and matched to the left once, here (never per frame)."""
+        if frame.stereo is None:
+            return frame.depth, None
+        s = self._settings
+        right = frame.stereo.image
+        _, work_right, _ = self._prepare(right, frame.camera)
+        m = self.backend.match(frame.features, self.backend.extract(work_right))
+        m = _to_original(m, frame.features.image_size, frame.image_size, frame.features.image_size, frame.image_size)
+        depth = stereo_depth_image(frame.stereo.rig, m.kpts0, m.kpts1, frame.image_size,
+                                   max_dv_px=s["stereo.max_dv_px"], min_disparity_px=s["stereo.min_disparity_px"],
+                                   max_disparity_px=s["stereo.max_disparity_px"])
+        return depth, m.kpts0
+
+    def _landmarks(self, kf: Keyframe, points: np.ndarray | None) -> np.ndarray:
+        """``(K, 5)`` ``x y z u v`` of the keyframe: its triangulated pixels (stereo), else its detected keypoints
+        (scaled to the original pixels), else (a detector-free backend) the centres of an 8-pixel grid; those
+        with depth."""
+        if points is None:
+            points = self.backend.keypoints(kf.features)
+            if points is not None:
+                (ph, pw), (oh, ow) = kf.features.image_size, kf.image_size
+                points = (points.astype(np.float64) + 0.5) * np.array([ow / pw, oh / ph]) - 0.5
+            else:
+                ys, xs = np.mgrid[3.5:kf.image_size[0]:8, 3.5:kf.image_size[1]:8]
+                points = np.column_stack([xs.ravel(), ys.ravel()])
+        z = self._keyframe_depth(kf, points)
+        ok = np.isfinite(z)
+        X = back_project(kf.camera, points[ok], z[ok])
+        return np.column_stack([X, points[ok]]).astype(np.float32)
 
     def _world_pose(self, kf: Keyframe, pose: RelativePose) -> tuple[np.ndarray, np.ndarray] | None:
         """``T_world_current`` ``(4, 4)`` and its ``(6, 6)`` covariance: the keyframe's world pose composed with
         the inverse of ``pose``, its translation (and translation covariance) scaled by ``odometry.scale``."""
         if kf.T_world is None:
             return None
-        T_kf_cur, cov_kf_cur = pose.current_in_keyframe(float(self._settings["odometry.scale"]) or 1.0)
+        T_kf_cur, cov_kf_cur = pose.current_in_keyframe(float(self._settings["odometry.scale"]) or 1.0)  # metric: ignored
         return compose_with_covariance(kf.T_world, kf.covariance, T_kf_cur, cov_kf_cur)
 
     def _add_stage_ms(self, timings: dict[str, float]) -> None:
@@ -392,7 +515,8 @@ class Frontend:
         for k, v in self.backend.stage_ms.items():
             timings.setdefault(f"{self.backend.name}.{k}", float(v))
 
-    def process(self, image: np.ndarray, stamp_ns: int, camera: CameraModel) -> FrameResult:
+    def process(self, image: np.ndarray, stamp_ns: int, camera: CameraModel, depth: np.ndarray | None = None,
+                stereo: StereoFrame | None = None) -> FrameResult:
         """Match one frame against the keyframe, estimate its pose, apply the keyframe policy.
 
         Args:
@@ -400,25 +524,31 @@ class Frontend:
             stamp_ns: the image stamp in integer nanoseconds.
             camera: intrinsics of ``image`` (rescaled automatically when the image has another size of the
                 same aspect ratio).
+            depth: RGB-D: ``(H, W)`` float depth in metres registered to ``image`` (0, NaN, inf = none).
+            stereo: a rectified pair: the right image and the rig (``image`` is the left one).
+            A keyframe made from a frame with depth or a right image has 3-D points: frames matched against it
+            get a metric pose (PnP), or the monocular one when too few matches have depth (said in the reason).
         Raises:
-            ValueError naming the problem for unusable input (image type/shape, camera, stamp); the state
-            is untouched then.
+            ValueError naming the problem for unusable input (image type/shape, camera, stamp, depth size,
+            stereo rig); the state is untouched then.
         """
         with self._lock:
-            return self._process(image, stamp_ns, camera)
+            return self._process(image, stamp_ns, camera, depth, stereo)
 
-    def _process(self, image: Any, stamp_ns: Any, camera: Any) -> FrameResult:
+    def _process(self, image: Any, stamp_ns: Any, camera: Any, depth: Any = None, stereo: Any = None) -> FrameResult:
         t_start = time.perf_counter()
         if isinstance(stamp_ns, bool) or not isinstance(stamp_ns, (int, np.integer)):
             raise ValueError(f"stamp_ns must be an integer (nanoseconds), got {type(stamp_ns).__name__}")
         gray, work, camera = self._prepare(image, camera)
+        size = (int(gray.shape[0]), int(gray.shape[1]))
+        depth, stereo = _check_metric_input(depth, stereo, size)
         t_pre = time.perf_counter()
         self._sync_cache()
         feats = self.backend.extract(work)
         timings = {"preprocess": 1e3 * (t_pre - t_start), "extract": 1e3 * (time.perf_counter() - t_pre),
                    "match": 0.0, "geometry": 0.0}
         self._add_stage_ms(timings)
-        frame = _Frame(feats, int(stamp_ns), self._frame_counter, camera, (int(gray.shape[0]), int(gray.shape[1])))
+        frame = _Frame(feats, int(stamp_ns), self._frame_counter, camera, size, depth, stereo)
         self._frame_counter += 1
         active = self._cache.active
         if active is None:  # first frame, or after a reset / a dropped cache: a keyframe where the odometry was
@@ -433,6 +563,8 @@ class Frontend:
         att = self._attempt(active, frame)
         timings["match"] += att.match_ms
         timings["geometry"] += att.geometry_ms
+        if att.depth0 is not None:
+            timings["depth"] = att.depth_ms
         self._add_stage_ms(timings)
         if att.pose is not None:
             parallax = (att.pose.parallax_px if self._settings["keyframe.parallax"] == "rotation_compensated"
@@ -468,7 +600,7 @@ class Frontend:
             T, cov = self._last_world
             if outcome.status == "lost":  # where the camera was last seen; where it is now is very uncertain
                 cov = cov + LOST_VARIANCE * np.eye(6)
-            new_kf = self._new_keyframe(frame, (T, cov))
+            new_kf = self._new_keyframe(frame, (T, cov), timings)
         att, world = outcome.attempt, outcome.world
         used = att.keyframe if att is not None else new_kf
         active = new_kf if new_kf is not None else used
@@ -481,9 +613,41 @@ class Frontend:
             status=outcome.status, timings_ms=timings, T_world_current=None if world is None else world[0].copy(),
             cov_world_current=None if world is None else world[1].copy(),
             T_world_active_keyframe=_copy(active.T_world), cache_size=len(self._cache),
-            cache_nbytes=self._cache.nbytes, odometry_scale_known=float(self._settings["odometry.scale"]) > 0,
-            relocalisation_tried=outcome.tried,
+            cache_nbytes=self._cache.nbytes,
+            odometry_scale_known=bool(att and att.pose and att.pose.metric) or float(self._settings["odometry.scale"]) > 0,
+            relocalisation_tried=outcome.tried, depth0=att.depth0 if att else None,
+            landmarks=new_kf.landmarks if new_kf is not None else None,
         )
+
+
+def _check_metric_input(depth: Any, stereo: Any, size: tuple[int, int]
+                        ) -> tuple[np.ndarray | None, StereoFrame | None]:
+    """Depth as float32 metres of the image's size, a stereo frame whose right image has the left's size and
+    whose rig can triangulate; ValueError otherwise."""
+    if depth is not None:
+        depth = np.asarray(depth)
+        if depth.shape != size or not np.issubdtype(depth.dtype, np.floating):
+            raise ValueError(f"depth must be a float (H, W) image of the colour image's size {size[1]}x{size[0]} "
+                             f"(metres), got {depth.dtype} {depth.shape}")
+        depth = depth.astype(np.float32, copy=False)
+    if stereo is not None:
+        if not isinstance(stereo, StereoFrame):
+            raise ValueError(f"stereo must be a StereoFrame, got {type(stereo).__name__}")
+        problem = stereo.rig.problem()
+        if problem:
+            raise ValueError(f"stereo: {problem}")
+        if np.asarray(stereo.image).shape[:2] != size:
+            raise ValueError(f"stereo: the right image is {np.asarray(stereo.image).shape[:2]}, the left {size}")
+    return depth, stereo
+
+
+def _to_original(m: Matches, work0: tuple[int, int], size0: tuple[int, int], work1: tuple[int, int],
+                 size1: tuple[int, int]) -> Matches:
+    """Matches between (possibly resized) work images mapped back to the original pixels ``(H, W)``."""
+    (ph0, pw0), (ph1, pw1), (oh0, ow0), (oh1, ow1) = work0, work1, size0, size1
+    if (ph0, pw0, ph1, pw1) == (oh0, ow0, oh1, ow1):
+        return m
+    return m.scaled(ow0 / pw0, oh0 / ph0, ow1 / pw1, oh1 / ph1)
 
 
 def _copy(T: np.ndarray | None) -> np.ndarray | None:

@@ -56,12 +56,14 @@ class RelativePose:
     Attributes:
         R: ``(3, 3)`` rotation.
         t: ``(3,)`` unit-norm translation direction (monocular: the scale is unknown); zeros when
-            ``translation_known`` is False (pure rotation: the direction is unobservable).
+            ``translation_known`` is False (pure rotation: the direction is unobservable); metres when
+            ``metric`` (absolute pose from 3-D keyframe points, :mod:`.metric`).
         inliers: ``(N,)`` bool over the input matches (inliers of the chosen model).
-        model: ``"essential"`` or ``"homography"``.
-        covariance: ``(6, 6)`` over ``[tx, ty, tz, rx, ry, rz]``: translation in unit-translation units,
-            rotation as a small rotation vector ``w`` with ``R_true = exp([w]x) @ R`` (radians^2). The
-            variance along ``t`` (scale) is :data:`UNKNOWN_VARIANCE`; see :func:`pose_covariance`.
+        model: ``"essential"``, ``"homography"`` or ``"pnp"`` (metric).
+        covariance: ``(6, 6)`` over ``[tx, ty, tz, rx, ry, rz]``: translation in unit-translation units
+            (metres when ``metric``), rotation as a small rotation vector ``w`` with ``R_true = exp([w]x) @ R``
+            (radians^2). Monocular: the variance along ``t`` (scale) is :data:`UNKNOWN_VARIANCE`; see
+            :func:`pose_covariance`; metric: :func:`~feature_matcher_ros.metric.pnp_covariance`.
         translation_known: False when the motion is a pure rotation (``t`` is zeros).
         parallax_px: median rotation-compensated displacement of the inliers, in pixels (the translation's
             visible effect; ~0 for a pure rotation).
@@ -70,6 +72,7 @@ class RelativePose:
         method: the robust estimator used (``"magsac"`` or ``"poselib"``).
         residual_px: median residual of the inliers in pixels (Sampson or transfer error).
         num_essential_inliers, num_homography_inliers: inlier counts of the two candidate models.
+        metric: the translation is in metres (RGB-D or stereo keyframe points), not a unit direction.
     """
 
     R: np.ndarray
@@ -84,6 +87,7 @@ class RelativePose:
     residual_px: float = 0.0
     num_essential_inliers: int = 0
     num_homography_inliers: int = 0
+    metric: bool = False
 
     @property
     def num_inliers(self) -> int:
@@ -97,7 +101,9 @@ class RelativePose:
     def current_in_keyframe(self, scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
         """The current camera in the keyframe camera's frame: ``T_keyframe_current`` ``(4, 4)`` (the inverse of
         :attr:`T`, translation times ``scale``) and its ``(6, 6)`` covariance (translation rows and columns times
-        ``scale``), to first order (:func:`~feature_matcher_ros.se3.invert_with_covariance`)."""
+        ``scale``; a metric pose is in metres already and ignores ``scale``), to first order
+        (:func:`~feature_matcher_ros.se3.invert_with_covariance`)."""
+        scale = 1.0 if self.metric else scale
         t = self.t * scale if self.translation_known else np.zeros(3)
         cov = np.asarray(self.covariance, np.float64).copy()
         cov[:3, :] *= scale
@@ -284,6 +290,16 @@ def _rotation_parallax(x0: np.ndarray, x1: np.ndarray, R: np.ndarray) -> np.ndar
         q = p[:, :2] / p[:, 2:3]
     d = np.linalg.norm(q - x1, axis=1)
     return np.where(np.isfinite(d) & (p[:, 2] > 0), d, np.inf)
+
+
+def rotation_parallax_px(kpts0: np.ndarray, kpts1: np.ndarray, cam0: CameraModel, cam1: CameraModel,
+                         R: np.ndarray) -> float:
+    """Median displacement in pixels between ``kpts1`` and ``kpts0`` rotated by ``R`` (what the translation
+    moved them; ~0 for a pure rotation); 0 for no points."""
+    if len(kpts0) == 0:
+        return 0.0
+    d = _rotation_parallax(cam0.normalize(np.asarray(kpts0, np.float64)), cam1.normalize(np.asarray(kpts1, np.float64)), R)
+    return float(np.median(d)) * 0.5 * (cam0.focal + cam1.focal)
 
 
 def _planar_pose(Hn, x0, x1, inl_h, f, thr_px, ess):

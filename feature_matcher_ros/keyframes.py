@@ -50,6 +50,10 @@ class Keyframe:
         image_size: ``(H, W)`` of the original image.
         T_world: ``(4, 4)`` chained odometry pose ``T_world_keyframe`` (None when unknown).
         covariance: ``(6, 6)`` covariance of ``T_world`` over ``[x, y, z, rx, ry, rz]`` (see :mod:`.se3`).
+        depth: ``(H, W)`` float32 metres on the original image's pixel grid (NaN = none): the registered depth
+            (RGB-D) or the triangulated left-right matches (stereo, sparse); None for a monocular keyframe.
+        landmarks: ``(K, 5)`` float32 ``x y z u v``: 3-D points in the keyframe camera frame (metres) and their
+            keyframe pixels (see :meth:`~feature_matcher_ros.frontend.Frontend.process`); None without depth.
     """
 
     features: Features
@@ -60,10 +64,13 @@ class Keyframe:
     image_size: tuple[int, int]
     T_world: np.ndarray | None = None
     covariance: np.ndarray | None = None
+    depth: np.ndarray | None = None
+    landmarks: np.ndarray | None = None
 
     @property
     def nbytes(self) -> int:
-        return self.features.nbytes
+        extra = sum(a.nbytes for a in (self.depth, self.landmarks) if a is not None)
+        return self.features.nbytes + extra
 
 
 class KeyframePolicy:

@@ -117,6 +117,15 @@ class StereoRig:
         return None
 
 
+@dataclass
+class StereoFrame:
+    """The right image of a rectified pair (``(H, W)`` uint8 gray or ``(H, W, 3)`` RGB, the left image's size)
+    and the rig it comes from."""
+
+    image: np.ndarray
+    rig: StereoRig
+
+
 def stereo_points(
     rig: StereoRig, kpts_left: np.ndarray, kpts_right: np.ndarray, max_dv_px: float = 1.0,
     min_disparity_px: float = 1.0, max_disparity_px: float = 512.0,

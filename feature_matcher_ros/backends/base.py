@@ -182,6 +182,16 @@ class Backend(ABC):
             return None
         return feats
 
+    def keypoints(self, feats: Features) -> np.ndarray | None:
+        """``(N, 2)`` float32 detected keypoints ``(x, y)`` in the pixels of the image given to ``extract``, or
+        None for a detector-free backend (its matches place the keypoints). Used for a keyframe's landmarks."""
+        k = feats.data.get("keypoints")
+        if k is None:
+            return None
+        if hasattr(k, "detach"):  # a tensor, without importing torch
+            k = k.detach().float().cpu().numpy()
+        return np.asarray(k, np.float32).reshape(-1, 2)
+
     @property
     def stage_ms(self) -> dict[str, float]:
         """Milliseconds per named stage of the last ``extract``/``match``/``match_pair`` call; empty when the
