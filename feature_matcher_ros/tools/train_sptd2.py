@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
             print("fm-train-sptd2: --device cuda but torch sees no CUDA device", file=sys.stderr)
             return 2
         torch.backends.cudnn.benchmark = True
-        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cuda.matmul.allow_tf32 = False  # FU's channel affinities are large sums: keep fp32
         torch.backends.cudnn.allow_tf32 = True
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
             "teacher": teacher_record, "rgbd": args.rgbd,
             "pairs": vars(pair_cfg), "train_minutes": round((elapsed_before + time.time() - start) / 60, 2),
             "threads": args.threads, "device": str(device),
-            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
+            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
             "torch": str(torch.__version__), "machine": platform.machine(),
             "images": digests, "loss_history": history[-200:],
         }
