@@ -41,6 +41,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--real-fraction", type=float, default=0.25, help="share of each batch from --rgbd pairs")
     p.add_argument("--teacher", default=None, help="folder of teacher heatmaps (fm-sptd2-teacher) to distil")
     p.add_argument("--distill", type=float, default=1.0, help="weight of the teacher term (with --teacher)")
+    p.add_argument("--circle-scale", type=float, default=1.0 / 64.0,
+                   help="weight of the circle (description) loss inside lambda * L_des (LossConfig.circle_scale)")
     p.add_argument("--variant", default="small", choices=["small", "full", "fast"], help="network size")
     p.add_argument("--steps", type=int, default=3000, help="optimiser steps in total")
     p.add_argument("--batch", type=int, default=4, help="pairs per step")
@@ -118,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     config = SPTD2Config.preset(args.variant)
     model = SPTD2(config).to(device).train()
     optimiser = torch.optim.Adam(model.parameters(), lr=args.lr, betas=(0.9, 0.999))
-    loss_cfg = LossConfig(distill=args.distill if args.teacher else 0.0)
+    loss_cfg = LossConfig(distill=args.distill if args.teacher else 0.0, circle_scale=args.circle_scale)
     generator = torch.Generator(device=device).manual_seed(args.seed)
     step, elapsed_before, history = 0, 0.0, []
     state = None

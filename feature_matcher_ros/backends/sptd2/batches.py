@@ -124,6 +124,9 @@ class HomographyBatcher:
             image = cv2.resize(image, None, fx=factor, fy=factor, interpolation=cv2.INTER_LINEAR)
         return image
 
+    def _jitter(self) -> np.ndarray:
+        return self.rng.uniform(-1, 1, 2) * self.cfg.crop_jitter * self.cfg.crop
+
     def _draw(self, shape: tuple[int, int], tries: int = 30) -> tuple[np.ndarray, int, int]:
         """A homography (source -> crop 1) and the crop-0 corner whose crops overlap enough, checked on a
         coarse grid of crop 0."""
@@ -133,7 +136,7 @@ class HomographyBatcher:
         for _ in range(tries):
             H = random_homography(self.rng, (h, w), self.cfg)
             x0, y0 = int(self.rng.integers(0, w - size + 1)), int(self.rng.integers(0, h - size + 1))
-            centre = apply_homography(H, np.array([x0 + size / 2, y0 + size / 2]))
+            centre = apply_homography(H, np.array([x0 + size / 2, y0 + size / 2])) + self._jitter()
             x1, y1 = int(round(centre[0] - size / 2)), int(round(centre[1] - size / 2))
             to_crop1 = np.array([[1, 0, -x1], [0, 1, -y1], [0, 0, 1]]) @ H
             flow = apply_homography(to_crop1, coarse + np.array([x0, y0]))
@@ -295,7 +298,7 @@ class DepthPairBatcher(HomographyBatcher):
             a, b = self.pairs[p]
             cx, cy = self.centres[p][self.rng.integers(len(self.centres[p]))]
             x0, y0 = int(cx) - size // 2, int(cy) - size // 2
-            target = self.flows[p, cy, cx].tolist()
+            target = np.array(self.flows[p, cy, cx].tolist()) + self._jitter()
             x1 = min(max(int(round(target[0])) - size // 2, 0), w - size)
             y1 = min(max(int(round(target[1])) - size // 2, 0), h - size)
             flow = self.flows[p, y0:y0 + size, x0:x0 + size] - torch.tensor([x1, y1], dtype=torch.float32, device=dev)

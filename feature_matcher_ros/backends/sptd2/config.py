@@ -47,6 +47,9 @@ class SPTD2Config:
         fusion_kernel: kernel of the residual-fusion conv (3 = the digest's reading, 1 = cheaper).
         fine_scores: the level-1 score head predicts one score per pixel of its 4x4 cell (16 channels,
             depth-to-space), so S^1 is at full image resolution instead of stride 4.
+        position_qk_only: the position embedding enters only the attention's queries and keys (it decides
+            where to attend) instead of being added to the tokens, so that the values, the residual
+            stream and hence the descriptors carry no absolute image position.
     """
 
     in_channels: int = 1
@@ -61,6 +64,7 @@ class SPTD2Config:
     trunk: str = "vgg"
     fusion_kernel: int = 3
     fine_scores: bool = False
+    position_qk_only: bool = False
 
     def __post_init__(self) -> None:
         if self.in_channels not in (1, 3):
@@ -100,10 +104,12 @@ class SPTD2Config:
         light trunk instead of VGG16-BN (2; strided 3x3 convs, widths 8..96, same three strides 4/8/16);
         d = 64 instead of 128 (3.1, 4: token width and descriptor size); 2 heads, no feed-forward layer
         (3.3: the literal non-local block); 64 soft keys per branch instead of 2048 (3.4, same tau = 0.8);
-        1x1 residual-fusion conv (3.5); level-1 scores at full resolution (4: depth-to-space score head).
+        1x1 residual-fusion conv (3.5); level-1 scores at full resolution (4: depth-to-space score head);
+        the position embedding goes into queries and keys only (3.2: E = e + p feeds Q and K, while the
+        values and the residual path use e, so descriptors hold no absolute position).
         """
         return cls(dim=64, heads=2, ffn_mult=0, max_keys=64, min_keys=16, trunk="light", fusion_kernel=1,
-                   fine_scores=True)
+                   fine_scores=True, position_qk_only=True)
 
     @classmethod
     def preset(cls, name: str) -> "SPTD2Config":
@@ -137,7 +143,8 @@ class SPTD2Config:
     def architecture_hash(self) -> str:
         """Hash of the fields that change parameter shapes (not tau/keys, which are run-time choices)."""
         shape = {k: getattr(self, k) for k in ("in_channels", "width_divisor", "dim", "heads", "ffn_mult")}
-        for name, default in (("trunk", "vgg"), ("fusion_kernel", 3), ("fine_scores", False)):
+        for name, default in (("trunk", "vgg"), ("fusion_kernel", 3), ("fine_scores", False),
+                              ("position_qk_only", False)):
             if getattr(self, name) != default:  # older checkpoints keep their hash
                 shape[name] = getattr(self, name)
         return hashlib.sha1(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:12]

@@ -176,7 +176,8 @@ class AttentionBranch(nn.Module):
 
     forward: queries ``(B, N_q, d)``, keys ``(B, N_k, d)``, optional ``index``/``keep`` ``(B, K)`` from
     :func:`select_keys` (None = every key position, i.e. full attention), optional ``weights`` ``(B, K)``
-    multiplying the gathered values -> ``(B, N_q, d)``.
+    multiplying the gathered values, optional position embeddings ``pos_q`` ``(B or 1, N_q, d)`` and
+    ``pos_k`` ``(B or 1, N_k, d)`` added to the query and key inputs only -> ``(B, N_q, d)``.
     """
 
     def __init__(self, dim: int, heads: int, ffn_mult: int) -> None:
@@ -200,12 +201,19 @@ class AttentionBranch(nn.Module):
         index: torch.Tensor | None = None,
         keep: torch.Tensor | None = None,
         weights: torch.Tensor | None = None,
+        pos_q: torch.Tensor | None = None,
+        pos_k: torch.Tensor | None = None,
     ) -> torch.Tensor:
         b, n, d = queries.shape
         if index is not None:
-            keys = torch.gather(keys, 1, index.unsqueeze(-1).expand(-1, -1, d))
-        q = self.to_q(self.norm_q(queries))
+            gather = index.unsqueeze(-1).expand(-1, -1, d)
+            keys = torch.gather(keys, 1, gather)
+            if pos_k is not None:
+                pos_k = torch.gather(pos_k.expand(b, -1, -1), 1, gather)
+        q = self.to_q(self.norm_q(queries if pos_q is None else queries + pos_q))
         k, v = self.to_kv(self.norm_kv(keys)).chunk(2, dim=-1)
+        if pos_k is not None:
+            k = self.to_kv(self.norm_kv(keys + pos_k))[..., :d]
         if weights is not None:
             v = v * weights.unsqueeze(-1).to(v.dtype)
         split = lambda t: t.reshape(b, t.shape[1], self.heads, d // self.heads).transpose(1, 2)  # noqa: E731
@@ -293,11 +301,16 @@ class SPTD2(nn.Module):
         if h % 16 or w % 16 or h < 16 or w < 16:
             raise ValueError(f"SPTD2 input height and width must be positive multiples of 16, got {h}x{w}")
         taps = self.trunk((image - 0.5) / 0.25)
-        tokens, shapes = [], []
+        tokens, positions, shapes = [], [], []
+        qk_only = self.config.position_qk_only
         for level, tap in enumerate(taps):
             e = self.uniformise[level](tap)
             _, _, hl, wl = e.shape
-            e = e + self.position(hl, wl, e.device, e.dtype)
+            p = self.position(hl, wl, e.device, e.dtype)
+            if qk_only:
+                positions.append(p.flatten(2).transpose(1, 2))  # (1, N_l, d)
+            else:
+                e = e + p
             tokens.append(e.flatten(2).transpose(1, 2))  # (B, N_l, d)
             shapes.append((hl, wl))
         selections = []
@@ -315,7 +328,9 @@ class SPTD2(nn.Module):
             branch_out = {}
             for name, offset in names:
                 index, keep, weights = selections[level + offset]
-                y = self.branches[f"{level}_{name}"](tokens[level], tokens[level + offset], index, keep, weights)
+                pos_q, pos_k = (positions[level], positions[level + offset]) if qk_only else (None, None)
+                y = self.branches[f"{level}_{name}"](tokens[level], tokens[level + offset], index, keep, weights,
+                                                     pos_q, pos_k)
                 branch_out[name] = y.transpose(1, 2).reshape(-1, self.config.dim, hl, wl)
             p = branch_out["in"]
             if "down" in branch_out:
