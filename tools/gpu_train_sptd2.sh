@@ -20,7 +20,7 @@ done
 "$PY" -c "import torch, cv2, numpy; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else '')"
 "$PY" -m feature_matcher_ros.tools.train_sptd2 --variant fast --device "${DEVICE:-cuda}" \
   --batch "${BATCH:-64}" --crop "${CROP:-256}" --threads "${THREADS:-4}" --time-limit-min "$MINUTES" --steps 1000000 \
-  --lr 1e-3 --lr-end 2e-4 --images "$CARRY/train" "$CARRY/tum_fr3_cabinet_rgbd/images" \
+  --lr 7e-4 --lr-end 1e-4 --images "$CARRY/train" "$CARRY/tum_fr3_cabinet_rgbd/images" \
   --rgbd "$CARRY/tum_fr3_cabinet_rgbd" --teacher "$CARRY/teacher" --real-fraction 0.25 \
   --out "$OUT/run" --export "$OUT/sptd2_fast.pt" --save-every 2000 --save-every-min 1.5 --log-every 200 --no-progress \
   2>&1 | tee "$OUT/train.log"
