@@ -264,20 +264,20 @@ class DepthPairBatcher(HomographyBatcher):
         images = [cv2.imread(str(p), cv2.IMREAD_GRAYSCALE) for p in self.paths]
         teachers = [load_teacher(teacher_dir, p, im.shape) for p, im in zip(self.paths, images)]
         self.bank = _Bank(images, teachers, self.device)
-        K = torch.tensor(seq["K"], dtype=torch.float32)
+        K = torch.tensor(seq["K"], dtype=torch.float32, device=self.device)
         depths = [torch.from_numpy(cv2.imread(str(p), cv2.IMREAD_UNCHANGED).astype(np.float32) / seq["depth_scale"])
-                  for p in seq["depths"]]
+                  .to(self.device) for p in seq["depths"]]
         directed = seq["pairs"] + [(b, a) for a, b in seq["pairs"]]
         flows, valids, self.centres = [], [], []
         margin = cfg.crop // 2
         for a, b in directed:
-            T_1_0 = torch.tensor(np.linalg.inv(seq["poses"][b]) @ seq["poses"][a], dtype=torch.float32)
+            T_1_0 = torch.tensor(np.linalg.inv(seq["poses"][b]) @ seq["poses"][a], dtype=torch.float32, device=self.device)
             flow, valid = depth_flow(depths[a], depths[b], K, T_1_0)
             h, w = valid.shape
             ok = valid.clone()  # centres whose crop fits in frame a
             ok[:margin], ok[h - margin:], ok[:, :margin], ok[:, w - margin:] = False, False, False, False
             ys, xs = ok[::4, ::4].nonzero(as_tuple=True)
-            self.centres.append(np.stack([xs.numpy() * 4, ys.numpy() * 4], 1))
+            self.centres.append(np.stack([xs.cpu().numpy() * 4, ys.cpu().numpy() * 4], 1))
             flows.append(flow)
             valids.append(valid)
         keep = [i for i, c in enumerate(self.centres) if len(c) > 0]
@@ -285,8 +285,8 @@ class DepthPairBatcher(HomographyBatcher):
             raise ValueError(f"{folder}: no pair has a valid correspondence for a {cfg.crop}px crop")
         self.pairs = [directed[i] for i in keep]
         self.centres = [self.centres[i] for i in keep]
-        self.flows = torch.stack([flows[i] for i in keep]).to(self.device)  # (P, H, W, 2)
-        self.valids = torch.stack([valids[i] for i in keep]).to(self.device)
+        self.flows = torch.stack([flows[i] for i in keep])  # (P, H, W, 2), on the device
+        self.valids = torch.stack([valids[i] for i in keep])
         self.rng = np.random.default_rng(seed)
         self.generator = torch.Generator(device=self.device).manual_seed(seed + 1)
 
