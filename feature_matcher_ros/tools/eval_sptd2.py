@@ -52,6 +52,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--speed", action="store_true", help="time extraction (640x480) and matching (2048 keypoints)")
     p.add_argument("--speed-threads", type=int, default=2, help="CPU threads (torch and OpenCV) for --speed")
     p.add_argument("--speed-repeat", type=int, default=10, help="timed runs per measurement (median reported)")
+    p.add_argument("--speed-precisions", default="bf16,fp16",
+                   help="reduced precisions also timed for SPTD2 extraction (comma list; '' = none)")
     p.add_argument("--nms-study", action="store_true", help="CasMTR NMS on the sequence's matches (needs --sequence)")
     p.add_argument("--nms-kernels", default="3,5,7", help="kernel sizes for --nms-study")
     p.add_argument("--nms-cell", type=int, default=4, help="grid cell (px) on which NMS runs over matches")
@@ -252,16 +254,16 @@ def sequence_benchmark(folder: Path, methods: dict, nms_kernels: list[int], nms_
 # -- speed ---------------------------------------------------------------------------------------------------
 def speed_benchmark(args: argparse.Namespace, methods: dict, backends: dict, image: np.ndarray) -> dict[str, dict]:
     """Median extraction ms on ``image`` (640x480) and matching ms for 2048 keypoints per method, on
-    ``args.speed_threads`` threads. Matching uses the image's own features when a method finds 2048 there,
+    ``args.speed_threads`` threads (reduced precisions: a third of the runs). Matching uses the image's own features when a method finds 2048 there,
     else random unit descriptors of its size (what the time depends on)."""
     import cv2
     import torch
 
-    def median_ms(fn) -> float:
-        fn()
-        fn()
+    def median_ms(fn, warm: int = 2, repeat: int = args.speed_repeat) -> float:
+        for _ in range(warm):
+            fn()
         times = []
-        for _ in range(args.speed_repeat):
+        for _ in range(repeat):
             t = time.perf_counter()
             fn()
             times.append(time.perf_counter() - t)
@@ -290,10 +292,11 @@ def speed_benchmark(args: argparse.Namespace, methods: dict, backends: dict, ima
                      else desc[torch.randperm(len(desc), generator=torch.Generator().manual_seed(1))], feats[2])
             row["match_ms"] = median_ms(lambda: match(feats, other))
             backend = backends.get(method)
-            for precision in ("bf16", "fp16") if backend is not None else ():
+            precisions = [x for x in args.speed_precisions.split(",") if x] if backend is not None else []
+            for precision in precisions:
                 try:
                     backend.set_precision(precision)
-                    row[f"extract_ms_{precision}"] = median_ms(lambda: backend.extract(image))
+                    row[f"extract_ms_{precision}"] = median_ms(lambda: backend.extract(image), 1, max(1, args.speed_repeat // 3))
                 except RuntimeError:
                     row[f"extract_ms_{precision}"] = float("nan")
                 finally:
