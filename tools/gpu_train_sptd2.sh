@@ -2,7 +2,8 @@
 # One GPU training run of SPTD2 fast, from the repo root of a checkout whose .gpu_carry/sptd2/ was filled by
 # tools/prepare_gpu_carry_sptd2.sh. Needs only python3 with torch, numpy and opencv (no venv, no ROS).
 #   bash tools/gpu_train_sptd2.sh [MINUTES=6]
-# Environment: OUT (default out/gpu_sptd2), DEVICE (cuda), BATCH (64), CROP (256), THREADS (4), PYTHON (python3).
+# Environment: OUT (default out/gpu_sptd2), DEVICE (cuda), BATCH (64), CROP (256), THREADS (4), PYTHON (python3),
+# SET (optional SPTD2Config overrides for fm-train-sptd2 --set, e.g. "dim=128 heads=4"; default none).
 # Writes under $OUT: run/checkpoint.pt (resumable: fm-train-sptd2 --resume --out $OUT/run ...),
 # run/weights.pt, run/record.json, sptd2_fast.pt + sptd2_fast.json (exported, shipped format), train.log.
 set -euo pipefail
@@ -18,7 +19,8 @@ for need in "$CARRY/train" "$CARRY/teacher" "$CARRY/tum_fr3_cabinet_rgbd/depth";
   [ -d "$need" ] || { echo "missing $need: run tools/prepare_gpu_carry_sptd2.sh first" >&2; exit 2; }
 done
 "$PY" -c "import torch, cv2, numpy; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else '')"
-"$PY" -m feature_matcher_ros.tools.train_sptd2 --variant fast --device "${DEVICE:-cuda}" \
+# shellcheck disable=SC2086
+"$PY" -m feature_matcher_ros.tools.train_sptd2 --variant fast ${SET:+--set $SET} --device "${DEVICE:-cuda}" \
   --batch "${BATCH:-64}" --crop "${CROP:-256}" --threads "${THREADS:-4}" --time-limit-min "$MINUTES" --steps 1000000 \
   --lr 7e-4 --lr-end 1e-4 --images "$CARRY/train" "$CARRY/tum_fr3_cabinet_rgbd/images" \
   --rgbd "$CARRY/tum_fr3_cabinet_rgbd" --teacher "$CARRY/teacher" --real-fraction 0.25 \

@@ -44,6 +44,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--circle-scale", type=float, default=1.0 / 64.0,
                    help="weight of the circle (description) loss inside lambda * L_des (LossConfig.circle_scale)")
     p.add_argument("--variant", default="small", choices=["small", "full", "fast"], help="network size")
+    p.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
+                   help="override fields of the variant's SPTD2Config (e.g. dim=128 trunk=vgg width_divisor=4)")
     p.add_argument("--steps", type=int, default=3000, help="optimiser steps in total")
     p.add_argument("--batch", type=int, default=4, help="pairs per step")
     p.add_argument("--crop", type=int, default=160, help="crop size in pixels (multiple of 16)")
@@ -118,6 +120,20 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     ckpt_path = out / "checkpoint.pt"
     config = SPTD2Config.preset(args.variant)
+    if args.set:
+        import dataclasses
+
+        types = {f.name: f.type for f in dataclasses.fields(SPTD2Config)}
+        changes = {}
+        for item in args.set:
+            key, _, value = item.partition("=")
+            if key not in types:
+                print(f"fm-train-sptd2: --set {item}: unknown field (known: {sorted(types)})", file=sys.stderr)
+                return 2
+            kind = types[key] if isinstance(types[key], str) else types[key].__name__
+            changes[key] = value.lower() in ("1", "true", "yes") if kind == "bool" else (
+                int(value) if kind == "int" else float(value) if kind == "float" else value)
+        config = dataclasses.replace(config, **changes)
     model = SPTD2(config).to(device).train()
     optimiser = torch.optim.Adam(model.parameters(), lr=args.lr, betas=(0.9, 0.999))
     loss_cfg = LossConfig(distill=args.distill if args.teacher else 0.0, circle_scale=args.circle_scale)
