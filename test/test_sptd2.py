@@ -462,3 +462,15 @@ def test_eval_tool_speed_and_goal_table(capsys):
     assert "### Speed: 640x480" in out and "### Goal table" in out
     goal = out.split("### Goal table")[1]
     assert "| untrained |" in goal and "extract ms" in goal and "oxford_graffiti MMA@3" in goal
+
+
+def test_train_tool_set_overrides_the_config(tmp_path, shared: Path):
+    from feature_matcher_ros.tools.train_sptd2 import main as train_main
+
+    images = str(shared / "data" / "tum_fr3_cabinet_rgbd" / "images")
+    common = ["--variant", "fast", "--images", images, "--crop", "64", "--batch", "1", "--steps", "1",
+              "--out", str(tmp_path / "run"), "--no-progress", "--export", str(tmp_path / "w.pt")]
+    assert train_main(common + ["--set", "nope=1"]) == 2
+    assert train_main(common + ["--set", "dim=32", "fine_scores=false", "key_threshold=0.5"]) == 0
+    model, _ = load_checkpoint(str(tmp_path / "w.pt"))
+    assert (model.config.dim, model.config.fine_scores, model.config.key_threshold) == (32, False, 0.5)
