@@ -47,6 +47,7 @@ setup(
             "fm-replay = feature_matcher_ros.tools.replay:main",
             "fm-train-sptd2 = feature_matcher_ros.tools.train_sptd2:main",
             "fm-eval-sptd2 = feature_matcher_ros.tools.eval_sptd2:main",
+            "fm-sptd2-teacher = feature_matcher_ros.tools.sptd2_teacher:main",
             "fm-stress = feature_matcher_ros.tools.stress:main",
             "fm-dds-loss = feature_matcher_ros.tools.dds_loss:main",
             "fm-gpu-check = feature_matcher_ros.tools.gpu_check:main",

@@ -1,5 +1,6 @@
 """SPTD2: the design digest's invariants, the training pieces, and the backend on real images."""
 
+import json
 from pathlib import Path
 
 import cv2
@@ -315,3 +316,161 @@ def test_eval_tool_prints_markdown_table(capsys):
     assert eval_main(["--methods", "sift,orb", "--max-edge", "320", "--top-k", "500"]) == 0
     out = capsys.readouterr().out
     assert "| sift |" in out and "| orb |" in out and "MMA@3" in out
+
+
+# -- the fast variant, device-side pairs, teacher distillation ------------------------------------------------------
+@pytest.fixture(scope="module")
+def fast_model() -> SPTD2:
+    torch.manual_seed(0)
+    return SPTD2(SPTD2Config.fast()).eval()
+
+
+def test_fast_variant_full_resolution_scores_and_small_descriptors(fast_model):
+    config = SPTD2Config.fast()
+    assert config.dim == 64 and config.trunk == "light" and config.fine_scores
+    assert config.architecture_hash() != SPTD2Config.small().architecture_hash()
+    with torch.no_grad():
+        out = fast_model(torch.rand(2, 1, 64, 96))
+    assert out["scores"][0].shape == (2, 1, 64, 96)  # S^1 at full resolution (depth-to-space head)
+    for level, stride in enumerate((4, 8, 16)):
+        assert out["descriptors"][level].shape == (2, 64, 64 // stride, 96 // stride)
+        if level:
+            assert out["scores"][level].shape == (2, 1, 64 // stride, 96 // stride)
+        assert 0.0 <= float(out["scores"][level].min()) and float(out["scores"][level].max()) <= 1.0
+    result = detect_and_describe(fast_model, torch.rand(1, 1, 100, 124), DetectionConfig(top_k=200))
+    assert result["descriptors"].shape[1] == 64 and len(result["keypoints"]) <= 200
+    with pytest.raises(ValueError, match="VGG trunk"):
+        load_trunk_from_torchvision(fast_model, {})
+    with pytest.raises(ValueError, match="width_divisor"):
+        SPTD2Config(trunk="light", width_divisor=4)
+
+
+def test_position_embedding_cache_follows_the_weights(fast_model):
+    position = fast_model.position
+    with torch.no_grad():
+        cached = position(12, 16, torch.device("cpu"), torch.float32)
+        assert position(12, 16, torch.device("cpu"), torch.float32) is cached
+    fresh = position(12, 16, torch.device("cpu"), torch.float32)  # grad enabled: computed, not cached
+    torch.testing.assert_close(fresh.detach(), cached)
+    with torch.no_grad():
+        position.mlp[2].bias.add_(1.0)
+        changed = position(12, 16, torch.device("cpu"), torch.float32)
+        position.mlp[2].bias.sub_(1.0)
+    torch.testing.assert_close(changed, cached + 1.0)
+
+
+def test_mutual_nearest_neighbours_matches_brute_force():
+    torch.manual_seed(7)
+    for n0, n1 in ((300, 200), (50, 400)):
+        a, b = F.normalize(torch.randn(n0, 16), dim=1), F.normalize(torch.randn(n1, 16), dim=1)
+        sim = a @ b.t()
+        expected = {(i, int(sim[i].argmax())) for i in range(n0) if int(sim[:, sim[i].argmax()].argmax()) == i}
+        i0, i1, s = mutual_nearest_neighbours(a, b)
+        assert set(zip(i0.tolist(), i1.tolist())) == expected
+        torch.testing.assert_close(s, sim[i0, i1])
+
+
+def test_homography_batcher_flow_and_teacher_follow_the_warp(tmp_path, graffiti):
+    from feature_matcher_ros.backends.sptd2.batches import HomographyBatcher, image_key
+
+    image = graffiti[0]
+    path = tmp_path / "photo.png"
+    cv2.imwrite(str(path), image)
+    teacher_dir = tmp_path / "teacher"
+    teacher_dir.mkdir()
+    corners = cv2.cornerHarris(image.astype(np.float32), 3, 3, 0.04)
+    heat = (255 * np.clip(corners / corners.max() * 20, 0, 1)).astype(np.uint8)
+    cv2.imwrite(str(teacher_dir / (image_key(path) + ".png")), heat)
+    batcher = HomographyBatcher([path], PairConfig(crop=128, photometric=False), teacher_dir=teacher_dir, seed=3)
+    batch = batcher.batch(4)
+    assert batch["image0"].shape == batch["teacher1"].shape == (4, 1, 128, 128) and batch["flow"].shape == (4, 128, 128, 2)
+    for i in range(4):
+        valid = batch["valid"][i].numpy()
+        assert valid.mean() > 0.2
+        flow = batch["flow"][i].numpy()
+        for key in ("image", "teacher"):
+            a, b = batch[f"{key}0"][i, 0].numpy(), batch[f"{key}1"][i, 0].numpy()
+            warped = cv2.remap(b, flow[..., 0], flow[..., 1], cv2.INTER_LINEAR)
+            err = np.abs(warped - a)[valid].mean()
+            shifted = np.abs(np.roll(a, 3, axis=1) - a)[valid].mean()
+            assert err < 0.5 * shifted, (key, err, shifted)
+
+
+def test_depth_flow_is_exact_on_a_plane_and_real_pairs_line_up(shared: Path):
+    from feature_matcher_ros.backends.sptd2.batches import depth_flow, read_rgbd_sequence
+
+    K = torch.tensor([[100.0, 0, 32], [0, 100.0, 24], [0, 0, 1]])
+    depth = torch.full((48, 64), 2.0)
+    T = torch.eye(4)
+    T[0, 3] = -0.1  # camera 1 sits 0.1 m to the right: the plane moves 100 * 0.1 / 2 = 5 px left
+    flow, valid = depth_flow(depth, depth, K, T)
+    xs = torch.arange(64, dtype=torch.float32).expand(48, -1)
+    assert bool(valid[:, 5:].all()) and not bool(valid[:, :4].any())  # the left columns leave the image
+    torch.testing.assert_close(flow[..., 0][valid], (xs - 5.0)[valid])
+    # a real pair: image 1 sampled at the flow matches image 0 better than sampled 4 px off
+    seq = read_rgbd_sequence(shared / "data" / "tum_fr3_cabinet_rgbd")
+    a, b = seq["pairs"][0]
+    load = lambda p: torch.from_numpy(cv2.imread(str(p), cv2.IMREAD_UNCHANGED).astype(np.float32) / seq["depth_scale"])  # noqa: E731
+    T_1_0 = torch.tensor(np.linalg.inv(seq["poses"][b]) @ seq["poses"][a], dtype=torch.float32)
+    flow, valid = depth_flow(load(seq["depths"][a]), load(seq["depths"][b]), torch.tensor(seq["K"], dtype=torch.float32), T_1_0)
+    assert valid.float().mean() > 0.5
+    im0, im1 = (cv2.imread(str(seq["images"][i]), cv2.IMREAD_GRAYSCALE).astype(np.float32) for i in (a, b))
+    f, v = flow.numpy(), valid.numpy()
+    err = lambda dx: np.abs(cv2.remap(im1, f[..., 0] + dx, f[..., 1], cv2.INTER_LINEAR) - im0)[v].mean()  # noqa: E731
+    assert err(0) < min(err(4), err(-4))
+
+
+def test_distillation_loss_rewards_the_teacher_map():
+    from feature_matcher_ros.backends.sptd2.losses import distillation_loss
+
+    teacher = torch.zeros(1, 1, 32, 32)
+    teacher[0, 0, ::8, ::8] = 1.0
+    good = teacher * 0.98 + 0.01
+    assert float(distillation_loss(good, teacher)) < 0.05
+    assert float(distillation_loss(torch.full_like(teacher, 0.5), teacher)) == pytest.approx(2 * np.log(2), rel=1e-4)
+    assert float(distillation_loss(torch.roll(good, 3, dims=-1), teacher)) > 2.0
+
+
+def test_train_tool_fast_variant_with_rgbd_pairs_teacher_and_export_only(tmp_path, shared: Path):
+    from feature_matcher_ros.backends.sptd2.batches import image_key
+    from feature_matcher_ros.tools.train_sptd2 import main as train_main
+
+    seq = shared / "data" / "tum_fr3_cabinet_rgbd"
+    teacher = tmp_path / "teacher"
+    teacher.mkdir()
+    for path in sorted((seq / "images").iterdir()):
+        cv2.imwrite(str(teacher / (image_key(path) + ".png")), np.zeros((480, 640), np.uint8) + 1)
+    common = ["--variant", "fast", "--images", str(seq / "images"), "--rgbd", str(seq), "--teacher", str(teacher),
+              "--crop", "64", "--batch", "2", "--real-fraction", "0.5", "--out", str(tmp_path / "run"), "--no-progress"]
+    assert train_main(common + ["--steps", "2", "--save-every", "1"]) == 0
+    record = json.loads((tmp_path / "run" / "record.json").read_text())
+    assert record["steps_done"] == 2 and record["pairs_per_step"] == {"homography": 1, "rgbd": 1}
+    assert record["loss_history"][-1]["distill"] > 0 and len(record["images"]) == 38
+    export = tmp_path / "fast.pt"
+    assert train_main(common + ["--steps", "2", "--export-only", "--export", str(export)]) == 0
+    model, meta = load_checkpoint(str(export))
+    assert model.config == SPTD2Config.fast() and meta["steps_done"] == 2
+    assert json.loads(export.with_suffix(".json").read_text())["rgbd"] == str(seq)
+
+
+def test_eval_tool_speed_and_goal_table(capsys):
+    from feature_matcher_ros.tools.eval_sptd2 import main as eval_main
+
+    assert eval_main(["--methods", "orb,untrained", "--max-edge", "320", "--top-k", "300", "--speed",
+                      "--speed-repeat", "1", "--speed-threads", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "### Speed: 640x480" in out and "### Goal table" in out
+    goal = out.split("### Goal table")[1]
+    assert "| untrained |" in goal and "extract ms" in goal and "oxford_graffiti MMA@3" in goal
+
+
+def test_train_tool_set_overrides_the_config(tmp_path, shared: Path):
+    from feature_matcher_ros.tools.train_sptd2 import main as train_main
+
+    images = str(shared / "data" / "tum_fr3_cabinet_rgbd" / "images")
+    common = ["--variant", "fast", "--images", images, "--crop", "64", "--batch", "1", "--steps", "1",
+              "--out", str(tmp_path / "run"), "--no-progress", "--export", str(tmp_path / "w.pt")]
+    assert train_main(common + ["--set", "nope=1"]) == 2
+    assert train_main(common + ["--set", "dim=32", "fine_scores=false", "key_threshold=0.5"]) == 0
+    model, _ = load_checkpoint(str(tmp_path / "w.pt"))
+    assert (model.config.dim, model.config.fine_scores, model.config.key_threshold) == (32, False, 0.5)

@@ -5,12 +5,19 @@ In one run, on the same images at the same size, with mutual-nearest-neighbour m
 * homography pairs (default ``$FM_SHARED/data/oxford_graffiti``): MMA at 1..10 px (share of matches whose
   ground-truth reprojection error is within t px, averaged over pairs), keypoints and matches per image,
   and homography accuracy (RANSAC 3 px; mean error of the four image corners; share of pairs under 1/3/5/10 px);
-* optionally (``--sequence``, e.g. tum_fr2_desk) relative-pose AUC@5/10/20 deg (undistorted keypoints,
-  essential matrix RANSAC, error = max(rotation, translation direction));
+* optionally (``--sequence``, one or more, e.g. tum_fr2_desk kitti00_f100_109) relative-pose AUC@5/10/20 deg
+  with the front-end's geometry (``geometry.estimate_relative_pose``: PoseLib LO-RANSAC, 1 px, essential
+  matrix or homography; error = max(rotation, sign-free translation direction), failures infinite) and the
+  rotation and translation-direction medians;
+* optionally (``--speed``) extraction time at 640x480 and matching time for 2048 keypoints per method, on
+  ``--speed-threads`` CPU threads (SPTD2 also in bf16/fp16), beside SIFT and ORB;
 * optionally (``--nms-study``) CasMTR max-pool NMS over the matches (kernel sizes given by ``--nms-kernels``)
   on the sequence: matches per pair and pose AUC with and without it.
 
-Prints markdown tables (and writes them to ``--out`` when given).
+Methods: ``sift``, ``orb``, ``sptd2`` (``--weights``, default the shipped weights), ``untrained`` (a
+random network of ``--untrained-variant``) and ``LABEL=PATH`` for any other SPTD2 checkpoint. With more than
+one of homography data, sequences and speed, a last "goal" table puts each method's headline numbers in one
+row. Prints markdown tables (and writes them to ``--out`` when given).
 """
 
 from __future__ import annotations
@@ -34,15 +41,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--weights", default=None, help="SPTD2 checkpoint (default: the shipped sptd2_small.pt)")
     p.add_argument("--homography-data", default=str(data / "oxford_graffiti"), help="homography-pair dataset folder")
-    p.add_argument("--sequence", default=None, help="sequence folder with pairs.txt + intrinsics.yaml (pose AUC)")
+    p.add_argument("--sequence", nargs="+", default=[], help="sequence folders with pairs.txt + intrinsics.yaml (pose AUC)")
     p.add_argument("--top-k", type=int, default=2048, help="keypoints per image for every method")
     p.add_argument("--max-edge", type=int, default=0, help="resize so the longer edge is at most this (0 = full size)")
-    p.add_argument("--methods", default="sptd2,untrained,sift,orb", help="comma list of sptd2, untrained, sift, orb")
+    p.add_argument("--methods", default="sptd2,untrained,sift,orb",
+                   help="comma list of sptd2, untrained, sift, orb and LABEL=CHECKPOINT")
+    p.add_argument("--untrained-variant", default="fast", choices=["small", "full", "fast"],
+                   help="size of the untrained network")
+    p.add_argument("--no-homography", action="store_true", help="skip the homography-pair benchmark")
+    p.add_argument("--speed", action="store_true", help="time extraction (640x480) and matching (2048 keypoints)")
+    p.add_argument("--speed-threads", type=int, default=2, help="CPU threads (torch and OpenCV) for --speed")
+    p.add_argument("--speed-repeat", type=int, default=10, help="timed runs per measurement (median reported)")
+    p.add_argument("--speed-precisions", default="bf16,fp16",
+                   help="reduced precisions also timed for SPTD2 extraction (comma list; '' = none)")
     p.add_argument("--nms-study", action="store_true", help="CasMTR NMS on the sequence's matches (needs --sequence)")
     p.add_argument("--nms-kernels", default="3,5,7", help="kernel sizes for --nms-study")
     p.add_argument("--nms-cell", type=int, default=4, help="grid cell (px) on which NMS runs over matches")
     p.add_argument("--nms-methods", default="sift,sptd2", help="methods for --nms-study")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads for the accuracy benchmarks")
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", default=None, help="also write the markdown report here")
     args = p.parse_args(argv)
@@ -52,11 +68,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 # -- feature methods: image -> (keypoints (N,2) float, descriptors, scores); matcher -> (i0, i1, score) ----------
-def make_methods(args: argparse.Namespace, names: list[str]) -> dict[str, tuple[Callable, Callable]]:
+def make_methods(args: argparse.Namespace, names: list[str]) -> tuple[dict[str, tuple[Callable, Callable]], dict]:
+    """``{label: (extract, match)}`` and ``{label: SPTD2Backend}`` for the SPTD2 methods."""
     import cv2
     import torch
 
     methods: dict[str, tuple[Callable, Callable]] = {}
+    backends: dict = {}
 
     def cv_matcher(norm: int) -> Callable:
         def match(f0, f1):
@@ -83,12 +101,13 @@ def make_methods(args: argparse.Namespace, names: list[str]) -> dict[str, tuple[
             methods[name] = (cv_extract(cv2.SIFT_create(nfeatures=args.top_k)), cv_matcher(cv2.NORM_L2))
         elif name == "orb":
             methods[name] = (cv_extract(cv2.ORB_create(nfeatures=args.top_k)), cv_matcher(cv2.NORM_HAMMING))
-        elif name in ("sptd2", "untrained"):
+        elif name in ("sptd2", "untrained") or "=" in name:
             from ..backends.sptd2 import SPTD2Backend
             from ..backends.sptd2.inference import mutual_nearest_neighbours
 
-            backend = SPTD2Backend(device=args.device, weights="random" if name == "untrained" else args.weights,
-                                   **{"sptd2.top_k": args.top_k})
+            label, _, path = name.partition("=")
+            weights = {"sptd2": args.weights, "untrained": f"random:{args.untrained_variant}"}.get(name, path)
+            backend = SPTD2Backend(device=args.device, weights=weights, **{"sptd2.top_k": args.top_k})
 
             def extract(image, backend=backend):
                 f = backend.extract(image)
@@ -99,11 +118,12 @@ def make_methods(args: argparse.Namespace, names: list[str]) -> dict[str, tuple[
                 i0, i1, sim = mutual_nearest_neighbours(f0[1], f1[1])
                 return i0.cpu().numpy(), i1.cpu().numpy(), sim.float().cpu().numpy().astype(float)
 
-            methods[name] = (extract, match)
+            methods[label] = (extract, match)
+            backends[label] = backend
         else:
-            raise SystemExit(f"fm-eval-sptd2: unknown method {name!r} (sptd2, untrained, sift, orb)")
+            raise SystemExit(f"fm-eval-sptd2: unknown method {name!r} (sptd2, untrained, sift, orb, LABEL=PATH)")
     del torch
-    return methods
+    return methods, backends
 
 
 def load_gray(path: Path, max_edge: int) -> tuple[np.ndarray, float]:
@@ -173,65 +193,43 @@ def homography_benchmark(folder: Path, methods: dict, max_edge: int) -> dict[str
 
 # -- sequence relative pose ------------------------------------------------------------------------------------
 def read_sequence(folder: Path):
-    import yaml
+    """Camera (``intrinsics.yaml``) and pairs ``(image0, image1, T_0to1)`` of a sequence's ``pairs.txt``."""
+    from ..camera import CameraModel
 
-    intr = yaml.safe_load((folder / "intrinsics.yaml").read_text())
-    K = np.array([[intr["fx"], 0, intr["cx"]], [0, intr["fy"], intr["cy"]], [0, 0, 1.0]])
-    dist = np.array(intr.get("distortion") or [0, 0, 0, 0, 0], float)
+    camera = CameraModel.from_yaml(folder / "intrinsics.yaml")
     pairs = []
     for line in (folder / "pairs.txt").read_text().splitlines():
         if not line.strip() or line.startswith("#"):
             continue
         v = line.split()
         pairs.append((v[0], v[1], np.array(v[20:36], float).reshape(4, 4)))
-    return K, dist, pairs
+    return camera, pairs
 
 
-def pose_error(k0: np.ndarray, k1: np.ndarray, K: np.ndarray, dist: np.ndarray, T: np.ndarray) -> float:
-    """max(rotation error, translation-direction error) in degrees; 180 when no pose can be estimated."""
-    import cv2
+def pose_errors(k0: np.ndarray, k1: np.ndarray, camera, T: np.ndarray) -> tuple[float, float]:
+    """(rotation error, sign-free translation-direction error) in degrees of the front-end's estimate
+    (PoseLib, 1 px); ``inf`` for both when no pose is found, ``inf`` translation for a pure rotation."""
+    from ..geometry import estimate_relative_pose, rotation_error_deg, translation_angle_error_deg
 
-    if len(k0) < 5:
-        return 180.0
-    n0 = cv2.undistortPoints(k0.reshape(-1, 1, 2).astype(np.float64), K, dist).reshape(-1, 2)
-    n1 = cv2.undistortPoints(k1.reshape(-1, 1, 2).astype(np.float64), K, dist).reshape(-1, 2)
-    thr = 1.0 / np.mean([K[0, 0], K[1, 1]])
-    cv2.setRNGSeed(0)  # repeatable RANSAC
-    E, mask = cv2.findEssentialMat(n0, n1, np.eye(3), cv2.RANSAC, 0.9999, thr)
-    if E is None or E.shape != (3, 3):
-        return 180.0
-    _, R, t, _ = cv2.recoverPose(E, n0, n1, np.eye(3), mask=mask)
-    R_gt, t_gt = T[:3, :3], T[:3, 3]
-    cos_r = np.clip((np.trace(R.T @ R_gt) - 1) / 2, -1, 1)
-    err_r = np.degrees(np.arccos(cos_r))
-    cos_t = np.dot(t.ravel(), t_gt) / max(np.linalg.norm(t) * np.linalg.norm(t_gt), 1e-12)
-    err_t = np.degrees(np.arccos(np.clip(cos_t, -1, 1)))
-    return float(max(err_r, err_t))
-
-
-def pose_auc(errors: list[float], thresholds=(5, 10, 20)) -> list[float]:
-    """Area under the recall-vs-error curve up to each threshold (in %, the SuperGlue definition)."""
-    errors = np.sort(np.asarray(errors, float))
-    recall = (np.arange(len(errors)) + 1) / len(errors)
-    errors, recall = np.r_[0.0, errors], np.r_[0.0, recall]
-    out = []
-    for t in thresholds:
-        last = np.searchsorted(errors, t)
-        x = np.r_[errors[:last], t]
-        y = np.r_[recall[:last], recall[last - 1]]
-        out.append(100.0 * float(np.trapezoid(y, x) / t))
-    return out
+    pose, _ = estimate_relative_pose(k0, k1, camera, camera, 1.0, method="poselib")
+    if pose is None:
+        return float("inf"), float("inf")
+    err_t = translation_angle_error_deg(pose.t, T[:3, 3], sign_invariant=True) if pose.translation_known else float("inf")
+    return rotation_error_deg(pose.R, T[:3, :3]), err_t
 
 
 def sequence_benchmark(folder: Path, methods: dict, nms_kernels: list[int], nms_methods: list[str], cell: int):
+    """Per method: ``{"auc": [AUC@5, @10, @20] in %, "matches", "rot_med", "t_med", "err_med"}`` with and
+    without match NMS (keyed ``(method, kernel)``, kernel 0 = off), and the number of pairs."""
     import cv2
 
     from ..backends.nms import nms_matches
+    from ..geometry import pose_error_auc
 
-    K, dist, pairs = read_sequence(folder)
+    camera, pairs = read_sequence(folder)
     names = sorted({p[0] for p in pairs} | {p[1] for p in pairs})
     images = {n: cv2.imread(str(folder / n), cv2.IMREAD_GRAYSCALE) for n in names}
-    pose_rows, nms_rows = {}, {}
+    rows = {}
     for method, (extract, match) in methods.items():
         feats = {n: extract(img) for n, img in images.items()}
         variants = [0] + (nms_kernels if method in nms_methods else [])
@@ -243,51 +241,154 @@ def sequence_benchmark(folder: Path, methods: dict, nms_kernels: list[int], nms_
             for k in variants:
                 keep = np.arange(len(i0)) if k == 0 else nms_matches(k0, score, images[a].shape, kernel_size=k, cell=cell, threshold=-np.inf)
                 counts[k].append(len(keep))
-                errs[k].append(pose_error(k0[keep], k1[keep], K, dist, T))
-        pose_rows[method] = (pose_auc(errs[0]), float(np.mean(counts[0])), float(np.median(errs[0])))
+                errs[k].append(pose_errors(k0[keep], k1[keep], camera, T))
         for k in variants:
-            nms_rows[(method, k)] = (pose_auc(errs[k]), float(np.mean(counts[k])), float(np.median(errs[k])))
-    return pose_rows, nms_rows, len(pairs)
+            rot, tra = np.array(errs[k]).T
+            worst = np.maximum(rot, tra)
+            rows[(method, k)] = {"auc": [100 * a for a in pose_error_auc(worst)], "matches": float(np.mean(counts[k])),
+                                 "rot_med": float(np.median(rot)), "t_med": float(np.median(tra)),
+                                 "err_med": float(np.median(worst))}
+    return rows, len(pairs)
+
+
+# -- speed ---------------------------------------------------------------------------------------------------
+def speed_benchmark(args: argparse.Namespace, methods: dict, backends: dict, image: np.ndarray) -> dict[str, dict]:
+    """Median extraction ms on ``image`` (640x480) and matching ms for 2048 keypoints per method, on
+    ``args.speed_threads`` threads (reduced precisions: a third of the runs). Matching uses the image's own features when a method finds 2048 there,
+    else random unit descriptors of its size (what the time depends on)."""
+    import cv2
+    import torch
+
+    def median_ms(fn, warm: int = 2, repeat: int = args.speed_repeat) -> float:
+        for _ in range(warm):
+            fn()
+        times = []
+        for _ in range(repeat):
+            t = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t)
+        return 1e3 * float(np.median(times))
+
+    old_torch, old_cv = torch.get_num_threads(), cv2.getNumThreads()
+    torch.set_num_threads(args.speed_threads)
+    cv2.setNumThreads(args.speed_threads)
+    rng = np.random.default_rng(0)
+    rows = {}
+    try:
+        for method, (extract, match) in methods.items():
+            feats = extract(image)
+            n = len(feats[0])
+            row = {"keypoints": n, "extract_ms": median_ms(lambda: extract(image))}
+            desc = feats[1]
+            if n < 2048:  # same size and type of descriptors, 2048 of them
+                if isinstance(desc, torch.Tensor):
+                    desc = torch.nn.functional.normalize(torch.randn(2048, desc.shape[1], generator=torch.Generator().manual_seed(0)), dim=1).to(desc.dtype)
+                elif desc.dtype == np.uint8:
+                    desc = rng.integers(0, 256, (2048, desc.shape[1]), dtype=np.uint8)
+                else:
+                    desc = rng.random((2048, desc.shape[1]), dtype=np.float32)
+                feats = (np.zeros((2048, 2)), desc, np.zeros(2048))
+            other = (feats[0], desc[rng.permutation(len(desc))] if not isinstance(desc, torch.Tensor)
+                     else desc[torch.randperm(len(desc), generator=torch.Generator().manual_seed(1))], feats[2])
+            row["match_ms"] = median_ms(lambda: match(feats, other))
+            backend = backends.get(method)
+            precisions = [x for x in args.speed_precisions.split(",") if x] if backend is not None else []
+            for precision in precisions:
+                try:
+                    backend.set_precision(precision)
+                    row[f"extract_ms_{precision}"] = median_ms(lambda: backend.extract(image), 1, max(1, args.speed_repeat // 3))
+                except RuntimeError:
+                    row[f"extract_ms_{precision}"] = float("nan")
+                finally:
+                    backend.set_precision("fp32")
+            rows[method] = row
+    finally:
+        torch.set_num_threads(old_torch)
+        cv2.setNumThreads(old_cv)
+    return rows
+
+
+def speed_image() -> np.ndarray:
+    """A 640x480 grayscale frame: the first tum_fr2_desk image (shipped with the package)."""
+    import cv2
+
+    from ..resources import data_dir
+
+    folder = data_dir() / "tum_fr2_desk" / "images"
+    image = cv2.imread(str(sorted(folder.glob("*.png"))[0]), cv2.IMREAD_GRAYSCALE)
+    return cv2.resize(image, (640, 480), interpolation=cv2.INTER_AREA) if image.shape != (480, 640) else image
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    import cv2
     import torch
 
     torch.set_num_threads(args.threads)
+    cv2.setNumThreads(args.threads)
     names = [n.strip() for n in args.methods.split(",") if n.strip()]
-    methods = make_methods(args, names)
-    lines = []
-    folder = Path(args.homography_data)
-    res = homography_benchmark(folder, methods, args.max_edge)
-    size = "full size" if not args.max_edge else f"longer edge {args.max_edge}"
-    lines += [f"### Homography pairs: {folder.name} ({size}, top-{args.top_k} keypoints, mutual NN)", "",
-              "| method | kpts | matches | " + " | ".join(f"MMA@{t}" for t in THRESHOLDS)
-              + " | corner err px (per pair) | H acc @1/3/5/10 px | s/img |",
-              "|---|---|---|" + "---|" * len(THRESHOLDS) + "---|---|---|"]
-    for method, r in res.items():
-        acc = "/".join(f"{100 * float((r['corner'] <= t).mean()):.0f}" for t in (1, 3, 5, 10))
-        lines.append(f"| {method} | {r['keypoints']:.0f} | {r['matches']:.0f} | "
-                     + " | ".join(f"{100 * v:.1f}" for v in r["mma"])
-                     + f" | {', '.join(f'{c:.1f}' for c in r['corner'])} | {acc} | {r['extract_s']:.2f} |")
-    if args.sequence:
-        kernels = [int(k) for k in args.nms_kernels.split(",") if k.strip()] if args.nms_study else []
-        nms_methods = [m.strip() for m in args.nms_methods.split(",")]
-        pose_rows, nms_rows, npairs = sequence_benchmark(Path(args.sequence), methods, kernels, nms_methods, args.nms_cell)
-        lines += ["", f"### Relative pose: {Path(args.sequence).name} ({npairs} pairs, essential-matrix RANSAC)", "",
-                  "| method | matches/pair | AUC@5 | AUC@10 | AUC@20 | median err deg |", "|---|---|---|---|---|---|"]
-        for method, (auc, n, med) in pose_rows.items():
-            lines.append(f"| {method} | {n:.0f} | {auc[0]:.1f} | {auc[1]:.1f} | {auc[2]:.1f} | {med:.2f} |")
+    methods, backends = make_methods(args, names)
+    lines: list[str] = []
+    goal: dict[str, dict[str, str]] = {m: {} for m in methods}
+    if not args.no_homography:
+        folder = Path(args.homography_data)
+        res = homography_benchmark(folder, methods, args.max_edge)
+        size = "full size" if not args.max_edge else f"longer edge {args.max_edge}"
+        lines += [f"### Homography pairs: {folder.name} ({size}, top-{args.top_k} keypoints, mutual NN)", "",
+                  "| method | kpts | matches | " + " | ".join(f"MMA@{t}" for t in THRESHOLDS)
+                  + " | corner err px (per pair) | H acc @1/3/5/10 px | s/img |",
+                  "|---|---|---|" + "---|" * len(THRESHOLDS) + "---|---|---|"]
+        for method, r in res.items():
+            acc = "/".join(f"{100 * float((r['corner'] <= t).mean()):.0f}" for t in (1, 3, 5, 10))
+            lines.append(f"| {method} | {r['keypoints']:.0f} | {r['matches']:.0f} | "
+                         + " | ".join(f"{100 * v:.1f}" for v in r["mma"])
+                         + f" | {', '.join(f'{c:.1f}' for c in r['corner'])} | {acc} | {r['extract_s']:.2f} |")
+            goal[method][f"{folder.name} MMA@3"] = f"{100 * r['mma'][2]:.1f}"
+        lines.append("")
+    kernels = [int(k) for k in args.nms_kernels.split(",") if k.strip()] if args.nms_study else []
+    nms_methods = [m.strip() for m in args.nms_methods.split(",")]
+    for sequence in args.sequence:
+        name = Path(sequence).name
+        rows, npairs = sequence_benchmark(Path(sequence), methods, kernels, nms_methods, args.nms_cell)
+        lines += [f"### Relative pose: {name} ({npairs} pairs, PoseLib 1 px, mutual NN, top-{args.top_k})", "",
+                  "| method | matches/pair | AUC@5 | AUC@10 | AUC@20 | rot med deg | t med deg |",
+                  "|---|---|---|---|---|---|---|"]
+        for method in methods:
+            r = rows[(method, 0)]
+            lines.append(f"| {method} | {r['matches']:.0f} | {r['auc'][0]:.1f} | {r['auc'][1]:.1f} | {r['auc'][2]:.1f} | "
+                         f"{r['rot_med']:.2f} | {r['t_med']:.2f} |")
+            goal[method][f"{name} AUC@5/10/20"] = "/".join(f"{a:.1f}" for a in r["auc"])
+            goal[method][f"{name} rot/t med"] = f"{r['rot_med']:.2f}/{r['t_med']:.2f}"
+        lines.append("")
         if kernels:
-            lines += ["", f"### CasMTR max-pool NMS over matches ({args.nms_cell} px cells), {Path(args.sequence).name}", "",
+            lines += [f"### CasMTR max-pool NMS over matches ({args.nms_cell} px cells), {name}", "",
                       "| method | NMS kernel | matches/pair | AUC@5 | AUC@10 | AUC@20 | median err deg |",
                       "|---|---|---|---|---|---|---|"]
-            for (method, k), (auc, n, med) in nms_rows.items():
-                lines.append(f"| {method} | {k if k else 'off'} | {n:.0f} | {auc[0]:.1f} | {auc[1]:.1f} | {auc[2]:.1f} | {med:.2f} |")
-    report = "\n".join(lines)
-    print(report)
+            for (method, k), r in rows.items():
+                lines.append(f"| {method} | {k if k else 'off'} | {r['matches']:.0f} | {r['auc'][0]:.1f} | "
+                             f"{r['auc'][1]:.1f} | {r['auc'][2]:.1f} | {r['err_med']:.2f} |")
+            lines.append("")
+    if args.speed:
+        rows = speed_benchmark(args, methods, backends, speed_image())
+        lines += [f"### Speed: 640x480, {args.speed_threads} CPU threads, median of {args.speed_repeat} "
+                  f"(matching: 2048 x 2048 keypoints)", "",
+                  "| method | kpts | extract ms fp32 | extract ms bf16 | extract ms fp16 | match ms |",
+                  "|---|---|---|---|---|---|"]
+        for method, r in rows.items():
+            lines.append(f"| {method} | {r['keypoints']} | {r['extract_ms']:.1f} | {r.get('extract_ms_bf16', float('nan')):.1f} | "
+                         f"{r.get('extract_ms_fp16', float('nan')):.1f} | {r['match_ms']:.1f} |")
+            goal[method]["extract ms"] = f"{r['extract_ms']:.0f}"
+            goal[method]["match ms"] = f"{r['match_ms']:.1f}"
+        lines.append("")
+    columns = list(dict.fromkeys(c for row in goal.values() for c in row))
+    if sum(bool(x) for x in (not args.no_homography, args.sequence, args.speed)) > 1:
+        lines += ["### Goal table", "", "| method | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
+        for method, row in goal.items():
+            lines.append(f"| {method} | " + " | ".join(row.get(c, "–") for c in columns) + " |")
+    report = "\n".join(lines).rstrip() + "\n"
+    print(report, end="")
     if args.out:
-        Path(args.out).write_text(report + "\n")
+        Path(args.out).write_text(report)
     return 0
 
 

@@ -30,7 +30,7 @@ class SPTD2Backend(Backend):
         precision: ``fp32``, ``fp16`` or ``bf16`` (checked with a test forward pass at start-up; a
             combination torch cannot run raises a RuntimeError naming it).
         weights: checkpoint path; None = the shipped ``sptd2_small.pt``; ``"random"`` = an untrained
-            network of the small size (for comparisons only).
+            network of the small size, ``"random:VARIANT"`` of that size (for comparisons only).
         settings: the ``sptd2.*`` parameters below.
     """
 
@@ -53,10 +53,11 @@ class SPTD2Backend(Backend):
         from .config import SPTD2Config
         from .model import SPTD2, load_checkpoint
 
-        if weights is not None and str(weights) == "random":
+        if weights is not None and str(weights).split(":")[0] == "random":
+            variant = str(weights).partition(":")[2] or "small"
             torch.manual_seed(0)
-            self.model, self.meta = SPTD2(SPTD2Config.small()).eval(), {"weights": "random"}
-            self.weights_path = "random"
+            self.model, self.meta = SPTD2(SPTD2Config.preset(variant)).eval(), {"weights": str(weights)}
+            self.weights_path = str(weights)
         else:
             path = Path(weights) if weights is not None else DEFAULT_WEIGHTS
             self.model, self.meta = load_checkpoint(str(path))

@@ -49,7 +49,9 @@ def load_gray(path: Path, max_edge: int = 640) -> np.ndarray:
 @dataclass
 class PairConfig:
     """Ranges of the random pairs. ``rotation_prob``: share of pairs drawn from the full-circle
-    "rotation" family (otherwise rotation within +-``max_rotation_deg``)."""
+    "rotation" family (otherwise rotation within +-``max_rotation_deg``). ``crop_jitter``: crop 1 is centred
+    on the match of crop 0's centre plus a uniform shift of up to this share of the crop size per axis, so
+    that a point does not sit at the same place in both crops (used by :mod:`.batches`)."""
 
     crop: int = 160
     min_scale: float = 0.7
@@ -58,6 +60,7 @@ class PairConfig:
     rotation_prob: float = 0.25
     max_perspective: float = 0.0006
     photometric: bool = True
+    crop_jitter: float = 0.25
 
 
 def random_homography(rng: np.random.Generator, size: tuple[int, int], cfg: PairConfig) -> np.ndarray:

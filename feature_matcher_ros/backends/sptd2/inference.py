@@ -60,12 +60,16 @@ def pad_to_multiple(image: torch.Tensor, multiple: int = 16) -> torch.Tensor:
     return F.pad(image.float(), (0, pw, 0, ph), mode="replicate").to(image.dtype)
 
 
-def fused_score_map(scores: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
+def fused_score_map(scores: list[torch.Tensor], size: tuple[int, int], padded: tuple[int, int] | None = None) -> torch.Tensor:
     """Average of the level score maps upsampled (bilinear) to the padded input size, cropped to ``size``.
 
-    scores: ``[(B, 1, H_l, W_l)]``; returns ``(B, H, W)`` float32."""
-    padded = (scores[0].shape[-2] * LEVEL_STRIDES[0], scores[0].shape[-1] * LEVEL_STRIDES[0])
-    total = sum(F.interpolate(s.float(), size=padded, mode="bilinear", align_corners=False) for s in scores)
+    scores: ``[(B, 1, H_l, W_l)]`` (a map already at the padded size is used as it is); padded: the model
+    input's size (default: the last map's size times its stride); returns ``(B, H, W)`` float32."""
+    if padded is None:
+        padded = (scores[-1].shape[-2] * LEVEL_STRIDES[-1], scores[-1].shape[-1] * LEVEL_STRIDES[-1])
+    padded = tuple(padded)
+    total = sum(s.float() if tuple(s.shape[-2:]) == padded
+                else F.interpolate(s.float(), size=padded, mode="bilinear", align_corners=False) for s in scores)
     return (total / len(scores))[:, 0, : size[0], : size[1]]
 
 
@@ -113,7 +117,7 @@ def detect_and_describe(model: SPTD2, image: torch.Tensor, cfg: DetectionConfig)
     h, w = image.shape[-2:]
     padded = pad_to_multiple(image)
     out = model(padded)
-    score = fused_score_map(out["scores"], (h, w))[0]
+    score = fused_score_map(out["scores"], (h, w), tuple(padded.shape[-2:]))[0]
     keep = maxpool_nms(score, 2 * cfg.nms_radius + 1, cfg.detection_threshold) if cfg.nms_radius > 0 else score > cfg.detection_threshold
     b = min(cfg.border, (min(h, w) - 1) // 2)
     if b > 0:
@@ -131,21 +135,32 @@ def detect_and_describe(model: SPTD2, image: torch.Tensor, cfg: DetectionConfig)
     return {"keypoints": keypoints.float(), "scores": values.float(), "descriptors": descriptors}
 
 
+def _row_argmax(sim: torch.Tensor) -> torch.Tensor:
+    """Index of each row's maximum. On the CPU numpy's argmax is several times faster than torch's."""
+    if sim.device.type == "cpu" and sim.dtype == torch.float32:
+        import numpy as np
+
+        return torch.from_numpy(np.ascontiguousarray(sim.numpy().argmax(axis=1)))
+    return sim.argmax(dim=1)
+
+
 def mutual_nearest_neighbours(desc0: torch.Tensor, desc1: torch.Tensor, min_similarity: float = -1.0,
                               ratio: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Mutual nearest neighbours of unit descriptors ``(N0, d)`` and ``(N1, d)`` by cosine similarity.
 
     ``min_similarity``: drop pairs under it; ``ratio``: Lowe's test on Euclidean distances in both
-    directions (1.0 = off). Returns ``idx0``, ``idx1`` (M,) long and ``similarity`` (M,) float32."""
+    directions (1.0 = off). Returns ``idx0``, ``idx1`` (M,) long and ``similarity`` (M,) float32.
+
+    A row's best column j is mutual when no other row of column j is more similar (the column maxima are
+    reduced without indices, which is what keeps this fast)."""
     empty = torch.zeros(0, dtype=torch.long, device=desc0.device)
     if desc0.shape[0] == 0 or desc1.shape[0] == 0:
         return empty, empty, torch.zeros(0, device=desc0.device)
     sim = desc0.float() @ desc1.float().t()
-    best01 = sim.max(dim=1)
-    best10 = sim.max(dim=0)
-    idx0 = torch.arange(sim.shape[0], device=sim.device)
-    mutual = best10.indices[best01.indices] == idx0
-    mutual &= best01.values >= min_similarity
+    best01_index = _row_argmax(sim).to(sim.device)
+    best01_value = sim.gather(1, best01_index[:, None])[:, 0]
+    mutual = best01_value >= sim.amax(dim=0)[best01_index]
+    mutual &= best01_value >= min_similarity
     if ratio < 1.0:
         def passes(s: torch.Tensor) -> torch.Tensor:  # rows: candidates; ratio of distances best/second
             if s.shape[1] < 2:
@@ -154,7 +169,7 @@ def mutual_nearest_neighbours(desc0: torch.Tensor, desc1: torch.Tensor, min_simi
             dist = torch.sqrt((2 - 2 * two).clamp_min(0))
             return dist[:, 0] < ratio * dist[:, 1]
 
-        mutual &= passes(sim) & passes(sim.t())[best01.indices]
-    i0 = idx0[mutual]
-    i1 = best01.indices[mutual]
-    return i0, i1, best01.values[mutual]
+        mutual &= passes(sim) & passes(sim.t())[best01_index]
+    i0 = torch.arange(sim.shape[0], device=sim.device)[mutual]
+    i1 = best01_index[mutual]
+    return i0, i1, best01_value[mutual]

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import LEVEL_STRIDES, VGG16_TAPS, SPTD2Config
+from .config import LEVEL_STRIDES, LIGHT_LAYOUT, VGG16_TAPS, SPTD2Config
 
 
 class VGGTrunk(nn.Module):
@@ -43,6 +43,36 @@ class VGGTrunk(nn.Module):
         for index, layer in enumerate(self.features):
             x = layer(x)
             if index in VGG16_TAPS:
+                taps.append(x)
+        return taps
+
+
+class LightTrunk(nn.Module):
+    """The light trunk of ``SPTD2Config.fast()``: plain 3x3 conv-BN-ReLU layers like VGG's, but narrow
+    (:data:`LIGHT_LAYOUT`), one conv at full resolution, and strided convs instead of max-pools.
+
+    forward: ``(B, in_channels, H, W)`` -> three maps ``(B, C_l, H/s_l, W/s_l)``, s_l = 4, 8, 16.
+    """
+
+    def __init__(self, config: SPTD2Config) -> None:
+        super().__init__()
+        self.stages = nn.ModuleList()
+        channels = config.in_channels
+        for index, widths in enumerate(LIGHT_LAYOUT):
+            layers: list[nn.Module] = []
+            for position, width in enumerate(widths):
+                stride = 2 if index > 0 and position == 0 else 1
+                layers += [nn.Conv2d(channels, width, 3, stride=stride, padding=1, bias=False),
+                           nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
+                channels = width
+            self.stages.append(nn.Sequential(*layers))
+
+    def forward(self, image: torch.Tensor) -> list[torch.Tensor]:
+        taps = []
+        x = image
+        for index, stage in enumerate(self.stages):
+            x = stage(x)
+            if index >= 2:
                 taps.append(x)
         return taps
 
@@ -77,8 +107,21 @@ class PositionEncoder(nn.Module):
     def __init__(self, dim: int) -> None:
         super().__init__()
         self.mlp = nn.Sequential(nn.Linear(2, dim), nn.ReLU(inplace=True), nn.Linear(dim, dim))
+        self._cache: dict[tuple, torch.Tensor] = {}
 
     def forward(self, height: int, width: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        if torch.is_grad_enabled():
+            return self._compute(height, width, device, dtype)
+        # inference: the embedding depends only on the size and the weights (their in-place versions
+        # change with every optimiser step or load_state_dict), so it is computed once per size
+        key = (height, width, str(device), dtype, tuple((p.data_ptr(), p._version) for p in self.mlp.parameters()))
+        if key not in self._cache:
+            if len(self._cache) >= 8:
+                self._cache.clear()
+            self._cache[key] = self._compute(height, width, device, dtype)
+        return self._cache[key]
+
+    def _compute(self, height: int, width: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
         ys = (torch.arange(height, device=device, dtype=torch.float32) + 0.5) / height
         xs = (torch.arange(width, device=device, dtype=torch.float32) + 0.5) / width
         grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1)  # (H_l, W_l, 2) as (x, y)
@@ -133,7 +176,8 @@ class AttentionBranch(nn.Module):
 
     forward: queries ``(B, N_q, d)``, keys ``(B, N_k, d)``, optional ``index``/``keep`` ``(B, K)`` from
     :func:`select_keys` (None = every key position, i.e. full attention), optional ``weights`` ``(B, K)``
-    multiplying the gathered values -> ``(B, N_q, d)``.
+    multiplying the gathered values, optional position embeddings ``pos_q`` ``(B or 1, N_q, d)`` and
+    ``pos_k`` ``(B or 1, N_k, d)`` added to the query and key inputs only -> ``(B, N_q, d)``.
     """
 
     def __init__(self, dim: int, heads: int, ffn_mult: int) -> None:
@@ -157,12 +201,19 @@ class AttentionBranch(nn.Module):
         index: torch.Tensor | None = None,
         keep: torch.Tensor | None = None,
         weights: torch.Tensor | None = None,
+        pos_q: torch.Tensor | None = None,
+        pos_k: torch.Tensor | None = None,
     ) -> torch.Tensor:
         b, n, d = queries.shape
         if index is not None:
-            keys = torch.gather(keys, 1, index.unsqueeze(-1).expand(-1, -1, d))
-        q = self.to_q(self.norm_q(queries))
+            gather = index.unsqueeze(-1).expand(-1, -1, d)
+            keys = torch.gather(keys, 1, gather)
+            if pos_k is not None:
+                pos_k = torch.gather(pos_k.expand(b, -1, -1), 1, gather)
+        q = self.to_q(self.norm_q(queries if pos_q is None else queries + pos_q))
         k, v = self.to_kv(self.norm_kv(keys)).chunk(2, dim=-1)
+        if pos_k is not None:
+            k = self.to_kv(self.norm_kv(keys + pos_k))[..., :d]
         if weights is not None:
             v = v * weights.unsqueeze(-1).to(v.dtype)
         split = lambda t: t.reshape(b, t.shape[1], self.heads, d // self.heads).transpose(1, 2)  # noqa: E731
@@ -175,11 +226,13 @@ class AttentionBranch(nn.Module):
 
 
 class ResidualFusion(nn.Module):
-    """``conv(a - b) + a`` with conv = 3x3 conv-BN-ReLU (Eq. 4-5). ``(B, d, H_l, W_l)`` twice -> same."""
+    """``conv(a - b) + a`` with conv = kxk conv-BN-ReLU (Eq. 4-5; k = 3, or 1 in the fast variant).
+    ``(B, d, H_l, W_l)`` twice -> same."""
 
-    def __init__(self, dim: int) -> None:
+    def __init__(self, dim: int, kernel: int = 3) -> None:
         super().__init__()
-        self.conv = nn.Sequential(nn.Conv2d(dim, dim, 3, padding=1, bias=False), nn.BatchNorm2d(dim), nn.ReLU(inplace=True))
+        self.conv = nn.Sequential(nn.Conv2d(dim, dim, kernel, padding=kernel // 2, bias=False), nn.BatchNorm2d(dim),
+                                  nn.ReLU(inplace=True))
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return self.conv(a - b) + a
@@ -188,25 +241,33 @@ class ResidualFusion(nn.Module):
 class DecoderHead(nn.Module):
     """Descriptor D = P / |P| and score S = 2-class softmax(conv1x1(P * P))[1] (Eq. 6-7).
 
-    forward: ``(B, d, H_l, W_l)`` -> descriptors ``(B, d, H_l, W_l)`` unit length, scores ``(B, 1, H_l, W_l)``
-    in [0, 1].
+    With ``cell > 1`` the score conv predicts ``cell**2`` scores per position, one for each pixel of the
+    position's cell, arranged by depth-to-space: S is then ``cell`` times finer than P. Each of them is a
+    one-logit sigmoid, which is the same function as a 2-class softmax of two logits (their difference).
+
+    forward: ``(B, d, H_l, W_l)`` -> descriptors ``(B, d, H_l, W_l)`` unit length, scores
+    ``(B, 1, cell * H_l, cell * W_l)`` in [0, 1].
     """
 
-    def __init__(self, dim: int) -> None:
+    def __init__(self, dim: int, cell: int = 1) -> None:
         super().__init__()
-        self.score = nn.Conv2d(dim, 2, 1)
+        self.cell = cell
+        self.score = nn.Conv2d(dim, 2 if cell == 1 else cell * cell, 1)
 
     def forward(self, p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         descriptors = F.normalize(p.float(), dim=1).to(p.dtype)
         logits = self.score(p * p)
-        scores = torch.softmax(logits.float(), dim=1)[:, 1:2].to(p.dtype)
+        if self.cell == 1:
+            scores = torch.softmax(logits.float(), dim=1)[:, 1:2].to(p.dtype)
+        else:
+            scores = F.pixel_shuffle(torch.sigmoid(logits.float()), self.cell).to(p.dtype)
         return descriptors, scores
 
 
 class SPTD2(nn.Module):
     """The whole network. forward: ``(B, in_channels, H, W)`` in [0, 1], H and W multiples of 16 ->
     ``{"scores": [S^1, S^2, S^3], "descriptors": [D^1, D^2, D^3]}`` with S^l ``(B, 1, H_l, W_l)`` and
-    D^l ``(B, d, H_l, W_l)``; levels at strides 4, 8, 16."""
+    D^l ``(B, d, H_l, W_l)``; levels at strides 4, 8, 16 (with ``config.fine_scores`` S^1 is ``(B, 1, H, W)``)."""
 
     # attention branches per level: (name, key level offset)
     BRANCHES = {0: (("in", 0), ("up", 1)), 1: (("in", 0), ("up", 1), ("down", -1)), 2: (("in", 0), ("down", -1))}
@@ -215,16 +276,18 @@ class SPTD2(nn.Module):
         super().__init__()
         self.config = config or SPTD2Config()
         c = self.config
-        self.trunk = VGGTrunk(c)
+        self.trunk = LightTrunk(c) if c.trunk == "light" else VGGTrunk(c)
         self.uniformise = nn.ModuleList(FeatureUniformisation(ch, c.dim) for ch in c.level_channels)
         self.position = PositionEncoder(c.dim)
         self.branches = nn.ModuleDict(
             {f"{level}_{name}": AttentionBranch(c.dim, c.heads, c.ffn_mult)
              for level, names in self.BRANCHES.items() for name, _ in names}
         )
-        self.fuse_down = nn.ModuleList([nn.Identity(), ResidualFusion(c.dim), ResidualFusion(c.dim)])
-        self.fuse_up = nn.ModuleList([ResidualFusion(c.dim), ResidualFusion(c.dim), nn.Identity()])
-        self.heads = nn.ModuleList(DecoderHead(c.dim) for _ in LEVEL_STRIDES)
+        k = c.fusion_kernel
+        self.fuse_down = nn.ModuleList([nn.Identity(), ResidualFusion(c.dim, k), ResidualFusion(c.dim, k)])
+        self.fuse_up = nn.ModuleList([ResidualFusion(c.dim, k), ResidualFusion(c.dim, k), nn.Identity()])
+        cells = [LEVEL_STRIDES[0] if c.fine_scores else 1, 1, 1]
+        self.heads = nn.ModuleList(DecoderHead(c.dim, cell) for cell in cells)
         self.key_threshold = c.key_threshold  # run-time choices, may be changed after loading
         self.max_keys = c.max_keys
         self.min_keys = c.min_keys
@@ -238,11 +301,16 @@ class SPTD2(nn.Module):
         if h % 16 or w % 16 or h < 16 or w < 16:
             raise ValueError(f"SPTD2 input height and width must be positive multiples of 16, got {h}x{w}")
         taps = self.trunk((image - 0.5) / 0.25)
-        tokens, shapes = [], []
+        tokens, positions, shapes = [], [], []
+        qk_only = self.config.position_qk_only
         for level, tap in enumerate(taps):
             e = self.uniformise[level](tap)
             _, _, hl, wl = e.shape
-            e = e + self.position(hl, wl, e.device, e.dtype)
+            p = self.position(hl, wl, e.device, e.dtype)
+            if qk_only:
+                positions.append(p.flatten(2).transpose(1, 2))  # (1, N_l, d)
+            else:
+                e = e + p
             tokens.append(e.flatten(2).transpose(1, 2))  # (B, N_l, d)
             shapes.append((hl, wl))
         selections = []
@@ -260,7 +328,9 @@ class SPTD2(nn.Module):
             branch_out = {}
             for name, offset in names:
                 index, keep, weights = selections[level + offset]
-                y = self.branches[f"{level}_{name}"](tokens[level], tokens[level + offset], index, keep, weights)
+                pos_q, pos_k = (positions[level], positions[level + offset]) if qk_only else (None, None)
+                y = self.branches[f"{level}_{name}"](tokens[level], tokens[level + offset], index, keep, weights,
+                                                     pos_q, pos_k)
                 branch_out[name] = y.transpose(1, 2).reshape(-1, self.config.dim, hl, wl)
             p = branch_out["in"]
             if "down" in branch_out:
@@ -278,6 +348,8 @@ def load_trunk_from_torchvision(model: SPTD2, state_dict: dict[str, torch.Tensor
 
     Only meaningful at ``width_divisor == 1``; a grayscale model gets the sum of the RGB first-conv kernels.
     """
+    if not isinstance(model.trunk, VGGTrunk):
+        raise ValueError(f"only a VGG trunk takes torchvision weights, this model's trunk is {model.config.trunk!r}")
     wanted = model.trunk.state_dict()
     mapped = {}
     for key in wanted:
