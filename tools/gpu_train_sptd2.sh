@@ -3,7 +3,8 @@
 # tools/prepare_gpu_carry_sptd2.sh. Needs only python3 with torch, numpy and opencv (no venv, no ROS).
 #   bash tools/gpu_train_sptd2.sh [MINUTES=6]
 # Environment: OUT (default out/gpu_sptd2), DEVICE (cuda), BATCH (64), CROP (256), THREADS (4), PYTHON (python3),
-# SET (optional SPTD2Config overrides for fm-train-sptd2 --set, e.g. "dim=128 heads=4"; default none).
+# SET (optional SPTD2Config overrides for fm-train-sptd2 --set, e.g. "dim=128 heads=4"; default none),
+# VARIANT (fast, small or full; default fast).
 # Writes under $OUT: run/checkpoint.pt (resumable: fm-train-sptd2 --resume --out $OUT/run ...),
 # run/weights.pt, run/record.json, sptd2_fast.pt + sptd2_fast.json (exported, shipped format), train.log.
 set -euo pipefail
@@ -20,17 +21,18 @@ for need in "$CARRY/train" "$CARRY/teacher" "$CARRY/tum_fr3_cabinet_rgbd/depth";
 done
 "$PY" -c "import torch, cv2, numpy; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else '')"
 # shellcheck disable=SC2086
-"$PY" -m feature_matcher_ros.tools.train_sptd2 --variant fast ${SET:+--set $SET} --device "${DEVICE:-cuda}" \
+VARIANT=${VARIANT:-fast}
+"$PY" -m feature_matcher_ros.tools.train_sptd2 --variant "$VARIANT" ${SET:+--set $SET} --device "${DEVICE:-cuda}" \
   --batch "${BATCH:-64}" --crop "${CROP:-256}" --threads "${THREADS:-4}" --time-limit-min "$MINUTES" --steps 1000000 \
   --lr 7e-4 --lr-end 1e-4 --images "$CARRY/train" "$CARRY/tum_fr3_cabinet_rgbd/images" \
   --rgbd "$CARRY/tum_fr3_cabinet_rgbd" --teacher "$CARRY/teacher" --real-fraction 0.25 \
-  --out "$OUT/run" --export "$OUT/sptd2_fast.pt" --save-every 2000 --save-every-min 1.5 --log-every 200 --no-progress \
+  --out "$OUT/run" --export "$OUT/sptd2_$VARIANT.pt" --save-every 2000 --save-every-min 1.5 --log-every 200 --no-progress \
   2>&1 | tee "$OUT/train.log"
-"$PY" - "$OUT" <<'PYEOF'
+"$PY" - "$OUT" "$VARIANT" <<'PYEOF'
 import json, sys
 from pathlib import Path
 out = Path(sys.argv[1])
-rec = json.loads((out / "sptd2_fast.json").read_text())
+rec = json.loads((out / f"sptd2_{sys.argv[2]}.json").read_text())
 hist = rec["loss_history"][-100:]
 mean = {k: sum(h[k] for h in hist) / len(hist) for k in hist[0] if k != "step"}
 print(f"SUMMARY steps {rec['steps_done']} in {rec['train_minutes']} min on {rec['device_name']} "

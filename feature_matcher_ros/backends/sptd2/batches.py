@@ -184,39 +184,20 @@ class HomographyBatcher:
 
 
 def read_rgbd_sequence(folder: str | Path) -> dict:
-    """An RGB-D sequence in the shared layout: images.txt/depth.txt (same stamps), groundtruth.txt
-    (``t tx ty tz qx qy qz qw``, camera-to-world), intrinsics.yaml (fx fy cx cy, depth_scale), pairs.txt
-    (first two columns: the frames of each pair). Returns paths, depth paths, K, T_world_cam per frame, pairs."""
-    from ...geometry import quat_to_rotation
+    """An RGB-D sequence folder (:func:`~feature_matcher_ros.datasets.read_sequence`) as training needs it:
+    image and depth paths, ``K``, ``T_world_cam`` per frame, the frame pairs of ``pairs.txt`` and the depth scale."""
+    from ...datasets import read_pose_pairs, read_sequence
 
-    folder = Path(folder)
-    intr = {}  # flat "key: number" lines (no PyYAML needed on a bare training machine)
-    for line in (folder / "intrinsics.yaml").read_text().splitlines():
-        key, _, value = line.partition("#")[0].partition(":")
-        try:
-            intr[key.strip()] = float(value)
-        except ValueError:
-            continue
-    K = np.array([[intr["fx"], 0, intr["cx"]], [0, intr["fy"], intr["cy"]], [0, 0, 1.0]])
-
-    def rows(name: str) -> list[list[str]]:
-        return [line.split() for line in (folder / name).read_text().splitlines() if line.strip() and not line.startswith("#")]
-
-    images = [folder / r[1] for r in rows("images.txt")]
-    depths = [folder / r[1] for r in rows("depth.txt")]
-    poses = []
-    for r in rows("groundtruth.txt"):
-        v = [float(x) for x in r[1:8]]
-        T = np.eye(4)
-        T[:3, :3] = quat_to_rotation(v[3:7])  # qx qy qz qw
-        T[:3, 3] = v[:3]
-        poses.append(T)
-    if not len(images) == len(depths) == len(poses):
-        raise ValueError(f"{folder}: images.txt, depth.txt and groundtruth.txt differ in length")
-    index = {p.relative_to(folder).as_posix(): i for i, p in enumerate(images)}
-    pairs = [(index[r[0]], index[r[1]]) for r in rows("pairs.txt")]
-    return {"images": images, "depths": depths, "K": K, "poses": poses, "pairs": pairs,
-            "depth_scale": float(intr.get("depth_scale", 5000.0))}
+    seq = read_sequence(folder)
+    if seq.depth is None or seq.ground_truth is None:
+        raise ValueError(f"{folder}: an RGB-D sequence with depth.txt and groundtruth.txt is needed")
+    images = [path for _, path in seq.frames]
+    truth = seq.ground_truth.by_stamp()
+    index = {path: i for i, path in enumerate(images)}
+    return {"images": images, "depths": [path for _, path in seq.depth.frames], "K": seq.camera.K,
+            "poses": [truth[stamp] for stamp, _ in seq.frames],
+            "pairs": [(index[p.image0], index[p.image1]) for p in read_pose_pairs(folder)],
+            "depth_scale": seq.depth.scale}
 
 
 def depth_flow(depth0: torch.Tensor, depth1: torch.Tensor, K: torch.Tensor, T_1_0: torch.Tensor,
