@@ -182,16 +182,16 @@ def load_fixture_reference(fixture_dir: str | Path, pair: str, mode: str) -> dic
     return {**np.load(fixture_dir / f"{pair}_stages.npz"), **np.load(fixture_dir / f"{pair}_{mode}.npz")}
 
 
-# fp16 / bf16 against fp32 on one device, as measured on an H200 in two runs of fm-gpu-check (README).
+# fp16 / bf16 against fp32 on one device, as measured on an H200 in three runs of fm-gpu-check (README).
 # With the fixture's random weights most coarse confidences are near-ties (full-mode probabilities around
 # the 0.02 threshold), so the coarse set overlap (IoU) is reported but is no criterion: fp16 kept
-# 49-85 % of the set, bf16 9-42 %, while the number of matches stayed within 16 % (7 of 45 at worst).
-# On the common matches fp16 keeps the fine stage-1 argmax for nearly all of them (p95 0.001-0.25 px);
-# bf16's 8-bit significand flips it for a few percent, each flip a whole-pixel move (p95 up to 1.3 px), so
-# only its median is tight. cudnn's autotuned algorithms differ from run to run, and so do these figures.
+# 48-85 % of the set, bf16 9-42 %, while the number of matches moved by at most 10 (of 45) or 7 %. On the
+# common matches the fine stage-1 argmax flips for some of them, each flip a whole-pixel move: up to ~5 % in
+# fp16 (p95 0.001-0.99 px), more in bf16 (p95 up to 1.4 px); only the medians stay under 0.01 px. cuDNN's
+# autotuned algorithms differ from run to run, and so do these figures.
 AGREEMENT = {
-    "fp16": {"count_rel": 0.2, "kpt1_px_median": 0.05, "kpt1_px_p95": 0.5},
-    "bf16": {"count_rel": 0.2, "kpt1_px_median": 0.05, "kpt1_px_p95": 2.5},
+    "fp16": {"count_rel": 0.25, "kpt1_px_median": 0.05, "kpt1_px_p95": 1.5},
+    "bf16": {"count_rel": 0.25, "kpt1_px_median": 0.05, "kpt1_px_p95": 2.5},
 }
 
 
@@ -199,7 +199,7 @@ def agreement_problems(a: Mapping[str, float], precision: str) -> list[str]:
     """What in an :func:`agreement` result is outside ``AGREEMENT[precision]``."""
     tol = AGREEMENT[precision]
     problems = []
-    if abs(a["matches"] - a["ref_matches"]) > max(8.0, tol["count_rel"] * a["ref_matches"]):
+    if abs(a["matches"] - a["ref_matches"]) > max(12.0, tol["count_rel"] * a["ref_matches"]):
         problems.append(f"{int(a['matches'])} matches against {int(a['ref_matches'])} in fp32")
     for key in ("kpt1_px_median", "kpt1_px_p95"):
         if a.get(key, 0.0) > tol[key]:
