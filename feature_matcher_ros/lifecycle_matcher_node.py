@@ -4,7 +4,8 @@
 
 It starts ``unconfigured``; a lifecycle manager (or ``ros2 lifecycle set <node> configure`` then
 ``activate``) drives it. ``--activate`` configures and activates it right away (exit code 2 when that
-fails). The process ends after the ``shutdown`` transition, on SIGINT or on SIGTERM.
+fails). The process ends after the ``shutdown`` transition, on SIGINT or on SIGTERM (exit code 0, however
+many signals arrive).
 """
 
 from __future__ import annotations
@@ -14,13 +15,11 @@ import os
 import sys
 import threading
 
-import rclpy
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
-
-from .ros.startup import init_rclpy, make_node, non_ros_args, tear_down
+from .ros.startup import init_rclpy, make_node, non_ros_args, stop_on_signals, stop_requested, tear_down
 
 
 def main(args: list[str] | None = None) -> int:
+    stop_on_signals()  # first: from here on SIGINT/SIGTERM never raise, they end the spin
     argv = sys.argv if args is None else args
     parser = argparse.ArgumentParser(prog="lifecycle_matcher_node", description=__doc__.split("\n\n")[0])
     parser.add_argument("--activate", action="store_true", help="configure and activate at start")
@@ -30,7 +29,9 @@ def main(args: list[str] | None = None) -> int:
     options = parser.parse_args(rest[1:])
     if not init_rclpy(argv, "lifecycle_matcher_node"):
         return 2
+    import rclpy
     from lifecycle_msgs.msg import State
+    from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
     from rclpy.lifecycle import TransitionCallbackReturn
 
     def build():
@@ -46,7 +47,9 @@ def main(args: list[str] | None = None) -> int:
     try:
         if options.activate:
             for step in (node.trigger_configure, node.trigger_activate):
-                if step() != TransitionCallbackReturn.SUCCESS:
+                if stop_requested():  # a signal during start-up: end quietly
+                    return 0
+                if step() != TransitionCallbackReturn.SUCCESS and not stop_requested():
                     print(f"[lifecycle_matcher_node] cannot start: {step.__name__} failed (see the log above)",
                           file=sys.stderr, flush=True)
                     return 2
@@ -54,7 +57,7 @@ def main(args: list[str] | None = None) -> int:
             executor.spin_once(timeout_sec=0.2)
             if node._state_machine.current_state[0] == State.PRIMARY_STATE_FINALIZED:
                 break
-    except (KeyboardInterrupt, ExternalShutdownException):
+    except ExternalShutdownException:  # SIGINT or SIGTERM: rclpy shut the context down
         pass
     finally:
         tear_down(node, executor)

@@ -205,5 +205,8 @@ class LifecycleMatcherNode(LifecycleNodeMixin, MatcherNode):
         self._live_subscriptions = []
 
     def close(self) -> None:
-        """Stop everything (before ``destroy_node``), whatever the state."""
-        self._release()
+        """Stop the inputs and the worker (before ``destroy_node``), whatever the state. The process ends
+        next: releasing the model piece by piece would only delay the exit."""
+        self._close_inputs()
+        if hasattr(self, "mailbox") and hasattr(self, "_worker"):
+            MatcherNode.close(self)
