@@ -44,14 +44,11 @@ def _spec_line(spec) -> str:
 def parameter_help() -> str:
     """The parameter list of ``--help``: the node's, the frontend's, then each installed backend's."""
     from .backends import available_backends, backend_class
-    from .frontend import FRONTEND_PARAMS
-    from .ros.node import NODE_PARAMS, PRECISION_SPEC, SCALE_SPEC
+    from .frontend import FRONTEND_PARAMS, PRECISION_PARAM
+    from .ros.node import NODE_PARAMS
 
-    names = {s.name for s in FRONTEND_PARAMS}
-    node = list(NODE_PARAMS) + ([SCALE_SPEC] if SCALE_SPEC.name not in names else [])
-    front = list(FRONTEND_PARAMS) + ([PRECISION_SPEC] if "precision" not in names else [])
-    blocks = ["node parameters (read-only ones are set at start-up only):", *map(_spec_line, node),
-              "frontend parameters (live):", *map(_spec_line, front)]
+    blocks = ["node parameters (read-only ones are set at start-up only):", *map(_spec_line, NODE_PARAMS),
+              "frontend parameters (live):", *map(_spec_line, (*FRONTEND_PARAMS, PRECISION_PARAM))]
     for name in available_backends():
         try:
             specs = backend_class(name).PARAMS

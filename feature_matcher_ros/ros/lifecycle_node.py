@@ -40,7 +40,7 @@ from rclpy.lifecycle import LifecycleNodeMixin, LifecycleState, TransitionCallba
 from rclpy.node import Node
 
 from ..params import ParamSpec, check_changes
-from .node import NODE_NAME, MatcherNode
+from .node import NODE_NAME, NODE_PARAMS, MatcherNode
 
 SUCCESS, FAILURE = TransitionCallbackReturn.SUCCESS, TransitionCallbackReturn.FAILURE
 
@@ -122,7 +122,7 @@ class LifecycleMatcherNode(LifecycleNodeMixin, MatcherNode):
         for timer in self._active_timers:
             timer.cancel()
         self._loaded = True
-        self._known_specs = {s.name: s for s in (*self.node_specs, *self.frontend.params())}
+        self._known_specs = {s.name: s for s in (*NODE_PARAMS, *self.frontend.params())}
         d = self.backend.describe()
         self.get_logger().info(f"configured (inactive): backend {d['backend']} on {d['device']} ({d['precision']})")
         return super().on_configure(state)
@@ -146,6 +146,10 @@ class LifecycleMatcherNode(LifecycleNodeMixin, MatcherNode):
         self._owned_timers, self._active_timers = [], []
         for callback in self._owned_param_callbacks:
             self.remove_on_set_parameters_callback(callback)
+        try:
+            self.remove_pre_set_parameters_callback(self._add_derived)
+        except ValueError:  # not configured
+            pass
         self._owned_publishers, self._owned_services, self._owned_param_callbacks = [], [], []
         self._deferred_subscriptions = []
         device = str(getattr(getattr(self, "backend", None), "device", "cpu"))

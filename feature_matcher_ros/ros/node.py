@@ -45,10 +45,8 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from std_msgs.msg import Header
 from std_srvs.srv import Trigger
 
-from .. import frontend as frontend_module
-from ..backends import PRECISIONS, backend_class, create_backend
-from ..backends import _REGISTRY as BACKEND_NAMES
-from ..frontend import Frontend, FrameResult
+from ..backends import backend_class, backend_names, create_backend
+from ..frontend import FRONTEND_PARAMS, PRECISION_PARAM, Frontend, FrameResult, split_settings
 from ..params import ParamSpec
 from . import conversions as cv
 from .diagnostics import Stats
@@ -61,7 +59,7 @@ NODE_NAME = "matcher_node"
 
 # The node's own parameters (the frontend's and the backend's come from Frontend.params()).
 NODE_PARAMS: tuple[ParamSpec, ...] = (
-    ParamSpec("backend", "sift", "Matcher backend.", choices=tuple(sorted(BACKEND_NAMES)), read_only=True),
+    ParamSpec("backend", "sift", "Matcher backend.", choices=backend_names(), read_only=True),
     ParamSpec("device", "auto", "cpu, cuda, cuda:N or auto (cuda when torch sees a GPU).", read_only=True),
     ParamSpec("weights", "", "Checkpoint of a learned backend: required for eloftr (eloftr_outdoor.ckpt); '' = the "
               "shipped sptd2_small.pt for sptd2; unused by sift/orb.", read_only=True),
@@ -77,11 +75,6 @@ NODE_PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("num_threads", 0, "CPU threads for torch and OpenCV (0 = all cores).", min=0, max=1024),
     ParamSpec("debug_image.max_lines", 200, "Matches drawn on debug_image (best first).", min=0, max=10000),
 )
-# Used when the frontend lists no precision parameter of its own.
-PRECISION_SPEC = ParamSpec("precision", "fp32", "Numeric precision of the backend.", choices=PRECISIONS)
-# Used when the frontend has no odometry scale parameter of its own.
-SCALE_SPEC = ParamSpec("odometry.scale", 0.0, "Metres per unit relative translation for odometry (0 = unknown "
-                       "scale: unit-length steps, marked unknown in the covariance).", min=0.0, max=1e3)
 LOG_PERIOD_S = 5.0
 # Learned backends without shipped weights, and where their checkpoint comes from.
 WEIGHTS_HINTS = {
@@ -135,20 +128,11 @@ class MatcherNode(Node):
 
     # -- start-up ---------------------------------------------------------------------------------
     def _start(self) -> None:
-        frontend_specs = tuple(getattr(frontend_module, "FRONTEND_PARAMS", ()))
-        names = {s.name for s in frontend_specs}
-        self.node_specs = NODE_PARAMS + ((SCALE_SPEC,) if SCALE_SPEC.name not in names else ())
-        self.values = declare(self, self.node_specs)
+        self.values = declare(self, NODE_PARAMS)
         backend_name = self.values["backend"]
-        backend_specs = backend_class(backend_name).PARAMS
-        frontend_values = declare(self, frontend_specs)
-        backend_values = declare(self, backend_specs)
-        declared = {s.name for s in (*self.node_specs, *frontend_specs, *backend_specs)}
-        if "precision" not in declared:
-            precision = declare(self, [PRECISION_SPEC])["precision"]
-            declared.add("precision")
-        else:
-            precision = frontend_values.pop("precision")
+        live = declare(self, (*FRONTEND_PARAMS, PRECISION_PARAM, *backend_class(backend_name).PARAMS))
+        _, frontend_values, backend_values = split_settings(live, backend_name)
+        precision = frontend_values.pop("precision")
         weights = backend_weights(backend_name, self.values["weights"])
         if backend_name in NO_WEIGHTS and self.values["weights"]:
             self.get_logger().warning(f"backend {backend_name} takes no weights: ignoring weights "
@@ -162,8 +146,6 @@ class MatcherNode(Node):
         )
         self._apply_num_threads(self.values["num_threads"])
         self.frontend = Frontend(self.backend, frontend_values)
-        specs = self.frontend.params()
-        declare(self, [s for s in specs if s.name not in declared])  # anything the frontend adds
         self._adopt_backend_values()
         self._warn_unknown_overrides()
 
@@ -179,17 +161,13 @@ class MatcherNode(Node):
         self._announced_keyframe: int | None = None
         self._log_times: dict[str, float] = {}
         self._parked: tuple[Any, float] | None = None  # (image message, arrival) waiting for a camera_info
-        # Values a backend derived itself (eloftr: a mode change alone resets the threshold to the new mode's
-        # default), copied into the ROS parameters right after the batch that caused them.
-        self._pending_sync: set[str] = set()
-        self._sync_timer = self.create_timer(0.01, self._sync_derived)
-        self._sync_timer.cancel()
 
+        self.add_pre_set_parameters_callback(self._add_derived)
         self.add_on_set_parameters_callback(LiveParameters(
-            [s for s in self.node_specs if not s.read_only],
+            [s for s in NODE_PARAMS if not s.read_only],
             self.values,
-            self._update_frontend,
-            [s.name for s in specs],
+            self.frontend.update,
+            [s.name for s in self.frontend.params()],
             self.lock,
             self._on_node_params,
         ))
@@ -327,35 +305,20 @@ class MatcherNode(Node):
         if "num_threads" in changes:
             self._apply_num_threads(changes["num_threads"])
 
-    def _update_frontend(self, changes: Mapping[str, Any]) -> str | None:
-        """``Frontend.update``, noting the parameters the change moved besides those asked for."""
-        reason = self.frontend.update(changes)
-        if reason is None:
-            values = self.frontend.values()
-            derived = {k for k, v in values.items()
-                       if k not in changes and self.has_parameter(k) and self.get_parameter(k).value != v}
-            if derived:
-                self._pending_sync |= derived
-                self._sync_timer.reset()
-        return reason
-
-    def _sync_derived(self) -> None:
-        """Set the ROS parameters whose value the backend changed by itself (executor thread, after the
-        parameter callback that caused it has returned)."""
-        self._sync_timer.cancel()
-        names, self._pending_sync = self._pending_sync, set()
-        with self.lock:
-            values = self.frontend.values()
-        params = [Parameter(k, value=values[k]) for k in sorted(names)
-                  if k in values and self.get_parameter(k).value != values[k]]
-        if not params:
-            return
-        for param, result in zip(params, self.set_parameters(params)):
-            if result.successful:
-                self.get_logger().info(
-                    f"{param.name} is now {param.value!r} (set by the backend after the last change)")
-            else:
-                self.get_logger().warning(f"could not update {param.name} to {param.value!r}: {result.reason}")
+    def _add_derived(self, params: list[Parameter]) -> list[Parameter]:
+        """Pre-set parameters callback: ``params`` plus the backend parameters the backend derives from them
+        (eloftr: a mode change alone moves the threshold to the new mode's default), so that the derived
+        value is set in the same atomic batch, or not at all."""
+        asked = {p.name: p.value for p in params}
+        own = {name: value for name, value in asked.items() if name in self.backend.settings}
+        if not own:
+            return params
+        try:
+            effective = self.backend.effective_settings(own)
+        except Exception:  # noqa: BLE001 - a bad value: the on-set callback rejects it, with the reason
+            return params
+        return params + [Parameter(name, value=value) for name, value in effective.items()
+                         if name not in asked and value != self.get_parameter(name).value]
 
     @staticmethod
     def _apply_num_threads(n: int) -> None:
@@ -375,7 +338,7 @@ class MatcherNode(Node):
                     started = time.perf_counter()
                     result = self.frontend.process(frame.pixels, frame.stamp_ns, frame.camera)
                     process_ms = 1e3 * (time.perf_counter() - started)
-                    scale = float(self.frontend.settings.get("odometry.scale", self.values.get("odometry.scale", 0)))
+                    scale = float(self.frontend.settings["odometry.scale"])
                 self._publish(frame, result, scale)
                 self.stats.on_output(
                     1e3 * (time.monotonic() - frame.arrived), process_ms, result.status, result.reason,
