@@ -166,7 +166,7 @@ def test_signals_during_start_up_end_cleanly():
              for i, module in enumerate((NODE_MODULE, LIFECYCLE_MODULE))}
     time.sleep(1.0)
     for module, node in nodes.items():
-        up = "ready" in node.stderr
+        up = "ready" in node.stderr or "active:" in node.stderr
         _send(node, SEQUENCES["launch_ctrl_c"])
         rc = node.wait(timeout=15.0)
         err = node.stderr
