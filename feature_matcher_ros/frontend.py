@@ -275,7 +275,6 @@ class Frontend:
         self._keyframe_counter = 0
         self._pending_reason = "first frame"
         self._last_T_world: np.ndarray = np.eye(4)
-        self._status = "init"
 
     @property
     def keyframe(self) -> Keyframe | None:
@@ -408,7 +407,6 @@ class Frontend:
         if active is None:  # first frame, or after a reset / a dropped cache
             reason = self._pending_reason
             kf = self._new_keyframe(feats, stamp_ns, frame_index, camera, image_size, self._last_T_world)
-            self._status = "init"
             return self._result(stamp_ns, kf.stamp_ns, frame_index, kf.index, Matches.empty(), np.zeros(0, bool),
                                 None, reason, True, reason, "init", timings, t_start, kf.T_world, scale_known)
 
@@ -449,7 +447,6 @@ class Frontend:
         if new_kf:
             self._new_keyframe(feats, stamp_ns, frame_index, camera, image_size,
                                T_world if T_world is not None else self._last_T_world)
-        self._status = status
         return self._result(stamp_ns, kf_used.stamp_ns, frame_index, kf_used.index, att.matches, att.inliers,
                             att.pose, att.reason, new_kf, kf_reason, status, timings, t_start, T_world, scale_known,
                             tried)
