@@ -43,11 +43,12 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Mapping, NamedTuple
 
 import cv2
 import numpy as np
 
+from .backends import backend_class
 from .backends.base import PRECISIONS, Backend, Features, Matches
 from .backends.nms import nms_matches
 from .camera import CameraModel
@@ -121,6 +122,32 @@ PRECISION_PARAM = ParamSpec("precision", "fp32", "Numeric precision of the backe
                             choices=PRECISIONS)
 # Added to every variance of the world pose of a keyframe made when tracking was lost.
 LOST_VARIANCE = 1e6
+
+
+class SettingsParts(NamedTuple):
+    """A flat settings mapping split by who takes each name (see :func:`split_settings`)."""
+
+    node: dict[str, Any]
+    frontend: dict[str, Any]
+    backend: dict[str, Any]
+
+
+def split_settings(settings: Mapping[str, Any], backend: str) -> SettingsParts:
+    """Split ``settings`` (dotted names, e.g. a ROS params file or a node's parameters) by who takes them:
+    ``frontend``: the frontend's parameters and ``precision`` (what :meth:`Frontend.update` takes besides the
+    backend's); ``backend``: the parameters of the backend named ``backend`` (``ValueError`` for an unknown
+    name); ``node``: the rest (``backend``, ``device``, ``weights``, topics, QoS, other backends' parameters).
+
+    >>> split_settings({"backend": "sift", "max_matches": 9, "sift.ratio": 0.7, "orb.levels": 4}, "sift")
+    SettingsParts(node={'backend': 'sift', 'orb.levels': 4}, frontend={'max_matches': 9}, backend={'sift.ratio': 0.7})
+    """
+    backend_names = {p.name for p in backend_class(backend).PARAMS}
+    frontend_names = {p.name for p in (*FRONTEND_PARAMS, PRECISION_PARAM)}
+    parts = SettingsParts({}, {}, {})
+    for name, value in settings.items():
+        part = parts.backend if name in backend_names else parts.frontend if name in frontend_names else parts.node
+        part[name] = value
+    return parts
 
 
 @dataclass

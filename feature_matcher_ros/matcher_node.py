@@ -9,7 +9,6 @@ every parameter, then exits 0 without starting ROS.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 USAGE_EXAMPLES = """\
@@ -45,14 +44,11 @@ def _spec_line(spec) -> str:
 def parameter_help() -> str:
     """The parameter list of ``--help``: the node's, the frontend's, then each installed backend's."""
     from .backends import available_backends, backend_class
-    from .frontend import FRONTEND_PARAMS
-    from .ros.node import NODE_PARAMS, PRECISION_SPEC, SCALE_SPEC
+    from .frontend import FRONTEND_PARAMS, PRECISION_PARAM
+    from .ros.node import NODE_PARAMS
 
-    names = {s.name for s in FRONTEND_PARAMS}
-    node = list(NODE_PARAMS) + ([SCALE_SPEC] if SCALE_SPEC.name not in names else [])
-    front = list(FRONTEND_PARAMS) + ([PRECISION_SPEC] if "precision" not in names else [])
-    blocks = ["node parameters (read-only ones are set at start-up only):", *map(_spec_line, node),
-              "frontend parameters (live):", *map(_spec_line, front)]
+    blocks = ["node parameters (read-only ones are set at start-up only):", *map(_spec_line, NODE_PARAMS),
+              "frontend parameters (live):", *map(_spec_line, (*FRONTEND_PARAMS, PRECISION_PARAM))]
     for name in available_backends():
         try:
             specs = backend_class(name).PARAMS
@@ -90,9 +86,10 @@ def main(args: list[str] | None = None) -> int:
         print_help()
         return 0
 
-    from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+    from .ros.startup import exit_now_if_busy, init_rclpy, make_node, stop_on_signals, tear_down
 
-    from .ros.startup import init_rclpy, make_node, tear_down
+    stop_on_signals()  # first: from here on SIGINT/SIGTERM never raise, they end the spin
+    from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 
     if not init_rclpy(argv, "matcher_node"):
         return 2
@@ -111,17 +108,11 @@ def main(args: list[str] | None = None) -> int:
     executor.add_node(node)
     try:
         executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
+    except ExternalShutdownException:  # SIGINT or SIGTERM: rclpy shut the context down
         pass
     finally:
         tear_down(node, executor)
-    if node.busy:
-        # The worker is still inside a slow inference (a learned backend on the CPU): do not wait for it,
-        # and do not let the interpreter tear down a thread that is inside torch.
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0)
-    return 0
+    return exit_now_if_busy(node, 0)
 
 
 if __name__ == "__main__":

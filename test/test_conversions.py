@@ -153,8 +153,8 @@ def test_params_file_lists_every_default(repo):
     """config/matcher.yaml holds exactly the declared node and frontend parameters, at their defaults."""
     import yaml
 
-    from feature_matcher_ros.frontend import FRONTEND_PARAMS
-    from feature_matcher_ros.ros.node import NODE_PARAMS, PRECISION_SPEC
+    from feature_matcher_ros.frontend import FRONTEND_PARAMS, PRECISION_PARAM
+    from feature_matcher_ros.ros.node import NODE_PARAMS
 
     doc = yaml.safe_load((repo / "config" / "matcher.yaml").read_text())
     params = doc["/**"]["ros__parameters"]
@@ -167,7 +167,7 @@ def test_params_file_lists_every_default(repo):
                 yield f"{prefix}{k}", v
 
     in_file = dict(flatten(params))
-    specs = {s.name: s for s in (*NODE_PARAMS, PRECISION_SPEC, *FRONTEND_PARAMS)}
+    specs = {s.name: s for s in (*NODE_PARAMS, PRECISION_PARAM, *FRONTEND_PARAMS)}
     assert sorted(in_file) == sorted(specs)
     for name, value in in_file.items():
         assert type(value) is specs[name].type and value == specs[name].default, name

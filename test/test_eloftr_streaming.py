@@ -145,7 +145,10 @@ def test_keypoints_map_back_to_caller_pixels(backend, tum_frames):
 
 def test_live_settings(backend, fixture_feats):
     set_mode(backend, "full")
-    # mode change without a threshold: the new mode's default
+    # mode change without a threshold: the new mode's default (said beforehand, changing nothing)
+    before = dict(backend.settings)
+    assert backend.effective_settings({"eloftr.mode": "opt"}) == {"eloftr.mode": "opt", "eloftr.threshold": 25.0}
+    assert backend.settings == before
     backend.apply({"eloftr.mode": "opt"})
     assert backend.settings == {"eloftr.mode": "opt", "eloftr.threshold": 25.0}
     backend.apply({"eloftr.mode": "full"})

@@ -105,8 +105,13 @@ def test_full_lifecycle(frames):
             assert node.stderr.count("model released") == cycle + 1
             subs, pubs = wait_topics(client, name, subscribed=False, publishing=False)
             assert "/matches" not in pubs and "/diagnostics" not in pubs, pubs
+            # Unconfigured: changes are checked against the specs, and the parameters survive configure.
+            assert client.set_parameters({"max_matches": 500 + cycle})[0].successful
+            assert not client.set_parameters({"precision": "fp64"})[0].successful
             assert transition(client, name, Transition.TRANSITION_CONFIGURE), node.stderr
             assert state(client, name) == "inactive"
+            assert client.get_parameters(["max_matches", "precision"]) == {"max_matches": 500 + cycle,
+                                                                           "precision": "fp32"}
 
         # Transitions that are not allowed from here are refused, the state is kept.
         assert not transition(client, name, Transition.TRANSITION_DEACTIVATE)

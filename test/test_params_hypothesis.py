@@ -23,7 +23,7 @@ from rcl_interfaces.srv import ListParameters
 from feature_matcher_ros.backends import create_backend
 from feature_matcher_ros.frontend import Frontend
 from feature_matcher_ros.ros.client import MatcherClient
-from feature_matcher_ros.ros.node import NODE_PARAMS, SCALE_SPEC
+from feature_matcher_ros.ros.node import NODE_PARAMS
 from feature_matcher_ros.ros.process import NodeProcess
 
 NODE = "fm_params_hypothesis"
@@ -43,7 +43,6 @@ def _specs() -> dict:
     """Every live and read-only spec of a sift node, as the node builds them."""
     frontend = Frontend(create_backend("sift", device="cpu"))
     specs = {s.name: s for s in NODE_PARAMS}
-    specs.setdefault(SCALE_SPEC.name, SCALE_SPEC)
     specs.update({s.name: s for s in frontend.params()})
     return specs
 

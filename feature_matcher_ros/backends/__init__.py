@@ -20,6 +20,15 @@ _REGISTRY = {
 }
 
 
+def backend_names() -> tuple[str, ...]:
+    """Every backend name, sorted (those whose code is absent included: see :func:`available_backends`).
+
+    >>> backend_names()
+    ('eloftr', 'orb', 'sift', 'sptd2')
+    """
+    return tuple(sorted(_REGISTRY))
+
+
 def available_backends() -> list[str]:
     """Names of the backends whose code is present in this install."""
     names = []
@@ -32,7 +41,7 @@ def available_backends() -> list[str]:
 
 def backend_class(name: str) -> type[Backend]:
     if name not in _REGISTRY:
-        raise ValueError(f"unknown backend {name!r}; choose one of {sorted(_REGISTRY)}")
+        raise ValueError(f"unknown backend {name!r}; choose one of {list(backend_names())}")
     module, cls = _REGISTRY[name].split(":")
     return getattr(importlib.import_module(module), cls)
 
@@ -74,6 +83,7 @@ __all__ = [
     "Matches",
     "available_backends",
     "backend_class",
+    "backend_names",
     "create_backend",
     "resolve_device",
 ]

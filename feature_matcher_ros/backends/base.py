@@ -165,9 +165,15 @@ class Backend(ABC):
                 return reason
         return None
 
+    def effective_settings(self, changes: Mapping[str, Any]) -> dict[str, Any]:
+        """All of this backend's settings as :meth:`apply` would take ``changes`` into use: the current ones
+        updated by ``changes``, plus anything the backend derives from them (Efficient LoFTR: a mode change
+        alone moves the threshold to the new mode's default)."""
+        return {**self.settings, **changes}
+
     def apply(self, settings: Mapping[str, Any]) -> None:
         """Take already validated settings into use (from the next ``extract``/``match``)."""
-        self.settings.update(settings)
+        self.settings.update(self.effective_settings(settings))
 
     def set_precision(self, precision: str) -> None:
         """Change the numeric precision; features made before are converted or dropped by the caller."""

@@ -100,31 +100,21 @@ def make_run_spec(params: dict[str, Any], backend: str | None = None, device: st
                   name: str | None = None, params_files: Iterable[str] = ()) -> RunSpec:
     """Split node parameters into backend choice, backend settings and frontend settings.
     ``backend``/``device`` (command-line options) override the file."""
-    from ..backends import backend_class
-    from ..frontend import FRONTEND_PARAMS
+    from ..frontend import split_settings
 
-    chosen = backend or params.get("backend") or DEFAULT_BACKEND
+    chosen = str(backend or params.get("backend") or DEFAULT_BACKEND)
     try:
-        cls = backend_class(str(chosen))
+        node, frontend, backend_settings = split_settings(params, chosen)
     except (ValueError, ImportError, AttributeError) as exc:
         raise UsageError(f"backend {chosen!r}: {exc}") from None
-    backend_names = {p.name for p in cls.PARAMS}
-    frontend_names = {p.name for p in FRONTEND_PARAMS}
-    spec = RunSpec(name=name or str(chosen), backend=str(chosen),
+    precision = frontend.pop("precision", None)
+    return RunSpec(name=name or chosen, backend=chosen,
                    device=str(device or params.get("device") or "cpu"),
-                   precision=str(params.get("precision") or "fp32"),
+                   precision=str(precision or "fp32"),
                    weights=(str(params["weights"]) if params.get("weights") else None),
-                   params_files=[str(p) for p in params_files])
-    for key, value in params.items():
-        if key in BUILD_KEYS:
-            continue
-        if key in backend_names:
-            spec.backend_settings[key] = value
-        elif key in frontend_names:
-            spec.frontend_settings[key] = value
-        else:
-            spec.ignored.append(key)
-    return spec
+                   backend_settings=backend_settings, frontend_settings=frontend,
+                   params_files=[str(p) for p in params_files],
+                   ignored=[key for key in node if key not in BUILD_KEYS])
 
 
 def build_frontend(spec: RunSpec) -> Any:

@@ -98,8 +98,3 @@ class Stats:
             hardware_id=hardware_id,
             values=[KeyValue(key=str(k), value=str(v)) for k, v in values.items()],
         )
-
-
-def values_of(status: DiagnosticStatus) -> dict[str, str]:
-    """``{key: value}`` of a status (for tests and tools)."""
-    return {kv.key: kv.value for kv in status.values}

@@ -23,16 +23,21 @@ Topics (relative names, remap as usual):
 ==================  ======================================  =========================================
 
 Services: ``~/reset`` (std_srvs/Trigger) forgets keyframes, odometry and the stamp order.
+
+Structure: :class:`MatcherSteps` holds the parts as steps with their inverses (load the matcher, create the
+outputs, create the inputs); :class:`MatcherNode` runs them at construction, the lifecycle node
+(:mod:`.lifecycle_node`) per transition.
 """
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 import threading
 import time
 from collections import OrderedDict
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import cv2
 import numpy as np
@@ -45,10 +50,8 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from std_msgs.msg import Header
 from std_srvs.srv import Trigger
 
-from .. import frontend as frontend_module
-from ..backends import PRECISIONS, backend_class, create_backend
-from ..backends import _REGISTRY as BACKEND_NAMES
-from ..frontend import Frontend, FrameResult
+from ..backends import backend_class, backend_names, create_backend
+from ..frontend import FRONTEND_PARAMS, PRECISION_PARAM, Frontend, FrameResult, split_settings
 from ..messages import CameraInfoCache, InputError, decode_image, stamp_to_ns
 from ..params import ParamSpec
 from . import conversions as cv
@@ -61,7 +64,7 @@ NODE_NAME = "matcher_node"
 
 # The node's own parameters (the frontend's and the backend's come from Frontend.params()).
 NODE_PARAMS: tuple[ParamSpec, ...] = (
-    ParamSpec("backend", "sift", "Matcher backend.", choices=tuple(sorted(BACKEND_NAMES)), read_only=True),
+    ParamSpec("backend", "sift", "Matcher backend.", choices=backend_names(), read_only=True),
     ParamSpec("device", "auto", "cpu, cuda, cuda:N or auto (cuda when torch sees a GPU).", read_only=True),
     ParamSpec("weights", "", "Checkpoint of a learned backend: required for eloftr (eloftr_outdoor.ckpt); '' = the "
               "shipped sptd2_small.pt for sptd2; unused by sift/orb.", read_only=True),
@@ -77,11 +80,6 @@ NODE_PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("num_threads", 0, "CPU threads for torch and OpenCV (0 = all cores).", min=0, max=1024),
     ParamSpec("debug_image.max_lines", 200, "Matches drawn on debug_image (best first).", min=0, max=10000),
 )
-# Used when the frontend lists no precision parameter of its own.
-PRECISION_SPEC = ParamSpec("precision", "fp32", "Numeric precision of the backend.", choices=PRECISIONS)
-# Used when the frontend has no odometry scale parameter of its own.
-SCALE_SPEC = ParamSpec("odometry.scale", 0.0, "Metres per unit relative translation for odometry (0 = unknown "
-                       "scale: unit-length steps, marked unknown in the covariance).", min=0.0, max=1e3)
 LOG_PERIOD_S = 5.0
 # Learned backends without shipped weights, and where their checkpoint comes from.
 WEIGHTS_HINTS = {
@@ -121,55 +119,78 @@ class _Frame:
         self.pixels, self.header, self.stamp_ns, self.camera, self.arrived = pixels, header, stamp_ns, camera, arrived
 
 
-class MatcherNode(Node):
-    """The matcher node. Raises (ValueError, RuntimeError, OSError, ...) with a clear message when it cannot
-    start: unknown backend, missing weights, CUDA asked for without CUDA, a parameter out of range."""
+class MatcherSteps:
+    """The matcher node's parts as steps, each with its inverse, for a :class:`rclpy.node.Node` subclass.
 
-    def __init__(self, node_name: str = NODE_NAME, **kwargs: Any) -> None:
-        super().__init__(node_name, **kwargs)
-        try:
-            self._start()
-        except BaseException:
-            self.destroy_node()
-            raise
+    ==================  ===============================================================  ===================
+    step                makes                                                            undone by
+    ==================  ===============================================================  ===================
+    ``load_matcher``    the parameters, backend (weights on ``device``) and frontend,    ``release_matcher``
+                        the live-parameter callbacks, ``~/reset``
+    ``create_outputs``  the output publishers and the worker thread                      ``destroy_outputs``
+    ``create_inputs``   the ``image``/``camera_info`` subscriptions, the diagnostics     ``destroy_inputs``
+                        timer
+    ==================  ===============================================================  ===================
 
-    # -- start-up ---------------------------------------------------------------------------------
-    def _start(self) -> None:
-        frontend_specs = tuple(getattr(frontend_module, "FRONTEND_PARAMS", ()))
-        names = {s.name for s in frontend_specs}
-        self.node_specs = NODE_PARAMS + ((SCALE_SPEC,) if SCALE_SPEC.name not in names else ())
-        self.values = declare(self, self.node_specs)
-        backend_name = self.values["backend"]
-        backend_specs = backend_class(backend_name).PARAMS
-        frontend_values = declare(self, frontend_specs)
-        backend_values = declare(self, backend_specs)
-        declared = {s.name for s in (*self.node_specs, *frontend_specs, *backend_specs)}
-        if "precision" not in declared:
-            precision = declare(self, [PRECISION_SPEC])["precision"]
-            declared.add("precision")
-        else:
-            precision = frontend_values.pop("precision")
-        weights = backend_weights(backend_name, self.values["weights"])
-        if backend_name in NO_WEIGHTS and self.values["weights"]:
-            self.get_logger().warning(f"backend {backend_name} takes no weights: ignoring weights "
-                                      f"{self.values['weights']!r}")
-        self.backend = create_backend(
-            backend_name,
-            device=self.values["device"],
-            precision=precision,
-            weights=weights,
-            **backend_values,
-        )
+    :class:`MatcherNode` runs the steps in this order when it is built; the lifecycle node runs them per
+    transition. Each inverse may be called when its step never ran or failed half-way.
+    """
+
+    backend: Any = None
+    frontend: Frontend | None = None
+    _reset_service: Any = None
+    _live_parameters: LiveParameters | None = None
+    _worker: threading.Thread | None = None
+    _outputs: tuple = ()
+    _input_subscriptions: tuple = ()
+    _diagnostics_timer: Any = None
+
+    # -- the matcher ----------------------------------------------------------------------------------
+    def load_matcher(self) -> None:
+        """Declare the parameters (ones declared before keep their values), load the backend, build the
+        frontend, start taking live parameter changes and serve ``~/reset``."""
+        self._new_stream()
+        self.values = declare(self, NODE_PARAMS)
+        name = self.values["backend"]
+        live = declare(self, (*FRONTEND_PARAMS, PRECISION_PARAM, *backend_class(name).PARAMS))
+        _, frontend_values, backend_values = split_settings(live, name)
+        self.backend = self._create_backend(name, frontend_values.pop("precision"), backend_values)
         self._apply_num_threads(self.values["num_threads"])
         self.frontend = Frontend(self.backend, frontend_values)
-        specs = self.frontend.params()
-        declare(self, [s for s in specs if s.name not in declared])  # anything the frontend adds
         self._adopt_backend_values()
         self._warn_unknown_overrides()
+        self._live_parameters = LiveParameters(
+            [s for s in NODE_PARAMS if not s.read_only],
+            self.values,
+            self.frontend.update,
+            [s.name for s in self.frontend.params()],
+            self.lock,
+            self._on_node_params,
+        )
+        self.add_pre_set_parameters_callback(self._add_derived)
+        self.add_on_set_parameters_callback(self._live_parameters)
+        self._reset_service = self.create_service(Trigger, "~/reset", self._on_reset)
 
-        # State shared with the worker.
+    def release_matcher(self) -> None:
+        """Undo :meth:`load_matcher`: no ``~/reset``, no live changes, the model released (and the CUDA
+        cache). The parameters stay declared, with their values."""
+        if self._reset_service is not None:
+            self.destroy_service(self._reset_service)
+            self._reset_service = None
+        if self._live_parameters is not None:
+            self.remove_on_set_parameters_callback(self._live_parameters)
+            self.remove_pre_set_parameters_callback(self._add_derived)
+            self._live_parameters = None
+        device = str(getattr(self.backend, "device", "cpu"))
+        self.frontend = self.backend = None
+        self._keyframe_images = OrderedDict()
+        gc.collect()
+        if device.startswith("cuda") and "torch" in sys.modules:
+            sys.modules["torch"].cuda.empty_cache()
+
+    def _new_stream(self) -> None:
+        """The state one camera stream builds up, empty."""
         self.lock = threading.Lock()  # held while a frame is processed or parameters are applied
-        self.mailbox = Mailbox()
         self.stats = Stats()
         self.cameras = CameraInfoCache()
         self._keyframe_images: OrderedDict[int, np.ndarray] = OrderedDict()
@@ -178,41 +199,13 @@ class MatcherNode(Node):
         self._announced_keyframe: int | None = None
         self._log_times: dict[str, float] = {}
         self._parked: tuple[Any, float] | None = None  # (image message, arrival) waiting for a camera_info
-        # Values a backend derived itself (eloftr: a mode change alone resets the threshold to the new mode's
-        # default), copied into the ROS parameters right after the batch that caused them.
-        self._pending_sync: set[str] = set()
-        self._sync_timer = self.create_timer(0.01, self._sync_derived)
-        self._sync_timer.cancel()
 
-        self.add_on_set_parameters_callback(LiveParameters(
-            [s for s in self.node_specs if not s.read_only],
-            self.values,
-            self._update_frontend,
-            [s.name for s in specs],
-            self.lock,
-            self._on_node_params,
-        ))
-
-        qos = input_qos(self.values["input_qos"])
-        image_type = CompressedImage if self.values["compressed_input"] else Image
-        self.create_subscription(image_type, "image", self._on_image, qos)
-        self.create_subscription(CameraInfo, "camera_info", self._on_camera_info, qos)
-        self.pub_matches = self.create_publisher(PointCloud2, "matches", output_qos())
-        self.pub_pose = self.create_publisher(PoseWithCovarianceStamped, "relative_pose", output_qos())
-        self.pub_odom = self.create_publisher(Odometry, "odometry", output_qos())
-        self.pub_keyframe = self.create_publisher(PoseStamped, "keyframe", latched_qos())
-        self.pub_debug = self.create_publisher(Image, "debug_image", output_qos(depth=2))
-        self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", output_qos())
-        self.create_timer(self.values["diagnostics_period_s"], self._publish_diagnostics)
-        self.create_service(Trigger, "~/reset", self._on_reset)
-
-        self._worker = threading.Thread(target=self._work, name="matcher_worker", daemon=True)
-        self._worker.start()
-        d = self.backend.describe()
-        self.get_logger().info(
-            f"ready: backend {d['backend']} on {d['device']} ({d['precision']}), "
-            f"image type {image_type.__name__}, input QoS {self.values['input_qos']}"
-        )
+    def _create_backend(self, name: str, precision: str, settings: Mapping[str, Any]) -> Any:
+        weights = self.values["weights"]
+        if name in NO_WEIGHTS and weights:
+            self.get_logger().warning(f"backend {name} takes no weights: ignoring weights {weights!r}")
+        return create_backend(name, device=self.values["device"], precision=precision,
+                              weights=backend_weights(name, weights), **settings)
 
     def _adopt_backend_values(self) -> None:
         """Make the ROS parameters show what the backend really uses when it adjusted a start-up value
@@ -231,17 +224,69 @@ class MatcherNode(Node):
         if unknown:
             self.get_logger().warning(f"ignoring unknown parameters {unknown} (typo? see config/matcher.yaml)")
 
-    def close(self, timeout: float = 1.0) -> None:
-        """Stop the worker (call before ``destroy_node``). A frame still in inference after ``timeout`` s is
-        abandoned (its results are never published): shutdown must not wait for a slow backend."""
-        self.mailbox.close()
-        if self._worker.is_alive():
+    # -- the outputs ----------------------------------------------------------------------------------
+    def create_outputs(self, create_publisher: Callable[..., Any] | None = None) -> None:
+        """The output publishers, made by ``create_publisher`` (default ``self.create_publisher``; the
+        lifecycle node passes ``create_lifecycle_publisher``), and the worker thread that matches and
+        publishes."""
+        publisher = create_publisher or self.create_publisher
+        self.pub_matches = publisher(PointCloud2, "matches", output_qos())
+        self.pub_pose = publisher(PoseWithCovarianceStamped, "relative_pose", output_qos())
+        self.pub_odom = publisher(Odometry, "odometry", output_qos())
+        self.pub_keyframe = publisher(PoseStamped, "keyframe", latched_qos())
+        self.pub_debug = publisher(Image, "debug_image", output_qos(depth=2))
+        self.pub_diag = publisher(DiagnosticArray, "/diagnostics", output_qos())
+        self._outputs = (self.pub_matches, self.pub_pose, self.pub_odom, self.pub_keyframe, self.pub_debug,
+                         self.pub_diag)
+        self.mailbox = Mailbox()
+        self._worker = threading.Thread(target=self._work, args=(self.mailbox,), name="matcher_worker", daemon=True)
+        self._worker.start()
+
+    def destroy_outputs(self, destroy_publisher: Callable[[Any], Any] | None = None, timeout: float = 1.0) -> None:
+        """Undo :meth:`create_outputs`: stop the worker after the frame in hand, then destroy the publishers
+        with ``destroy_publisher`` (the counterpart of the ``create_publisher`` given there). A frame still
+        in inference after ``timeout`` s is abandoned (its results are never published): shutdown must not
+        wait for a slow backend."""
+        if self._worker is not None and not self.mailbox.closed:
+            self.mailbox.close()
             self._worker.join(timeout=timeout)
+        for pub in self._outputs:
+            (destroy_publisher or self.destroy_publisher)(pub)
+        self._outputs = ()
 
     @property
     def busy(self) -> bool:
-        """True while the worker thread is still inside a frame (after :meth:`close` timed out)."""
-        return self._worker.is_alive()
+        """True while the worker thread is still inside a frame (after :meth:`destroy_outputs` timed out)."""
+        return self._worker is not None and self._worker.is_alive()
+
+    # -- the inputs -----------------------------------------------------------------------------------
+    def create_inputs(self) -> None:
+        """The ``image`` and ``camera_info`` subscriptions and the diagnostics timer."""
+        qos = input_qos(self.values["input_qos"])
+        self._input_subscriptions = (
+            self.create_subscription(self.image_type, "image", self._on_image, qos),
+            self.create_subscription(CameraInfo, "camera_info", self._on_camera_info, qos),
+        )
+        self._diagnostics_timer = self.create_timer(self.values["diagnostics_period_s"], self._publish_diagnostics)
+
+    def destroy_inputs(self) -> None:
+        """Undo :meth:`create_inputs`."""
+        for sub in self._input_subscriptions:
+            self.destroy_subscription(sub)
+        self._input_subscriptions = ()
+        if self._diagnostics_timer is not None:
+            self.destroy_timer(self._diagnostics_timer)
+            self._diagnostics_timer = None
+
+    @property
+    def image_type(self) -> type:
+        return CompressedImage if self.values["compressed_input"] else Image
+
+    def matcher_summary(self) -> str:
+        """``backend sift on cpu (fp32)``."""
+        d = self.backend.describe()
+        return f"backend {d['backend']} on {d['device']} ({d['precision']})"
+
 
     # -- inputs (executor thread) ------------------------------------------------------------------
     def _on_camera_info(self, msg: CameraInfo) -> None:
@@ -322,35 +367,20 @@ class MatcherNode(Node):
         if "num_threads" in changes:
             self._apply_num_threads(changes["num_threads"])
 
-    def _update_frontend(self, changes: Mapping[str, Any]) -> str | None:
-        """``Frontend.update``, noting the parameters the change moved besides those asked for."""
-        reason = self.frontend.update(changes)
-        if reason is None:
-            values = self.frontend.values()
-            derived = {k for k, v in values.items()
-                       if k not in changes and self.has_parameter(k) and self.get_parameter(k).value != v}
-            if derived:
-                self._pending_sync |= derived
-                self._sync_timer.reset()
-        return reason
-
-    def _sync_derived(self) -> None:
-        """Set the ROS parameters whose value the backend changed by itself (executor thread, after the
-        parameter callback that caused it has returned)."""
-        self._sync_timer.cancel()
-        names, self._pending_sync = self._pending_sync, set()
-        with self.lock:
-            values = self.frontend.values()
-        params = [Parameter(k, value=values[k]) for k in sorted(names)
-                  if k in values and self.get_parameter(k).value != values[k]]
-        if not params:
-            return
-        for param, result in zip(params, self.set_parameters(params)):
-            if result.successful:
-                self.get_logger().info(
-                    f"{param.name} is now {param.value!r} (set by the backend after the last change)")
-            else:
-                self.get_logger().warning(f"could not update {param.name} to {param.value!r}: {result.reason}")
+    def _add_derived(self, params: list[Parameter]) -> list[Parameter]:
+        """Pre-set parameters callback: ``params`` plus the backend parameters the backend derives from them
+        (eloftr: a mode change alone moves the threshold to the new mode's default), so that the derived
+        value is set in the same atomic batch, or not at all."""
+        asked = {p.name: p.value for p in params}
+        own = {name: value for name, value in asked.items() if name in self.backend.settings}
+        if not own:
+            return params
+        try:
+            effective = self.backend.effective_settings(own)
+        except Exception:  # noqa: BLE001 - a bad value: the on-set callback rejects it, with the reason
+            return params
+        return params + [Parameter(name, value=value) for name, value in effective.items()
+                         if name not in asked and value != self.get_parameter(name).value]
 
     @staticmethod
     def _apply_num_threads(n: int) -> None:
@@ -360,9 +390,9 @@ class MatcherNode(Node):
             sys.modules["torch"].set_num_threads(n)
 
     # -- the worker ---------------------------------------------------------------------------------
-    def _work(self) -> None:
-        while not self.mailbox.closed:
-            frame = self.mailbox.take(timeout=0.5)
+    def _work(self, mailbox: Mailbox) -> None:
+        while not mailbox.closed:
+            frame = mailbox.take(timeout=0.5)
             if frame is None:
                 continue
             try:
@@ -472,3 +502,27 @@ class MatcherNode(Node):
         msg.header.stamp = self.get_clock().now().to_msg()
         msg.status = [status]
         self.pub_diag.publish(msg)
+
+
+class MatcherNode(MatcherSteps, Node):
+    """The matcher node: :class:`MatcherSteps` run at once. Raises (ValueError, RuntimeError, OSError, ...)
+    with a clear message when it cannot start: unknown backend, missing weights, CUDA asked for without
+    CUDA, a parameter out of range."""
+
+    def __init__(self, node_name: str = NODE_NAME, **kwargs: Any) -> None:
+        super().__init__(node_name, **kwargs)
+        try:
+            self.load_matcher()
+            self.create_outputs()
+            self.create_inputs()
+        except BaseException:
+            self.close()
+            self.destroy_node()
+            raise
+        self.get_logger().info(f"ready: {self.matcher_summary()}, image type {self.image_type.__name__}, "
+                               f"input QoS {self.values['input_qos']}")
+
+    def close(self) -> None:
+        """Stop the inputs and the worker (call before ``destroy_node``)."""
+        self.destroy_inputs()
+        self.destroy_outputs()

@@ -67,11 +67,13 @@ def descriptor_for(spec: ParamSpec) -> ParameterDescriptor:
 
 def declare(node: Node, specs: Iterable[ParamSpec]) -> dict[str, Any]:
     """Declare ``specs`` on ``node`` (values from the params file / ``-p`` overrides, else the defaults)
-    and return their values. Raises ``ValueError`` naming the parameter when a value is not allowed."""
+    and return their values; one declared before (by a lifecycle node's earlier configure) keeps its
+    current value. Raises ``ValueError`` naming the parameter when a value is not allowed."""
     values = {}
     for spec in specs:
         try:
-            param = node.declare_parameter(spec.name, spec.default, descriptor_for(spec))
+            param = (node.get_parameter(spec.name) if node.has_parameter(spec.name)
+                     else node.declare_parameter(spec.name, spec.default, descriptor_for(spec)))
         except ParameterException as exc:  # wrong type or out of range in the overrides
             raise ValueError(f"parameter {spec.name}: {exc}") from None
         value = spec.coerce(param.value)

@@ -1,10 +1,49 @@
 """Start-up and tear-down shared by the node executables: bad ROS arguments and failing node
-construction end in one clear line and exit code 2."""
+construction end in one clear line and exit code 2; SIGINT and SIGTERM end the node with exit code 0,
+however many arrive and whenever.
+
+Why signals never raise here: Ctrl-C in a terminal sends SIGINT to the whole foreground group and
+``ros2 launch`` forwards one more, so a node gets two, the second while it tears down. Python's default
+SIGINT handler raises ``KeyboardInterrupt`` wherever the main thread happens to be (inside rclpy's
+``destroy_node``, inside a thread join); :func:`stop_on_signals` replaces it, before ``rclpy.init``, by one
+that only notes the request. rclpy's own handlers, installed by ``rclpy.init``, chain to it: they shut the
+context down, which ends the spin; after ``rclpy.shutdown`` only the note remains. A signal in the first
+moments of the process, before the executable's ``main`` runs, is beyond any program's reach.
+"""
 
 from __future__ import annotations
 
+import atexit
+import os
+import signal
 import sys
+import threading
 from typing import Any, Callable
+
+_stop = threading.Event()
+
+
+def _note_stop(signum: int, frame: Any) -> None:
+    _stop.set()
+
+
+def _ignore_signals() -> None:
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_IGN)
+
+
+def stop_on_signals() -> None:
+    """SIGINT and SIGTERM only ask the node to stop (call first, before ``rclpy.init``). Once the program
+    has returned they are ignored: the interpreter's finalisation would otherwise put the default action
+    (death by the signal, exit code -2) back in place of a Python handler."""
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _note_stop)
+    atexit.register(_ignore_signals)
+
+
+def stop_requested() -> bool:
+    """Whether SIGINT or SIGTERM arrived since :func:`stop_on_signals`."""
+    return _stop.is_set()
 
 
 def _bad_arguments(prog: str, exc: Exception) -> None:
@@ -24,7 +63,9 @@ def non_ros_args(argv: list[str], prog: str) -> list[str] | None:
 
 
 def init_rclpy(argv: list[str], prog: str) -> bool:
-    """``rclpy.init(args=argv)``; False (after one line on stderr) when the ROS arguments are bad."""
+    """``rclpy.init(args=argv)``; False (after one line on stderr) when the ROS arguments are bad. A stop
+    asked for before (a signal during the imports) shuts the context down at once: the node then ends
+    cleanly."""
     import rclpy
 
     try:
@@ -32,22 +73,23 @@ def init_rclpy(argv: list[str], prog: str) -> bool:
     except Exception as exc:  # noqa: BLE001 - e.g. UnknownROSArgsError
         _bad_arguments(prog, exc)
         return False
+    if stop_requested():
+        rclpy.try_shutdown()
     return True
 
 
 def make_node(factory: Callable[[], Any], prog: str) -> tuple[Any, int]:
-    """``(factory(), 0)`` after :func:`init_rclpy`; on failure ``(None, code)`` with rclpy shut down: 130 on
-    Ctrl-C, 2 with one ``cannot start`` line on stderr otherwise."""
+    """``(factory(), 0)`` after :func:`init_rclpy`; on failure ``(None, code)`` with rclpy shut down: 0 when a
+    signal stopped the start-up, 2 with one ``cannot start`` line on stderr otherwise."""
     import rclpy
 
     try:
         return factory(), 0
-    except KeyboardInterrupt:
-        rclpy.try_shutdown()
-        return None, 130
     except Exception as exc:  # noqa: BLE001 - start-up errors end in one clear line
-        print(f"[{prog}] cannot start: {exc}", file=sys.stderr, flush=True)
         rclpy.try_shutdown()
+        if stop_requested():
+            return None, 0
+        print(f"[{prog}] cannot start: {exc}", file=sys.stderr, flush=True)
         return None, 2
 
 
@@ -59,3 +101,14 @@ def tear_down(node: Any, executor: Any) -> None:
     executor.remove_node(node)
     node.destroy_node()
     rclpy.try_shutdown()
+
+
+def exit_now_if_busy(node: Any, code: int) -> int:
+    """``code``; but when the node's worker is still inside a slow inference (a learned backend on the CPU),
+    end the process at once: waiting is pointless, and the interpreter's finalisation aborts in C++
+    destructors while a thread is inside torch."""
+    if node.busy:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code

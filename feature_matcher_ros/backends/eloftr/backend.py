@@ -122,8 +122,8 @@ class EfficientLoFTRBackend(Backend):
         self.set_precision(precision)
 
     # -- settings -------------------------------------------------------------------------------------
-    def _effective(self, settings: Mapping[str, Any]) -> dict[str, Any]:
-        merged = {**self.settings, **settings}
+    def effective_settings(self, changes: Mapping[str, Any]) -> dict[str, Any]:
+        merged = super().effective_settings(changes)
         mode, thr = merged["eloftr.mode"], merged["eloftr.threshold"]
         if mode != self.settings["eloftr.mode"] and thr == self.settings["eloftr.threshold"] and mode in MODES:
             merged["eloftr.threshold"] = DEFAULT_THRESHOLDS[mode]
@@ -135,11 +135,8 @@ class EfficientLoFTRBackend(Backend):
         reason = super().validate(settings)
         if reason:
             return reason
-        merged = self._effective(settings)
+        merged = self.effective_settings(settings)
         return threshold_problem(merged["eloftr.mode"], merged["eloftr.threshold"])
-
-    def apply(self, settings: Mapping[str, Any]) -> None:
-        self.settings.update(self._effective(settings))
 
     def set_precision(self, precision: str) -> None:
         """Cast the model (from the fp32 master weights) to ``precision``; a ValueError when this torch
