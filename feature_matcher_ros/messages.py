@@ -9,13 +9,17 @@ messages is :mod:`feature_matcher_ros.ros.conversions`' job.
   :func:`to_matcher_image` (uint8 gray or RGB; ``mono16``/``16UC1`` stretched so the frame's maximum is 255).
   A new consumer (e.g. depth in metres) adds its own converter next to it; new layouts go into ``ENCODINGS``.
 * ``CompressedImage``: :func:`compressed_to_numpy` (anything OpenCV decodes); :func:`decode_image` takes either.
-* ``CameraInfo``: :func:`camera_info_to_model` and :class:`CameraInfoCache`.
+* Depth (``Image`` ``16UC1``/``mono16``/``32FC1``, or ``CompressedImage`` from compressed_depth_image_transport,
+  PNG form): :func:`depth_to_metres`.
+* ``CameraInfo``: :func:`camera_info_to_model` and :class:`CameraInfoCache`; a rectified stereo pair's two:
+  :func:`stereo_rig_from_infos`.
 * ``PointCloud2``: :func:`cloud_to_array`; ``Pose``/``Transform``: :func:`pose_to_matrix`/:func:`transform_to_matrix`;
   stamps: :func:`stamp_to_ns`; keyframe frame names: :func:`keyframe_frame_id`/:func:`parse_keyframe_frame_id`.
 
 Every problem with an input raises :class:`InputError`, whose ``reason`` is a short key (``unknown_encoding``,
 ``zero_size``, ``short_data``, ``bad_step``, ``decode_failed``, ``bad_camera_info``, ``no_camera_info``,
-``size_mismatch``, ``bad_cloud``) that the node counts in its diagnostics.
+``size_mismatch``, ``bad_cloud``, ``depth_encoding``, ``depth_decode_failed``, ``stereo_baseline``,
+``stereo_mismatch``) that the node counts in its diagnostics.
 
 Example (any object with Image's fields will do; rows padded to 4 bytes):
     >>> from types import SimpleNamespace
@@ -36,6 +40,7 @@ import cv2
 import numpy as np
 
 from .camera import CameraModel, camera_from_info
+from .metric import StereoRig
 from .se3 import pose_matrix
 
 NS_PER_S = 1_000_000_000
@@ -50,11 +55,16 @@ ENCODINGS = {
     "bgr8": (np.uint8, 3),
     "rgba8": (np.uint8, 4),
     "bgra8": (np.uint8, 4),
+    "32FC1": (np.float32, 1),
 }
 # What the matcher takes from each encoding: kept as is, converted to RGB, or stretched to 8 bits.
 _MATCHER_AS_IS = ("mono8", "8UC1", "rgb8")
 _MATCHER_TO_RGB = {"bgr8": cv2.COLOR_BGR2RGB, "rgba8": cv2.COLOR_RGBA2RGB, "bgra8": cv2.COLOR_BGRA2RGB}
 _MATCHER_STRETCHED = ("mono16", "16UC1")
+#: Depth image encodings: 16-bit integers in units of ``scale`` metres (REP 118: millimetres), or float metres.
+DEPTH_ENCODINGS = ("16UC1", "mono16", "32FC1")
+# compressed_depth_image_transport's ConfigHeader before the PNG data: format (int32), depthParam[2] (float32)
+_COMPRESSED_DEPTH_HEADER = 12
 
 #: ``sensor_msgs/PointField`` datatype code -> numpy type (without byte order).
 POINTFIELD_DTYPES = {1: "i1", 2: "u1", 3: "i2", 4: "u2", 5: "i4", 6: "u4", 7: "f4", 8: "f8"}
@@ -160,6 +170,53 @@ def decode_image(msg: Any) -> np.ndarray:
     return to_matcher_image(image_to_numpy(msg), msg.encoding)
 
 
+def depth_to_metres(msg: Any, scale: float = 0.001) -> np.ndarray:
+    """A depth image as ``(H, W)`` float32 metres along the optical axis, NaN where there is no measurement
+    (0, NaN, inf). ``Image``: ``16UC1``/``mono16`` times ``scale`` (metres per unit; 0.001 for millimetres),
+    ``32FC1`` in metres. ``CompressedImage`` in compressed_depth_image_transport's form (format
+    ``"<encoding>; compressedDepth png"``: a 12-byte header, then a PNG of raw 16-bit depth, or for ``32FC1``
+    of quantised inverse depth ``q`` with ``depth = A / (q - B)``); its ``rvl`` form is not decoded.
+
+    >>> from types import SimpleNamespace
+    >>> msg = SimpleNamespace(encoding="16UC1", height=1, width=3, step=6, is_bigendian=0,
+    ...                       data=np.array([0, 1500, 65535], "<u2").tobytes())
+    >>> [round(float(v), 4) for v in depth_to_metres(msg)[0]]
+    [nan, 1.5, 65.535]
+    """
+    if hasattr(msg, "format"):
+        depth = _compressed_depth(msg, scale)
+    else:
+        if msg.encoding not in DEPTH_ENCODINGS:
+            raise InputError("depth_encoding", f"depth encoding {msg.encoding!r} is not a depth image "
+                                               f"(supported: {', '.join(DEPTH_ENCODINGS)})")
+        raw = image_to_numpy(msg)
+        depth = raw.astype(np.float32) * np.float32(scale if raw.dtype == np.uint16 else 1.0)
+    depth[~np.isfinite(depth) | (depth <= 0)] = np.nan
+    return depth
+
+
+def _compressed_depth(msg: Any, scale: float) -> np.ndarray:
+    encoding, _, method = msg.format.partition(";")
+    encoding, method = encoding.strip(), method.strip()
+    if encoding not in DEPTH_ENCODINGS:
+        raise InputError("depth_encoding", f"compressed depth format {msg.format!r} names no depth encoding")
+    if method and "compressedDepth png" not in method:
+        raise InputError("depth_decode_failed", f"compressed depth format {msg.format!r}: only the png form of "
+                                                "compressedDepth is decoded (set the publisher's format to png)")
+    data = bytes(msg.data)
+    if len(data) <= _COMPRESSED_DEPTH_HEADER:
+        raise InputError("depth_decode_failed", f"compressed depth image has {len(data)} bytes")
+    quant_a, quant_b = np.frombuffer(data[4:_COMPRESSED_DEPTH_HEADER], "<f4")
+    decoded = cv2.imdecode(np.frombuffer(data[_COMPRESSED_DEPTH_HEADER:], np.uint8), cv2.IMREAD_UNCHANGED)
+    if decoded is None or decoded.dtype != np.uint16 or decoded.ndim != 2:
+        raise InputError("depth_decode_failed", "the compressed depth PNG does not decode to one 16-bit channel")
+    if encoding != "32FC1":
+        return decoded.astype(np.float32) * np.float32(scale)
+    q = decoded.astype(np.float32)
+    with np.errstate(divide="ignore"):
+        return np.where(q > 0, quant_a / (q - quant_b), np.nan).astype(np.float32)
+
+
 # -- camera info ------------------------------------------------------------------------------------
 def camera_info_to_model(msg: Any) -> CameraModel:
     """The camera of a ``CameraInfo`` at the resolution its images have (ROI and binning applied, REP 104).
@@ -171,6 +228,36 @@ def camera_info_to_model(msg: Any) -> CameraModel:
         return camera_from_info(msg)
     except ValueError as exc:
         raise InputError("bad_camera_info", str(exc)) from None
+
+
+def stereo_rig_from_infos(left: Any, right: Any) -> StereoRig:
+    """The rectified pair of two ``CameraInfo`` (left = reference): both cameras from their projection
+    matrices ``P`` (rectified images, no distortion), the baseline from ``P_right[0, 3] = -fx * b`` (relative to
+    the left's ``P[0, 3]``, normally 0). :class:`InputError` ``stereo_baseline`` when it is missing, zero or
+    negative, ``stereo_mismatch`` when the two disagree on size or rectified intrinsics (fx, fy, cy).
+
+    >>> from types import SimpleNamespace
+    >>> info = lambda tx: SimpleNamespace(width=640, height=480, p=[500.0, 0, 320, tx, 0, 500, 240, 0, 0, 0, 1, 0])
+    >>> round(stereo_rig_from_infos(info(0.0), info(-60.0)).baseline_m, 6)
+    0.12
+    """
+    size = (int(left.width), int(left.height))
+    if (int(right.width), int(right.height)) != size:
+        raise InputError("stereo_mismatch", f"left camera_info is {size[0]}x{size[1]}, the right one "
+                                            f"{right.width}x{right.height}")
+    P_l, P_r = (np.asarray(m.p, np.float64).reshape(3, 4) for m in (left, right))
+    for side, P in (("left", P_l), ("right", P_r)):
+        if not np.all(np.isfinite(P)) or P[0, 0] <= 0 or P[1, 1] <= 0:
+            raise InputError("stereo_mismatch", f"the {side} camera_info has no rectified projection matrix P")
+    if any(abs(P_l[i, j] - P_r[i, j]) > 1e-3 * P_l[0, 0] for i, j in ((0, 0), (1, 1), (1, 2))):
+        raise InputError("stereo_mismatch", f"left and right rectified intrinsics differ (fx fy cy: "
+                                            f"{P_l[0, 0]} {P_l[1, 1]} {P_l[1, 2]} vs {P_r[0, 0]} {P_r[1, 1]} {P_r[1, 2]})")
+    baseline = -(P_r[0, 3] - P_l[0, 3]) / P_r[0, 0]
+    if not baseline > 0:
+        raise InputError("stereo_baseline", f"the right camera_info gives no positive baseline (P[3] = "
+                                            f"{P_r[0, 3]}; a rectified right camera has P[3] = -fx * baseline)")
+    camera = CameraModel.from_matrix(size[0], size[1], P_l[:, :3])
+    return StereoRig(camera, float(P_r[0, 0]), float(P_r[0, 2]), float(baseline))
 
 
 class CameraInfoCache:

@@ -3,6 +3,7 @@ padding, byte orders, compressed images and the InputError reasons; then each me
 serialised to CDR and read back with rosbags (as a bag gives it): both objects must decode to the same values."""
 
 import sys
+from types import SimpleNamespace
 
 import cv2
 import numpy as np
@@ -229,3 +230,57 @@ def test_organised_cloud_with_padded_rows():
     with pytest.raises(messages.InputError) as info:
         messages.cloud_to_array(msg)
     assert info.value.reason == "bad_cloud"
+
+
+@pytest.fixture(scope="module")
+def cabinet_depth(shared):
+    """A real registered depth image (TUM fr3 cabinet, 16-bit PNG, 5000 units per metre) and it in metres."""
+    path = sorted((shared / "data" / "tum_fr3_cabinet_rgbd" / "depth").glob("*.png"))[0]
+    raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    metres = raw.astype(np.float32) / 5000.0
+    metres[raw == 0] = np.nan
+    return raw, metres
+
+
+def _compressed_depth(fmt, png_pixels, quant=(0.0, 0.0)):
+    header = np.array([0], "<i4").tobytes() + np.array(quant, "<f4").tobytes()
+    ok, png = cv2.imencode(".png", png_pixels)
+    assert ok
+    return CompressedImage(format=fmt, data=header + png.tobytes())
+
+
+def test_depth_16bit_with_scale_and_32bit_metres_from_rclpy_and_bags(cabinet_depth):
+    raw, metres = cabinet_depth
+    for msg in (cv.numpy_to_image(raw, "16UC1"), _as_bag_message(cv.numpy_to_image(raw, "mono16"), "sensor_msgs/msg/Image")):
+        got = messages.depth_to_metres(msg, scale=1 / 5000.0)
+        assert np.array_equal(np.isnan(got), np.isnan(metres))
+        assert np.allclose(got[~np.isnan(got)], metres[~np.isnan(metres)])
+    as_float = np.where(np.isnan(metres), np.inf, metres).astype(np.float32)
+    got = messages.depth_to_metres(cv.numpy_to_image(as_float, "32FC1"))
+    assert np.array_equal(np.isnan(got), np.isnan(metres)) and np.allclose(got[~np.isnan(got)], metres[~np.isnan(metres)])
+
+
+def test_compressed_depth_png_both_forms(cabinet_depth):
+    raw, metres = cabinet_depth
+    got = messages.depth_to_metres(_compressed_depth("16UC1; compressedDepth png", raw), scale=1 / 5000.0)
+    assert np.allclose(got, metres, equal_nan=True)
+    # 32FC1: quantised inverse depth q = A / z + B (the publisher's defaults: z0 = 100, max 10 m)
+    a = 100.0 * 101.0
+    b = 1.0 - a / 10.0
+    q = np.where(np.isnan(metres), 0, np.round(a / np.where(np.isnan(metres), 1, metres) + b)).astype(np.uint16)
+    got = messages.depth_to_metres(_compressed_depth("32FC1; compressedDepth png", q, (a, b)))
+    ok = ~np.isnan(metres)
+    assert np.array_equal(np.isnan(got), ~ok)
+    assert np.percentile(np.abs(got[ok] - metres[ok]) / metres[ok], 99) < 0.01  # quantisation only
+
+
+@pytest.mark.parametrize("msg, reason", [
+    (SimpleNamespace(encoding="rgb8", height=1, width=1, step=3, is_bigendian=0, data=b"abc"), "depth_encoding"),
+    (CompressedImage(format="16UC1; compressedDepth rvl", data=bytes(40)), "depth_decode_failed"),
+    (CompressedImage(format="16UC1; compressedDepth png", data=bytes(8)), "depth_decode_failed"),
+    (CompressedImage(format="jpeg", data=bytes(40)), "depth_encoding"),
+])
+def test_bad_depth_raises_with_its_reason(msg, reason):
+    with pytest.raises(messages.InputError) as err:
+        messages.depth_to_metres(msg)
+    assert err.value.reason == reason
