@@ -118,6 +118,7 @@ FRONTEND_PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("odometry.scale", 0.0, "Metres per keyframe-to-frame translation for the chained odometry "
               "(0 = unknown: unit steps, marked unknown).", min=0.0, max=1000.0),
 ) + METRIC_PARAMS
+INPUT_MODES = ("mono", "rgbd", "stereo")
 PRECISION_PARAM = ParamSpec("precision", "fp32", "Numeric precision of the backend (features are converted or dropped).",
                             choices=PRECISIONS)
 # Added to every variance of the world pose of a keyframe made when tracking was lost.
@@ -263,10 +264,15 @@ def to_gray(image: Any) -> np.ndarray:
 class Frontend:
     """Keyframe-based matching and relative pose over a stream of frames (one camera)."""
 
-    def __init__(self, backend: Backend, settings: Mapping[str, Any] | None = None) -> None:
+    def __init__(self, backend: Backend, settings: Mapping[str, Any] | None = None, input_mode: str = "mono") -> None:
         if not isinstance(backend, Backend):
             raise ValueError(f"backend must be a Backend, got {type(backend).__name__}")
+        if input_mode not in INPUT_MODES:
+            raise ValueError(f"input_mode must be one of {INPUT_MODES}, not {input_mode!r}")
         self.backend = backend
+        # mono: relative poses up to scale; rgbd / stereo: metric poses from the keyframes' depth (odometry.scale
+        # then has no meaning and is refused)
+        self.input_mode = input_mode
         # process() and update() may come from different threads (a ROS parameter callback): one at a time.
         self._lock = threading.RLock()
         self._settings: dict[str, Any] = {p.name: p.default for p in FRONTEND_PARAMS}
@@ -302,6 +308,9 @@ class Frontend:
         if merged["stereo.min_disparity_px"] >= merged["stereo.max_disparity_px"]:
             return (f"stereo.min_disparity_px ({merged['stereo.min_disparity_px']}) must be < "
                     f"stereo.max_disparity_px ({merged['stereo.max_disparity_px']})")
+        if self.input_mode != "mono" and merged["odometry.scale"] != 0:
+            return (f"odometry.scale applies to input_mode mono only; {self.input_mode} poses are metric "
+                    f"(got {merged['odometry.scale']})")
         if merged["tracking.min_inliers"] > merged["keyframe.min_inliers"]:
             return (f"tracking.min_inliers ({merged['tracking.min_inliers']}) must be <= keyframe.min_inliers "
                     f"({merged['keyframe.min_inliers']})")

@@ -270,11 +270,13 @@ class CameraInfoCache:
     def __init__(self) -> None:
         self.camera: CameraModel | None = None
         self.error: InputError | None = None
+        self.message: Any = None  # the latest message itself (a stereo rig reads its projection matrix)
         self.received = 0
 
     def update(self, msg: Any) -> InputError | None:
         """Take ``msg``; returns the problem with it (kept until a good one arrives) or None."""
         self.received += 1
+        self.message = msg
         try:
             self.camera, self.error = camera_info_to_model(msg), None
         except InputError as err:

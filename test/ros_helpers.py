@@ -29,14 +29,15 @@ def load_frames(shared: Path, count: int | None = None):
 
 @contextmanager
 def running_node(log_path: Path, *overrides: str, name: str = "matcher_node", namespace: str = "",
-                 compressed: bool = False):
+                 compressed: bool = False, input_mode: str = "mono"):
     """``matcher_node`` started with ``--params-file config/matcher.yaml`` and ``-p`` ``overrides`` (in
     ``namespace``, so that several can run side by side), plus a connected :class:`MatcherClient`; yields
     ``(the node's Popen, client)``. The node is stopped with SIGINT at the end (its log in ``log_path``)."""
+    overrides = overrides + ((f"input_mode:={input_mode}",) if input_mode != "mono" else ())
     extra = [arg for item in overrides for arg in ("-p", item)]
     with NodeProcess(name, params_file=PARAMS_FILE, namespace=namespace, extra_args=extra,
                      log_path=log_path) as node:
-        with MatcherClient(node=name, namespace=namespace, compressed=compressed) as client:
+        with MatcherClient(node=name, namespace=namespace, compressed=compressed, input_mode=input_mode) as client:
             if not client.wait_for_matcher(timeout=60.0):
                 raise RuntimeError(f"matcher_node did not come up (exit code {node.proc.poll()}):\n" + node.stderr)
             yield node.proc, client

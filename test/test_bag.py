@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
-from feature_matcher_ros.evaluation import bagio
+from feature_matcher_ros.evaluation import bagio, bagwrite
 from feature_matcher_ros.datasets import parse_stamp, read_tum
 from feature_matcher_ros.tools import make_bag
 
@@ -111,7 +111,7 @@ def test_ground_truth_from_odometry(tmp_path: Path) -> None:
     T[:3, 3] = [1.0, 2.0, 3.0]
     with Writer(tmp_path / "odom", version=Writer.VERSION_LATEST) as w:
         conn = w.add_connection("/odom", bagio.ODOMETRY, typestore=store)
-        ps = bagio.pose_stamped_message(store, T, 5_000_000_123, "map")
+        ps = bagwrite.pose_stamped_message(store, T, 5_000_000_123, "map")
         Odometry = store.types[bagio.ODOMETRY]
         cov = store.types["geometry_msgs/msg/PoseWithCovariance"](pose=ps.pose, covariance=np.zeros(36))
         twist = store.types["geometry_msgs/msg/TwistWithCovariance"](
@@ -125,3 +125,72 @@ def test_ground_truth_from_odometry(tmp_path: Path) -> None:
         gt = bagio.read_ground_truth(reader, "/odom")
     assert list(gt.stamps_ns) == [5_000_000_123]
     np.testing.assert_allclose(gt.poses[0], T, atol=1e-9)
+
+
+def _bag_messages(bag: Path, topic: str) -> list:
+    with bagio.open_bag(bag) as reader:
+        return [msg for _, _, msg in bagio.messages(reader, [topic])]
+
+
+@pytest.mark.parametrize("encoding", ["16UC1", "32FC1"])
+def test_rgbd_bag_has_registered_depth(shared: Path, tmp_path: Path, encoding: str) -> None:
+    """RGB-D folders get the depth topic (16UC1 millimetres like RGB-D drivers, or 32FC1 metres) and its
+    camera_info, the colour camera's (registered depth); the node's decoder reads back the dataset's metres."""
+    from feature_matcher_ros.datasets import read_sequence
+    from feature_matcher_ros.messages import depth_to_metres
+
+    data = shared / "data" / "tum_fr3_cabinet_rgbd"
+    out = tmp_path / encoding
+    assert make_bag.main([str(data), str(out), "--frames", "0:2", "--depth-encoding", encoding, "--quiet"]) == 0
+    seq = read_sequence(data)
+    with bagio.open_bag(out) as reader:
+        topics = bagio.discover_topics(reader)  # two Image topics: the colour one is still found
+        assert topics.image == "/camera/image_raw"
+        assert bagio.discover_metric_topics(reader, topics, "rgbd").depth == "/camera/depth/image_raw"
+    depth = _bag_messages(out, "/camera/depth/image_raw")
+    infos = _bag_messages(out, "/camera/depth/camera_info")
+    colour_infos = _bag_messages(out, "/camera/camera_info")
+    assert [m.encoding for m in depth] == [encoding] * 2
+    for msg, info, colour, (stamp, path) in zip(depth, infos, colour_infos, seq.depth.frames):
+        assert bagio.stamp_to_ns(msg.header.stamp) == stamp and msg.header.frame_id == "camera_optical_frame"
+        np.testing.assert_array_equal(info.k, colour.k)
+        assert info.header.frame_id == colour.header.frame_id
+        png = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        metres = depth_to_metres(msg, 0.001)  # the node's default depth.scale (16UC1 in millimetres)
+        assert np.array_equal(np.isnan(metres), png == 0)
+        expected = png.astype(np.float64) / seq.depth.scale
+        tolerance = 0.0005 if encoding == "16UC1" else 1e-6
+        assert np.nanmax(np.abs(metres - expected)) <= tolerance
+
+
+def test_stereo_bag_has_right_camera(shared: Path, tmp_path: Path) -> None:
+    """Stereo folders get the right image and camera_info (P[3] = -fx * b, the left P[3] = 0); KITTI's stamps
+    start at 0, so 1 s is added to every stamp (images, camera infos, ground truth) unless told otherwise."""
+    from feature_matcher_ros.datasets import read_sequence
+    from feature_matcher_ros.messages import stereo_rig_from_infos
+
+    data = shared / "data" / "kitti06_stereo_f000_050"
+    out = tmp_path / "kitti"
+    assert make_bag.main([str(data), str(out), "--frames", "0:2", "--quiet"]) == 0
+    seq = read_sequence(data)
+    left, right = _bag_messages(out, "/camera/camera_info"), _bag_messages(out, "/camera/right/camera_info")
+    images = _bag_messages(out, "/camera/right/image_raw")
+    stamps = [bagio.stamp_to_ns(m.header.stamp) for m in images]
+    assert stamps == [s + 1_000_000_000 for s, _ in seq.stereo.frames[:2]] and stamps[0] == 1_000_000_000
+    gt = _bag_messages(out, "/ground_truth/pose")
+    assert [bagio.stamp_to_ns(m.header.stamp) for m in gt] == stamps
+    assert left[0].p[3] == 0.0 and right[0].p[3] == pytest.approx(-707.0912 * 0.537150653)
+    assert images[0].header.frame_id == "camera_right_optical_frame" and images[0].encoding == "mono8"
+    png = cv2.imread(str(seq.stereo.frames[0][1]), cv2.IMREAD_GRAYSCALE)
+    assert np.array_equal(images[0].data.reshape(png.shape), png)
+    rig = stereo_rig_from_infos(left[0], right[0])
+    assert rig.baseline_m == pytest.approx(0.537150653) and rig.problem() is None
+    with bagio.open_bag(out) as reader:
+        found = bagio.discover_metric_topics(reader, bagio.discover_topics(reader), "stereo")
+        with pytest.raises(bagio.BagError, match="no depth image topic"):
+            bagio.discover_metric_topics(reader, found, "rgbd")
+    assert (found.image, found.right_image, found.right_camera_info) == (
+        "/camera/image_raw", "/camera/right/image_raw", "/camera/right/camera_info")
+    same = tmp_path / "kitti_at_0"
+    assert make_bag.main([str(data), str(same), "--frames", "0:1", "--stamp-offset", "0", "--quiet"]) == 0
+    assert bagio.stamp_to_ns(_bag_messages(same, "/camera/image_raw")[0].header.stamp) == 0

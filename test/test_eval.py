@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from feature_matcher_ros.evaluation import bagio
+from feature_matcher_ros.evaluation import bagio, bagwrite
 from feature_matcher_ros.evaluation.scoring import REQUIRED_KEYS
 from feature_matcher_ros.tools import make_bag
 
@@ -113,13 +113,13 @@ def _write_bag(path: Path, image_encoding: str = "mono8", camera_info: bool = Tr
         c_gt = w.add_connection("/gt", bagio.POSE_STAMPED, typestore=store)
         for i in range(2):
             stamp = (i + 1) * 100_000_000
-            msg = bagio.image_message(store, np.full((48, 64), 100 + i, np.uint8), stamp, "cam", "mono8")
+            msg = bagwrite.image_message(store, np.full((48, 64), 100 + i, np.uint8), stamp, "cam", "mono8")
             msg.encoding = image_encoding
             w.write(c_img, stamp, store.serialize_cdr(msg, bagio.IMAGE))
             if c_info is not None:
-                w.write(c_info, stamp, store.serialize_cdr(bagio.camera_info_message(store, cam, stamp, "cam"),
+                w.write(c_info, stamp, store.serialize_cdr(bagwrite.camera_info_message(store, cam, stamp, "cam"),
                                                            bagio.CAMERA_INFO))
-            w.write(c_gt, stamp, store.serialize_cdr(bagio.pose_stamped_message(store, np.eye(4), stamp, "world"),
+            w.write(c_gt, stamp, store.serialize_cdr(bagwrite.pose_stamped_message(store, np.eye(4), stamp, "world"),
                                                      bagio.POSE_STAMPED))
 
 

@@ -1,9 +1,12 @@
-"""Reading and writing rosbag2 (mcap and sqlite3) with ``rosbags`` (pure Python, no ROS needed).
+"""Reading rosbag2 (mcap and sqlite3) and ROS 1 (``.bag``) recordings, and writing rosbag2, with ``rosbags``
+(pure Python, no ROS needed).
 
-Reading: topic discovery (image, camera info, ground truth), image decoding, camera models from
-``sensor_msgs/CameraInfo``, ground truth from ``PoseStamped``, ``PoseWithCovarianceStamped``,
-``Odometry`` or ``TF`` (a frame's chain of parents, static links from ``/tf_static``).
-Writing: a bag from a dataset folder in the ``../shared/data`` sequence layout (see ``make_bag``).
+Reading: topic discovery (image, camera info, ground truth; depth or the right camera of a stereo pair),
+image decoding, camera models from ``sensor_msgs/CameraInfo``, ground truth from ``PoseStamped``,
+``PoseWithCovarianceStamped``, ``Odometry`` or ``TF`` (a frame's chain of parents, static links from
+``/tf_static``). A ROS 1 bag's messages are migrated to their ROS 2 (Kilted) form on reading
+(:class:`Ros1Bag`), so everything after :func:`raw_messages` reads both kinds alike.
+Writing: :mod:`.bagwrite`.
 
 Every problem a user can cause (missing topic, no camera info, unknown encoding, truncated or
 corrupt file) raises :class:`BagError` with a one-line message naming it.
@@ -12,19 +15,18 @@ corrupt file) raises :class:`BagError` with a one-line message naming it.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 
-from ..datasets import Trajectory, read_sequence
+from ..datasets import Trajectory
 from ..messages import (
-    InputError, camera_info_to_model, decode_image, opencv_to_matcher_image, pose_to_matrix, stamp_to_ns,
+    InputError, camera_info_to_model, decode_image, pose_to_matrix, stamp_to_ns,
     transform_to_matrix,
 )
-from ..se3 import rotation_to_quat
 
 IMAGE = "sensor_msgs/msg/Image"
 COMPRESSED_IMAGE = "sensor_msgs/msg/CompressedImage"
@@ -49,18 +51,55 @@ def typestore():
 
 # -- opening -------------------------------------------------------------------------------------------
 
+class Ros1Bag:
+    """A ROS 1 ``.bag`` read through ``rosbags``' ``AnyReader``, with the reader interface :func:`open_bag`
+    gives (``path``, ``connections``, ``messages``). Each message read is migrated from the bag's own type
+    definitions to the ROS 2 Kilted type of the same name (``rosbags.convert``'s field migration: the
+    header's ``seq`` goes, ``CameraInfo``'s ``D K R P`` become ``d k r p``) and serialised as CDR."""
+
+    def __init__(self, path: Path) -> None:
+        from rosbags.highlevel import AnyReader
+
+        self.path = path
+        self._reader = AnyReader([path])
+        self._plans: dict[str, object] = {}
+
+    def open(self) -> None:
+        self._reader.open()
+
+    def close(self) -> None:
+        self._reader.close()
+
+    @property
+    def connections(self) -> list[Any]:
+        return self._reader.connections
+
+    def messages(self, connections: list[Any]) -> Iterator[tuple[Any, int, bytes]]:
+        for conn, t, raw in self._reader.messages(connections=connections):
+            yield conn, t, self._to_cdr(conn, raw)
+
+    def _to_cdr(self, conn: Any, raw: bytes) -> bytes:
+        from rosbags.convert.converter import migrate_bytes
+
+        if conn.msgtype not in typestore().types:
+            raise BagError(f"{conn.topic}: message type {conn.msgtype} has no ROS 2 form to read it as")
+        return bytes(migrate_bytes(self._reader.typestore, typestore(), conn.msgtype, conn.msgtype, self._plans,
+                                   raw, src_is2=False, dst_is2=True))
+
+
 @contextmanager
 def open_bag(path: str | Path) -> Iterator[Any]:
-    """An open :class:`rosbags.rosbag2.Reader`; every failure becomes a :class:`BagError`."""
+    """An open reader of a rosbag2 (:class:`rosbags.rosbag2.Reader`) or a ROS 1 bag (:class:`Ros1Bag`);
+    every failure becomes a :class:`BagError`."""
     from rosbags.rosbag2 import Reader
 
     path = Path(path)
     if not path.exists():
         raise BagError(f"bag {path} does not exist")
-    if path.is_file() and path.suffix not in (".mcap", ".db3"):
-        raise BagError(f"{path} is not a rosbag2 (expected a bag folder, a .mcap or a .db3 file)")
+    if path.is_file() and path.suffix not in (".mcap", ".db3", ".bag"):
+        raise BagError(f"{path} is not a bag (expected a rosbag2 folder, a .mcap or .db3 file, or a ROS 1 .bag)")
     try:
-        reader = Reader(path)
+        reader = Ros1Bag(path) if path.suffix == ".bag" else Reader(path)
         reader.open()
     except BagError:
         raise
@@ -89,6 +128,8 @@ def raw_messages(reader: Any, topics: list[str]) -> Iterator[tuple[Any, int, byt
             conn, t, raw = next(it)
         except StopIteration:
             return
+        except BagError:
+            raise
         except Exception as exc:  # noqa: BLE001
             raise BagError(f"bag {reader.path} is unreadable after some messages: {_describe(exc)} "
                            f"(truncated or corrupt file?)") from None
@@ -130,11 +171,19 @@ class BagTopics:
     camera_info: str
     ground_truth: str | None
     ground_truth_type: str | None
+    depth: str | None = None                # rgbd: the registered depth images
+    right_image: str | None = None          # stereo: the rectified right camera
+    right_camera_info: str | None = None
+
+
+#: image topics named like these are a depth or right-camera stream, not the (left / colour) image
+SECONDARY_IMAGE_WORDS = ("depth", "right")
 
 
 def _pick(types: dict[str, str], wanted: tuple[str, ...], what: str, option: str, given: str | None,
-          prefer: tuple[str, ...] = ()) -> str | None:
-    """The one topic of a type in ``wanted`` (or ``given``); BagError when missing or ambiguous."""
+          prefer: tuple[str, ...] = (), exclude: tuple[str, ...] = ()) -> str | None:
+    """The one topic of a type in ``wanted`` (or ``given``); BagError when missing or ambiguous. Among
+    several, topics containing a word of ``exclude`` are passed over, then one containing ``prefer`` wins."""
     listing = ", ".join(f"{t} [{m}]" for t, m in sorted(types.items())) or "none"
     if given:
         if given not in types:
@@ -143,6 +192,9 @@ def _pick(types: dict[str, str], wanted: tuple[str, ...], what: str, option: str
             raise BagError(f"{what} topic {given} has type {types[given]}, expected one of {', '.join(wanted)}")
         return given
     candidates = sorted(t for t, m in types.items() if m in wanted)
+    kept = [t for t in candidates if not any(word in t for word in exclude)]
+    if len(candidates) > 1 and kept:
+        candidates = kept
     if len(candidates) > 1:
         preferred = [t for t in candidates if any(p in t for p in prefer)]
         if len(preferred) == 1:
@@ -158,7 +210,8 @@ def discover_topics(reader: Any, image: str | None = None, camera_info: str | No
     types = topic_types(reader)
     counts = topic_counts(reader)
     listing = ", ".join(f"{t} [{m}]" for t, m in sorted(types.items())) or "none"
-    img = _pick(types, (IMAGE, COMPRESSED_IMAGE), "image", "--image-topic", image, prefer=("image_raw", "image_rect"))
+    img = _pick(types, (IMAGE, COMPRESSED_IMAGE), "image", "--image-topic", image, prefer=("image_raw", "image_rect"),
+                exclude=SECONDARY_IMAGE_WORDS)
     if img is None:
         raise BagError(f"no image topic (sensor_msgs/msg/Image) in bag {reader.path} (topics: {listing})")
     if counts.get(img, 0) == 0:
@@ -180,6 +233,31 @@ def discover_topics(reader: Any, image: str | None = None, camera_info: str | No
         raise BagError(f"no ground-truth topic (PoseStamped, Odometry or TF) in bag {reader.path} "
                        f"(topics: {listing}); give a TUM file with --gt FILE")
     return BagTopics(img, types[img], info, gt, types.get(gt) if gt else None)
+
+
+def discover_metric_topics(reader: Any, topics: BagTopics, mode: str, depth: str | None = None,
+                           right_image: str | None = None, right_camera_info: str | None = None) -> BagTopics:
+    """``topics`` with the second image stream of ``mode`` filled in: ``rgbd`` the depth topic (given, or the one
+    image topic named ``*depth*``), ``stereo`` the right image (given, or the one named ``*right*``) and its
+    camera info (given, or beside it). ``mono``: ``topics`` unchanged. :class:`BagError` naming what is missing."""
+    if mode == "mono":
+        return topics
+    types = {t: m for t, m in topic_types(reader).items() if t != topics.image}
+    word, option, given = ("depth", "--depth-topic", depth) if mode == "rgbd" else ("right", "--right-image-topic",
+                                                                                    right_image)
+    pool = types if given else {t: m for t, m in types.items() if word in t}
+    found = _pick(pool, (IMAGE, COMPRESSED_IMAGE), f"{mode} {word} image", option, given)
+    if found is None:
+        listing = ", ".join(f"{t} [{m}]" for t, m in sorted(types.items())) or "none"
+        raise BagError(f"input_mode {mode}: no {word} image topic in bag {reader.path} (an Image topic named "
+                       f"*{word}*, or give {option}; topics: {listing})")
+    if mode == "rgbd":
+        return replace(topics, depth=found)
+    info = right_camera_info or found.rsplit("/", 1)[0] + "/camera_info"
+    if types.get(info) != CAMERA_INFO:
+        raise BagError(f"input_mode stereo: no right camera info {info} (sensor_msgs/CameraInfo) in bag {reader.path}; "
+                       "give --right-camera-info-topic")
+    return replace(topics, right_image=found, right_camera_info=info)
 
 
 # -- images and cameras --------------------------------------------------------------------------------
@@ -345,211 +423,6 @@ def image_frame_id(reader: Any, image_topic: str) -> str:
     for _, _, msg in messages(reader, [image_topic]):
         return str(msg.header.frame_id)
     return ""
-
-
-# -- writing -------------------------------------------------------------------------------------------
-
-@dataclass
-class SequenceBagOptions:
-    """How :func:`write_sequence_bag` lays out a bag (defaults are what ``fm-make-bag`` writes)."""
-
-    storage: str = "mcap"                       # "mcap" | "sqlite3"
-    compression: str = "zstd"                   # "zstd" | "none" (mcap: chunk compression, sqlite3: per message)
-    encoding: str = "auto"                      # "auto" (rgb8 colour, mono8 gray) | "mono8" | "rgb8" | "bgr8"
-    image_topic: str = "/camera/image_raw"
-    camera_info_topic: str = "/camera/camera_info"
-    gt_topic: str = "/ground_truth/pose"        # PoseStamped; "" for none
-    tf_topic: str = ""                          # also write the ground truth as TF here (e.g. "/tf")
-    camera_frame: str = "camera_optical_frame"
-    world_frame: str = "world"
-    frames: str = ""                            # python slice of the image list, e.g. "0:12:3" ("" = all)
-
-
-def parse_slice(text: str) -> slice:
-    """``"start:stop:step"`` (parts optional) -> slice; BagError when malformed."""
-    parts = text.split(":") if text else []
-    if len(parts) > 3:
-        raise BagError(f"frames must look like START:STOP:STEP, got {text!r}")
-    try:
-        values = [int(p) if p.strip() else None for p in parts] + [None] * (3 - len(parts))
-    except ValueError:
-        raise BagError(f"frames must look like START:STOP:STEP with integers, got {text!r}") from None
-    if values[2] is not None and values[2] <= 0:
-        raise BagError(f"frames: the step must be positive, got {values[2]}")
-    return slice(*values)
-
-
-def _time(store: Any, stamp: int) -> Any:
-    return store.types["builtin_interfaces/msg/Time"](sec=stamp // 1_000_000_000, nanosec=stamp % 1_000_000_000)
-
-
-def _header(store: Any, stamp: int, frame_id: str) -> Any:
-    return store.types["std_msgs/msg/Header"](stamp=_time(store, stamp), frame_id=frame_id)
-
-
-def image_message(store: Any, image: np.ndarray, stamp: int, frame_id: str, encoding: str) -> Any:
-    """``(H, W)`` gray or ``(H, W, 3)`` RGB uint8 -> ``sensor_msgs/Image`` in ``encoding``."""
-    import cv2
-
-    if encoding == "auto":
-        encoding = "rgb8" if image.ndim == 3 else "mono8"
-    if encoding == "mono8":
-        data = image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
-    elif encoding in ("rgb8", "bgr8"):
-        data = image if image.ndim == 3 else cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
-        if encoding == "bgr8":
-            data = data[..., ::-1]
-    else:
-        raise BagError(f"cannot write image encoding {encoding!r} (choose auto, mono8, rgb8 or bgr8)")
-    data = np.ascontiguousarray(data, dtype=np.uint8)
-    h, w = data.shape[:2]
-    channels = 1 if data.ndim == 2 else 3
-    return store.types[IMAGE](header=_header(store, stamp, frame_id), height=h, width=w, encoding=encoding,
-                              is_bigendian=0, step=w * channels, data=data.reshape(-1))
-
-
-def camera_info_message(store: Any, camera: Any, stamp: int, frame_id: str) -> Any:
-    """A :class:`CameraModel` -> ``sensor_msgs/CameraInfo`` (plumb_bob, or rational_polynomial for 8+ coefficients)."""
-    dist = np.asarray(camera.dist, dtype=np.float64).reshape(-1)
-    if len(dist) < 5:
-        dist = np.concatenate([dist, np.zeros(5 - len(dist))])
-    model = "rational_polynomial" if len(dist) > 5 else "plumb_bob"
-    P = np.zeros((3, 4))
-    P[:, :3] = camera.K
-    roi = store.types["sensor_msgs/msg/RegionOfInterest"](x_offset=0, y_offset=0, height=0, width=0, do_rectify=False)
-    return store.types[CAMERA_INFO](
-        header=_header(store, stamp, frame_id), height=int(camera.height), width=int(camera.width),
-        distortion_model=model, d=dist, k=np.asarray(camera.K, dtype=np.float64).reshape(-1),
-        r=np.eye(3).reshape(-1), p=P.reshape(-1), binning_x=0, binning_y=0, roi=roi)
-
-
-def _pose_parts(store: Any, T: np.ndarray) -> tuple[Any, Any]:
-    q = rotation_to_quat(T[:3, :3])
-    quat = store.types["geometry_msgs/msg/Quaternion"](x=float(q[0]), y=float(q[1]), z=float(q[2]), w=float(q[3]))
-    return T[:3, 3].astype(float), quat
-
-
-def pose_stamped_message(store: Any, T: np.ndarray, stamp: int, frame_id: str) -> Any:
-    p, quat = _pose_parts(store, T)
-    point = store.types["geometry_msgs/msg/Point"](x=p[0], y=p[1], z=p[2])
-    pose = store.types["geometry_msgs/msg/Pose"](position=point, orientation=quat)
-    return store.types[POSE_STAMPED](header=_header(store, stamp, frame_id), pose=pose)
-
-
-def tf_message(store: Any, T: np.ndarray, stamp: int, parent: str, child: str) -> Any:
-    p, quat = _pose_parts(store, T)
-    vec = store.types["geometry_msgs/msg/Vector3"](x=p[0], y=p[1], z=p[2])
-    tr = store.types["geometry_msgs/msg/Transform"](translation=vec, rotation=quat)
-    ts = store.types["geometry_msgs/msg/TransformStamped"](header=_header(store, stamp, parent),
-                                                          child_frame_id=child, transform=tr)
-    return store.types[TF](transforms=[ts])
-
-
-def write_sequence_bag(dataset_dir: str | Path, out: str | Path, options: SequenceBagOptions | None = None,
-                       progress: bool = False) -> dict:
-    """Write a rosbag2 from a sequence folder: per frame (log time = the dataset stamp) a CameraInfo,
-    an Image and, when the folder has ``groundtruth.txt``, a ground-truth PoseStamped (``T_world_camera``
-    of the optical frame, ``header.frame_id`` = the world frame) and optionally a TF. Returns a summary."""
-    opts = options or SequenceBagOptions()
-    if opts.storage not in ("mcap", "sqlite3"):
-        raise BagError(f"storage must be mcap or sqlite3, not {opts.storage!r}")
-    if opts.compression not in ("zstd", "none"):
-        raise BagError(f"compression must be zstd or none, not {opts.compression!r}")
-    seq = read_sequence(dataset_dir)
-    frames = seq.frames[parse_slice(opts.frames)] if opts.frames else seq.frames
-    if not frames:
-        raise BagError(f"frames {opts.frames!r} selects no image of {dataset_dir}")
-    out = Path(out)
-    if out.exists():
-        raise BagError(f"{out} exists already; remove it or choose another output")
-    writer = _bag_writer(out, opts, Path(dataset_dir).resolve().name)
-    try:
-        writer.open()
-        topics = _sequence_topics(opts, seq.ground_truth is not None)
-        connections = {t: writer.add_connection(t, msgtype, typestore=typestore()) for t, msgtype in topics.items()}
-        if progress:
-            from tqdm import tqdm
-
-            frames = tqdm(frames, desc="fm-make-bag", unit="frame")
-        counts = {t: 0 for t in topics}
-        for stamp, path in frames:
-            for topic, msg in _frame_messages(stamp, _load_image(path, seq.camera), seq, opts):
-                if topic in connections:
-                    writer.write(connections[topic], stamp, typestore().serialize_cdr(msg, topics[topic]))
-                    counts[topic] += 1
-        writer.close()
-    except BaseException:
-        try:
-            writer.close()
-        except Exception:  # noqa: BLE001
-            pass
-        import shutil
-
-        shutil.rmtree(out, ignore_errors=True)  # never leave half a bag behind
-        raise
-    size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
-    by_kind = {_KINDS[m]: counts[t] for t, m in topics.items()}
-    return {"bag": str(out), "storage": opts.storage, "compression": opts.compression, "bytes": size,
-            "topics": {opts.image_topic: IMAGE, **topics},
-            **{k: by_kind.get(k, 0) for k in ("images", "camera_info", "ground_truth", "tf")}}
-
-
-#: what the summary of :func:`write_sequence_bag` calls each message type's count
-_KINDS = {IMAGE: "images", CAMERA_INFO: "camera_info", POSE_STAMPED: "ground_truth", TF: "tf"}
-
-
-def _bag_writer(out: Path, opts: SequenceBagOptions, source: str) -> Any:
-    """A rosbag2 writer (not yet open) with the storage, compression and provenance of ``opts``."""
-    from rosbags.rosbag2 import Writer
-    from rosbags.rosbag2.enums import CompressionFormat, CompressionMode, StoragePlugin
-
-    plugin = StoragePlugin.MCAP if opts.storage == "mcap" else StoragePlugin.SQLITE3
-    writer = Writer(out, version=Writer.VERSION_LATEST, storage_plugin=plugin)
-    if opts.compression == "zstd":
-        mode = CompressionMode.STORAGE if opts.storage == "mcap" else CompressionMode.MESSAGE
-        writer.set_compression(mode, CompressionFormat.ZSTD)
-    writer.set_custom_data("feature_matcher_ros.source", source)
-    writer.set_custom_data("feature_matcher_ros.made_by", "fm-make-bag")
-    return writer
-
-
-def _sequence_topics(opts: SequenceBagOptions, has_ground_truth: bool) -> dict[str, str]:
-    """topic -> message type of what :func:`write_sequence_bag` writes (camera info first)."""
-    topics = {opts.camera_info_topic: CAMERA_INFO, opts.image_topic: IMAGE}
-    if has_ground_truth and opts.gt_topic:
-        topics[opts.gt_topic] = POSE_STAMPED
-    if has_ground_truth and opts.tf_topic:
-        topics[opts.tf_topic] = TF
-    return topics
-
-
-def _load_image(path: Path, camera: Any) -> np.ndarray:
-    """An image file as the node would see it (``(H, W)`` uint8 gray or ``(H, W, 3)`` uint8 RGB; 16-bit files
-    stretched), checked against the camera's size."""
-    import cv2
-
-    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if image is None:
-        raise BagError(f"cannot read image {path}")
-    try:
-        image = opencv_to_matcher_image(image)
-    except InputError as err:
-        raise BagError(f"image {path}: {err}") from None
-    if image.shape[:2] != (camera.height, camera.width):
-        raise BagError(f"image {path} is {image.shape[1]}x{image.shape[0]} but intrinsics.yaml says "
-                       f"{camera.width}x{camera.height}")
-    return image
-
-
-def _frame_messages(stamp: int, image: np.ndarray, seq: Any, opts: SequenceBagOptions) -> Iterator[tuple[str, Any]]:
-    """``(topic, message)`` of one frame: camera info, image, and the ground truth at exactly its stamp."""
-    store = typestore()
-    yield opts.camera_info_topic, camera_info_message(store, seq.camera, stamp, opts.camera_frame)
-    yield opts.image_topic, image_message(store, image, stamp, opts.camera_frame, opts.encoding)
-    T = seq.ground_truth.at(stamp, max_gap_ns=0) if seq.ground_truth is not None else None
-    if T is not None:
-        yield opts.gt_topic, pose_stamped_message(store, T, stamp, opts.world_frame)
-        yield opts.tf_topic, tf_message(store, T, stamp, opts.world_frame, opts.camera_frame)
 
 
 def camera_lookup(cams: list[tuple[int, Any]]):

@@ -6,7 +6,10 @@ Definitions (SuperGlue / LoFTR):
 - pose error = ``max(rotation error, translation-direction error)`` in degrees; a failed estimate
   counts as infinitely wrong; AUC at 5/10/20 degrees of the pose-error curve;
 - epipolar precision = the share of all matches (over all pairs) whose symmetric epipolar distance in
-  normalised (undistorted) camera coordinates under the ground-truth essential matrix is below 5e-4.
+  normalised (undistorted) camera coordinates under the ground-truth essential matrix is below 5e-4;
+- metric poses (RGB-D / stereo): translation error ``|t - t_gt|`` in metres, and in % of the ground-truth
+  keyframe-to-frame distance ``|t_gt|`` (the KITTI odometry convention, here per keyframe-to-frame pair; pairs
+  that moved less than :data:`MIN_PCT_DISTANCE_M` are left out of the %).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from .records import FrameRecord
 
 EPIPOLAR_THRESHOLD = 5e-4
 AUC_THRESHOLDS = (5, 10, 20)
+MIN_PCT_DISTANCE_M = 0.05
 
 
 @dataclass
@@ -44,6 +48,8 @@ class PairScore:
     gt_translation_m: float
     epipolar_errors: np.ndarray        # (N,) per match
     epipolar_correct: int
+    translation_error_m: float | None = None    # metric poses only
+    translation_error_pct: float | None = None  # metric poses that moved >= MIN_PCT_DISTANCE_M
 
 
 def score_pair(rec: FrameRecord, kf_camera: Any, T_gt: np.ndarray) -> PairScore:
@@ -64,8 +70,13 @@ def score_pair(rec: FrameRecord, kf_camera: Any, T_gt: np.ndarray) -> PairScore:
     else:
         err = np.full(len(rec.kpts0), np.inf)
     angle = float(np.degrees(np.arccos(np.clip((np.trace(R_gt) - 1) / 2, -1, 1))))
-    return PairScore(rec.stamp_ns, rec.keyframe_stamp_ns, r_err, t_err, max(r_err, t_err), angle,
-                     float(np.linalg.norm(t_gt)), err, int((err < EPIPOLAR_THRESHOLD).sum()))
+    score = PairScore(rec.stamp_ns, rec.keyframe_stamp_ns, r_err, t_err, max(r_err, t_err), angle,
+                      float(np.linalg.norm(t_gt)), err, int((err < EPIPOLAR_THRESHOLD).sum()))
+    if rec.metric and rec.has_pose:
+        score.translation_error_m = float(np.linalg.norm(np.asarray(rec.t, np.float64) - t_gt))
+        if score.gt_translation_m >= MIN_PCT_DISTANCE_M:
+            score.translation_error_pct = 100.0 * score.translation_error_m / score.gt_translation_m
+    return score
 
 
 def _median(values: Sequence[float]) -> float | None:
@@ -78,12 +89,15 @@ def _percentile(values: Sequence[float], q: float) -> float | None:
     return float(np.percentile(values, q)) if values else None
 
 
-def evaluate(records: Sequence[FrameRecord], gt: Trajectory | None, max_gap_ns: int = 100_000_000) -> tuple[dict, list[dict]]:
+def evaluate(records: Sequence[FrameRecord], gt: Trajectory | None, max_gap_ns: int = 100_000_000,
+             metric: bool = False) -> tuple[dict, list[dict]]:
     """Score a run.
 
     Returns ``(summary, per_frame)``: the summary holds the metrics.json keys about poses, matches,
     keyframes and latency (speed and trajectory keys are added by the caller); ``per_frame`` one dict
-    per frame (stamps, counts, errors) for the report and plots.
+    per frame (stamps, counts, errors) for the report and plots. ``metric`` (an rgbd / stereo run): also the
+    metric translation errors (:func:`metric_summary`), and per frame ``metric``, ``translation_error_m`` and
+    ``translation_error_pct``.
     """
     by_stamp = {r.stamp_ns: r for r in records}
     scores: dict[int, PairScore] = {}
@@ -130,6 +144,8 @@ def evaluate(records: Sequence[FrameRecord], gt: Trajectory | None, max_gap_ns: 
     }
     if summary["pose_error_deg_median"] is not None and not math.isfinite(summary["pose_error_deg_median"]):
         summary["pose_error_deg_median"] = None
+    if metric:
+        summary.update(metric_summary(pairs, list(scores.values())))
 
     per_frame = []
     for rec in records:
@@ -152,7 +168,30 @@ def evaluate(records: Sequence[FrameRecord], gt: Trajectory | None, max_gap_ns: 
             "gt_translation_m": s.gt_translation_m if s else None,
             "epipolar_correct": s.epipolar_correct if s else None,
         })
+        if metric:
+            per_frame[-1].update({"metric": rec.metric and rec.has_pose,
+                                  "translation_error_m": s.translation_error_m if s else None,
+                                  "translation_error_pct": s.translation_error_pct if s else None})
     return summary, per_frame
+
+
+def metric_summary(pairs: Sequence[FrameRecord], scores: Sequence[PairScore]) -> dict[str, Any]:
+    """The metric-pose keys of metrics.json: how many pairs have a metric pose, their translation errors
+    (metres and %, median / p90 / max) and their rotation error."""
+    scored = [s for s in scores if s.translation_error_m is not None]
+    metres = [s.translation_error_m for s in scored]
+    pct = [s.translation_error_pct for s in scored if s.translation_error_pct is not None]
+    return {
+        "metric_pose_frames": sum(1 for r in pairs if r.metric and r.has_pose),
+        "translation_error_m_median": _median(metres),
+        "translation_error_m_p90": _percentile(metres, 90),
+        "translation_error_m_max": max(metres) if metres else None,
+        "translation_error_pct_median": _median(pct),
+        "translation_error_pct_p90": _percentile(pct, 90),
+        "translation_error_pct_pairs": len(pct),
+        "translation_error_pct_min_distance_m": MIN_PCT_DISTANCE_M,
+        "metric_rotation_error_deg_median": _median([s.rotation_error_deg for s in scored]),
+    }
 
 
 def epipolar_errors(rec: FrameRecord, kf_camera: Any, gt: Trajectory, max_gap_ns: int = 100_000_000) -> np.ndarray | None:

@@ -3,8 +3,9 @@ with the settings of a node parameter file.
 
 A parameter file is the ROS form (``/**: {ros__parameters: {...}}`` or ``node_name: {ros__parameters: ...}``,
 nested mappings flattened to dotted names). ``backend``, ``device``, ``precision`` and ``weights`` pick
-and build the backend; names the frontend or that backend knows become their settings; the rest (topics,
-QoS, other backends' parameters) does not apply offline and is listed in the run's ``ignored``.
+and build the backend; names the frontend or that backend knows become their settings; ``input_mode``,
+``sync.*`` and ``depth.scale`` say how the metric input is paired and decoded (:mod:`.pairing`); the rest
+(topics, QoS, other backends' parameters) does not apply offline and is listed in the run's ``ignored``.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from .bagio import BagTopics, iter_frames
+from .bagio import BagTopics
 from .cli import UsageError
+from .pairing import PAIRING_PARAMS, Pairing, PairingStats, iter_input_frames
 from .records import FrameRecord
 
 #: parameters that choose and build the backend rather than tune it
@@ -88,12 +90,13 @@ class RunSpec:
     frontend_settings: dict[str, Any] = field(default_factory=dict)
     params_files: list[str] = field(default_factory=list)
     ignored: list[str] = field(default_factory=list)
+    pairing: Pairing = field(default_factory=Pairing)
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "backend": self.backend, "device": self.device, "precision": self.precision,
                 "weights": self.weights, "backend_settings": self.backend_settings,
                 "frontend_settings": self.frontend_settings, "params_files": self.params_files,
-                "ignored_parameters": self.ignored}
+                "ignored_parameters": self.ignored, "pairing": self.pairing.describe()}
 
 
 def make_run_spec(params: dict[str, Any], backend: str | None = None, device: str | None = None,
@@ -114,7 +117,11 @@ def make_run_spec(params: dict[str, Any], backend: str | None = None, device: st
                    weights=(str(params["weights"]) if params.get("weights") else None),
                    backend_settings=backend_settings, frontend_settings=frontend,
                    params_files=[str(p) for p in params_files],
-                   ignored=[key for key in node if key not in BUILD_KEYS])
+                   ignored=[key for key in node if key not in BUILD_KEYS and key not in _PAIRING_NAMES],
+                   pairing=Pairing.from_params(node))
+
+
+_PAIRING_NAMES = {spec.name for spec in PAIRING_PARAMS}
 
 
 def build_frontend(spec: RunSpec) -> Any:
@@ -129,7 +136,7 @@ def build_frontend(spec: RunSpec) -> Any:
         raise UsageError(f"run {spec.name}: cannot create backend {spec.backend!r}: {exc}") from None
     spec.device = str(backend.device)
     try:
-        return Frontend(backend, dict(spec.frontend_settings))
+        return Frontend(backend, dict(spec.frontend_settings), spec.pairing.input_mode)
     except (ValueError, TypeError) as exc:
         raise UsageError(f"run {spec.name}: bad frontend settings: {exc}") from None
 
@@ -154,14 +161,18 @@ class OfflineRun:
     records: list[FrameRecord]
     wall_s: float           # time spent in Frontend.process, all frames
     first_camera: Any = None
+    pairing: PairingStats = field(default_factory=PairingStats)
 
 
 def run_offline(reader: Any, topics: BagTopics, frontend: Any, total: int | None = None,
                 progress: bool = True, desc: str = "fm-eval",
-                on_frame: Callable[[FrameRecord], None] | None = None) -> OfflineRun:
-    """Every image of the bag through ``frontend.process`` in order; one :class:`FrameRecord` each
-    (latency = wall time of ``process``)."""
-    frames: Iterable = iter_frames(reader, topics)
+                on_frame: Callable[[FrameRecord], None] | None = None, pairing: Pairing | None = None) -> OfflineRun:
+    """Every image of the bag through ``frontend.process`` in order, with its depth or right image in the
+    metric modes of ``pairing`` (``topics`` must then name them); one :class:`FrameRecord` each (latency = wall
+    time of ``process``). A metric frame the frontend refuses is counted (``processing_error``) and skipped."""
+    pairing = pairing or Pairing()
+    stats = PairingStats()
+    frames: Iterable = iter_input_frames(reader, topics, pairing, stats)
     bar = None
     if progress:
         from tqdm import tqdm
@@ -172,10 +183,17 @@ def run_offline(reader: Any, topics: BagTopics, frontend: Any, total: int | None
     wall = 0.0
     first_camera = None
     try:
-        for frame in frames:
+        for item in frames:
+            frame = item.frame
             first_camera = first_camera or frame.camera
             t0 = time.perf_counter()
-            result = frontend.process(frame.image, frame.stamp_ns, frame.camera)
+            try:
+                result = frontend.process(frame.image, frame.stamp_ns, frame.camera, item.depth, item.stereo)
+            except ValueError:
+                if pairing.input_mode == "mono":
+                    raise
+                stats.count(stats.rejected, "processing_error")
+                continue
             dt = time.perf_counter() - t0
             wall += dt
             rec = FrameRecord.from_frame_result(result, frame.camera, latency_ms=dt * 1000.0)
@@ -187,4 +205,4 @@ def run_offline(reader: Any, topics: BagTopics, frontend: Any, total: int | None
     finally:
         if bar is not None:
             bar.close()
-    return OfflineRun(records, wall, first_camera)
+    return OfflineRun(records, wall, first_camera, stats)

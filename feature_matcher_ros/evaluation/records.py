@@ -21,7 +21,7 @@ class FrameRecord:
         kpts1: ``(N, 2)`` float32 current-image pixels of the matches.
         inliers: ``(N,)`` bool, the pose estimate's inliers (all False without a pose).
         R: ``(3, 3)`` keyframe -> current rotation, or None when the estimate failed.
-        t: ``(3,)`` keyframe -> current unit translation, or None.
+        t: ``(3,)`` keyframe -> current translation, or None: a unit vector, or metres when ``metric``.
         reason: why there is no pose ("" with a pose).
         new_keyframe: this frame became a keyframe.
         status: the frontend status ("init", "tracking", "lost", "relocalised"; "" when unknown).
@@ -30,6 +30,7 @@ class FrameRecord:
         camera: the frame's :class:`~feature_matcher_ros.camera.CameraModel`.
         n_matches: number of matches (may exceed ``len(kpts0)`` when the points were not kept).
         n_inliers: number of inliers (likewise).
+        metric: the pose is metric (RGB-D / stereo absolute pose), ``t`` in metres.
     """
 
     stamp_ns: int
@@ -47,6 +48,7 @@ class FrameRecord:
     camera: Any = None
     n_matches: int = -1
     n_inliers: int = -1
+    metric: bool = False
 
     def __post_init__(self) -> None:
         self.stamp_ns = int(self.stamp_ns)
@@ -89,4 +91,5 @@ class FrameRecord:
             latency_ms=float(latency_ms if latency_ms is not None else timings.get("total", float("nan"))),
             timings_ms=timings,
             camera=camera,
+            metric=bool(result.metric),
         )

@@ -32,6 +32,13 @@ TABLE_COLUMNS = (
     ("ate_rmse_m", "ATE m", "{:.4f}"),
     ("rpe_rmse_m", "RPE m", "{:.4f}"),
 )
+#: added to the table when a run is rgbd / stereo
+METRIC_COLUMNS = (
+    ("input_mode", "input", "{}"),
+    ("metric_pose_frames", "metric poses", "{:d}"),
+    ("translation_error_m_median", "t err m med", "{:.4f}"),
+    ("translation_error_pct_median", "t err % med", "{:.2f}"),
+)
 LIVE_COLUMNS = (
     ("frames_published", "published", "{:d}"),
     ("frames_dropped", "dropped", "{:d}"),
@@ -53,6 +60,8 @@ def _cell(value: Any, fmt: str) -> str:
 
 def _columns(rows: Sequence[dict]) -> list[tuple[str, str, str]]:
     cols = list(TABLE_COLUMNS)
+    if any(r.get("input_mode", "mono") != "mono" for r in rows):
+        cols += list(METRIC_COLUMNS)
     if any("frames_dropped" in r for r in rows):
         cols += list(LIVE_COLUMNS)
     return cols
@@ -78,7 +87,7 @@ def text_table(rows: Sequence[dict], keys: Sequence[str] | None = None) -> str:
     """The same table aligned for a terminal (``keys``: only these columns, in this order)."""
     cols = _columns(rows)
     if keys is not None:
-        by_key = {c[0]: c for c in (*TABLE_COLUMNS, *LIVE_COLUMNS)}
+        by_key = {c[0]: c for c in (*TABLE_COLUMNS, *METRIC_COLUMNS, *LIVE_COLUMNS)}
         cols = [by_key[k] for k in keys]
     cells = [[c[1] for c in cols]] + [[_cell(r.get(k), f) for k, _, f in cols] for r in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(cols))]
@@ -143,6 +152,26 @@ def plot_pose_errors(per_frame: Sequence[dict], path: Path, title: str) -> Path:
     return _save_per_frame(fig, ax, t, per_frame, "error (°)", f"{title}: pose error per frame (keyframe → frame)", path)
 
 
+def plot_translation_errors(per_frame: Sequence[dict], path: Path, title: str) -> Path:
+    """Metric translation error per frame: metres (left axis) and % of the keyframe-to-frame distance (right)."""
+    plt = _pyplot()
+    t = _seconds(per_frame)
+    fig, ax = plt.subplots(figsize=(8, 3.6), dpi=100)
+    metres = np.array([np.nan if f.get("translation_error_m") is None else f["translation_error_m"] for f in per_frame])
+    pct = np.array([np.nan if f.get("translation_error_pct") is None else f["translation_error_pct"] for f in per_frame])
+    ax.plot(t, metres, "o-", ms=3, label="translation error (m)")
+    right = ax.twinx()
+    right.plot(t, pct, "s--", ms=3, color="tab:orange", label="% of keyframe-to-frame distance")
+    right.set_ylabel("% of distance")
+    none = [i for i, f in enumerate(per_frame) if f["keyframe_stamp_ns"] != f["stamp_ns"] and not f.get("metric")]
+    if none:
+        ax.plot(t[none], np.zeros(len(none)), "rx", label="no metric pose")
+    handles = ax.get_legend_handles_labels()[0] + right.get_legend_handles_labels()[0]
+    ax.legend(handles, [h.get_label() for h in handles], fontsize=8)
+    return _save_per_frame(fig, ax, t, per_frame, "error (m)", f"{title}: metric translation error (keyframe → frame)",
+                           path, legend=False)
+
+
 def plot_matches(per_frame: Sequence[dict], path: Path, title: str) -> Path:
     plt = _pyplot()
     t = _seconds(per_frame)
@@ -154,7 +183,8 @@ def plot_matches(per_frame: Sequence[dict], path: Path, title: str) -> Path:
     return _save_per_frame(fig, ax, t, per_frame, "count", f"{title}: matches per frame", path)
 
 
-def _save_per_frame(fig, ax, t: np.ndarray, per_frame: Sequence[dict], ylabel: str, title: str, path: Path) -> Path:
+def _save_per_frame(fig, ax, t: np.ndarray, per_frame: Sequence[dict], ylabel: str, title: str, path: Path,
+                    legend: bool = True) -> Path:
     """The per-frame plots' common end: grey lines at new keyframes, labels, legend, saved and closed."""
     for i, f in enumerate(per_frame):
         if f["new_keyframe"]:
@@ -162,7 +192,8 @@ def _save_per_frame(fig, ax, t: np.ndarray, per_frame: Sequence[dict], ylabel: s
     ax.set_xlabel("time (s)   (grey lines: new keyframes)")
     ax.set_ylabel(ylabel)
     ax.set_title(title)
-    ax.legend(fontsize=8)
+    if legend:
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path)
     _pyplot().close(fig)
@@ -188,8 +219,9 @@ def plot_latency(latencies_ms: Sequence[float], path: Path, title: str, label: s
     return path
 
 
-def plot_trajectory(est: Any, gt: Any, path: Path, title: str) -> Path:
-    """Top view (x, z) and side view (x, y) of the chained estimate and the ground truth."""
+def plot_trajectory(est: Any, gt: Any, path: Path, title: str, metric: bool = False) -> Path:
+    """Top view (x, z) and side view (x, y) of the chained estimate and the ground truth (``metric``: the
+    estimate's own metric scale, else the ground truth's)."""
     plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(9, 4), dpi=100)
     for ax, (a, b, la, lb) in zip(axes, ((0, 1, "x", "y"), (0, 2, "x", "z"))):
@@ -198,7 +230,7 @@ def plot_trajectory(est: Any, gt: Any, path: Path, title: str) -> Path:
             ax.plot(p[:, a], p[:, b], "k--", lw=1, label="ground truth")
         if est is not None and len(est):
             p = est.poses[:, :3, 3]
-            ax.plot(p[:, a], p[:, b], "o-", ms=3, label="estimate (GT scale)")
+            ax.plot(p[:, a], p[:, b], "o-", ms=3, label="estimate (metric)" if metric else "estimate (GT scale)")
         ax.set_xlabel(f"{la} (m)")
         ax.set_ylabel(f"{lb} (m)")
         ax.axis("equal")
@@ -277,10 +309,18 @@ def pick_picture_frames(records: Sequence[FrameRecord], count: int = 3) -> list[
 def run_markdown(metrics: dict, plots: dict[str, str], title: str) -> str:
     """The per-run report."""
     lines = [f"# {title}", ""]
-    lines += [f"- bag: `{metrics.get('bag')}`", f"- mode: {metrics.get('mode')}",
+    lines += [f"- bag: `{metrics.get('bag')}`", f"- mode: {metrics.get('mode')}, input: {metrics.get('input_mode', 'mono')}",
               f"- backend: `{metrics.get('backend')}` ({metrics.get('device')}, {metrics.get('precision')})",
               f"- ground truth: {metrics.get('ground_truth')}",
-              f"- topics: image `{metrics.get('image_topic')}`, camera info `{metrics.get('camera_info_topic')}`", ""]
+              f"- topics: image `{metrics.get('image_topic')}`, camera info `{metrics.get('camera_info_topic')}`"
+              + "".join(f", {what} `{metrics[key]}`" for key, what in (("depth_topic", "depth"),
+                        ("right_image_topic", "right image"), ("right_camera_info_topic", "right camera info"))
+                        if metrics.get(key))]
+    if metrics.get("pairing"):
+        p = metrics["pairing"]
+        lines.append(f"- pairing by stamp: {p['paired']} paired, unpaired {p['unpaired'] or 'none'}, "
+                     f"rejected {p['rejected'] or 'none'}")
+    lines.append("")
     lines += [markdown_table([metrics]), ""]
     lines += ["| metric | value |", "|---|---|"]
     for key, value in metrics.items():
@@ -296,7 +336,13 @@ def run_markdown(metrics: dict, plots: dict[str, str], title: str) -> str:
               "LoFTR); error medians are over the estimated poses; epipolar precision is the share of all matches "
               "with symmetric epipolar distance < 5e-4 (normalised coordinates) under the ground truth; ATE/RPE: "
               "evo_ape / evo_rpe (translation part, SE(3)-aligned, RPE over consecutive poses) of the chained "
-              "trajectory whose per-pair translation is scaled to the ground-truth length.", ""]
+              + ("trajectory of the metric keyframe-to-frame poses as estimated: no ground-truth scale is injected "
+                 "and the alignment is SE(3) (rotation and translation, scale 1), not Sim(3); frames without a metric "
+                 "pose are left out. Metric translation error: |t - t_gt| in metres, and in % of the keyframe-to-"
+                 f"frame ground-truth distance (KITTI convention; pairs under "
+                 f"{metrics.get('translation_error_pct_min_distance_m')} m apart left out of the %), over the "
+                 "frames with a metric pose (metric_pose_frames)." if metrics.get("input_mode", "mono") != "mono"
+                 else "trajectory whose per-pair translation is scaled to the ground-truth length."), ""]
     for name, file in plots.items():
         lines += [f"## {name}", "", f"![{name}]({file})", ""]
     return "\n".join(lines)

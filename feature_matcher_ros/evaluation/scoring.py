@@ -10,13 +10,18 @@ from ..datasets import Trajectory
 from . import report
 from .metrics import epipolar_errors, evaluate
 from .records import FrameRecord
-from .trajectory import chain_with_gt_scale, sample, score_trajectory
+from .trajectory import chain_metric, chain_with_gt_scale, sample, score_trajectory
 
 #: the keys every metrics.json has at the top level (the issue's list, plus the trajectory scores)
 REQUIRED_KEYS = (
     "backend", "frames", "pairs", "auc@5", "auc@10", "auc@20", "rotation_error_deg_median",
     "translation_error_deg_median", "epipolar_precision", "matches_per_frame_median", "inliers_per_frame_median",
     "keyframes", "fps", "latency_ms_p50", "latency_ms_p99", "ate_rmse_m", "rpe_rmse_m",
+)
+#: and the keys of an rgbd / stereo run (issue 11's list)
+METRIC_KEYS = (
+    "input_mode", "translation_error_m_median", "translation_error_pct_median", "rotation_error_deg_median",
+    "metric_pose_frames", "ate_rmse_m", "rpe_rmse_m",
 )
 
 
@@ -25,21 +30,26 @@ def score_run(records: Sequence[FrameRecord], gt: Trajectory | None, out_dir: Pa
               latency_label: str = "processing time") -> dict[str, Any]:
     """Score ``records`` and write ``out_dir``/{metrics.json, report.md, *.png, trajectory_*.tum}.
 
-    ``meta``: what identifies the run (backend, bag, topics, fps, ...), merged first into metrics.json.
+    ``meta``: what identifies the run (backend, bag, topics, fps, ``input_mode``, ...), merged first into
+    metrics.json; an ``input_mode`` of ``rgbd`` / ``stereo`` scores the metric translation too, and chains the
+    trajectory with the estimated metric translations instead of the ground-truth scale.
     ``images_for(stamps)``: the bag images of these stamps, for the match pictures (None: no pictures).
     Returns the metrics dictionary written to ``metrics.json``.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    summary, per_frame = evaluate(records, gt)
+    metric = meta.get("input_mode", "mono") != "mono"
+    summary, per_frame = evaluate(records, gt, metric=metric)
     metrics: dict[str, Any] = {**meta, **summary}
-    for key in REQUIRED_KEYS:
+    for key in REQUIRED_KEYS + (METRIC_KEYS if metric else ()):
         metrics.setdefault(key, None)
 
     est = None
     if gt is not None and records:
-        est = chain_with_gt_scale(records, gt)
+        est = chain_metric(records, gt) if metric else chain_with_gt_scale(records, gt)
         metrics.update(score_trajectory(est, gt, out_dir))
+        metrics["trajectory_scale"] = ("metric, as estimated (no ground-truth scale)" if metric
+                                       else "ground truth (each step scaled to the ground-truth length)")
     else:
         metrics["evo_error"] = "no ground truth"
 
@@ -47,12 +57,15 @@ def score_run(records: Sequence[FrameRecord], gt: Trajectory | None, out_dir: Pa
     plots: dict[str, str] = {}
     if per_frame:
         plots["pose error per frame"] = report.plot_pose_errors(per_frame, out_dir / "pose_error.png", title).name
+        if metric:
+            plots["metric translation error per frame"] = report.plot_translation_errors(
+                per_frame, out_dir / "translation_error.png", title).name
         plots["matches per frame"] = report.plot_matches(per_frame, out_dir / "matches.png", title).name
         plots["latency"] = report.plot_latency([r.latency_ms for r in records], out_dir / "latency.png", title,
                                                latency_label).name
     if est is not None and len(est):
         plots["trajectory"] = report.plot_trajectory(est, sample(gt, [r.stamp_ns for r in records]),
-                                                     out_dir / "trajectory.png", title).name
+                                                     out_dir / "trajectory.png", title, metric).name
     if images_for is not None and pictures > 0:
         chosen = report.pick_picture_frames(records, pictures)
         want = {r.stamp_ns for r in chosen} | {r.keyframe_stamp_ns for r in chosen}

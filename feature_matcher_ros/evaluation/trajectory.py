@@ -1,5 +1,5 @@
-"""Trajectories for the evaluation: chaining relative poses with the ground-truth scale injected, ground
-truth at image stamps, and scoring with evo's command-line tools.
+"""Trajectories for the evaluation: chaining relative poses (monocular: with the ground-truth scale injected;
+metric: as estimated), ground truth at image stamps, and scoring with evo's command-line tools.
 
 :class:`~feature_matcher_ros.datasets.Trajectory` (and the TUM file reader and writer) live in
 :mod:`feature_matcher_ros.datasets`. evo (GPL) is only ever run as a command (``evo_ape``/``evo_rpe`` in a
@@ -16,13 +16,13 @@ import sys
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
 from ..datasets import Trajectory, write_tum
 
-# -- chaining with the ground-truth scale -------------------------------------------------------------
+# -- chaining ------------------------------------------------------------------------------------------
 
 def chain_with_gt_scale(records: Sequence, gt: Trajectory, max_gap_ns: int = 100_000_000) -> Trajectory:
     """Chain per-frame keyframe->current estimates into ``T_world_current`` with the scale taken from
@@ -34,6 +34,39 @@ def chain_with_gt_scale(records: Sequence, gt: Trajectory, max_gap_ns: int = 100
     it still became a keyframe (tracking lost), it inherits its keyframe's pose (zero motion), which
     the trajectory error then charges. ``records``: :class:`~.records.FrameRecord` in time order.
     """
+    def step(rec: Any) -> np.ndarray | None:
+        T_gt = gt.relative(rec.keyframe_stamp_ns, rec.stamp_ns, max_gap_ns)
+        if rec.R is None or T_gt is None:
+            return None
+        t = np.asarray(rec.t, dtype=np.float64).reshape(3)
+        norm = float(np.linalg.norm(t))
+        return _se3(rec.R, t / norm * float(np.linalg.norm(T_gt[:3, 3])) if norm > 0 else np.zeros(3))
+
+    return _chain(records, gt, step, max_gap_ns, "estimate (ground-truth scale)")
+
+
+def chain_metric(records: Sequence, gt: Trajectory, max_gap_ns: int = 100_000_000) -> Trajectory:
+    """Chain the metric keyframe->current poses (RGB-D / stereo; ``t`` in metres) as estimated: no ground-truth
+    scale is injected. Like :func:`chain_with_gt_scale` otherwise (the chain starts at the ground-truth pose of
+    the first frame); a frame without a metric pose (none, or the monocular fallback, whose scale is unknown) is
+    left out, or holds its keyframe's pose when it became a keyframe."""
+    def step(rec: Any) -> np.ndarray | None:
+        return _se3(rec.R, rec.t) if rec.metric and rec.R is not None else None
+
+    return _chain(records, gt, step, max_gap_ns, "estimate (metric, no ground-truth scale)")
+
+
+def _se3(R: np.ndarray, t: np.ndarray) -> np.ndarray:
+    T = np.eye(4)
+    T[:3, :3] = R
+    T[:3, 3] = np.asarray(t, dtype=np.float64).reshape(3)
+    return T
+
+
+def _chain(records: Sequence, gt: Trajectory, step: Callable[[Any], np.ndarray | None], max_gap_ns: int,
+           source: str) -> Trajectory:
+    """``T_world_frame = T_world_keyframe @ inv(step(frame))`` over ``records`` in time order (see
+    :func:`chain_with_gt_scale`); ``step`` gives a frame's keyframe->frame ``(4, 4)`` or None."""
     kf_pose: dict[int, np.ndarray] = {}
     stamps: list[int] = []
     poses: list[np.ndarray] = []
@@ -46,14 +79,8 @@ def chain_with_gt_scale(records: Sequence, gt: Trajectory, max_gap_ns: int = 100
                 T_cur = np.eye(4)
         else:
             T_kf = kf_pose.get(rec.keyframe_stamp_ns)
-            T_gt = gt.relative(rec.keyframe_stamp_ns, rec.stamp_ns, max_gap_ns)
-            if T_kf is not None and rec.R is not None and T_gt is not None:
-                scale = float(np.linalg.norm(T_gt[:3, 3]))
-                t = np.asarray(rec.t, dtype=np.float64).reshape(3)
-                norm = float(np.linalg.norm(t))
-                T_rel = np.eye(4)
-                T_rel[:3, :3] = rec.R
-                T_rel[:3, 3] = t / norm * scale if norm > 0 else 0.0
+            T_rel = step(rec) if T_kf is not None else None
+            if T_rel is not None:
                 T_cur = T_kf @ np.linalg.inv(T_rel)
             elif rec.new_keyframe and T_kf is not None:
                 T_cur = T_kf.copy()
@@ -66,7 +93,7 @@ def chain_with_gt_scale(records: Sequence, gt: Trajectory, max_gap_ns: int = 100
         last = T_cur
         if rec.new_keyframe or rec.keyframe_stamp_ns == rec.stamp_ns:
             kf_pose[int(rec.stamp_ns)] = T_cur
-    return Trajectory.from_lists(stamps, poses, source="estimate (ground-truth scale)")
+    return Trajectory.from_lists(stamps, poses, source=source)
 
 
 def sample(gt: Trajectory, stamps_ns: Iterable[int], max_gap_ns: int = 100_000_000) -> Trajectory:

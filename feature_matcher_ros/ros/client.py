@@ -124,17 +124,20 @@ class MatcherClient(HelperNode):
         name: this helper's own node name.
         image_topic, info_topic: where to publish the camera (relative to ``namespace`` unless absolute),
             for a matcher whose inputs are remapped.
+        input_mode: the matcher's (``rgbd`` adds a ``depth`` publisher, ``stereo`` ``right/image`` and
+            ``right/camera_info``; :meth:`wait_for_matcher` waits for those too).
     """
 
     def __init__(self, node: str = "matcher_node", namespace: str = "", qos: str = "reliable",
                  compressed: bool = False, name: str = "fm_client", image_topic: str = "image",
-                 info_topic: str = "camera_info") -> None:
+                 info_topic: str = "camera_info", input_mode: str = "mono") -> None:
         super().__init__(name, namespace)
         self.target = node if node.startswith("/") else f"{namespace.rstrip('/')}/{node}"
         self.matches: dict[int, PointCloud2] = {}
         self.poses: dict[int, PoseWithCovarianceStamped] = {}
         self.odometry: dict[int, Odometry] = {}
         self.keyframes: list[PoseStamped] = []
+        self.landmarks: list[PointCloud2] = []
         self.debug_images: list[Image] = []
         self.diagnostics: list[DiagnosticStatus] = []
         self.arrival: dict[int, float] = {}  # matches stamp -> time.monotonic() on arrival
@@ -142,11 +145,20 @@ class MatcherClient(HelperNode):
         n = self.node
         self.pub_image = n.create_publisher(CompressedImage if compressed else Image, image_topic, input_qos(qos))
         self.pub_info = n.create_publisher(CameraInfo, info_topic, input_qos(qos))
+        image_type = CompressedImage if compressed else Image
+        self.partners = {
+            "mono": {},
+            "rgbd": {"depth": n.create_publisher(image_type, "depth", input_qos(qos))} if input_mode == "rgbd" else {},
+            "stereo": {"right": n.create_publisher(image_type, "right/image", input_qos(qos)),
+                       "right_info": n.create_publisher(CameraInfo, "right/camera_info", input_qos(qos))}
+            if input_mode == "stereo" else {},
+        }[input_mode]
         self._subs = [
             n.create_subscription(PointCloud2, "matches", self._keep(self.matches, True), output_qos(100)),
             n.create_subscription(PoseWithCovarianceStamped, "relative_pose", self._keep(self.poses), output_qos(100)),
             n.create_subscription(Odometry, "odometry", self._keep(self.odometry), output_qos(100)),
             n.create_subscription(PoseStamped, "keyframe", self._append(self.keyframes), latched_qos(100)),
+            n.create_subscription(PointCloud2, "landmarks", self._append(self.landmarks), latched_qos(100)),
             n.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, output_qos(100)),
         ]
         self._debug_sub = None
@@ -190,7 +202,8 @@ class MatcherClient(HelperNode):
         client = self.node.create_client(SetParameters, f"{self.target}/set_parameters")
         try:
             while time.monotonic() < deadline:
-                if (self.pub_image.get_subscription_count() > 0 and self.pub_info.get_subscription_count() > 0
+                publishers = [self.pub_image, self.pub_info, *self.partners.values()]
+                if (all(pub.get_subscription_count() > 0 for pub in publishers)
                         and self._subs[0].get_publisher_count() > 0 and client.service_is_ready()):
                     break
                 time.sleep(0.05)
@@ -228,6 +241,19 @@ class MatcherClient(HelperNode):
             self.pub_image.publish(cv.numpy_to_compressed(rgb, "png", stamp_ns, frame_id))
         else:
             self.pub_image.publish(cv.numpy_to_image(pixels, encoding, stamp_ns, frame_id))
+
+    def send_depth(self, depth: np.ndarray, encoding: str, stamp_ns: int, frame_id: str = "camera") -> None:
+        """Publish a depth image (``16UC1`` units or ``32FC1`` metres) on ``depth`` (rgbd clients)."""
+        self.partners["depth"].publish(cv.numpy_to_image(depth, encoding, stamp_ns, frame_id))
+
+    def send_right(self, pixels: np.ndarray, encoding: str, stamp_ns: int, camera: CameraModel | None,
+                   baseline_m: float, frame_id: str = "camera_right") -> None:
+        """Publish ``right/camera_info`` (rectified: ``P[3] = -fx * baseline``; unless ``camera`` is None) and the
+        right image on ``right/image`` (stereo clients)."""
+        if camera is not None:
+            self.partners["right_info"].publish(
+                cv.model_to_camera_info(camera, stamp_ns, frame_id, tx=-camera.fx * baseline_m))
+        self.partners["right"].publish(cv.numpy_to_image(pixels, encoding, stamp_ns, frame_id))
 
     def wait_result(self, stamp_ns: int, timeout: float = 30.0) -> PointCloud2 | None:
         """The ``matches`` message of the frame stamped ``stamp_ns``, or None on timeout."""

@@ -72,8 +72,9 @@ def numpy_to_compressed(
 
 
 # -- camera info ------------------------------------------------------------------------------------
-def model_to_camera_info(camera: CameraModel, stamp_ns: int = 0, frame_id: str = "") -> CameraInfo:
-    """A ``CameraInfo`` for ``camera`` (``plumb_bob``; P = [K | 0])."""
+def model_to_camera_info(camera: CameraModel, stamp_ns: int = 0, frame_id: str = "", tx: float = 0.0) -> CameraInfo:
+    """A ``CameraInfo`` for ``camera`` (``plumb_bob``; P = [K | (tx, 0, 0)]: for the right camera of a
+    rectified pair ``tx = -fx * baseline``)."""
     msg = CameraInfo()
     msg.header = Header(stamp=ns_to_stamp(stamp_ns), frame_id=frame_id)
     msg.width, msg.height = int(camera.width), int(camera.height)
@@ -84,6 +85,7 @@ def model_to_camera_info(camera: CameraModel, stamp_ns: int = 0, frame_id: str =
     msg.r = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
     P = np.zeros((3, 4))
     P[:, :3] = camera.K
+    P[0, 3] = tx
     msg.p = [float(v) for v in P.reshape(-1)]
     return msg
 
@@ -91,8 +93,9 @@ def model_to_camera_info(camera: CameraModel, stamp_ns: int = 0, frame_id: str =
 # -- matches as PointCloud2 ---------------------------------------------------------------------------
 MATCH_FIELDS = ("x0", "y0", "x1", "y1", "score", "inlier")
 _MATCH_DTYPE = np.dtype(
-    [(name, "<f4") for name in MATCH_FIELDS] + [("kf_sec", "<u4"), ("kf_nanosec", "<u4")]
+    [(name, "<f4") for name in MATCH_FIELDS] + [("kf_sec", "<u4"), ("kf_nanosec", "<u4"), ("z0", "<f4")]
 )
+_LANDMARK_DTYPE = np.dtype([(name, "<f4") for name in ("x", "y", "z", "u", "v")])
 _NUMPY_TO_POINTFIELD = {v: k for k, v in POINTFIELD_DTYPES.items()}
 
 
@@ -103,12 +106,15 @@ def matches_to_cloud(
     inliers: np.ndarray,
     header: Header,
     keyframe_stamp_ns: int,
+    z0: np.ndarray | None = None,
 ) -> PointCloud2:
     """An unorganised ``PointCloud2`` (height 1, width N): float32 ``x0 y0`` (keyframe pixel), ``x1 y1``
-    (current pixel), ``score``, ``inlier`` (1.0 or 0.0), and uint32 ``kf_sec kf_nanosec`` (the keyframe's
-    stamp, the same in every point). ``header`` is the current image's header."""
+    (current pixel), ``score``, ``inlier`` (1.0 or 0.0), uint32 ``kf_sec kf_nanosec`` (the keyframe's
+    stamp, the same in every point) and float32 ``z0``, the keyframe point's depth in metres (NaN where
+    unknown, and everywhere in monocular mode). ``header`` is the current image's header."""
     n = len(scores)
     points = np.zeros(n, _MATCH_DTYPE)
+    points["z0"] = np.nan if z0 is None else z0
     if n:
         points["x0"], points["y0"] = kpts0[:, 0], kpts0[:, 1]
         points["x1"], points["y1"] = kpts1[:, 0], kpts1[:, 1]
@@ -116,6 +122,17 @@ def matches_to_cloud(
         points["inlier"] = np.asarray(inliers, bool).astype(np.float32)
         stamp = ns_to_stamp(keyframe_stamp_ns)
         points["kf_sec"], points["kf_nanosec"] = stamp.sec, stamp.nanosec
+    return array_to_cloud(points, header)
+
+
+def landmarks_to_cloud(landmarks: np.ndarray, keyframe_stamp_ns: int, camera_frame: str) -> PointCloud2:
+    """A keyframe's landmarks ``(K, 5)`` as a ``PointCloud2``: float32 ``x y z`` (metres, keyframe camera
+    frame) and ``u v`` (keyframe pixel). Stamped with the keyframe's stamp, frame_id
+    ``<camera_frame>@<keyframe stamp ns>`` like ``relative_pose``."""
+    points = np.zeros(len(landmarks), _LANDMARK_DTYPE)
+    for k, name in enumerate(_LANDMARK_DTYPE.names):
+        points[name] = landmarks[:, k]
+    header = Header(stamp=ns_to_stamp(keyframe_stamp_ns), frame_id=keyframe_frame_id(camera_frame, keyframe_stamp_ns))
     return array_to_cloud(points, header)
 
 

@@ -26,6 +26,8 @@ class Stats:
         self.keyframes = 0
         self.debug_images = 0
         self.rejected: Counter[str] = Counter()
+        self.unpaired: Counter[str] = Counter()  # depth / right images never paired with an image
+        self.warnings: Counter[str] = Counter()  # input problems that do not stop a frame
         self.last_status = "init"
         self.last_reason = ""
         self.last_error = ""
@@ -43,6 +45,16 @@ class Stats:
     def on_reject(self, reason: str) -> None:
         with self._lock:
             self.rejected[reason] += 1
+
+    def on_unpaired(self, which: str) -> None:
+        with self._lock:
+            self.unpaired[which] += 1
+
+    def on_warning(self, reason: str) -> int:
+        """Count a warning; returns how many of this reason so far."""
+        with self._lock:
+            self.warnings[reason] += 1
+            return self.warnings[reason]
 
     def on_drop(self) -> None:
         with self._lock:
@@ -78,6 +90,8 @@ class Stats:
                 "debug_images_published": self.debug_images,
                 "rejected_total": sum(self.rejected.values()),
                 **{f"rejected.{k}": v for k, v in sorted(self.rejected.items())},
+                **{f"unpaired.{k}": v for k, v in sorted(self.unpaired.items())},
+                **{f"warning.{k}": v for k, v in sorted(self.warnings.items())},
                 "tracking_status": self.last_status,
                 "last_reason": self.last_reason,
                 **info,

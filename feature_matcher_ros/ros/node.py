@@ -51,12 +51,13 @@ from std_msgs.msg import Header
 from std_srvs.srv import Trigger
 
 from ..backends import backend_class, backend_names, create_backend
-from ..frontend import FRONTEND_PARAMS, PRECISION_PARAM, Frontend, FrameResult, split_settings
+from ..frontend import FRONTEND_PARAMS, INPUT_MODES, PRECISION_PARAM, Frontend, FrameResult, split_settings
 from ..messages import CameraInfoCache, InputError, decode_image, stamp_to_ns
 from ..params import ParamSpec
 from . import conversions as cv
 from .diagnostics import Stats
 from .mailbox import Mailbox
+from .metric_inputs import MetricInput, PairedInputs
 from .parameters import LiveParameters, declare
 from .qos import INPUT_QOS_CHOICES, input_qos, latched_qos, output_qos
 
@@ -77,6 +78,14 @@ NODE_PARAMS: tuple[ParamSpec, ...] = (
               read_only=True),
     ParamSpec("diagnostics_period_s", 1.0, "Seconds between /diagnostics reports.", min=0.1, max=60.0,
               read_only=True),
+    ParamSpec("input_mode", "mono", "mono (image), rgbd (image + registered depth) or stereo (rectified left image + "
+              "right/image): rgbd and stereo give metric poses.", choices=INPUT_MODES, read_only=True),
+    ParamSpec("sync.queue_size", 10, "rgbd/stereo: messages kept per input while pairing by stamp.", min=1, max=1000,
+              read_only=True),
+    ParamSpec("sync.slop_s", 0.02, "rgbd/stereo: largest stamp difference paired (seconds; 0 = equal stamps).",
+              min=0.0, max=10.0, read_only=True),
+    ParamSpec("depth.scale", 0.001, "rgbd: metres per unit of 16-bit depth (0.001 = millimetres, REP 118; 32FC1 is "
+              "metres).", min=1e-9, max=1e3),
     ParamSpec("num_threads", 0, "CPU threads for torch and OpenCV (0 = all cores).", min=0, max=1024),
     ParamSpec("debug_image.max_lines", 200, "Matches drawn on debug_image (best first).", min=0, max=10000),
 )
@@ -111,12 +120,14 @@ def backend_weights(backend: str, weights: str) -> str | None:
 
 
 class _Frame:
-    """One accepted input frame on its way to the worker."""
+    """One accepted input frame on its way to the worker (with its depth or right image in rgbd/stereo)."""
 
-    __slots__ = ("pixels", "header", "stamp_ns", "camera", "arrived")
+    __slots__ = ("pixels", "header", "stamp_ns", "camera", "arrived", "metric")
 
-    def __init__(self, pixels: np.ndarray, header: Header, stamp_ns: int, camera: Any, arrived: float) -> None:
+    def __init__(self, pixels: np.ndarray, header: Header, stamp_ns: int, camera: Any, arrived: float,
+                 metric: MetricInput | None = None) -> None:
         self.pixels, self.header, self.stamp_ns, self.camera, self.arrived = pixels, header, stamp_ns, camera, arrived
+        self.metric = metric or MetricInput()
 
 
 class MatcherSteps:
@@ -144,6 +155,7 @@ class MatcherSteps:
     _outputs: tuple = ()
     _input_subscriptions: tuple = ()
     _diagnostics_timer: Any = None
+    _paired: PairedInputs | None = None
 
     # -- the matcher ----------------------------------------------------------------------------------
     def load_matcher(self) -> None:
@@ -156,7 +168,7 @@ class MatcherSteps:
         _, frontend_values, backend_values = split_settings(live, name)
         self.backend = self._create_backend(name, frontend_values.pop("precision"), backend_values)
         self._apply_num_threads(self.values["num_threads"])
-        self.frontend = Frontend(self.backend, frontend_values)
+        self.frontend = Frontend(self.backend, frontend_values, self.values["input_mode"])
         self._adopt_backend_values()
         self._warn_unknown_overrides()
         self._live_parameters = LiveParameters(
@@ -234,10 +246,11 @@ class MatcherSteps:
         self.pub_pose = publisher(PoseWithCovarianceStamped, "relative_pose", output_qos())
         self.pub_odom = publisher(Odometry, "odometry", output_qos())
         self.pub_keyframe = publisher(PoseStamped, "keyframe", latched_qos())
+        self.pub_landmarks = publisher(PointCloud2, "landmarks", latched_qos())
         self.pub_debug = publisher(Image, "debug_image", output_qos(depth=2))
         self.pub_diag = publisher(DiagnosticArray, "/diagnostics", output_qos())
-        self._outputs = (self.pub_matches, self.pub_pose, self.pub_odom, self.pub_keyframe, self.pub_debug,
-                         self.pub_diag)
+        self._outputs = (self.pub_matches, self.pub_pose, self.pub_odom, self.pub_keyframe, self.pub_landmarks,
+                         self.pub_debug, self.pub_diag)
         self.mailbox = Mailbox()
         self._worker = threading.Thread(target=self._work, args=(self.mailbox,), name="matcher_worker", daemon=True)
         self._worker.start()
@@ -267,6 +280,10 @@ class MatcherSteps:
             self.create_subscription(self.image_type, "image", self._on_image, qos),
             self.create_subscription(CameraInfo, "camera_info", self._on_camera_info, qos),
         )
+        if self.values["input_mode"] != "mono":
+            v = self.values
+            self._paired = PairedInputs(self, v["input_mode"], qos, v["sync.queue_size"], v["sync.slop_s"],
+                                        v["compressed_input"], self._accept, self._on_unpaired)
         self._diagnostics_timer = self.create_timer(self.values["diagnostics_period_s"], self._publish_diagnostics)
 
     def destroy_inputs(self) -> None:
@@ -274,6 +291,9 @@ class MatcherSteps:
         for sub in self._input_subscriptions:
             self.destroy_subscription(sub)
         self._input_subscriptions = ()
+        if self._paired is not None:
+            self._paired.destroy(self)
+            self._paired = None
         if self._diagnostics_timer is not None:
             self.destroy_timer(self._diagnostics_timer)
             self._diagnostics_timer = None
@@ -299,10 +319,24 @@ class MatcherSteps:
 
     def _on_image(self, msg: Image | CompressedImage) -> None:
         self.stats.on_input()
-        self._accept(msg, time.monotonic())
+        if self._paired is not None:  # rgbd / stereo: on to the worker once its depth or right image is here
+            self._paired.add_image(msg, time.monotonic())
+        else:
+            self._accept(msg, time.monotonic())
 
-    def _accept(self, msg: Image | CompressedImage, arrived: float) -> None:
-        """Check, convert and pair one image with the latest camera_info, then hand it to the worker."""
+    def _on_unpaired(self, which: str) -> None:
+        """A message left its pairing queue alone: an image is rejected (``unpaired``), a depth or right image
+        only counted (``unpaired.<input>``)."""
+        if which == "image":
+            self._reject("unpaired", f"no {self._paired.partner} image within sync.slop_s "
+                                     f"({self.values['sync.slop_s']} s) of an image; is the {self._paired.partner} "
+                                     "topic publishing, with stamps close to the image's?")
+        else:
+            self.stats.on_unpaired(which)
+
+    def _accept(self, msg: Image | CompressedImage, arrived: float, partner: Any = None) -> None:
+        """Check, convert and pair one image with the latest camera_info (and its depth or right image),
+        then hand it to the worker."""
         try:
             pixels = decode_image(msg)
             height, width = pixels.shape[:2]
@@ -310,36 +344,49 @@ class MatcherSteps:
                 # No camera_info ever: the first image often races its camera_info; keep it a moment.
                 if self._parked is not None:
                     self._reject("no_camera_info", "no camera_info received yet; images wait for one")
-                self._parked = (msg, arrived)
+                self._parked = (msg, arrived, partner)
                 return
             camera = self.cameras.camera_for(width, height)
             stamp_ns = stamp_to_ns(msg.header.stamp)
-            if self._frame_id is not None and msg.header.frame_id != self._frame_id:
-                raise InputError(
-                    "frame_id_changed",
-                    f"image frame_id {msg.header.frame_id!r} differs from {self._frame_id!r}; run one matcher "
-                    "per camera, or call ~/reset when the camera was renamed",
-                )
-            if self._last_stamp_ns is not None and stamp_ns <= self._last_stamp_ns:
-                reason = "stamp_repeated" if stamp_ns == self._last_stamp_ns else "stamp_backwards"
-                raise InputError(
-                    reason,
-                    f"image stamp {stamp_ns} ns is not after the previous one ({self._last_stamp_ns} ns); "
-                    "call ~/reset after restarting a recording",
-                )
+            self._check_order(msg.header.frame_id, stamp_ns)
+            metric = self._metric_input(partner, (height, width))
         except InputError as err:
             self._reject(err.reason, str(err))
             return
         self._last_stamp_ns = stamp_ns
         self._frame_id = msg.header.frame_id
-        if self.mailbox.put(_Frame(pixels, msg.header, stamp_ns, camera, arrived)):
+        if self.mailbox.put(_Frame(pixels, msg.header, stamp_ns, metric.camera or camera, arrived, metric)):
             self.stats.on_drop()
+
+    def _check_order(self, frame_id: str, stamp_ns: int) -> None:
+        """One camera, stamps strictly increasing; :class:`InputError` otherwise."""
+        if self._frame_id is not None and frame_id != self._frame_id:
+            raise InputError("frame_id_changed", f"image frame_id {frame_id!r} differs from {self._frame_id!r}; "
+                                                 "run one matcher per camera, or call ~/reset when the camera was renamed")
+        if self._last_stamp_ns is not None and stamp_ns <= self._last_stamp_ns:
+            reason = "stamp_repeated" if stamp_ns == self._last_stamp_ns else "stamp_backwards"
+            raise InputError(reason, f"image stamp {stamp_ns} ns is not after the previous one ({self._last_stamp_ns} "
+                                     "ns); call ~/reset after restarting a recording")
+
+    def _metric_input(self, partner: Any, size: tuple[int, int]) -> MetricInput:
+        """The depth or right image of an rgbd/stereo frame, decoded (an empty input in mono mode)."""
+        if partner is None:
+            return MetricInput()
+        metric = self._paired.decode(partner, size, self.cameras.message, float(self.values["depth.scale"]))
+        if metric.warning:
+            self._warn("depth_units", metric.warning)
+        return metric
 
     def _expire_parked(self) -> None:
         parked = self._parked
         if parked is not None and time.monotonic() - parked[1] >= CAMERA_INFO_WAIT_S:
             self._parked = None
             self._accept(*parked)  # now too old to wait: rejected as no_camera_info
+
+    def _warn(self, reason: str, message: str) -> None:
+        """A problem with an input that does not stop it: counted (``warning.<reason>``), logged once."""
+        if self.stats.on_warning(reason) == 1:
+            self.get_logger().warning(f"{message} (logged once; counted as warning.{reason})")
 
     def _reject(self, reason: str, message: str) -> None:
         """Count a rejected input and log it, at most once per ``LOG_PERIOD_S`` per reason."""
@@ -353,6 +400,8 @@ class MatcherSteps:
     def _on_reset(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
         with self.lock:
             self.frontend.reset()
+            if self._paired is not None:
+                self._paired.sync.clear()
             self._keyframe_images.clear()
             self._last_stamp_ns = None
             self._frame_id = None
@@ -398,7 +447,8 @@ class MatcherSteps:
             try:
                 with self.lock:
                     started = time.perf_counter()
-                    result = self.frontend.process(frame.pixels, frame.stamp_ns, frame.camera)
+                    result = self.frontend.process(frame.pixels, frame.stamp_ns, frame.camera,
+                                                   frame.metric.depth, frame.metric.stereo)
                     process_ms = 1e3 * (time.perf_counter() - started)
                 self._publish(frame, result)
                 self.stats.on_output(
@@ -428,16 +478,13 @@ class MatcherSteps:
             for stamp in [s for s in self._keyframe_images if s not in cached]:
                 del self._keyframe_images[stamp]
         if keyframe != self._announced_keyframe:
-            self._announced_keyframe = keyframe
-            T_world_kf = result.T_world_active_keyframe
-            self.pub_keyframe.publish(cv.keyframe_msg(
-                T_world_kf if T_world_kf is not None else np.eye(4), keyframe, self.values["odom_frame"]))
+            self._announce_keyframe(keyframe, result, camera_frame)
 
         m = result.matches
         inliers = np.asarray(result.inliers, bool) if result.inliers is not None else np.zeros(len(m), bool)
         header = Header(stamp=frame.header.stamp, frame_id=frame.header.frame_id)
         self.pub_matches.publish(cv.matches_to_cloud(
-            m.kpts0, m.kpts1, m.scores, inliers, header, result.keyframe_stamp_ns))
+            m.kpts0, m.kpts1, m.scores, inliers, header, result.keyframe_stamp_ns, result.depth0))
         pose = result.pose
         if pose is not None and result.keyframe_stamp_ns != result.stamp_ns:
             T_kf_cur, cov_kf_cur = pose.current_in_keyframe()
@@ -451,6 +498,17 @@ class MatcherSteps:
         if self.pub_debug.get_subscription_count() > 0:
             self.pub_debug.publish(self._debug_image(frame, result, inliers))
             self.stats.debug_images += 1
+
+    def _announce_keyframe(self, stamp_ns: int, result: FrameResult, camera_frame: str) -> None:
+        """``keyframe`` (its world pose) and, when it has 3-D points, ``landmarks``: both latched, both sent
+        before any frame matched against this keyframe."""
+        self._announced_keyframe = stamp_ns
+        T_world_kf = result.T_world_active_keyframe
+        self.pub_keyframe.publish(cv.keyframe_msg(
+            T_world_kf if T_world_kf is not None else np.eye(4), stamp_ns, self.values["odom_frame"]))
+        kf = next((k for k in self.frontend.cache if k.stamp_ns == stamp_ns), None)
+        if kf is not None and kf.landmarks is not None:
+            self.pub_landmarks.publish(cv.landmarks_to_cloud(kf.landmarks, stamp_ns, camera_frame))
 
     def _debug_image(self, frame: _Frame, result: FrameResult, inliers: np.ndarray) -> Image:
         """Keyframe (left) and current frame (right), inliers green, outliers red, best matches first."""
@@ -488,6 +546,7 @@ class MatcherSteps:
             "device": d.get("device", ""),
             "precision": d.get("precision", ""),
             "input_qos": self.values["input_qos"],
+            "input_mode": self.values["input_mode"],
             "camera_info_received": self.cameras.received,
             "keyframe_stamp_ns": self._announced_keyframe if self._announced_keyframe is not None else "",
             "keyframe_cache_entries": len(self.frontend.cache),

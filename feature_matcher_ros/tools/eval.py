@@ -1,7 +1,9 @@
 """``fm-eval BAG --out DIR``: run the frontend offline on every frame of a rosbag2 and score it.
 
-Reads mcap or sqlite3 bags. Topics are found automatically when unambiguous (else name them); the ground
-truth comes from a PoseStamped, PoseWithCovarianceStamped, Odometry or TF topic, or a TUM file (``--gt``).
+Reads rosbag2 (mcap or sqlite3) and ROS 1 (``.bag``) recordings. Topics are found automatically when unambiguous
+(else name them); the ground truth comes from a PoseStamped, PoseWithCovarianceStamped, Odometry or TF topic, or
+a TUM file (``--gt``). A parameter file with ``input_mode: rgbd`` or ``stereo`` pairs each image with its depth or
+right image by stamp (the node's ``sync.*`` policy) and scores the metric poses as well.
 Writes ``DIR/metrics.json``, ``DIR/report.md``, plots and the chained trajectory (TUM, scored with
 ``evo_ape``/``evo_rpe``). Several ``--backend``/``--params`` give one run each (every backend with every
 parameter file) and a comparison table in ``DIR/report.md`` with one subfolder per run.
@@ -37,12 +39,17 @@ def add_bag_input_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gt-topic", default=None, help="ground-truth topic (PoseStamped, Odometry or TF)")
     p.add_argument("--gt-frame", default=None, help="with a TF ground truth: the camera frame (default: the images' frame_id)")
     p.add_argument("--gt", default=None, metavar="TUM_FILE", help="ground truth from a TUM file (T_world_camera)")
+    p.add_argument("--depth-topic", default=None, help="input_mode rgbd: depth topic (default: the one named *depth*)")
+    p.add_argument("--right-image-topic", default=None,
+                   help="input_mode stereo: right image topic (default: the one named *right*)")
+    p.add_argument("--right-camera-info-topic", default=None,
+                   help="input_mode stereo: right camera info (default: beside the right image topic)")
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fm-eval", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("bag", help="rosbag2 folder, .mcap or .db3 file")
+    p.add_argument("bag", help="rosbag2 folder, .mcap or .db3 file, or a ROS 1 .bag")
     p.add_argument("--out", required=True, help="output folder (created; files in it are overwritten)")
     p.add_argument("--backend", action="append", default=[], metavar="NAME",
                    help="backend to run (repeatable; default: the parameter file's, else sift)")
@@ -104,10 +111,12 @@ def evaluate_bag(args: argparse.Namespace) -> list[dict]:
         frontends = [build_frontend(spec) for spec in specs]  # every configuration is checked before any runs
         rows = []
         for spec, frontend in zip(specs, frontends):
-            run = run_offline(reader, topics, frontend, total=total, progress=not args.quiet,
-                              desc=f"fm-eval {spec.name}")
+            run_topics = metric_topics(reader, topics, spec, args)
+            run = run_offline(reader, run_topics, frontend, total=total, progress=not args.quiet,
+                              desc=f"fm-eval {spec.name}", pairing=spec.pairing)
             if not run.records:
-                raise bagio.BagError(f"no images could be read from {topics.image}")
+                raise bagio.BagError(f"no images could be read from {topics.image}"
+                                     + _pairing_problem(spec, run_topics, run.pairing.describe()))
             frames = len(run.records)
             meta = {
                 "name": spec.name, "mode": "offline", "backend": spec.backend, "device": spec.device,
@@ -115,7 +124,7 @@ def evaluate_bag(args: argparse.Namespace) -> list[dict]:
                 "camera_info_topic": topics.camera_info,
                 "ground_truth": gt.source if gt is not None else None,
                 "fps": frames / run.wall_s if run.wall_s > 0 else None, "wall_s": run.wall_s,
-                "settings": spec.describe(),
+                "settings": spec.describe(), **metric_meta(spec, run_topics, run.pairing.describe()),
             }
             folder = out if len(specs) == 1 else out / spec.name
             metrics = score_run(run.records, gt, folder, meta, images_for=images_for, pictures=args.pictures)
@@ -125,6 +134,30 @@ def evaluate_bag(args: argparse.Namespace) -> list[dict]:
         (out / "report.md").write_text(comparison_markdown(rows, str(args.bag)))
         write_json(out / "metrics.json", {"runs": rows})
     return rows
+
+
+def metric_topics(reader: Any, topics: bagio.BagTopics, spec: RunSpec, args: argparse.Namespace) -> bagio.BagTopics:
+    """The bag's topics for the run's input mode (the depth or right-camera topics found or given)."""
+    return bagio.discover_metric_topics(reader, topics, spec.pairing.input_mode, args.depth_topic,
+                                        args.right_image_topic, args.right_camera_info_topic)
+
+
+def metric_meta(spec: RunSpec, topics: bagio.BagTopics, pairing: dict[str, Any]) -> dict[str, Any]:
+    """What metrics.json says about the input mode: the mode (always), and in rgbd / stereo the partner topics
+    and what pairing did (paired, unpaired by input, rejected by reason)."""
+    if spec.pairing.input_mode == "mono":
+        return {"input_mode": "mono"}
+    partner = {"depth_topic": topics.depth} if topics.depth else {
+        "right_image_topic": topics.right_image, "right_camera_info_topic": topics.right_camera_info}
+    return {"input_mode": spec.pairing.input_mode, **partner, "pairing": pairing}
+
+
+def _pairing_problem(spec: RunSpec, topics: bagio.BagTopics, pairing: dict[str, Any]) -> str:
+    if spec.pairing.input_mode == "mono":
+        return ""
+    return (f" paired with {topics.depth or topics.right_image} (input_mode {spec.pairing.input_mode}, "
+            f"sync.slop_s {spec.pairing.slop_s}): {pairing['paired']} paired, unpaired {pairing['unpaired']}, "
+            f"rejected {pairing['rejected']}")
 
 
 def main(argv: list[str] | None = None) -> int:

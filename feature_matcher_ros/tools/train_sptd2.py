@@ -9,7 +9,9 @@ distilled into the level-1 score map beside the paper's losses; the teacher is r
 Resumable: every ``--save-every`` steps and every ``--save-every-min`` minutes it writes
 ``<out>/checkpoint.pt`` (model, optimiser, step, random states), ``<out>/weights.pt`` (the shippable fp16
 weights) and ``<out>/record.json`` (command, images and their SHA-1s, teacher, steps, minutes, losses);
-``--resume`` continues from the checkpoint. At the end (steps done or ``--time-limit-min`` reached) the
+``--resume`` continues from the checkpoint; ``--init WEIGHTS.pt`` starts a new run (fresh optimiser) from shipped
+weights instead of a random network, e.g. to fine-tune a GPU run whose full checkpoint did not come back
+(the network's config then comes from that file). At the end (steps done or ``--time-limit-min`` reached) the
 weights also go to ``--export`` with the JSON record beside them. ``--export-only`` rewrites ``--export``
 from ``<out>/checkpoint.pt`` without training.
 
@@ -62,6 +64,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--save-every-min", type=float, default=2.0, help="minutes between checkpoints (0 = off)")
     p.add_argument("--time-limit-min", type=float, default=0.0, help="stop (and save) after this many minutes of this run; 0 = none")
     p.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint.pt")
+    p.add_argument("--init", default=None, metavar="WEIGHTS.pt",
+                   help="start from these exported weights (their config; new optimiser) instead of a random network")
     p.add_argument("--log-every", type=int, default=20, help="steps between log lines (without a progress bar)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bar (log lines only)")
     args = p.parse_args(argv)
@@ -75,6 +79,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--real-fraction must be in [0, 1]")
     if args.export_only and not args.export:
         p.error("--export-only needs --export")
+    if args.init and (args.resume or args.export_only or args.set):
+        p.error("--init starts a new run from exported weights: not with --resume, --export-only or --set")
     return args
 
 
@@ -104,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     from ..backends.sptd2.config import SPTD2Config
     from ..backends.sptd2.data import PairConfig
     from ..backends.sptd2.losses import LossConfig, sptd2_loss
-    from ..backends.sptd2.model import SPTD2, count_parameters, save_checkpoint
+    from ..backends.sptd2.model import SPTD2, count_parameters, load_checkpoint, save_checkpoint
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -134,17 +140,30 @@ def main(argv: list[str] | None = None) -> int:
             changes[key] = value.lower() in ("1", "true", "yes") if kind == "bool" else (
                 int(value) if kind == "int" else float(value) if kind == "float" else value)
         config = dataclasses.replace(config, **changes)
-    model = SPTD2(config).to(device).train()
-    optimiser = torch.optim.Adam(model.parameters(), lr=args.lr, betas=(0.9, 0.999))
-    loss_cfg = LossConfig(distill=args.distill if args.teacher else 0.0, circle_scale=args.circle_scale)
-    generator = torch.Generator(device=device).manual_seed(args.seed)
-    step, elapsed_before, history = 0, 0.0, []
     state = None
     if args.resume or args.export_only:
         if not ckpt_path.is_file():
             print(f"fm-train-sptd2: {ckpt_path} does not exist (needed by --resume/--export-only)", file=sys.stderr)
             return 2
         state = torch.load(ckpt_path, map_location=device, weights_only=False)
+    record_before = (state or {}).get("record") or {}
+    init_record = record_before.get("init")  # a resumed --init run keeps its origin
+    if args.init:
+        model, init_meta = load_checkpoint(args.init)
+        config, args.variant = model.config, init_meta.get("variant") or args.variant
+        init_record = {"weights": args.init, "sha1": file_digest([args.init])[0]["sha1"],
+                       **{k: init_meta.get(k) for k in ("variant", "steps_done", "batch", "crop", "train_minutes",
+                                                        "device_name", "command")}}
+    else:
+        if init_record and "config" in record_before:  # the network of the weights that run started from
+            config = SPTD2Config.from_dict(record_before["config"])
+        model = SPTD2(config)
+    model = model.to(device).train()
+    optimiser = torch.optim.Adam(model.parameters(), lr=args.lr, betas=(0.9, 0.999))
+    loss_cfg = LossConfig(distill=args.distill if args.teacher else 0.0, circle_scale=args.circle_scale)
+    generator = torch.Generator(device=device).manual_seed(args.seed)
+    step, elapsed_before, history = 0, 0.0, []
+    if state is not None:
         model.load_state_dict(state["model"])
         optimiser.load_state_dict(state["optimiser"])
         step, elapsed_before, history = state["step"], state["elapsed_s"], state["history"]
@@ -188,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
             "loss": {"r": loss_cfg.r, "lambda": loss_cfg.lam, "circle_margin": loss_cfg.margin,
                      "circle_gamma": loss_cfg.gamma, "circle_scale": loss_cfg.circle_scale,
                      "patch_px": loss_cfg.patch_px, "distill": loss_cfg.distill},
-            "teacher": teacher_record, "rgbd": args.rgbd,
+            "teacher": teacher_record, "rgbd": args.rgbd, "init": init_record,
             "pairs": vars(pair_cfg), "train_minutes": round((elapsed_before + time.time() - start) / 60, 2),
             "threads": args.threads, "device": str(device),
             "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
