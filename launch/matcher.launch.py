@@ -4,8 +4,16 @@
         camera_info:=/camera/color/camera_info namespace:=front params_file:=/path/to/matcher.yaml
     ros2 launch feature_matcher_ros matcher.launch.py backend:=sptd2 device:=auto
     ros2 launch feature_matcher_ros matcher.launch.py backend:=eloftr weights:=/path/eloftr_outdoor.ckpt
+    ros2 launch feature_matcher_ros matcher.launch.py input_mode:=rgbd \
+        params_file:=$(ros2 pkg prefix feature_matcher_ros)/share/feature_matcher_ros/config/matcher_rgbd.yaml \
+        image:=/camera/color/image_raw camera_info:=/camera/color/camera_info \
+        depth:=/camera/aligned_depth_to_color/image_raw
+    ros2 launch feature_matcher_ros matcher.launch.py input_mode:=stereo image:=/stereo/left/image_rect \
+        camera_info:=/stereo/left/camera_info right_image:=/stereo/right/image_rect \
+        right_camera_info:=/stereo/right/camera_info
 
-``backend``, ``weights`` and ``device`` override the params file when given (empty = keep the file's value).
+``backend``, ``weights``, ``device`` and ``input_mode`` override the params file when given (empty = keep the
+file's value). ``depth`` (rgbd), ``right_image`` and ``right_camera_info`` (stereo) remap the metric inputs.
 """
 
 import os
@@ -22,6 +30,7 @@ OVERRIDES = {
     "weights": "Checkpoint of a learned backend; eloftr needs eloftr_outdoor.ckpt (empty = the params file's: "
                "the shipped sptd2_small.pt for sptd2).",
     "device": "cpu | cuda | cuda:N | auto (empty = the params file's).",
+    "input_mode": "mono | rgbd | stereo (empty = the params file's).",
 }
 
 
@@ -43,6 +52,9 @@ def _node(context, *args, **kwargs):
         remappings=[
             ("image", LaunchConfiguration("image")),
             ("camera_info", LaunchConfiguration("camera_info")),
+            ("depth", LaunchConfiguration("depth")),
+            ("right/image", LaunchConfiguration("right_image")),
+            ("right/camera_info", LaunchConfiguration("right_camera_info")),
         ],
     )]
 
@@ -53,6 +65,11 @@ def generate_launch_description():
         DeclareLaunchArgument("namespace", default_value="", description="Namespace of the node and its topics."),
         DeclareLaunchArgument("image", default_value="image", description="Input image topic."),
         DeclareLaunchArgument("camera_info", default_value="camera_info", description="Input camera_info topic."),
+        DeclareLaunchArgument("depth", default_value="depth",
+                              description="rgbd: depth image registered to the colour image."),
+        DeclareLaunchArgument("right_image", default_value="right/image", description="stereo: right image (rectified)."),
+        DeclareLaunchArgument("right_camera_info", default_value="right/camera_info",
+                              description="stereo: right camera_info (P[3] = -fx * baseline)."),
         DeclareLaunchArgument("params_file", default_value=default_params, description="Parameters (YAML)."),
         DeclareLaunchArgument("use_sim_time", default_value="false", description="Use /clock (bag replay)."),
         *(DeclareLaunchArgument(name, default_value="", description=text) for name, text in OVERRIDES.items()),

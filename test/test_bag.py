@@ -12,6 +12,7 @@ import pytest
 
 from feature_matcher_ros.evaluation import bagio, bagwrite
 from feature_matcher_ros.datasets import parse_stamp, read_tum
+from feature_matcher_ros.messages import stamp_to_ns
 from feature_matcher_ros.tools import make_bag
 
 
@@ -152,7 +153,7 @@ def test_rgbd_bag_has_registered_depth(shared: Path, tmp_path: Path, encoding: s
     colour_infos = _bag_messages(out, "/camera/camera_info")
     assert [m.encoding for m in depth] == [encoding] * 2
     for msg, info, colour, (stamp, path) in zip(depth, infos, colour_infos, seq.depth.frames):
-        assert bagio.stamp_to_ns(msg.header.stamp) == stamp and msg.header.frame_id == "camera_optical_frame"
+        assert stamp_to_ns(msg.header.stamp) == stamp and msg.header.frame_id == "camera_optical_frame"
         np.testing.assert_array_equal(info.k, colour.k)
         assert info.header.frame_id == colour.header.frame_id
         png = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
@@ -175,10 +176,10 @@ def test_stereo_bag_has_right_camera(shared: Path, tmp_path: Path) -> None:
     seq = read_sequence(data)
     left, right = _bag_messages(out, "/camera/camera_info"), _bag_messages(out, "/camera/right/camera_info")
     images = _bag_messages(out, "/camera/right/image_raw")
-    stamps = [bagio.stamp_to_ns(m.header.stamp) for m in images]
+    stamps = [stamp_to_ns(m.header.stamp) for m in images]
     assert stamps == [s + 1_000_000_000 for s, _ in seq.stereo.frames[:2]] and stamps[0] == 1_000_000_000
     gt = _bag_messages(out, "/ground_truth/pose")
-    assert [bagio.stamp_to_ns(m.header.stamp) for m in gt] == stamps
+    assert [stamp_to_ns(m.header.stamp) for m in gt] == stamps
     assert left[0].p[3] == 0.0 and right[0].p[3] == pytest.approx(-707.0912 * 0.537150653)
     assert images[0].header.frame_id == "camera_right_optical_frame" and images[0].encoding == "mono8"
     png = cv2.imread(str(seq.stereo.frames[0][1]), cv2.IMREAD_GRAYSCALE)
@@ -193,4 +194,4 @@ def test_stereo_bag_has_right_camera(shared: Path, tmp_path: Path) -> None:
         "/camera/image_raw", "/camera/right/image_raw", "/camera/right/camera_info")
     same = tmp_path / "kitti_at_0"
     assert make_bag.main([str(data), str(same), "--frames", "0:1", "--stamp-offset", "0", "--quiet"]) == 0
-    assert bagio.stamp_to_ns(_bag_messages(same, "/camera/image_raw")[0].header.stamp) == 0
+    assert stamp_to_ns(_bag_messages(same, "/camera/image_raw")[0].header.stamp) == 0

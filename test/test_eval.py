@@ -194,3 +194,147 @@ def test_scale_injection_and_metric_definitions(shared: Path) -> None:
     summary, _ = evaluate(records, gt)
     assert summary["pose_failures"] == 1 and abs(summary["auc@20"] - 7 / 8) < 0.01
     assert summary["failure_reasons"] == {"too few inliers": 1}
+
+
+# -- metric input (rgbd / stereo) ------------------------------------------------------------------------
+
+TEST_DATA = Path(__file__).resolve().parent / "data"
+
+
+def _metric_eval(bag: Path, out: Path, params: Path, *extra: str) -> dict:
+    from feature_matcher_ros.tools import eval as fm_eval
+
+    assert fm_eval.main([str(bag), "--out", str(out), "--params", str(params), "--pictures", "1", *extra,
+                         "--quiet"]) == 0
+    return json.loads((out / "metrics.json").read_text())
+
+
+def _check_metric_run(m: dict, out: Path, mode: str) -> None:
+    from feature_matcher_ros.evaluation.scoring import METRIC_KEYS
+
+    assert not [k for k in (*REQUIRED_KEYS, *METRIC_KEYS) if k not in m]
+    assert m["input_mode"] == mode and m["pairing"]["paired"] == m["frames"]
+    assert m["trajectory_alignment"] == "SE(3) Umeyama" and m["trajectory_scale"].startswith("metric")
+    assert m["ate_rmse_m"] is not None and m["rpe_rmse_m"] is not None
+    for name in ("translation_error.png", "pose_error.png", "trajectory.png", "report.md"):
+        assert (out / name).stat().st_size > 0, name
+    assert "not Sim(3)" in (out / "report.md").read_text()
+
+
+def test_eval_rgbd_metric_poses(shared: Path, tmp_path: Path) -> None:
+    """RGB-D bag (16UC1 depth): metric translation errors in metres and %, the chained metric trajectory
+    scored without the ground-truth scale; the same bag in mono mode is scored as before."""
+    bag = tmp_path / "cabinet"
+    assert make_bag.main([str(shared / "data/tum_fr3_cabinet_rgbd"), str(bag), "--frames", "0:6", "--quiet"]) == 0
+    m = _metric_eval(bag, tmp_path / "rgbd", TEST_DATA / "eval_rgbd_sift.yaml")
+    _check_metric_run(m, tmp_path / "rgbd", "rgbd")
+    assert m["frames"] == 6 and m["metric_pose_frames"] >= 3
+    assert m["translation_error_m_median"] < 0.05 and m["translation_error_pct_median"] < 30
+    assert m["depth_topic"] == "/camera/depth/image_raw"
+    per_frame = json.loads((tmp_path / "rgbd" / "per_frame.json").read_text())
+    assert sum(f["metric"] for f in per_frame) == m["metric_pose_frames"]
+    mono = tmp_path / "mono.yaml"
+    mono.write_text((TEST_DATA / "eval_rgbd_sift.yaml").read_text().replace("input_mode: rgbd", "input_mode: mono"))
+    m = _metric_eval(bag, tmp_path / "mono", mono)
+    assert m["input_mode"] == "mono" and "translation_error_m_median" not in m and "pairing" not in m
+    assert m["trajectory_scale"].startswith("ground truth")
+
+
+def test_eval_stereo_metric_poses(shared: Path, tmp_path: Path) -> None:
+    """Stereo bag (KITTI, stamps offset by 1 s): the right images paired by stamp, metric poses per frame."""
+    bag = tmp_path / "kitti"
+    assert make_bag.main([str(shared / "data/kitti06_stereo_f000_050"), str(bag), "--frames", "0:4", "--quiet"]) == 0
+    m = _metric_eval(bag, tmp_path / "stereo", TEST_DATA / "eval_stereo_sift.yaml")
+    _check_metric_run(m, tmp_path / "stereo", "stereo")
+    assert m["frames"] == 4 and m["metric_pose_frames"] == 3
+    assert m["translation_error_pct_median"] < 3.0 and m["rotation_error_deg_median"] < 0.5
+    assert m["right_image_topic"] == "/camera/right/image_raw"
+
+
+def _write_ros1_rgbd_bag(data: Path, path: Path, frames: int, depth_delay_ns: int) -> None:
+    """A ROS 1 bag laid out like the TUM RGB-D benchmark's: rgb8 colour and its camera info, 32FC1 depth in
+    metres stamped a few milliseconds after the colour image (captured separately), no ground truth (a TUM file)."""
+    import cv2
+    from rosbags.convert.converter import migrate_message
+    from rosbags.rosbag1 import Writer
+    from rosbags.typesys import Stores, get_typestore
+
+    from feature_matcher_ros.datasets import read_sequence
+
+    ros2, ros1 = bagio.typestore(), get_typestore(Stores.ROS1_NOETIC)
+    seq = read_sequence(data)
+    connections: dict = {}
+    with Writer(path) as writer:
+        def write(topic: str, msg, stamp: int) -> None:
+            kind = msg.__msgtype__
+            if topic not in connections:
+                connections[topic] = writer.add_connection(topic, kind, typestore=ros1)
+            ros1_msg = migrate_message(ros2, ros1, kind, kind, {}, msg)  # adds the header's seq, K -> K ...
+            writer.write(connections[topic], stamp, ros1.serialize_ros1(ros1_msg, kind))
+
+        for (stamp, image), (_, depth) in zip(seq.frames[:frames], seq.depth.frames[:frames]):
+            rgb = cv2.cvtColor(cv2.imread(str(image)), cv2.COLOR_BGR2RGB)
+            write("/camera/rgb/camera_info", bagwrite.camera_info_message(ros2, seq.camera, stamp, "rgb"), stamp)
+            write("/camera/rgb/image_color", bagwrite.image_message(ros2, rgb, stamp, "rgb", "rgb8"), stamp)
+            png = cv2.imread(str(depth), cv2.IMREAD_UNCHANGED)
+            later = stamp + depth_delay_ns
+            write("/camera/depth/image", bagwrite.depth_message(ros2, png, seq.depth.scale, later, "rgb", "32FC1"), later)
+
+
+def test_ros1_bag_rgbd(shared: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A ROS 1 bag is read through rosbags' AnyReader, its messages migrated to their ROS 2 form; depth 5 ms
+    after the colour image pairs within sync.slop_s (0.02 s by default) and never with slop 0 (exact stamps)."""
+    from rosbags.highlevel import AnyReader
+
+    from feature_matcher_ros.tools import eval as fm_eval
+
+    data = shared / "data/tum_fr3_cabinet_rgbd"
+    bag = tmp_path / "cabinet.bag"
+    _write_ros1_rgbd_bag(data, bag, 4, 5_000_000)
+    with AnyReader([bag]) as raw:  # really ROS 1: upper-case CameraInfo fields, a header sequence number
+        conn = next(c for c in raw.connections if c.topic == "/camera/rgb/camera_info")
+        info = raw.deserialize(next(raw.messages([conn]))[2], conn.msgtype)
+        assert hasattr(info, "K") and hasattr(info.header, "seq")
+    with bagio.open_bag(bag) as reader:
+        topics = bagio.discover_topics(reader, need_ground_truth=False)
+        assert (topics.image, topics.camera_info) == ("/camera/rgb/image_color", "/camera/rgb/camera_info")
+        frames = list(bagio.iter_frames(reader, topics))
+    assert len(frames) == 4 and frames[0].image.shape == (480, 640, 3)
+    np.testing.assert_allclose(frames[0].camera.K, [[535.4, 0, 320.1], [0, 539.2, 247.6], [0, 0, 1]])
+    gt = str(data / "groundtruth.txt")
+    params = tmp_path / "rgbd.yaml"
+    params.write_text((TEST_DATA / "eval_rgbd_sift.yaml").read_text())
+    m = _metric_eval(bag, tmp_path / "ros1", params, "--gt", gt)
+    assert m["input_mode"] == "rgbd" and m["depth_topic"] == "/camera/depth/image"
+    assert m["pairing"] == {"paired": 4, "unpaired": {}, "rejected": {}} and m["metric_pose_frames"] >= 2
+    exact = tmp_path / "exact.yaml"
+    exact.write_text(params.read_text() + "    sync:\n      slop_s: 0.0\n")
+    code = fm_eval.main([str(bag), "--out", str(tmp_path / "exact"), "--params", str(exact), "--gt", gt, "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and "0 paired" in err and "'image': 4" in err and "'depth': 4" in err, err
+
+
+@pytest.mark.parametrize("mode", ["rgbd", "stereo"])
+def test_eval_metric_eloftr_plumbing(shared: Path, checkpoint: Path, tmp_path: Path, mode: str) -> None:
+    """Efficient LoFTR's streaming path with metric input (random fixture weights: it runs, nothing more)."""
+    data = {"rgbd": "tum_fr3_cabinet_rgbd", "stereo": "kitti06_stereo_f000_050"}[mode]
+    bag = tmp_path / mode
+    assert make_bag.main([str(shared / "data" / data), str(bag), "--frames", "0:3", "--quiet"]) == 0
+    params = tmp_path / "eloftr.yaml"
+    params.write_text(f"/**:\n  ros__parameters:\n    input_mode: {mode}\n    backend: eloftr\n"
+                      f"    weights: {checkpoint}\n    resize_long_edge: 320\n")
+    m = _metric_eval(bag, tmp_path / "out", params, "--device", "cpu")
+    assert m["backend"] == "eloftr" and m["input_mode"] == mode and m["frames"] == 3
+    assert m["pairing"]["paired"] == 3 and "translation_error_m_median" in m
+
+
+def test_pairing_params_are_the_nodes() -> None:
+    """fm-eval reads input_mode, sync.* and depth.scale with the node's names, defaults and ranges."""
+    from feature_matcher_ros.evaluation.pairing import PAIRING_PARAMS
+    from feature_matcher_ros.ros.node import NODE_PARAMS
+
+    node = {s.name: s for s in NODE_PARAMS}
+    for spec in PAIRING_PARAMS:
+        theirs = node[spec.name]
+        assert (spec.default, spec.choices, spec.min, spec.max) == (theirs.default, theirs.choices, theirs.min,
+                                                                    theirs.max), spec.name
