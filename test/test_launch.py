@@ -25,7 +25,8 @@ from feature_matcher_ros.ros.process import NodeProcess  # noqa: E402
 from ros_helpers import load_frames, prime_camera_info  # noqa: E402
 
 PKG = "feature_matcher_ros"
-ARGUMENTS = {"namespace", "image", "camera_info", "params_file", "use_sim_time", "backend", "weights", "device"}
+ARGUMENTS = {"namespace", "image", "camera_info", "params_file", "use_sim_time", "backend", "weights", "device",
+             "input_mode", "depth", "right_image", "right_camera_info"}
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +78,8 @@ def test_arguments_defaults_and_readme_examples(prefix, monkeypatch, repo):
     assert (node.package, node.executable, node.name, node.namespace) == (PKG, "matcher_node", "matcher_node", "")
     # the default params file is the installed one, found through the ament index
     assert node.parameters == [str(prefix / "share" / PKG / "config" / "matcher.yaml"), {"use_sim_time": False}]
-    assert node.remappings == [("image", "image"), ("camera_info", "camera_info")]
+    assert node.remappings == [("image", "image"), ("camera_info", "camera_info"), ("depth", "depth"),
+                               ("right/image", "right/image"), ("right/camera_info", "right/camera_info")]
     # every `ros2 launch` line of the README and of the file's own docstring uses declared arguments only
     texts = (repo / "README.md").read_text() + (repo / "launch" / "matcher.launch.py").read_text()
     examples = re.findall(r"ros2 launch feature_matcher_ros matcher\.launch\.py((?:[^\n]|\\\n)*)", texts)
