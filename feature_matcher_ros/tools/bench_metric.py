@@ -38,6 +38,8 @@ class Row:
     failed: int = 0
     lookup_ms: list = field(default_factory=list)
     pnp_ms: list = field(default_factory=list)
+    matches: list = field(default_factory=list)
+    keyframe_ms: list = field(default_factory=list)  # stereo: right extraction + left-right match, per keyframe
 
 
 def _gray(path: Path) -> np.ndarray:
@@ -80,11 +82,17 @@ def evaluate(folder: Path, mode: str, backend, max_pairs: int, methods: list[str
     for pair in read_pose_pairs(folder)[:max_pairs]:
         img0, img1 = _gray(pair.image0), _gray(pair.image1)
         matches = backend.match(backend.extract(img0), backend.extract(img1))
+        a = time.perf_counter()
         depth = depth_of(pair.image0)
+        keyframe_ms = 1000 * (time.perf_counter() - a)
         R_gt, t_gt = pair.T_0to1[:3, :3], pair.T_0to1[:3, 3]
         a = time.perf_counter()
         estimate_relative_pose(matches.kpts0, matches.kpts1, camera, camera)
-        rows["mono (relative pose, no scale)"].pnp_ms.append(1000 * (time.perf_counter() - a))
+        mono = rows["mono (relative pose, no scale)"]
+        mono.pnp_ms.append(1000 * (time.perf_counter() - a))
+        mono.matches.append(len(matches))
+        if mode == "stereo":
+            mono.keyframe_ms.append(keyframe_ms)
         for lk, (lookup, window) in LOOKUPS.items():
             a = time.perf_counter()
             z = depth_at(depth, matches.kpts0, lookup, window, max_m=MAX_DEPTH_M[mode])
@@ -107,7 +115,12 @@ def evaluate(folder: Path, mode: str, backend, max_pairs: int, methods: list[str
 
 
 def format_rows(name: str, rows: dict[str, Row]) -> str:
-    out = [f"### {name}", "", "| setting | solved | rot err median (deg) | trans err median (m) | median % of distance | "
+    mono = rows["mono (relative pose, no scale)"]
+    out = [f"### {name}", "", f"{len(mono.matches)} pairs, median {np.median(mono.matches):.0f} matches per pair; ms = "
+           "median per pair on this CPU" + (f"; stereo keyframe (right extraction + left-right match + triangulation) "
+                                            f"{np.median(mono.keyframe_ms):.1f} ms, once per keyframe"
+                                            if mono.keyframe_ms else ""), "",
+           "| setting | solved | rot err median (deg) | trans err median (m) | median % of distance | "
            "trans err p90 (m) | inliers median | lookup ms | pose ms |", "|---|---|---|---|---|---|---|---|---|"]
     for setting, r in rows.items():
         n = len(r.errors_t)
