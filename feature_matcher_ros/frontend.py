@@ -115,8 +115,9 @@ FRONTEND_PARAMS: tuple[ParamSpec, ...] = (
               "rotation_compensated (motion left after removing the rotation).", choices=PARALLAX_MODES),
     ParamSpec("tracking.min_inliers", 20, "Fewer pose inliers than this: tracking lost.", min=5, max=100_000),
     ParamSpec("keyframe_cache_size", 1, "Keyframes kept for relocalisation (1 = the active one only).", min=1, max=100),
-    ParamSpec("odometry.scale", 0.0, "Metres per keyframe-to-frame translation for the chained odometry "
-              "(0 = unknown: unit steps, marked unknown).", min=0.0, max=1000.0),
+    ParamSpec("odometry.scale", 0.0, "mono only: metres per keyframe-to-frame translation for the chained "
+              "odometry (0 = unknown: unit steps, marked unknown); refused in rgbd/stereo (metric).", min=0.0,
+              max=1000.0),
 ) + METRIC_PARAMS
 INPUT_MODES = ("mono", "rgbd", "stereo")
 PRECISION_PARAM = ParamSpec("precision", "fp32", "Numeric precision of the backend (features are converted or dropped).",

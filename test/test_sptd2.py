@@ -474,3 +474,30 @@ def test_train_tool_set_overrides_the_config(tmp_path, shared: Path):
     assert train_main(common + ["--set", "dim=32", "fine_scores=false", "key_threshold=0.5"]) == 0
     model, _ = load_checkpoint(str(tmp_path / "w.pt"))
     assert (model.config.dim, model.config.fine_scores, model.config.key_threshold) == (32, False, 0.5)
+
+
+def test_train_tool_init_starts_from_exported_weights_and_resumes(tmp_path, shared: Path):
+    from feature_matcher_ros.tools.train_sptd2 import main as train_main
+
+    images = str(shared / "data" / "tum_fr3_cabinet_rgbd" / "images")
+    common = ["--images", images, "--crop", "64", "--batch", "1", "--no-progress"]
+    first = tmp_path / "first.pt"
+    assert train_main(common + ["--variant", "fast", "--set", "dim=32", "--steps", "1", "--out", str(tmp_path / "a"),
+                                "--export", str(first)]) == 0
+    start, _ = load_checkpoint(str(first))
+    with pytest.raises(SystemExit):
+        train_main(common + ["--init", str(first), "--resume"])
+    # --init: the file's network and weights (not --variant's), a fresh run whose record names where it began
+    run = ["--init", str(first), "--lr", "0", "--lr-end", "0", "--out", str(tmp_path / "b")]
+    assert train_main(common + run + ["--steps", "1", "--save-every", "1"]) == 0
+    record = json.loads((tmp_path / "b" / "record.json").read_text())
+    assert record["steps_done"] == 1 and record["variant"] == "fast" and record["config"]["dim"] == 32
+    assert record["init"]["weights"] == str(first) and record["init"]["steps_done"] == 1
+    # resuming that run keeps its network and its origin without --init
+    export = tmp_path / "b.pt"
+    assert train_main(common + ["--out", str(tmp_path / "b"), "--steps", "2", "--resume", "--export", str(export)]) == 0
+    model, meta = load_checkpoint(str(export))
+    assert model.config == start.config and meta["steps_done"] == 2 and meta["init"]["sha1"]
+    for name, value in start.state_dict().items():  # lr 0: only BatchNorm running statistics may move
+        if "running" not in name and "num_batches" not in name:
+            torch.testing.assert_close(model.state_dict()[name], value, atol=2e-3, rtol=1e-3, msg=name)
