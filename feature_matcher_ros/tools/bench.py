@@ -33,6 +33,7 @@ import os
 import resource
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -83,7 +84,45 @@ def _stage_ms(backend, fallback: dict[str, float]) -> dict[str, float]:
     return backend.stage_ms or dict(fallback)
 
 
-def run(args: argparse.Namespace) -> dict:
+@dataclass
+class _Path:
+    """What one path (streaming, pairwise, uncached) measured over the timed frames."""
+
+    ms: list[float] = field(default_factory=list)
+    counts: list[int] = field(default_factory=list)
+    stages: dict[str, float] = field(default_factory=dict)
+    gpu_peak_mb: float = 0.0
+
+    def add(self, ms: float, count: int, stages: dict[str, float]) -> None:
+        self.ms.append(ms)
+        self.counts.append(count)
+        for k, v in stages.items():
+            self.stages[k] = self.stages.get(k, 0.0) + v
+
+
+class _Clock:
+    """Wall-clock milliseconds that include the device's queued work (CUDA-synchronised), and GPU peaks."""
+
+    def __init__(self, cuda: bool) -> None:
+        import torch
+
+        self.torch, self.cuda = torch, cuda
+        if cuda:  # peaks of this run only (several runs may share a process: fm-gpu-check)
+            torch.cuda.reset_peak_memory_stats()
+
+    def now(self) -> float:
+        if self.cuda:
+            self.torch.cuda.synchronize()
+        return time.perf_counter()
+
+    def take_peak(self, path: _Path) -> None:
+        """The GPU peak since the last call goes to ``path``."""
+        if self.cuda:
+            path.gpu_peak_mb = max(path.gpu_peak_mb, self.torch.cuda.max_memory_allocated() / 2**20)
+            self.torch.cuda.reset_peak_memory_stats()
+
+
+def _make_backend(args: argparse.Namespace):
     import torch
 
     from ..backends import create_backend
@@ -101,18 +140,37 @@ def run(args: argparse.Namespace) -> dict:
             settings["eloftr.threshold"] = args.threshold
     elif args.mode or args.threshold is not None:
         raise SystemExit("fm-bench: --mode/--threshold apply to --backend eloftr only")
-    backend = create_backend(args.backend, device=args.device, precision=args.precision, weights=args.weights, **settings)
+    return create_backend(args.backend, device=args.device, precision=args.precision, weights=args.weights, **settings)
+
+
+def _time_frame(backend, kf, keyframe, frame, clock: _Clock, paths: dict[str, _Path], args) -> None:
+    """One frame through each path, streaming first (the two alternate, so both see the same load)."""
+    a = clock.now()
+    feats = backend.extract(frame)
+    b = clock.now()
+    extract_stages = _stage_ms(backend, {"extract": 1000 * (b - a)})
+    matches = backend.match(kf, feats)
+    c = clock.now()
+    paths["streaming"].add(1000 * (c - a), len(matches), {**extract_stages, **_stage_ms(backend, {"match": 1000 * (c - b)})})
+    clock.take_peak(paths["streaming"])
+    a = clock.now()
+    matches = backend.match_pair(keyframe, frame)
+    elapsed = 1000 * (clock.now() - a)
+    paths["pairwise"].add(elapsed, len(matches),
+                          _stage_ms(backend, {}) if args.backend == "eloftr" else {"match_pair": elapsed})
+    clock.take_peak(paths["pairwise"])
+    if args.uncached:  # the streaming path with nothing cached: both images extracted every frame
+        a = clock.now()
+        backend.match(backend.extract(keyframe), backend.extract(frame))
+        paths["uncached"].add(1000 * (clock.now() - a), 0, {})
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Warm both paths up, then time them frame by frame (see the module docstring); one result dict."""
+    backend = _make_backend(args)
     frames, source = load_frames(Path(args.images) if args.images else None, args.size, args.frames)
     keyframe, rest = frames[0], frames[1:]
-    cuda = str(backend.device).startswith("cuda")
-
-    def sync() -> None:
-        if cuda:
-            torch.cuda.synchronize()
-
-    if cuda:  # peaks of this run only (several runs may share a process: fm-gpu-check)
-        torch.cuda.reset_peak_memory_stats()
-
+    clock = _Clock(str(backend.device).startswith("cuda"))
     # warm-up: streaming first, so that its peak RSS is known before the heavier pairwise path runs
     kf = backend.extract(keyframe)
     backend.match(kf, backend.extract(rest[0]))
@@ -120,90 +178,41 @@ def run(args: argparse.Namespace) -> dict:
     backend.match_pair(keyframe, rest[0])
     # GPU peaks of the timed frames only: the warm-ups include cudnn's autotuning, whose trial
     # algorithms may ask for GBs of workspace once (fp32 at 1280x720: ~33 GB on an H200)
-    peaks = {"streaming": 0.0, "pairwise": 0.0}
-
-    def gpu_peak(path: str) -> None:
-        if cuda:
-            peaks[path] = max(peaks[path], torch.cuda.max_memory_allocated() / 2**20)
-            torch.cuda.reset_peak_memory_stats()
-
-    gpu_peak("pairwise")
-    peaks["pairwise"] = 0.0
-
-    # timed: the two paths alternate frame by frame, so that both see the same machine load
-    stream_stages: dict[str, float] = {}
-    pair_stages: dict[str, float] = {}
-    stream_ms, pair_ms, stream_counts, pair_counts, uncached_ms = [], [], [], [], []
+    clock.take_peak(_Path())
+    paths = {name: _Path() for name in ("streaming", "pairwise", "uncached")}
     for frame in rest:
-        sync()
-        a = time.perf_counter()
-        feats = backend.extract(frame)
-        sync()
-        b = time.perf_counter()
-        extract_stages = _stage_ms(backend, {"extract": 1000 * (b - a)})
-        matches = backend.match(kf, feats)
-        sync()
-        c = time.perf_counter()
-        match_stages = _stage_ms(backend, {"match": 1000 * (c - b)})
-        for k, v in {**extract_stages, **match_stages}.items():
-            stream_stages[k] = stream_stages.get(k, 0.0) + v
-        stream_ms.append(1000 * (c - a))
-        stream_counts.append(len(matches))
-        gpu_peak("streaming")
+        _time_frame(backend, kf, keyframe, frame, clock, paths, args)
+    result = _result(args, backend, source, paths, len(rest))
+    result.update(peak_rss_streaming_mb=peak_stream, peak_rss_mb=_peak_rss_mb(),
+                  keyframe_mb=kf.nbytes / 2**20,  # one cached keyframe's features
+                  scratch_mb=backend.scratch_nbytes / 2**20)  # buffers reused between frames
+    if clock.cuda:
+        result["peak_gpu_streaming_mb"] = paths["streaming"].gpu_peak_mb
+        result["peak_gpu_mb"] = max(paths["streaming"].gpu_peak_mb, paths["pairwise"].gpu_peak_mb)
+    return result
 
-        a = time.perf_counter()
-        matches = backend.match_pair(keyframe, frame)
-        sync()
-        elapsed = 1000 * (time.perf_counter() - a)
-        stages = _stage_ms(backend, {}) if args.backend == "eloftr" else {"match_pair": elapsed}
-        for k, v in stages.items():
-            pair_stages[k] = pair_stages.get(k, 0.0) + v
-        pair_ms.append(elapsed)
-        pair_counts.append(len(matches))
-        gpu_peak("pairwise")
 
-        if args.uncached:  # the streaming path with nothing cached: both images extracted every frame
-            sync()
-            a = time.perf_counter()
-            backend.match(backend.extract(keyframe), backend.extract(frame))
-            sync()
-            uncached_ms.append(1000 * (time.perf_counter() - a))
-    stream_s, pair_s = sum(stream_ms) / 1000, sum(pair_ms) / 1000
+def _result(args: argparse.Namespace, backend, source: Path, paths: dict[str, _Path], n: int) -> dict:
+    import torch
 
-    n = len(rest)
+    stream, pair, uncached = paths["streaming"], paths["pairwise"], paths["uncached"]
+    stream_s, pair_s = sum(stream.ms) / 1000, sum(pair.ms) / 1000
     result = {
-        "backend": args.backend,
-        "device": str(backend.device),
-        "precision": backend.precision,
+        "backend": args.backend, "device": str(backend.device), "precision": backend.precision,
         "settings": {k: v for k, v in backend.describe().items() if "." in k},
-        "size": f"{args.size[0]}x{args.size[1]}",
-        "frames": n,
-        "images": str(source),
-        "threads": torch.get_num_threads(),
-        "burn": getattr(args, "burn", 0),
+        "size": f"{args.size[0]}x{args.size[1]}", "frames": n, "images": str(source),
+        "threads": torch.get_num_threads(), "burn": getattr(args, "burn", 0),
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""),
-        "pairwise_fps": n / pair_s,
-        "streaming_fps": n / stream_s,
-        "speedup": pair_s / stream_s,
-        "pairwise_ms_per_frame": 1000 * pair_s / n,
-        "streaming_ms_per_frame": 1000 * stream_s / n,
-        "pairwise_ms_median": float(np.median(pair_ms)),
-        "streaming_ms_median": float(np.median(stream_ms)),
-        "stage_ms": {k: v / n for k, v in stream_stages.items()},
-        "pairwise_stage_ms": {k: v / n for k, v in pair_stages.items()},
-        "matches_streaming": float(np.mean(stream_counts)),
-        "matches_pairwise": float(np.mean(pair_counts)),
-        "peak_rss_streaming_mb": peak_stream,
-        "peak_rss_mb": _peak_rss_mb(),
-        "keyframe_mb": kf.nbytes / 2**20,  # one cached keyframe's features
-        "scratch_mb": backend.scratch_nbytes / 2**20,  # buffers reused between frames
+        "pairwise_fps": n / pair_s, "streaming_fps": n / stream_s, "speedup": pair_s / stream_s,
+        "pairwise_ms_per_frame": 1000 * pair_s / n, "streaming_ms_per_frame": 1000 * stream_s / n,
+        "pairwise_ms_median": float(np.median(pair.ms)), "streaming_ms_median": float(np.median(stream.ms)),
+        "stage_ms": {k: v / n for k, v in stream.stages.items()},
+        "pairwise_stage_ms": {k: v / n for k, v in pair.stages.items()},
+        "matches_streaming": float(np.mean(stream.counts)), "matches_pairwise": float(np.mean(pair.counts)),
     }
-    if uncached_ms:
-        result["uncached_fps"] = n / (sum(uncached_ms) / 1000)
-        result["uncached_ms_per_frame"] = sum(uncached_ms) / n
-    if cuda:
-        result["peak_gpu_streaming_mb"] = peaks["streaming"]
-        result["peak_gpu_mb"] = max(peaks.values())
+    if uncached.ms:
+        result["uncached_fps"] = n / (sum(uncached.ms) / 1000)
+        result["uncached_ms_per_frame"] = sum(uncached.ms) / n
     return result
 
 
