@@ -7,6 +7,8 @@ The node's outputs (see :mod:`feature_matcher_ros.ros.node`):
   and uint32 ``kf_sec kf_nanosec`` (the keyframe's stamp) per match;
 - ``relative_pose`` (geometry_msgs/PoseWithCovarianceStamped): the current camera in the keyframe camera's
   frame (``T_kf_cur``), ``header.frame_id`` = ``<camera_frame>@<keyframe stamp ns>``; only when there is a pose;
+  in rgbd / stereo mode a metric pose (metres) is the one whose translation covariance is not the monocular
+  "unknown scale" (:data:`~feature_matcher_ros.geometry.UNKNOWN_VARIANCE`);
 - ``keyframe`` (geometry_msgs/PoseStamped): stamp = the stamp of each newly announced keyframe;
 - ``/diagnostics`` (diagnostic_msgs/DiagnosticArray): counters and latency.
 """
@@ -18,6 +20,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from ..geometry import UNKNOWN_VARIANCE
 from ..messages import cloud_to_array, parse_keyframe_frame_id, pose_to_matrix, stamp_to_ns
 from .bagio import typestore
 from .records import FrameRecord
@@ -88,7 +91,8 @@ def diagnostics_values(diagnostics: Sequence[Any]) -> dict[str, str]:
     return {}
 
 
-def records_from_live(received: Iterable[Received], published: dict[int, int], cameras: dict[int, Any]) -> list[FrameRecord]:
+def records_from_live(received: Iterable[Received], published: dict[int, int], cameras: dict[int, Any],
+                      metric: bool = False) -> list[FrameRecord]:
     """One :class:`FrameRecord` per image the node answered (a ``matches`` message with its stamp).
 
     Args:
@@ -96,6 +100,7 @@ def records_from_live(received: Iterable[Received], published: dict[int, int], c
         published: image stamp -> wall time it was published (``time.monotonic_ns``), for the
             end-to-end latency (publish -> matches received).
         cameras: image stamp -> CameraModel (from the bag's camera info).
+        metric: the node ran in rgbd / stereo mode: its metric poses keep their translation in metres.
     """
     frames, keyframes, _ = decode(received)
     announced = sorted(set(keyframes))
@@ -115,13 +120,14 @@ def records_from_live(received: Iterable[Received], published: dict[int, int], c
             earlier = [k for k in announced if k < s]
             kf_stamp = earlier[-1] if earlier else s
         R = t = None
+        metric_pose = metric and fr.pose is not None and _metric_covariance(fr.pose.pose.covariance)
         if fr.pose is not None:
             T_kf_cur = pose_to_matrix(fr.pose.pose.pose)
             T_cur_kf = np.linalg.inv(T_kf_cur)
             R = T_cur_kf[:3, :3]
             t = T_cur_kf[:3, 3]
             n = float(np.linalg.norm(t))
-            t = t / n if n > 0 else t
+            t = t / n if n > 0 and not metric_pose else t
         kp0 = np.stack([pts["x0"], pts["y0"]], axis=1) if len(pts) else np.zeros((0, 2))
         kp1 = np.stack([pts["x1"], pts["y1"]], axis=1) if len(pts) else np.zeros((0, 2))
         inl = (pts["inlier"] > 0.5) if len(pts) else np.zeros(0, bool)
@@ -131,8 +137,14 @@ def records_from_live(received: Iterable[Received], published: dict[int, int], c
         records.append(FrameRecord(
             stamp_ns=s, keyframe_stamp_ns=kf_stamp, kpts0=kp0, kpts1=kp1, inliers=inl, R=R, t=t,
             reason="" if R is not None else ("first frame" if kf_stamp == s else "no pose published"),
-            new_keyframe=s in kf_set, latency_ms=latency, camera=cameras.get(s)))
+            new_keyframe=s in kf_set, latency_ms=latency, camera=cameras.get(s), metric=metric_pose))
     return records
+
+
+def _metric_covariance(covariance: Any) -> bool:
+    """A pose covariance whose translation block is not the monocular unknown scale."""
+    cov = np.asarray(covariance, np.float64).reshape(6, 6)
+    return bool(np.all(np.isfinite(cov[:3, :3])) and np.max(np.diag(cov)[:3]) < 0.1 * UNKNOWN_VARIANCE)
 
 
 def _keyframe_stamp(frame_id: str) -> int | None:

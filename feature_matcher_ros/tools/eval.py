@@ -124,7 +124,8 @@ def evaluate_bag(args: argparse.Namespace) -> list[dict]:
                 "camera_info_topic": topics.camera_info,
                 "ground_truth": gt.source if gt is not None else None,
                 "fps": frames / run.wall_s if run.wall_s > 0 else None, "wall_s": run.wall_s,
-                "settings": spec.describe(), **metric_meta(spec, run_topics, run.pairing.describe()),
+                "settings": spec.describe(),
+                **metric_meta(spec.pairing.input_mode, run_topics, run.pairing.describe()),
             }
             folder = out if len(specs) == 1 else out / spec.name
             metrics = score_run(run.records, gt, folder, meta, images_for=images_for, pictures=args.pictures)
@@ -142,14 +143,26 @@ def metric_topics(reader: Any, topics: bagio.BagTopics, spec: RunSpec, args: arg
                                         args.right_image_topic, args.right_camera_info_topic)
 
 
-def metric_meta(spec: RunSpec, topics: bagio.BagTopics, pairing: dict[str, Any]) -> dict[str, Any]:
+#: the node's inputs in rgbd / stereo mode, and the metrics.json key naming the bag topic that feeds each
+PARTNER_KEYS = {"depth": "depth_topic", "right/image": "right_image_topic",
+                "right/camera_info": "right_camera_info_topic"}
+
+
+def partner_topics(topics: bagio.BagTopics) -> dict[str, str]:
+    """node input -> bag topic of the depth or right-camera streams found (none in mono)."""
+    found = {"depth": topics.depth, "right/image": topics.right_image, "right/camera_info": topics.right_camera_info}
+    return {name: topic for name, topic in found.items() if topic}
+
+
+def metric_meta(input_mode: str, topics: bagio.BagTopics, pairing: dict[str, Any] | None = None
+                ) -> dict[str, Any]:
     """What metrics.json says about the input mode: the mode (always), and in rgbd / stereo the partner topics
-    and what pairing did (paired, unpaired by input, rejected by reason)."""
-    if spec.pairing.input_mode == "mono":
-        return {"input_mode": "mono"}
-    partner = {"depth_topic": topics.depth} if topics.depth else {
-        "right_image_topic": topics.right_image, "right_camera_info_topic": topics.right_camera_info}
-    return {"input_mode": spec.pairing.input_mode, **partner, "pairing": pairing}
+    and, offline, what pairing did (paired, unpaired by input, rejected by reason)."""
+    meta: dict[str, Any] = {"input_mode": input_mode}
+    meta.update({PARTNER_KEYS[name]: topic for name, topic in partner_topics(topics).items()})
+    if pairing is not None and input_mode != "mono":
+        meta["pairing"] = pairing
+    return meta
 
 
 def _pairing_problem(spec: RunSpec, topics: bagio.BagTopics, pairing: dict[str, Any]) -> str:

@@ -1,9 +1,10 @@
-"""``fm-replay BAG``: play a rosbag2 to the live matcher node over DDS and score what it publishes.
+"""``fm-replay BAG``: play a bag (rosbag2 or ROS 1) to the live matcher node over DDS and score what it publishes.
 
 The images and camera info of the bag are published at their recorded pace (``--rate`` times real time)
-together with ``/clock``; the node runs with ``use_sim_time`` (started here as a subprocess, or an already
-running one with ``--connect``). Its ``matches``, ``relative_pose``, ``keyframe``, ``odometry`` and
-``/diagnostics`` are recorded (``DIR/live_outputs``, mcap) and scored like ``fm-eval`` does offline, plus
+together with ``/clock``; with ``input_mode: rgbd`` or ``stereo`` in the parameter file also the depth or
+right-camera topics, which the node pairs with the images by stamp. The node runs with ``use_sim_time``
+(started here as a subprocess, or an already running one with ``--connect``). Its ``matches``,
+``relative_pose``, ``keyframe``, ``odometry`` and ``/diagnostics`` are recorded (``DIR/live_outputs``, mcap) and scored like ``fm-eval`` does offline, plus
 frames dropped and end-to-end latency (image published -> its matches received). A compact summary table
 is printed.
 
@@ -27,12 +28,13 @@ from ..evaluation import bagio
 from ..evaluation.cli import UsageError, run_main
 from ..evaluation.live import OUTPUTS, Received, decode, diagnostics_values, records_from_live
 from ..evaluation.offline import default_params_file, load_params_file
-from ..evaluation.report import LIVE_SUMMARY_KEYS, text_table
+from ..evaluation.pairing import Pairing
+from ..evaluation.report import LIVE_SUMMARY_KEYS, METRIC_COLUMNS, text_table
 from ..evaluation.scoring import score_run
 from ..messages import stamp_to_ns
 from ..ros.client import HelperNode, ServiceUnavailable
 from ..ros.process import NodeProcess
-from .eval import add_bag_input_args
+from .eval import add_bag_input_args, metric_meta, partner_topics
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,7 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--publish-image-topic", default=None,
                    help="publish the images on this topic (default: the bag's image topic; with a started node it "
                         "is remapped to the node's 'image')")
-    p.add_argument("--publish-camera-info-topic", default=None, help="likewise for the camera info")
+    p.add_argument("--publish-camera-info-topic", default=None, help="likewise for the camera info (depth and "
+                   "right-camera topics are published under their bag names, remapped for a started node)")
     add_bag_input_args(p)
     p.add_argument("--startup-timeout", type=float, default=120.0, help="seconds to wait for the node to come up")
     p.add_argument("--drain-timeout", type=float, default=20.0,
@@ -114,11 +117,22 @@ def _dds_environment() -> None:
         os.environ["FASTDDS_DEFAULT_PROFILES_FILE"] = str(profile)
 
 
-class Player(HelperNode):
-    """The helper node of a replay: publishers for the bag (raw CDR, as recorded) and ``/clock``, and
-    recorders for the node's outputs (raw, with their arrival time)."""
+@dataclass
+class Stream:
+    """A bag topic the replay publishes: on ``publish_topic``, as ``msgtype``; it feeds the node's input
+    ``node_input`` (``image``, ``camera_info``, ``depth``, ``right/image``, ``right/camera_info``)."""
 
-    def __init__(self, image_topic: str, info_topic: str, image_type: str, outputs_ns: str) -> None:
+    bag_topic: str
+    publish_topic: str
+    msgtype: str
+    node_input: str
+
+
+class Player(HelperNode):
+    """The helper node of a replay: publishers for the bag's streams (raw CDR, as recorded) and ``/clock``,
+    and recorders for the node's outputs (raw, with their arrival time)."""
+
+    def __init__(self, streams: list[Stream], outputs_ns: str) -> None:
         from diagnostic_msgs.msg import DiagnosticArray
         from geometry_msgs.msg import PoseStamped, PoseWithCovarianceStamped
         from nav_msgs.msg import Odometry
@@ -128,13 +142,14 @@ class Player(HelperNode):
         from ..ros.qos import input_qos, latched_qos, output_qos
 
         super().__init__("fm_replay")
+        self.streams = streams
         self.received: list[Received] = []
         self.last_output = time.monotonic()
         self.Clock = Clock
         self.pub_clock = self.node.create_publisher(Clock, "/clock", input_qos("reliable", 10))
-        img_cls = CompressedImage if image_type == bagio.COMPRESSED_IMAGE else Image
-        self.pub_image = self.node.create_publisher(img_cls, image_topic, input_qos("reliable", 10))
-        self.pub_info = self.node.create_publisher(CameraInfo, info_topic, input_qos("reliable", 10))
+        classes = {bagio.IMAGE: Image, bagio.COMPRESSED_IMAGE: CompressedImage, bagio.CAMERA_INFO: CameraInfo}
+        self.publishers = {s.bag_topic: self.node.create_publisher(classes[s.msgtype], s.publish_topic,
+                                                                   input_qos("reliable", 10)) for s in streams}
         types = {"matches": PointCloud2, "relative_pose": PoseWithCovarianceStamped, "keyframe": PoseStamped,
                  "odometry": Odometry, "/diagnostics": DiagnosticArray}
         self.output_topics: dict[str, str] = {}
@@ -169,8 +184,8 @@ class Player(HelperNode):
         self.pub_clock.publish(self.Clock(clock=Time(sec=stamp_ns // 1_000_000_000, nanosec=stamp_ns % 1_000_000_000)))
 
     def ready(self) -> bool:
-        """The node subscribes to our image and camera info and publishes matches."""
-        return (self.pub_image.get_subscription_count() > 0 and self.pub_info.get_subscription_count() > 0
+        """The node subscribes to everything we publish and publishes matches."""
+        return (all(pub.get_subscription_count() > 0 for pub in self.publishers.values())
                 and self.node.count_publishers(self.output_topics["matches"]) > 0)
 
     def reset_node(self, service: str, timeout_s: float = 5.0) -> str:
@@ -190,12 +205,11 @@ class Player(HelperNode):
 
 # -- the node process -------------------------------------------------------------------------------------
 
-def start_node(params_file: Path, namespace: str, image_topic: str, info_topic: str, log_path: Path) -> NodeProcess:
-    """The matcher on simulated time, its camera inputs remapped to the topics we publish, its output in
-    ``log_path``."""
+def start_node(params_file: Path, namespace: str, streams: list[Stream], log_path: Path) -> NodeProcess:
+    """The matcher on simulated time, its inputs remapped to the topics we publish, its output in ``log_path``."""
+    remaps = [arg for s in streams for arg in ("-r", f"{s.node_input}:={s.publish_topic}")]
     return NodeProcess(params_file=params_file, params={"use_sim_time": True}, namespace=namespace,
-                       extra_args=["-r", f"image:={image_topic}", "-r", f"camera_info:={info_topic}"],
-                       log_path=log_path)
+                       extra_args=remaps, log_path=log_path)
 
 
 def _log_tail(path: Path, lines: int = 6) -> str:
@@ -210,8 +224,9 @@ def _log_tail(path: Path, lines: int = 6) -> str:
 
 def play(reader: Any, topics: bagio.BagTopics, player: Player, rate: float, total: int | None,
          progress: bool) -> tuple[dict[int, int], int, int]:
-    """Publish the bag's camera info and images at ``rate`` x the recorded pace, ``/clock`` along.
-    Returns ``(image stamp -> monotonic publish time ns, first log time, last log time)``."""
+    """Publish the bag's streams (camera info, images, depth or right camera) at ``rate`` x the recorded
+    pace, ``/clock`` along, after a pre-roll (:func:`pre_roll`). Returns ``(image stamp -> monotonic publish
+    time ns, first log time, last log time)``."""
     store = bagio.typestore()
     published: dict[int, int] = {}
     bar = None
@@ -219,47 +234,53 @@ def play(reader: Any, topics: bagio.BagTopics, player: Player, rate: float, tota
         from tqdm import tqdm
 
         bar = tqdm(total=total, desc="fm-replay", unit="frame", leave=False)
+    pre_roll(reader, player)
     t0 = wall0 = None
     last_t = 0
-    first_info_sent = False
     try:
-        for conn, t, raw in bagio.raw_messages(reader, [topics.image, topics.camera_info]):
+        for conn, t, raw in bagio.raw_messages(reader, list(player.publishers)):
             if t0 is None:
-                t0 = t
-                # pre-roll: the clock and the first camera info before any image
-                player.clock(t)
-                if conn.topic == topics.camera_info:
-                    player.pub_info.publish(bytes(raw))
-                    first_info_sent = True
-                time.sleep(0.5)
-                wall0 = time.monotonic()
-                if first_info_sent:
-                    continue
-            target = wall0 + (t - t0) / 1e9 / rate
-            while True:
-                now = time.monotonic()
-                if now >= target:
-                    break
-                player.clock(t0 + int((now - wall0) * rate * 1e9))
-                time.sleep(min(0.02, target - now))
-            player.clock(t)
+                t0, wall0 = t, time.monotonic()
+            _keep_pace(player, t0, wall0, t, rate)
             last_t = t
-            if conn.topic == topics.camera_info:
-                player.pub_info.publish(bytes(raw))
-            else:
+            if conn.topic == topics.image:
                 try:
                     header = store.deserialize_cdr(raw, conn.msgtype).header
                 except Exception as exc:  # noqa: BLE001
                     raise bagio.BagError(f"cannot decode a {conn.msgtype} message on {conn.topic}: {exc}") from None
-                s = stamp_to_ns(header.stamp)
-                published[s] = time.monotonic_ns()
-                player.pub_image.publish(bytes(raw))
+                published[stamp_to_ns(header.stamp)] = time.monotonic_ns()
                 if bar is not None:
                     bar.update(1)
+            player.publishers[conn.topic].publish(bytes(raw))
     finally:
         if bar is not None:
             bar.close()
     return published, t0 or 0, last_t
+
+
+def pre_roll(reader: Any, player: Player) -> None:
+    """Before any image: ``/clock`` and the first message of every camera-info stream (a stereo node needs
+    the right camera_info before it can use the first pair), then half a second for them to arrive."""
+    infos = [s.bag_topic for s in player.streams if s.msgtype == bagio.CAMERA_INFO]
+    sent: set[str] = set()
+    for conn, t, raw in bagio.raw_messages(reader, infos):
+        if not sent:
+            player.clock(t)
+        if conn.topic not in sent:
+            player.publishers[conn.topic].publish(bytes(raw))
+            sent.add(conn.topic)
+        if len(sent) == len(infos):
+            break
+    time.sleep(0.5)
+
+
+def _keep_pace(player: Player, t0: int, wall0: float, t: int, rate: float) -> None:
+    """Wait until log time ``t`` is due (``rate`` x the recorded pace from ``t0`` at ``wall0``), ``/clock`` along."""
+    target = wall0 + (t - t0) / 1e9 / rate
+    while (now := time.monotonic()) < target:
+        player.clock(t0 + int((now - wall0) * rate * 1e9))
+        time.sleep(min(0.02, target - now))
+    player.clock(t)
 
 
 def drain(player: Player, published: dict[int, int], last_t: int, timeout_s: float, node: NodeProcess | None) -> None:
@@ -300,14 +321,14 @@ def write_outputs_bag(received: list[Received], topics: dict[str, str], path: Pa
 @dataclass
 class BagInputs:
     """What a replay takes from the bag: the topics, the ground truth, the camera at each stamp, the
-    number of images, and the topics they are published on."""
+    number of images, the streams it publishes and the input mode."""
 
     topics: bagio.BagTopics
     ground_truth: Any
     camera_at: Callable[[int], Any]
     total: int | None
-    image_topic: str
-    info_topic: str
+    streams: list[Stream]
+    input_mode: str = "mono"
 
 
 @dataclass
@@ -321,11 +342,13 @@ class LiveRun:
     output_topics: dict[str, str]
 
 
-def read_inputs(reader: Any, args: argparse.Namespace) -> BagInputs:
-    """Find the topics and read the ground truth and cameras; the first image must decode (encoding,
-    size) before a node is started for it."""
+def read_inputs(reader: Any, args: argparse.Namespace, input_mode: str = "mono") -> BagInputs:
+    """Find the topics (those of ``input_mode`` too) and read the ground truth and cameras; the first image
+    must decode (encoding, size) before a node is started for it."""
     topics = bagio.discover_topics(reader, args.image_topic, args.camera_info_topic, args.gt_topic,
                                    need_ground_truth=not args.gt)
+    topics = bagio.discover_metric_topics(reader, topics, input_mode, args.depth_topic, args.right_image_topic,
+                                          args.right_camera_info_topic)
     if args.gt:
         gt = read_tum(args.gt)
     else:
@@ -336,16 +359,19 @@ def read_inputs(reader: Any, args: argparse.Namespace) -> BagInputs:
     camera_at = bagio.camera_lookup(bagio.read_cameras(reader, topics.camera_info))
     for _ in bagio.iter_frames(reader, topics):  # preflight
         break
-    return BagInputs(topics, gt, camera_at, bagio.topic_counts(reader).get(topics.image),
-                     args.publish_image_topic or topics.image,
-                     args.publish_camera_info_topic or topics.camera_info)
+    types = bagio.topic_types(reader)
+    streams = [Stream(topics.image, args.publish_image_topic or topics.image, topics.image_type, "image"),
+               Stream(topics.camera_info, args.publish_camera_info_topic or topics.camera_info, bagio.CAMERA_INFO,
+                      "camera_info")]
+    streams += [Stream(topic, topic, types[topic], node_input) for node_input, topic in partner_topics(topics).items()]
+    return BagInputs(topics, gt, camera_at, bagio.topic_counts(reader).get(topics.image), streams, input_mode)
 
 
 def start_or_reset(player: Player, args: argparse.Namespace, params_file: Path, bag: BagInputs,
                    log_path: Path) -> NodeProcess | None:
     """Start the node; with ``--connect`` reset the running one instead (None; a warning if that fails)."""
     if not args.connect:
-        return start_node(params_file, args.namespace, bag.image_topic, bag.info_topic, log_path)
+        return start_node(params_file, args.namespace, bag.streams, log_path)
     ns = args.node_namespace.strip("/")
     warning = player.reset_node(f"{'/' + ns if ns else ''}/{args.node_name}/reset")
     if warning:
@@ -364,8 +390,8 @@ def wait_until_ready(player: Player, node: NodeProcess | None, args: argparse.Na
         if time.monotonic() > deadline:
             where = "started node" if node is not None else f"node under {args.node_namespace}"
             raise UsageError(f"the {where} did not come up within {args.startup_timeout:.0f} s "
-                             f"(needs subscribers on {bag.image_topic} and {bag.info_topic} and a publisher of "
-                             f"{player.output_topics['matches']})"
+                             f"(needs subscribers on {', '.join(s.publish_topic for s in bag.streams)} and a "
+                             f"publisher of {player.output_topics['matches']})"
                              + (f": {_log_tail(log_path)}" if node is not None else ""))
         time.sleep(0.1)
     time.sleep(0.5)  # let discovery settle in both directions
@@ -375,8 +401,7 @@ def run_live(reader: Any, args: argparse.Namespace, bag: BagInputs, params_file:
     """Play the bag to the node (started here unless ``--connect``) and record what it publishes until
     it has answered the last image or gone quiet; the node is stopped (SIGINT) afterwards."""
     _dds_environment()
-    player = Player(bag.image_topic, bag.info_topic, bag.topics.image_type,
-                    args.node_namespace if args.connect else args.namespace)
+    player = Player(bag.streams, args.node_namespace if args.connect else args.namespace)
     node = None
     try:
         node = start_or_reset(player, args, params_file, bag, out / "node.log")
@@ -400,7 +425,7 @@ def live_meta(args: argparse.Namespace, bag: BagInputs, params: dict[str, Any], 
     latencies = [r.latency_ms for r in records if r.latency_ms == r.latency_ms]
     backend = diag.get("backend") or str(params.get("backend", "sift"))
     return {
-        "name": f"{backend} (live)", "mode": "live", "backend": backend,
+        "name": f"{backend} (live)", "mode": "live", "backend": backend, **metric_meta(bag.input_mode, bag.topics),
         "device": diag.get("device") or params.get("device", "auto"),
         "precision": diag.get("precision") or params.get("precision", "fp32"),
         "bag": str(Path(args.bag)), "image_topic": bag.topics.image, "camera_info_topic": bag.topics.camera_info,
@@ -420,11 +445,12 @@ def replay(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     with bagio.open_bag(args.bag) as reader:
-        bag = read_inputs(reader, args)
         params_file, params = node_params_file(args, out)
+        bag = read_inputs(reader, args, Pairing.from_params(params).input_mode)
         live = run_live(reader, args, bag, params_file, out)
         write_outputs_bag(live.received, live.output_topics, out / "live_outputs")
-        records = records_from_live(live.received, live.published, {s: bag.camera_at(s) for s in live.published})
+        records = records_from_live(live.received, live.published, {s: bag.camera_at(s) for s in live.published},
+                                    metric=bag.input_mode != "mono")
         if not records:
             raise UsageError(f"the node answered none of the {len(live.published)} images "
                              f"(log: {out / 'node.log'}: {_log_tail(out / 'node.log')})")
@@ -436,7 +462,8 @@ def replay(args: argparse.Namespace) -> int:
 
         metrics = score_run(records, bag.ground_truth, out, meta, images_for=images_for, pictures=args.pictures,
                             latency_label="end-to-end latency (publish → matches received)")
-    print(text_table([metrics], LIVE_SUMMARY_KEYS))
+    metric_keys = tuple(key for key, _, _ in METRIC_COLUMNS) if bag.input_mode != "mono" else ()
+    print(text_table([metrics], LIVE_SUMMARY_KEYS + metric_keys))
     print(f"results in {out}/ (report.md, metrics.json, plots, live_outputs/ with the node's messages)")
     return 0
 
