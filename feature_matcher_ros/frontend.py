@@ -49,7 +49,7 @@ import cv2
 import numpy as np
 
 from .backends import backend_class
-from .backends.base import PRECISIONS, Backend, Features, Matches
+from .backends.base import PRECISIONS, Backend, Features, Matches, gray_image
 from .backends.nms import nms_matches
 from .camera import CameraModel
 from .geometry import METHODS, RelativePose, estimate_relative_pose, rotation_parallax_px
@@ -245,23 +245,6 @@ class _Outcome:
     tried: list[int] = field(default_factory=list)
 
 
-def to_gray(image: Any) -> np.ndarray:
-    """``(H, W)`` uint8 from ``(H, W)`` / ``(H, W, 1)`` gray or ``(H, W, 3|4)`` RGB(A) uint8; ValueError otherwise."""
-    if not isinstance(image, np.ndarray):
-        raise ValueError(f"image must be a numpy array, got {type(image).__name__}")
-    if image.dtype != np.uint8:
-        raise ValueError(f"image must be uint8, got {image.dtype}")
-    if image.ndim == 3 and image.shape[2] == 1:
-        image = image[:, :, 0]
-    elif image.ndim == 3 and image.shape[2] == 3:
-        image = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
-    elif image.ndim == 3 and image.shape[2] == 4:
-        image = cv2.cvtColor(image, cv2.COLOR_RGBA2GRAY)
-    if image.ndim != 2 or min(image.shape) < 8:
-        raise ValueError(f"image must be (H, W) gray or (H, W, 3) RGB with H, W >= 8, got shape {image.shape}")
-    return np.ascontiguousarray(image)
-
-
 class Frontend:
     """Keyframe-based matching and relative pose over a stream of frames (one camera)."""
 
@@ -407,7 +390,7 @@ class Frontend:
 
     # -- per frame --------------------------------------------------------------------------------
     def _prepare(self, image: Any, camera: Any) -> tuple[np.ndarray, np.ndarray, CameraModel]:
-        gray = to_gray(image)
+        gray = gray_image(image, "image")
         if not isinstance(camera, CameraModel):
             raise ValueError(f"camera must be a CameraModel, got {type(camera).__name__}")
         bad = camera.problem()

@@ -256,8 +256,9 @@ def test_backend_precisions_and_conversion(graffiti):
 
 def test_backend_bad_input_is_a_clear_error(tmp_path):
     backend = SPTD2Backend()
-    with pytest.raises(ValueError, match="grayscale"):
-        backend.extract(np.zeros((64, 64, 3), np.uint8))
+    with pytest.raises(ValueError, match="gray"):
+        backend.extract(np.zeros((64, 64, 2), np.uint8))
+    assert backend.extract(np.zeros((64, 64, 3), np.uint8)).image_size == (64, 64)  # RGB: converted, as everywhere
     with pytest.raises(ValueError, match="uint8"):
         backend.extract(np.zeros((64, 64), np.float32))
     with pytest.raises(ValueError, match="too small"):

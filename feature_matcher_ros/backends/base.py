@@ -21,6 +21,41 @@ import numpy as np
 from ..params import ParamSpec
 
 PRECISIONS = ("fp32", "fp16", "bf16")
+# precision -> the torch dtype's name (torch itself is imported only by the learned backends)
+TORCH_DTYPE_NAMES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+
+
+def torch_dtype(precision: str) -> Any:
+    """The torch dtype of a precision name (``fp32`` -> ``torch.float32``)."""
+    import torch
+
+    if precision not in TORCH_DTYPE_NAMES:
+        raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
+    return getattr(torch, TORCH_DTYPE_NAMES[precision])
+
+
+def gray_image(image: Any, who: str = "image", min_side: int = 8) -> np.ndarray:
+    """``(H, W)`` uint8 from a uint8 ``(H, W)`` / ``(H, W, 1)`` gray or ``(H, W, 3|4)`` RGB(A) image, or a
+    ValueError naming what is wrong (``who`` says where).
+
+    >>> gray_image(np.zeros((8, 10, 3), np.uint8)).shape
+    (8, 10)
+    """
+    if not isinstance(image, np.ndarray):
+        raise ValueError(f"{who}: must be a numpy array, got {type(image).__name__}")
+    if image.dtype != np.uint8:
+        raise ValueError(f"{who}: must be uint8, got {image.dtype}")
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[:, :, 0]
+    elif image.ndim == 3 and image.shape[2] in (3, 4):
+        import cv2
+
+        image = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY if image.shape[2] == 3 else cv2.COLOR_RGBA2GRAY)
+    if image.ndim != 2:
+        raise ValueError(f"{who}: expected an (H, W) gray or (H, W, 3|4) RGB(A) image, got shape {image.shape}")
+    if min(image.shape) < min_side:
+        raise ValueError(f"{who}: image of shape {image.shape} is too small (at least {min_side}x{min_side})")
+    return np.ascontiguousarray(image)
 
 
 def _nbytes(value: Any) -> int:
@@ -123,6 +158,7 @@ class Backend(ABC):
 
     name: ClassVar[str] = "base"
     PARAMS: ClassVar[tuple[ParamSpec, ...]] = ()
+    MIN_IMAGE_SIDE: ClassVar[int] = 8  # smaller images are refused by :meth:`gray`
 
     def __init__(self, device: str = "cpu", precision: str = "fp32", **settings: Any) -> None:
         if precision not in PRECISIONS:
@@ -151,6 +187,18 @@ class Backend(ABC):
     def match_pair(self, image0: np.ndarray, image1: np.ndarray) -> Matches:
         """The pairwise path: both images through every stage, nothing cached."""
         return self.match(self.extract(image0), self.extract(image1))
+
+    # -- the checks every backend makes -------------------------------------------------------------
+    def gray(self, image: Any) -> np.ndarray:
+        """``image`` as ``(H, W)`` uint8 (:func:`gray_image`, at least ``MIN_IMAGE_SIDE`` pixels a side)."""
+        return gray_image(image, f"{self.name}.extract", self.MIN_IMAGE_SIDE)
+
+    def own(self, feats: Any, which: str) -> Features:
+        """``feats`` when this backend made it, else a ValueError naming who did."""
+        if not isinstance(feats, Features) or feats.backend != self.name:
+            got = feats.backend if isinstance(feats, Features) else type(feats).__name__
+            raise ValueError(f"{self.name}.match: {which} was made by {got!r}, not by {self.name!r}")
+        return feats
 
     # -- live settings ----------------------------------------------------------------------------
     def validate(self, settings: Mapping[str, Any]) -> str | None:

@@ -33,21 +33,6 @@ from ..params import ParamSpec
 from .base import Backend, Features, Matches
 
 
-def _as_gray(image: Any, who: str) -> np.ndarray:
-    """``(H, W)`` uint8 from a gray or RGB uint8 array, or a ValueError naming what is wrong."""
-    if not isinstance(image, np.ndarray):
-        raise ValueError(f"{who}: image must be a numpy array, got {type(image).__name__}")
-    if image.dtype != np.uint8:
-        raise ValueError(f"{who}: image must be uint8, got {image.dtype}")
-    if image.ndim == 3 and image.shape[2] == 1:
-        image = image[:, :, 0]
-    if image.ndim == 3 and image.shape[2] in (3, 4):
-        image = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY if image.shape[2] == 3 else cv2.COLOR_RGBA2GRAY)
-    if image.ndim != 2 or image.shape[0] < 8 or image.shape[1] < 8:
-        raise ValueError(f"{who}: image must be (H, W) or (H, W, 3) with H, W >= 8, got shape {image.shape}")
-    return np.ascontiguousarray(image)
-
-
 def mutual_ratio_match(dist: np.ndarray, ratio: float, mutual: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Mutual nearest neighbours passing the ratio test on a distance matrix.
 
@@ -110,7 +95,7 @@ class _OpenCVBackend(Backend):
         self._cv = self._detector()  # detector parameters take effect from the next extract
 
     def extract(self, image: np.ndarray) -> Features:
-        gray = _as_gray(image, f"{self.name}.extract")
+        gray = self.gray(image)
         kps, desc = self._cv.detectAndCompute(gray, None)
         if desc is None or len(kps) == 0:
             kpts = np.zeros((0, 2), np.float32)
@@ -131,10 +116,7 @@ class _OpenCVBackend(Backend):
         return np.float32
 
     def match(self, feats0: Features, feats1: Features) -> Matches:
-        for which, f in (("feats0", feats0), ("feats1", feats1)):
-            if not isinstance(f, Features) or f.backend != self.name:
-                got = getattr(f, "backend", type(f).__name__)
-                raise ValueError(f"{self.name}.match: {which} was made by {got!r}, not {self.name!r}")
+        feats0, feats1 = self.own(feats0, "feats0"), self.own(feats1, "feats1")
         d0, d1 = feats0.data["descriptors"], feats1.data["descriptors"]
         if len(d0) == 0 or len(d1) == 0:
             return Matches.empty()

@@ -22,35 +22,17 @@ import numpy as np
 import torch
 
 from ...params import ParamSpec
-from ..base import PRECISIONS, Backend, Features, Matches
+from ..base import PRECISIONS, Backend, Features, Matches, torch_dtype
 from .config import DEFAULT_THRESHOLDS, MODES, threshold_problem
 from .loader import load_model
 from .model import EfficientLoFTR, StageTimer
 
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def _resolve_device(device: str) -> str:
     from .. import resolve_device
 
     return resolve_device(device)
-
-
-def to_gray_uint8(image: np.ndarray) -> np.ndarray:
-    """``(H, W)`` uint8, from ``(H, W)`` or ``(H, W, 1|3)`` uint8 (RGB); anything else is a ValueError."""
-    if not isinstance(image, np.ndarray):
-        raise ValueError(f"eloftr: image must be a numpy array, got {type(image).__name__}")
-    if image.dtype != np.uint8:
-        raise ValueError(f"eloftr: image must be uint8, got {image.dtype}")
-    if image.ndim == 3 and image.shape[2] == 1:
-        image = image[:, :, 0]
-    elif image.ndim == 3 and image.shape[2] == 3:
-        import cv2
-
-        image = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
-    if image.ndim != 2 or min(image.shape) < 1:
-        raise ValueError(f"eloftr: expected an (H, W) grayscale or (H, W, 3) RGB image, got shape {image.shape}")
-    return np.ascontiguousarray(image)
 
 
 def network_size(h: int, w: int, multiple: int = 32) -> tuple[int, int]:
@@ -143,7 +125,7 @@ class EfficientLoFTRBackend(Backend):
         build cannot run that dtype on this device."""
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
-        dtype = DTYPES[precision]
+        dtype = torch_dtype(precision)
         if dtype == torch.float32:
             model = self._master
         else:
@@ -161,7 +143,7 @@ class EfficientLoFTRBackend(Backend):
             return None
         if feats.device == self.device and feats.precision == self.precision:
             return feats
-        dtype = DTYPES[self.precision]
+        dtype = torch_dtype(self.precision)
         data = {k: (v.to(device=self.device, dtype=dtype) if torch.is_tensor(v) else v) for k, v in feats.data.items()}
         return Features(self.name, feats.image_size, data, self.precision, self.device)
 
@@ -184,7 +166,7 @@ class EfficientLoFTRBackend(Backend):
         return image.float().div_(255.0)[None, None]
 
     def _network_image(self, image: np.ndarray) -> tuple[np.ndarray, tuple[int, int]]:
-        gray = to_gray_uint8(image)
+        gray = self.gray(image)
         h, w = gray.shape
         nh, nw = network_size(h, w, self.model.config.size_multiple)
         if (nh, nw) != (h, w):
@@ -200,7 +182,7 @@ class EfficientLoFTRBackend(Backend):
 
     def extract_native(self, image: np.ndarray) -> Features:
         """Like :meth:`extract` without resizing: sides must already be multiples of 32."""
-        gray = to_gray_uint8(image)
+        gray = self.gray(image)
         return self._extract_gray(gray, gray.shape)
 
     def _extract_gray(self, gray: np.ndarray, size: tuple[int, int]) -> Features:
@@ -211,10 +193,8 @@ class EfficientLoFTRBackend(Backend):
         return Features(self.name, tuple(int(s) for s in size), data, self.precision, self.device)
 
     def _own(self, feats: Features, which: str) -> Features:
-        if not isinstance(feats, Features) or feats.backend != self.name:
-            got = feats.backend if isinstance(feats, Features) else type(feats).__name__
-            raise ValueError(f"eloftr: {which} were made by {got!r}, not by eloftr")
-        converted = self.convert_features(feats)
+        """``feats`` made by this backend, on its device and precision."""
+        converted = self.convert_features(self.own(feats, which))
         assert converted is not None
         return converted
 
@@ -242,7 +222,7 @@ class EfficientLoFTRBackend(Backend):
         if resize:
             (g0, size0), (g1, size1) = self._network_image(image0), self._network_image(image1)
         else:
-            g0, g1 = to_gray_uint8(image0), to_gray_uint8(image1)
+            g0, g1 = self.gray(image0), self.gray(image1)
             size0, size1 = g0.shape, g1.shape
         timer = StageTimer()
         out = self.model.forward_reference(

@@ -8,13 +8,12 @@ from typing import Any, ClassVar, Mapping
 import numpy as np
 
 from ...params import ParamSpec
-from ..base import Backend, Features, Matches
+from ..base import Backend, Features, Matches, torch_dtype
 from ..nms import nms_matches
 from .inference import MAX_KEYPOINTS, DetectionConfig, detect_and_describe, image_to_tensor, mutual_nearest_neighbours
 
 WEIGHTS_DIR = Path(__file__).resolve().parents[2] / "weights"
 DEFAULT_WEIGHTS = WEIGHTS_DIR / "sptd2_small.pt"
-_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 
 
 def default_weights() -> Path:
@@ -35,6 +34,7 @@ class SPTD2Backend(Backend):
     """
 
     name: ClassVar[str] = "sptd2"
+    MIN_IMAGE_SIDE: ClassVar[int] = 16  # its trunk pools to 1/16
     PARAMS: ClassVar[tuple[ParamSpec, ...]] = (
         ParamSpec("sptd2.top_k", 2048, "Keypoints kept per image (best fused scores after NMS).", min=1, max=MAX_KEYPOINTS),
         ParamSpec("sptd2.nms_radius", 2, "Keypoint NMS radius in pixels (window 2r+1); 0 = off.", min=0, max=16),
@@ -69,7 +69,7 @@ class SPTD2Backend(Backend):
     # -- device / precision -------------------------------------------------------------------------
     @property
     def dtype(self):
-        return getattr(self._torch, _DTYPES[self.precision])
+        return torch_dtype(self.precision)
 
     def _place(self) -> None:
         torch = self._torch
@@ -107,7 +107,7 @@ class SPTD2Backend(Backend):
 
     # -- per image and per pair ---------------------------------------------------------------------
     def extract(self, image: np.ndarray) -> Features:
-        tensor = image_to_tensor(image, self.device, self.dtype)
+        tensor = image_to_tensor(self.gray(image), self.device, self.dtype)
         cfg = DetectionConfig(top_k=int(self.settings["sptd2.top_k"]), nms_radius=int(self.settings["sptd2.nms_radius"]),
                               detection_threshold=float(self.settings["sptd2.detection_threshold"]))
         out = detect_and_describe(self.model, tensor, cfg)
@@ -115,12 +115,8 @@ class SPTD2Backend(Backend):
         return Features(self.name, tuple(image.shape[:2]), data, self.precision, str(self.device))
 
     def match(self, feats0: Features, feats1: Features) -> Matches:
-        for which, feats in (("feats0", feats0), ("feats1", feats1)):
-            if not isinstance(feats, Features) or feats.backend != self.name:
-                got = feats.backend if isinstance(feats, Features) else type(feats).__name__
-                raise ValueError(f"sptd2.match: {which} was made by {got!r}, not by sptd2")
-        f0 = self.convert_features(feats0)
-        f1 = self.convert_features(feats1)
+        f0 = self.convert_features(self.own(feats0, "feats0"))
+        f1 = self.convert_features(self.own(feats1, "feats1"))
         i0, i1, sim = mutual_nearest_neighbours(
             f0.data["descriptors"], f1.data["descriptors"], float(self.settings["sptd2.match_threshold"]),
             float(self.settings["sptd2.ratio"]))
