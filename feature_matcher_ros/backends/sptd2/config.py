@@ -3,7 +3,7 @@
 The paper's network (VGG16-BN trunk, d = 128, 2048 soft keys per attention branch) is ``SPTD2Config.full()``.
 ``SPTD2Config.small()`` divides every VGG width by 4 and keeps fewer keys, so that a 640x480 frame runs in
 about a second on one CPU core; it keeps the 128-D descriptor. ``SPTD2Config.fast()`` is the real-time size
-(see its docstring for what it changes against the paper). See ``/work/shared/reference/sptd2-design.md``.
+(see its docstring for what it changes against the paper). See ``shared/reference/sptd2-design.md`` beside the checkout.
 """
 
 from __future__ import annotations
