@@ -13,8 +13,8 @@ from feature_matcher_ros.tools import eval as fm_eval
 from feature_matcher_ros.tools import make_bag, replay
 
 TEST_DATA = Path(__file__).resolve().parent / "data"
-CASES = {  # dataset, params, rate (frames ~1 s apart: time for a stereo keyframe's right-image matching too)
-    "rgbd": ("tum_fr3_cabinet_rgbd", "eval_rgbd_sift.yaml", 1.0),
+CASES = {  # dataset, params, rate (frames 2.7 s / 1 s apart: room for a loaded CI machine and a stereo keyframe)
+    "rgbd": ("tum_fr3_cabinet_rgbd", "eval_rgbd_sift.yaml", 0.25),
     "stereo": ("kitti06_stereo_f000_050", "eval_stereo_sift.yaml", 0.1),
 }
 
@@ -34,7 +34,7 @@ def test_metric_replay_agrees_with_offline(shared: Path, tmp_path: Path, mode: s
     m_live = json.loads((live / "metrics.json").read_text())
     m_off = json.loads((offline / "metrics.json").read_text())
     assert m_live["input_mode"] == mode and m_live["frames_published"] == 4
-    assert m_live["frames_dropped"] == 0, m_live["node_diagnostics_last"]
+    assert m_live["frames_dropped"] == 0, json.dumps(m_live["node_diagnostics_last"])
     assert m_live["metric_pose_frames"] == m_off["metric_pose_frames"] >= 2
     for key in ("translation_error_m_median", "translation_error_pct_median", "ate_rmse_m"):
         assert m_live[key] == pytest.approx(m_off[key], rel=0.02, abs=1e-3), key
