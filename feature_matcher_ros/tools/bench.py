@@ -202,7 +202,7 @@ def _result(args: argparse.Namespace, backend, source: Path, paths: dict[str, _P
         "settings": {k: v for k, v in backend.describe().items() if "." in k},
         "size": f"{args.size[0]}x{args.size[1]}", "frames": n, "images": str(source),
         "threads": torch.get_num_threads(), "burn": getattr(args, "burn", 0),
-        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""), "gomp_spincount": os.environ.get("GOMP_SPINCOUNT", ""),
         "pairwise_fps": n / pair_s, "streaming_fps": n / stream_s, "speedup": pair_s / stream_s,
         "pairwise_ms_per_frame": 1000 * pair_s / n, "streaming_ms_per_frame": 1000 * stream_s / n,
         "pairwise_ms_median": float(np.median(pair.ms)), "streaming_ms_median": float(np.median(stream.ms)),

@@ -19,11 +19,12 @@ import sys
 from dataclasses import dataclass
 
 # name -> (environment, --threads); "" removes the variable (the process's own default)
+# ("all cores" = --threads 0, the node's num_threads default; GOMP_SPINCOUNT=300000 is libgomp's own default,
+# which the package's OMP_WAIT_POLICY=PASSIVE replaces unless one of the two variables is set)
 SETTINGS = {
-    "package default": ({}, 0),
-    "2 threads, spinning (OpenMP default)": ({"OMP_WAIT_POLICY": "", "GOMP_SPINCOUNT": ""}, 2),
-    "2 threads, OMP_WAIT_POLICY=PASSIVE": ({"OMP_WAIT_POLICY": "PASSIVE", "GOMP_SPINCOUNT": ""}, 2),
-    "2 threads, GOMP_SPINCOUNT=10000": ({"OMP_WAIT_POLICY": "", "GOMP_SPINCOUNT": "10000"}, 2),
+    "package default (all cores, PASSIVE)": ({"OMP_WAIT_POLICY": "", "GOMP_SPINCOUNT": ""}, 0),
+    "all cores, spinning (OpenMP default)": ({"OMP_WAIT_POLICY": "", "GOMP_SPINCOUNT": "300000"}, 0),
+    "all cores, GOMP_SPINCOUNT=10000": ({"OMP_WAIT_POLICY": "", "GOMP_SPINCOUNT": "10000"}, 0),
     "1 thread": ({"OMP_WAIT_POLICY": "", "GOMP_SPINCOUNT": ""}, 1),
 }
 
