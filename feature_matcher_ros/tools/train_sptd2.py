@@ -32,7 +32,9 @@ import os
 import platform
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -102,15 +104,10 @@ def write_export(model, export: Path, record: dict) -> None:
     print(f"wrote {export} ({export.stat().st_size / 1e6:.1f} MB) and {export.with_suffix('.json')}")
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def setup_device(args: argparse.Namespace):
+    """Torch threads and seed, and the training device (cuDNN autotuning, TF32 only in convolutions, on CUDA);
+    None, after an error line, for ``--device cuda`` without a CUDA device."""
     import torch
-
-    from ..backends.sptd2.batches import DepthPairBatcher, HomographyBatcher, concat_batches, split_sizes
-    from ..backends.sptd2.config import SPTD2Config
-    from ..backends.sptd2.data import PairConfig
-    from ..backends.sptd2.losses import LossConfig, sptd2_loss
-    from ..backends.sptd2.model import SPTD2, count_parameters, load_checkpoint, save_checkpoint
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -118,35 +115,63 @@ def main(argv: list[str] | None = None) -> int:
     if device.type == "cuda":
         if not torch.cuda.is_available():
             print("fm-train-sptd2: --device cuda but torch sees no CUDA device", file=sys.stderr)
-            return 2
+            return None
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = False  # FU's channel affinities are large sums: keep fp32
         torch.backends.cudnn.allow_tf32 = True
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    ckpt_path = out / "checkpoint.pt"
-    config = SPTD2Config.preset(args.variant)
-    if args.set:
-        import dataclasses
+    return device
 
-        types = {f.name: f.type for f in dataclasses.fields(SPTD2Config)}
-        changes = {}
-        for item in args.set:
-            key, _, value = item.partition("=")
-            if key not in types:
-                print(f"fm-train-sptd2: --set {item}: unknown field (known: {sorted(types)})", file=sys.stderr)
-                return 2
-            kind = types[key] if isinstance(types[key], str) else types[key].__name__
-            changes[key] = value.lower() in ("1", "true", "yes") if kind == "bool" else (
-                int(value) if kind == "int" else float(value) if kind == "float" else value)
-        config = dataclasses.replace(config, **changes)
-    state = None
-    if args.resume or args.export_only:
-        if not ckpt_path.is_file():
-            print(f"fm-train-sptd2: {ckpt_path} does not exist (needed by --resume/--export-only)", file=sys.stderr)
-            return 2
-        state = torch.load(ckpt_path, map_location=device, weights_only=False)
-    record_before = (state or {}).get("record") or {}
+
+def field_value(kind: str, value: str):
+    """A ``--set`` value as its SPTD2Config field's type (``kind``: the type's name).
+
+    >>> field_value("bool", "Yes"), field_value("int", "32"), field_value("float", "0.5"), field_value("str", "vgg")
+    (True, 32, 0.5, 'vgg')
+    """
+    if kind == "bool":
+        return value.lower() in ("1", "true", "yes")
+    return int(value) if kind == "int" else float(value) if kind == "float" else value
+
+
+def config_from_args(args: argparse.Namespace):
+    """The ``--variant`` preset's SPTD2Config with the ``--set FIELD=VALUE`` changes; None, after an error line,
+    for an unknown field."""
+    import dataclasses
+
+    from ..backends.sptd2.config import SPTD2Config
+
+    config = SPTD2Config.preset(args.variant)
+    if not args.set:
+        return config
+    types = {f.name: f.type for f in dataclasses.fields(SPTD2Config)}
+    changes = {}
+    for item in args.set:
+        key, _, value = item.partition("=")
+        if key not in types:
+            print(f"fm-train-sptd2: --set {item}: unknown field (known: {sorted(types)})", file=sys.stderr)
+            return None
+        kind = types[key] if isinstance(types[key], str) else types[key].__name__
+        changes[key] = field_value(kind, value)
+    return dataclasses.replace(config, **changes)
+
+
+def load_state(ckpt_path: Path, device) -> dict | None:
+    """The resumable checkpoint (:meth:`TrainRun.save`) on ``device``; None, after an error line, when it is missing."""
+    import torch
+
+    if not ckpt_path.is_file():
+        print(f"fm-train-sptd2: {ckpt_path} does not exist (needed by --resume/--export-only)", file=sys.stderr)
+        return None
+    return torch.load(ckpt_path, map_location=device, weights_only=False)
+
+
+def build_model(args: argparse.Namespace, config, record_before: dict) -> tuple[Any, Any, dict | None]:
+    """``(model, config, init_record)``: with ``--init`` the file's network and weights (its config; ``args.variant``
+    becomes its variant), else a new SPTD2 of ``config``, or of the recorded config when ``record_before`` (the
+    resumed run's record, or ``{}``) began from ``--init``. ``init_record`` describes those starting weights."""
+    from ..backends.sptd2.config import SPTD2Config
+    from ..backends.sptd2.model import SPTD2, load_checkpoint
+
     init_record = record_before.get("init")  # a resumed --init run keeps its origin
     if args.init:
         model, init_meta = load_checkpoint(args.init)
@@ -158,131 +183,263 @@ def main(argv: list[str] | None = None) -> int:
         if init_record and "config" in record_before:  # the network of the weights that run started from
             config = SPTD2Config.from_dict(record_before["config"])
         model = SPTD2(config)
-    model = model.to(device).train()
-    optimiser = torch.optim.Adam(model.parameters(), lr=args.lr, betas=(0.9, 0.999))
-    loss_cfg = LossConfig(distill=args.distill if args.teacher else 0.0, circle_scale=args.circle_scale)
-    generator = torch.Generator(device=device).manual_seed(args.seed)
-    step, elapsed_before, history = 0, 0.0, []
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimiser.load_state_dict(state["optimiser"])
-        step, elapsed_before, history = state["step"], state["elapsed_s"], state["history"]
-    if args.export_only:
-        write_export(model.eval(), Path(args.export), state.get("record") or {"steps_done": step})
-        return 0
+    return model, config, init_record
 
-    pair_cfg = PairConfig(crop=args.crop)
-    batchers = {}
-    if args.images:
-        batchers["homography"] = HomographyBatcher(args.images, pair_cfg, device, args.teacher, seed=args.seed)
-    if args.rgbd:
-        batchers["rgbd"] = DepthPairBatcher(args.rgbd, pair_cfg, device, args.teacher, seed=args.seed)
-    n_hom, n_real = split_sizes(args.batch, args.real_fraction if "rgbd" in batchers else 0.0)
-    if "homography" not in batchers:
-        n_hom, n_real = 0, args.batch
-    teacher_record = None
-    if args.teacher:
-        record_file = Path(args.teacher) / "teacher.json"
-        teacher_record = json.loads(record_file.read_text()) if record_file.is_file() else {"folder": args.teacher}
-    if state is not None:
-        for name, batcher in batchers.items():
-            if name in state.get("batcher_rng", {}):
-                batcher.rng.bit_generator.state = state["batcher_rng"][name]
-        if state.get("generator_device") == device.type:  # CPU and CUDA generator states differ
-            generator.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
-        print(f"resumed at step {step} ({elapsed_before / 60:.1f} min trained)")
-    paths = [p for b in batchers.values() for p in b.paths]
-    print(f"SPTD2 {args.variant}: {count_parameters(model) / 1e6:.2f} M parameters, {len(paths)} images "
-          f"({n_hom} homography + {n_real} real pairs a step), {args.steps} steps x {args.batch} pairs of "
-          f"{args.crop}px on {device}" + (f", teacher {args.teacher}" if args.teacher else ""), flush=True)
-    digests = file_digest(sorted(set(map(str, paths))))
 
-    def record() -> dict:
+@dataclass
+class TrainRun:
+    """One training run: the network, its optimiser, random states, pair sources and progress.
+
+    :meth:`save` writes it to ``<out>`` (the resumable checkpoint's keys) and :meth:`record` describes it.
+    """
+
+    args: argparse.Namespace
+    command: str                     # "fm-train-sptd2 ARGS" as invoked
+    out: Path
+    device: Any                      # torch.device
+    config: Any                      # the network's SPTD2Config
+    init_record: dict | None         # the exported weights the run began from (--init), else None
+    model: Any
+    optimiser: Any
+    loss_cfg: Any                    # LossConfig
+    generator: Any                   # torch.Generator on the device, for the loss's random draws
+    step: int = 0                    # optimiser steps done, earlier invocations included
+    elapsed_before: float = 0.0      # seconds trained by earlier invocations
+    history: list[dict] = field(default_factory=list)  # per step: {"step": n, loss part: value}
+    batchers: dict = field(default_factory=dict)       # "homography" / "rgbd" -> pair batcher
+    pair_cfg: Any = None             # PairConfig
+    n_hom: int = 0                   # homography pairs a step
+    n_real: int = 0                  # RGB-D pairs a step
+    teacher_record: dict | None = None
+    digests: list[dict] = field(default_factory=list)  # file_digest of the training images
+    start: float = 0.0               # time.time() when this invocation's loop began
+
+    def elapsed_s(self) -> float:
+        """Seconds trained in total."""
+        return self.elapsed_before + time.time() - self.start
+
+    def record(self) -> dict:
+        """What the run is (record.json, the weights' meta): command, network, data, loss, time, losses."""
+        import torch
+
+        args, loss_cfg, device = self.args, self.loss_cfg, self.device
         return {
-            "command": "fm-train-sptd2 " + " ".join(argv if argv is not None else sys.argv[1:]),
-            "variant": args.variant, "config": config.to_dict(), "steps_done": step, "steps_planned": args.steps,
-            "batch": args.batch, "pairs_per_step": {"homography": n_hom, "rgbd": n_real}, "crop": args.crop,
+            "command": self.command,
+            "variant": args.variant, "config": self.config.to_dict(), "steps_done": self.step,
+            "steps_planned": args.steps, "batch": args.batch,
+            "pairs_per_step": {"homography": self.n_hom, "rgbd": self.n_real}, "crop": args.crop,
             "lr": [args.lr, args.lr_end], "optimiser": "Adam(0.9, 0.999)",
             "loss": {"r": loss_cfg.r, "lambda": loss_cfg.lam, "circle_margin": loss_cfg.margin,
                      "circle_gamma": loss_cfg.gamma, "circle_scale": loss_cfg.circle_scale,
                      "patch_px": loss_cfg.patch_px, "distill": loss_cfg.distill},
-            "teacher": teacher_record, "rgbd": args.rgbd, "init": init_record,
-            "pairs": vars(pair_cfg), "train_minutes": round((elapsed_before + time.time() - start) / 60, 2),
+            "teacher": self.teacher_record, "rgbd": args.rgbd, "init": self.init_record,
+            "pairs": vars(self.pair_cfg), "train_minutes": round(self.elapsed_s() / 60, 2),
             "threads": args.threads, "device": str(device),
             "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
             "torch": str(torch.__version__), "machine": platform.machine(),
-            "images": digests, "loss_history": history[-200:],
+            "images": self.digests, "loss_history": self.history[-200:],
         }
 
-    def save() -> None:
-        rec = record()
-        blob = {"model": model.state_dict(), "optimiser": optimiser.state_dict(), "step": step,
-                "elapsed_s": elapsed_before + time.time() - start, "history": history,
-                "batcher_rng": {k: b.rng.bit_generator.state for k, b in batchers.items()},
-                "generator": generator.get_state(), "generator_device": device.type, "torch_rng": torch.get_rng_state(), "record": rec}
+    def save(self) -> None:
+        """``<out>/checkpoint.pt`` (written atomically), ``<out>/weights.pt`` and ``<out>/record.json``."""
+        import torch
+
+        from ..backends.sptd2.model import save_checkpoint
+
+        rec = self.record()
+        blob = {"model": self.model.state_dict(), "optimiser": self.optimiser.state_dict(), "step": self.step,
+                "elapsed_s": self.elapsed_s(), "history": self.history,
+                "batcher_rng": {k: b.rng.bit_generator.state for k, b in self.batchers.items()},
+                "generator": self.generator.get_state(), "generator_device": self.device.type,
+                "torch_rng": torch.get_rng_state(), "record": rec}
+        ckpt_path = self.out / "checkpoint.pt"
         torch.save(blob, str(ckpt_path) + ".tmp")
         os.replace(str(ckpt_path) + ".tmp", ckpt_path)
-        save_checkpoint(model, str(out / "weights.pt"), meta={k: v for k, v in rec.items() if k != "loss_history"})
-        (out / "record.json").write_text(json.dumps(rec, indent=1))
+        save_checkpoint(self.model, str(self.out / "weights.pt"),
+                        meta={k: v for k, v in rec.items() if k != "loss_history"})
+        (self.out / "record.json").write_text(json.dumps(rec, indent=1))
 
+    def restore_random_states(self, state: dict) -> None:
+        """The batchers', loss generator's and torch's random states of a resumed checkpoint."""
+        import torch
+
+        for name, batcher in self.batchers.items():
+            if name in state.get("batcher_rng", {}):
+                batcher.rng.bit_generator.state = state["batcher_rng"][name]
+        if state.get("generator_device") == self.device.type:  # CPU and CUDA generator states differ
+            self.generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        print(f"resumed at step {self.step} ({self.elapsed_before / 60:.1f} min trained)")
+
+
+def start_run(args: argparse.Namespace, argv: list[str] | None, device, out: Path, config,
+              state: dict | None) -> TrainRun:
+    """The run's network (:func:`build_model`) on ``device`` in training mode, its Adam optimiser, loss settings and
+    loss generator; with ``state`` (a resumed checkpoint) its weights, optimiser, step, time and loss history."""
+    import torch
+
+    from ..backends.sptd2.losses import LossConfig
+
+    model, config, init_record = build_model(args, config, (state or {}).get("record") or {})
+    model = model.to(device).train()
+    run = TrainRun(
+        args=args, command="fm-train-sptd2 " + " ".join(argv if argv is not None else sys.argv[1:]), out=out,
+        device=device, config=config, init_record=init_record, model=model,
+        optimiser=torch.optim.Adam(model.parameters(), lr=args.lr, betas=(0.9, 0.999)),
+        loss_cfg=LossConfig(distill=args.distill if args.teacher else 0.0, circle_scale=args.circle_scale),
+        generator=torch.Generator(device=device).manual_seed(args.seed))
+    if state is not None:
+        run.model.load_state_dict(state["model"])
+        run.optimiser.load_state_dict(state["optimiser"])
+        run.step, run.elapsed_before, run.history = state["step"], state["elapsed_s"], state["history"]
+    return run
+
+
+def add_pairs(run: TrainRun) -> None:
+    """The pair batchers (``--images`` homographies, ``--rgbd`` real pairs), how many pairs of each a step, and
+    the teacher's record (its ``teacher.json``, else the folder)."""
+    from ..backends.sptd2.batches import DepthPairBatcher, HomographyBatcher, split_sizes
+    from ..backends.sptd2.data import PairConfig
+
+    args = run.args
+    run.pair_cfg = PairConfig(crop=args.crop)
+    if args.images:
+        run.batchers["homography"] = HomographyBatcher(args.images, run.pair_cfg, run.device, args.teacher,
+                                                       seed=args.seed)
+    if args.rgbd:
+        run.batchers["rgbd"] = DepthPairBatcher(args.rgbd, run.pair_cfg, run.device, args.teacher, seed=args.seed)
+    run.n_hom, run.n_real = split_sizes(args.batch, args.real_fraction if "rgbd" in run.batchers else 0.0)
+    if "homography" not in run.batchers:
+        run.n_hom, run.n_real = 0, args.batch
+    if args.teacher:
+        record_file = Path(args.teacher) / "teacher.json"
+        run.teacher_record = json.loads(record_file.read_text()) if record_file.is_file() else {"folder": args.teacher}
+
+
+def announce(run: TrainRun) -> None:
+    """Print what is trained on what, and take the training images' digests for the record."""
+    from ..backends.sptd2.model import count_parameters
+
+    args = run.args
+    paths = [p for b in run.batchers.values() for p in b.paths]
+    print(f"SPTD2 {args.variant}: {count_parameters(run.model) / 1e6:.2f} M parameters, {len(paths)} images "
+          f"({run.n_hom} homography + {run.n_real} real pairs a step), {args.steps} steps x {args.batch} pairs of "
+          f"{args.crop}px on {run.device}" + (f", teacher {args.teacher}" if args.teacher else ""), flush=True)
+    run.digests = file_digest(sorted(set(map(str, paths))))
+
+
+def next_batch(run: TrainRun) -> dict:
+    """One step's pairs, homography ones first: ``image0``/``image1`` ``(B, 1, S, S)``, ``flow`` ``(B, S, S, 2)``
+    (the image-1 pixel of each image-0 pixel), ``valid`` ``(B, S, S)``, ``teacher0``/``teacher1``
+    ``(B, 1, S, S)`` or None."""
+    from ..backends.sptd2.batches import concat_batches
+
+    parts_list = []
+    if run.n_hom:
+        parts_list.append(run.batchers["homography"].batch(run.n_hom))
+    if run.n_real:
+        parts_list.append(run.batchers["rgbd"].batch(run.n_real))
+    return concat_batches(parts_list)
+
+
+def train_step(run: TrainRun, limit_s: float) -> dict | None:
+    """One optimiser step on a new batch, the learning rate linear from ``--lr`` to ``--lr-end`` in max(step share,
+    share of ``limit_s`` (0: none)): the loss parts, or None when the loss was not finite (batch skipped)."""
+    import torch
+
+    from ..backends.sptd2.losses import sptd2_loss
+
+    args = run.args
+    share = max(run.step / max(1, args.steps - 1), (time.time() - run.start) / limit_s if limit_s else 0.0)
+    for group in run.optimiser.param_groups:
+        group["lr"] = args.lr + (args.lr_end - args.lr) * min(1.0, share)
+    batch = next_batch(run)
+    b = args.batch
+    out_all = run.model(torch.cat([batch["image0"], batch["image1"]]))
+    out0 = {k: [v[:b] for v in out_all[k]] for k in out_all}
+    out1 = {k: [v[b:] for v in out_all[k]] for k in out_all}
+    loss, parts = sptd2_loss(out0, out1, batch["flow"], batch["valid"], run.loss_cfg, run.generator,
+                             batch["teacher0"], batch["teacher1"])
+    run.optimiser.zero_grad(set_to_none=True)
+    if not torch.isfinite(loss):
+        print(f"step {run.step}: non-finite loss {parts}, batch skipped", file=sys.stderr)
+        return None
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(run.model.parameters(), 10.0)
+    run.optimiser.step()
+    run.step += 1
+    run.history.append({"step": run.step, **{k: round(v, 4) for k, v in parts.items()}})
+    return parts
+
+
+def show_progress(run: TrainRun, running: dict, bar) -> None:
+    """The running losses on the tqdm ``bar``, or (no bar) a log line every ``--log-every`` steps."""
+    if bar is not None:
+        bar.update(1)
+        bar.set_postfix(loss=f"{running['total']:.2f}", desc=f"{running['desc']:.2f}",
+                        peaky=f"{running['peaky']:.3f}", cos=f"{running['cosim']:.3f}")
+    elif run.step % run.args.log_every == 0:
+        print(f"step {run.step} {time.time() - run.start:.0f}s " + " ".join(f"{k}={v:.3f}" for k, v in running.items()),
+              flush=True)
+
+
+def train(run: TrainRun) -> None:
+    """Steps until ``--steps`` or ``--time-limit-min``, saving every ``--save-every`` steps and
+    ``--save-every-min`` minutes and at the end; then ``--export``."""
     try:
         from tqdm import tqdm
     except ImportError:  # a bare training machine: log lines only
         tqdm = None
-    start = time.time()
-    last_save = start
-    progress = args.no_progress or tqdm is None
-    bar = None if progress else tqdm(total=args.steps, initial=step, dynamic_ncols=True)
-    running = None
+    args = run.args
+    run.start = last_save = time.time()
+    bar = None if args.no_progress or tqdm is None else tqdm(total=args.steps, initial=run.step, dynamic_ncols=True)
+    running = None  # exponential moving averages of the loss parts
     limit_s = args.time_limit_min * 60
-    while step < args.steps:
-        share = max(step / max(1, args.steps - 1), (time.time() - start) / limit_s if limit_s else 0.0)
-        for group in optimiser.param_groups:
-            group["lr"] = args.lr + (args.lr_end - args.lr) * min(1.0, share)
-        parts_list = []
-        if n_hom:
-            parts_list.append(batchers["homography"].batch(n_hom))
-        if n_real:
-            parts_list.append(batchers["rgbd"].batch(n_real))
-        batch = concat_batches(parts_list)
-        b = args.batch
-        out_all = model(torch.cat([batch["image0"], batch["image1"]]))
-        out0 = {k: [v[:b] for v in out_all[k]] for k in out_all}
-        out1 = {k: [v[b:] for v in out_all[k]] for k in out_all}
-        loss, parts = sptd2_loss(out0, out1, batch["flow"], batch["valid"], loss_cfg, generator,
-                                 batch["teacher0"], batch["teacher1"])
-        if not torch.isfinite(loss):
-            print(f"step {step}: non-finite loss {parts}, batch skipped", file=sys.stderr)
-            optimiser.zero_grad(set_to_none=True)
+    while run.step < args.steps:
+        parts = train_step(run, limit_s)
+        if parts is None:
             continue
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
-        optimiser.step()
-        step += 1
         running = parts if running is None else {k: 0.95 * running[k] + 0.05 * parts[k] for k in parts}
-        history.append({"step": step, **{k: round(v, 4) for k, v in parts.items()}})
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(loss=f"{running['total']:.2f}", desc=f"{running['desc']:.2f}",
-                            peaky=f"{running['peaky']:.3f}", cos=f"{running['cosim']:.3f}")
-        elif step % args.log_every == 0:
-            print(f"step {step} {time.time() - start:.0f}s " + " ".join(f"{k}={v:.3f}" for k, v in running.items()),
-                  flush=True)
-        timed_out = limit_s > 0 and time.time() - start >= limit_s  # this run's minutes
+        show_progress(run, running, bar)
+        timed_out = limit_s > 0 and time.time() - run.start >= limit_s  # this run's minutes
         due = args.save_every_min > 0 and time.time() - last_save >= args.save_every_min * 60
-        if step % args.save_every == 0 or step == args.steps or timed_out or due:
-            save()
+        if run.step % args.save_every == 0 or run.step == args.steps or timed_out or due:
+            run.save()
             last_save = time.time()
         if timed_out:
-            print(f"time limit of {args.time_limit_min} min reached at step {step}")
+            print(f"time limit of {args.time_limit_min} min reached at step {run.step}")
             break
     if bar is not None:
         bar.close()
-    save()
+    run.save()
     if args.export:
-        write_export(model.eval(), Path(args.export), record())
+        write_export(run.model.eval(), Path(args.export), run.record())
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    device = setup_device(args)
+    if device is None:
+        return 2
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    config = config_from_args(args)
+    if config is None:
+        return 2
+    state = None
+    if args.resume or args.export_only:
+        state = load_state(out / "checkpoint.pt", device)
+        if state is None:
+            return 2
+    run = start_run(args, argv, device, out, config, state)
+    if args.export_only:
+        write_export(run.model.eval(), Path(args.export), state.get("record") or {"steps_done": run.step})
+        return 0
+    add_pairs(run)
+    if state is not None:
+        run.restore_random_states(state)
+    announce(run)
+    train(run)
     return 0
 
 
