@@ -99,6 +99,20 @@ def evaluate(records: Sequence[FrameRecord], gt: Trajectory | None, max_gap_ns: 
     metric translation errors (:func:`metric_summary`), and per frame ``metric``, ``translation_error_m`` and
     ``translation_error_pct``.
     """
+    scores, no_gt = score_pairs(records, gt, max_gap_ns)
+    pairs = [r for r in records if r.is_pair]
+    summary = run_summary(records, pairs, scores, no_gt)
+    if metric:
+        summary.update(metric_summary(pairs, list(scores.values())))
+    per_frame = [frame_entry(rec, scores.get(rec.stamp_ns), metric) for rec in records]
+    return summary, per_frame
+
+
+def score_pairs(records: Sequence[FrameRecord], gt: Trajectory | None,
+                max_gap_ns: int = 100_000_000) -> tuple[dict[int, PairScore], int]:
+    """``(scores, no_gt)``: the :func:`score_pair` of every pair with ground truth, by the frame's stamp, and how
+    many pairs had none (no ``gt``, or no ground-truth pose within ``max_gap_ns`` of a stamp). The keyframe's
+    camera is the keyframe record's, else the frame's."""
     by_stamp = {r.stamp_ns: r for r in records}
     scores: dict[int, PairScore] = {}
     no_gt = 0
@@ -112,27 +126,32 @@ def evaluate(records: Sequence[FrameRecord], gt: Trajectory | None, max_gap_ns: 
             continue
         kf_camera = kf.camera if kf is not None and kf.camera is not None else rec.camera
         scores[rec.stamp_ns] = score_pair(rec, kf_camera, T_gt)
+    return scores, no_gt
 
-    pairs = [r for r in records if r.is_pair]
+
+def run_summary(records: Sequence[FrameRecord], pairs: Sequence[FrameRecord], scores: dict[int, PairScore],
+                no_gt: int) -> dict[str, Any]:
+    """The summary keys of :func:`evaluate` other than the metric-pose ones: counts, pose AUC and medians,
+    epipolar precision, matches, keyframes, latency, failure reasons. ``pairs``: the records matched against a
+    keyframe; ``scores``, ``no_gt``: :func:`score_pairs`."""
     pose_errors = [s.pose_error_deg for s in scores.values()]
     auc = pose_error_auc(pose_errors, AUC_THRESHOLDS) if pose_errors else [None] * len(AUC_THRESHOLDS)
+    pose_median = _median(pose_errors)
     n_matches_scored = sum(len(s.epipolar_errors) for s in scores.values())
     n_correct = sum(s.epipolar_correct for s in scores.values())
     finite = lambda xs: [x for x in xs if math.isfinite(x)]  # noqa: E731
     failed = [r for r in pairs if not r.has_pose]
     latencies = [r.latency_ms for r in records if math.isfinite(r.latency_ms)]
-    summary: dict[str, Any] = {
+    return {
         "frames": len(records),
         "pairs": len(scores),
         "pairs_without_ground_truth": no_gt,
         "pose_failures": len(failed),
-        "auc@5": None if auc[0] is None else float(auc[0]),
-        "auc@10": None if auc[1] is None else float(auc[1]),
-        "auc@20": None if auc[2] is None else float(auc[2]),
+        **{f"auc@{t}": None if a is None else float(a) for t, a in zip(AUC_THRESHOLDS, auc)},
         # medians over the estimated poses; failures are counted in pose_failures and in the AUC
         "rotation_error_deg_median": _median(finite([s.rotation_error_deg for s in scores.values()])),
         "translation_error_deg_median": _median(finite([s.translation_error_deg for s in scores.values()])),
-        "pose_error_deg_median": _median(pose_errors) if pose_errors else None,
+        "pose_error_deg_median": None if pose_median is None else _json_float(pose_median),
         "epipolar_precision": (n_correct / n_matches_scored) if n_matches_scored else None,
         "epipolar_threshold": EPIPOLAR_THRESHOLD,
         "matches_per_frame_median": _median([float(r.n_matches) for r in pairs]),
@@ -142,37 +161,34 @@ def evaluate(records: Sequence[FrameRecord], gt: Trajectory | None, max_gap_ns: 
         "latency_ms_p99": _percentile(latencies, 99),
         "failure_reasons": _count([r.reason for r in failed]),
     }
-    if summary["pose_error_deg_median"] is not None and not math.isfinite(summary["pose_error_deg_median"]):
-        summary["pose_error_deg_median"] = None
-    if metric:
-        summary.update(metric_summary(pairs, list(scores.values())))
 
-    per_frame = []
-    for rec in records:
-        s = scores.get(rec.stamp_ns)
-        per_frame.append({
-            "stamp_ns": rec.stamp_ns,
-            "keyframe_stamp_ns": rec.keyframe_stamp_ns,
-            "matches": rec.n_matches,
-            "inliers": rec.n_inliers,
-            "has_pose": rec.has_pose,
-            "R": None if rec.R is None else np.asarray(rec.R, dtype=float).round(9).tolist(),
-            "t": None if rec.t is None else np.asarray(rec.t, dtype=float).round(9).tolist(),
-            "reason": rec.reason,
-            "new_keyframe": rec.new_keyframe,
-            "status": rec.status,
-            "latency_ms": rec.latency_ms if math.isfinite(rec.latency_ms) else None,
-            "rotation_error_deg": _json_float(s.rotation_error_deg) if s else None,
-            "translation_error_deg": _json_float(s.translation_error_deg) if s else None,
-            "gt_rotation_deg": s.gt_rotation_deg if s else None,
-            "gt_translation_m": s.gt_translation_m if s else None,
-            "epipolar_correct": s.epipolar_correct if s else None,
-        })
-        if metric:
-            per_frame[-1].update({"metric": rec.metric and rec.has_pose,
-                                  "translation_error_m": s.translation_error_m if s else None,
-                                  "translation_error_pct": s.translation_error_pct if s else None})
-    return summary, per_frame
+
+def frame_entry(rec: FrameRecord, s: PairScore | None, metric: bool = False) -> dict[str, Any]:
+    """One frame's entry of per_frame.json: stamps, counts, the estimate (R ``(3, 3)``, t ``(3,)``), status,
+    latency and, where the pair was scored (``s``), its errors; ``metric``: also the metric-pose keys."""
+    row = {
+        "stamp_ns": rec.stamp_ns,
+        "keyframe_stamp_ns": rec.keyframe_stamp_ns,
+        "matches": rec.n_matches,
+        "inliers": rec.n_inliers,
+        "has_pose": rec.has_pose,
+        "R": None if rec.R is None else np.asarray(rec.R, dtype=float).round(9).tolist(),
+        "t": None if rec.t is None else np.asarray(rec.t, dtype=float).round(9).tolist(),
+        "reason": rec.reason,
+        "new_keyframe": rec.new_keyframe,
+        "status": rec.status,
+        "latency_ms": rec.latency_ms if math.isfinite(rec.latency_ms) else None,
+        "rotation_error_deg": _json_float(s.rotation_error_deg) if s else None,
+        "translation_error_deg": _json_float(s.translation_error_deg) if s else None,
+        "gt_rotation_deg": s.gt_rotation_deg if s else None,
+        "gt_translation_m": s.gt_translation_m if s else None,
+        "epipolar_correct": s.epipolar_correct if s else None,
+    }
+    if metric:
+        row.update({"metric": rec.metric and rec.has_pose,
+                    "translation_error_m": s.translation_error_m if s else None,
+                    "translation_error_pct": s.translation_error_pct if s else None})
+    return row
 
 
 def metric_summary(pairs: Sequence[FrameRecord], scores: Sequence[PairScore]) -> dict[str, Any]:
