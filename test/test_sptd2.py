@@ -500,6 +500,7 @@ def test_train_tool_init_starts_from_exported_weights_and_resumes(tmp_path, shar
     assert train_main(common + ["--out", str(tmp_path / "b"), "--steps", "2", "--resume", "--export", str(export)]) == 0
     model, meta = load_checkpoint(str(export))
     assert model.config == start.config and meta["steps_done"] == 2 and meta["init"]["sha1"]
+    assert meta["variant"] == "fast"  # its name too, not --variant's default
     for name, value in start.state_dict().items():  # lr 0: only BatchNorm running statistics may move
         if "running" not in name and "num_batches" not in name:
             torch.testing.assert_close(model.state_dict()[name], value, atol=2e-3, rtol=1e-3, msg=name)

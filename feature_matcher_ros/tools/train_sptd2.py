@@ -180,8 +180,9 @@ def build_model(args: argparse.Namespace, config, record_before: dict) -> tuple[
                        **{k: init_meta.get(k) for k in ("variant", "steps_done", "batch", "crop", "train_minutes",
                                                         "device_name", "command")}}
     else:
-        if init_record and "config" in record_before:  # the network of the weights that run started from
+        if init_record and "config" in record_before:  # the network (and its name) of the weights it started from
             config = SPTD2Config.from_dict(record_before["config"])
+            args.variant = record_before.get("variant") or args.variant
         model = SPTD2(config)
     return model, config, init_record
 
