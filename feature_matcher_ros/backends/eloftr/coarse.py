@@ -115,6 +115,86 @@ def block_rows(rows: int, cols: int, device: torch.device, chunk_bytes: int) -> 
     return max(1, min(rows, budget // max(1, 4 * cols)))
 
 
+@dataclass
+class _BlockScores:
+    """Scaled similarities ``a[rows] @ bt / temperature`` of a block of rows, written into ``buf``: all rows
+    (``store``: computed once, read again without recomputing) or one block at a time."""
+
+    a: torch.Tensor  # (L, C) image 0 features / sqrt(C), in the score dtype
+    bt: torch.Tensor  # (C, S) image 1 features / sqrt(C), transposed
+    buf: torch.Tensor  # (L or block rows, S) fp32
+    store: bool
+    temperature: float
+
+    @property
+    def rows(self) -> int:
+        return self.a.shape[0]
+
+    @property
+    def cols(self) -> int:
+        return self.bt.shape[1]
+
+    def __call__(self, rows: slice, recompute: bool = True) -> torch.Tensor:
+        out = self.buf[rows] if self.store else self.buf[: rows.stop - rows.start]
+        if not recompute:
+            return out
+        if self.a.dtype == torch.float32:
+            return torch.mm(self.a[rows], self.bt, out=out).div_(self.temperature)
+        return out.copy_(torch.mm(self.a[rows], self.bt)).div_(self.temperature)
+
+
+def _opt_pass(scores: _BlockScores, blocks: list[slice]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``opt``: one pass of row maxima and running column maxima -> ``(j_ids, mconf, mutual)``, each ``(L,)``."""
+    device = scores.buf.device
+    row_val = torch.empty(scores.rows, device=device)
+    row_arg = torch.empty(scores.rows, dtype=torch.long, device=device)
+    col_max = torch.full((scores.cols,), float("-inf"), device=device)
+    for rows in blocks:
+        s = scores(rows)
+        torch.max(s, 1, out=(row_val[rows], row_arg[rows]))
+        torch.maximum(col_max, s.amax(0), out=col_max)
+    return row_arg, row_val, row_val == col_max[row_arg]
+
+
+def _log_sum_exps(scores: _BlockScores, blocks: list[slice],
+                   scratch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``full``, pass 1: row log-sum-exp per block and column log-sum-exp online (rescaled as the column maxima
+    grow) -> ``(row_lse (L,), col_lse (S,))``."""
+    device = scores.buf.device
+    row_lse = torch.empty(scores.rows, device=device)
+    col_max = torch.full((scores.cols,), float("-inf"), device=device)
+    col_sum = torch.zeros(scores.cols, device=device)
+    for rows in blocks:
+        s = scores(rows)
+        e = scratch[: s.shape[0]]
+        m = s.amax(1)
+        row_lse[rows] = m + torch.sub(s, m[:, None], out=e).exp_().sum(1).log_()
+        grown = torch.maximum(col_max, s.amax(0))
+        col_sum.mul_((col_max - grown).exp_())
+        col_sum += torch.sub(s, grown[None], out=e).exp_().sum(0)
+        col_max = grown
+    return row_lse, col_max + col_sum.log_()
+
+
+def _full_passes(scores: _BlockScores, blocks: list[slice],
+                 scratch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``full`` (dual softmax in the log domain, ``log conf = 2 sim - row_lse - col_lse``): pass 2 takes the row
+    maxima of ``log conf`` and the column maxima of ``2 sim - row_lse`` -> ``(j_ids, mconf, mutual)``, ``(L,)``."""
+    device = scores.buf.device
+    row_lse, col_lse = _log_sum_exps(scores, blocks, scratch)
+    row_val = torch.empty(scores.rows, device=device)
+    row_arg = torch.empty(scores.rows, dtype=torch.long, device=device)
+    col_best = torch.full((scores.cols,), float("-inf"), device=device)  # column maxima of 2 sim - row_lse
+    best = torch.empty(scores.rows, device=device)  # 2 sim - row_lse at each row's winner
+    for rows in blocks:
+        s = scores(rows, recompute=not scores.store)
+        e = torch.mul(s, 2.0, out=scratch[: s.shape[0]]).sub_(row_lse[rows, None])
+        torch.maximum(col_best, e.amax(0), out=col_best)
+        torch.max(e.sub_(col_lse[None]), 1, out=(row_val[rows], row_arg[rows]))
+        best[rows] = s.gather(1, row_arg[rows, None])[:, 0] * 2.0 - row_lse[rows]
+    return row_arg, row_val.exp(), best == col_best[row_arg]
+
+
 def match_coarse(
     f0: torch.Tensor,
     f1: torch.Tensor,
@@ -152,57 +232,17 @@ def match_coarse(
     device = f0.device
     ws = workspace if workspace is not None else Workspace()
     scale = f0.shape[-1] ** 0.5
-    a = f0.to(score_dtype) / scale
-    bt = (f1.to(score_dtype) / scale).t()
     step = block_rows(L, S, device, chunk_bytes)
     blocks = [slice(r, min(L, r + step)) for r in range(0, L, step)]
     store = mode == "full" and L * S * 4 <= chunk_bytes  # keep pass 1's scores for pass 2
-    sim_buf = ws.get("coarse.sim", (L if store else step, S), torch.float32, device)
-    scratch = ws.get("coarse.block", (step, S), torch.float32, device)
-
-    def scores(rows: slice, recompute: bool = True) -> torch.Tensor:
-        out = sim_buf[rows] if store else sim_buf[: rows.stop - rows.start]
-        if not recompute:
-            return out
-        if score_dtype == torch.float32:
-            return torch.mm(a[rows], bt, out=out).div_(temperature)
-        return out.copy_(torch.mm(a[rows], bt)).div_(temperature)
-
-    row_val = torch.empty(L, device=device)
-    row_arg = torch.empty(L, dtype=torch.long, device=device)
+    scorer = _BlockScores(a=f0.to(score_dtype) / scale, bt=(f1.to(score_dtype) / scale).t(),
+                          buf=ws.get("coarse.sim", (L if store else step, S), torch.float32, device),
+                          store=store, temperature=temperature)
     if mode == "opt":
-        col_max = torch.full((S,), float("-inf"), device=device)
-        for rows in blocks:
-            s = scores(rows)
-            torch.max(s, 1, out=(row_val[rows], row_arg[rows]))
-            torch.maximum(col_max, s.amax(0), out=col_max)
-        j_ids, mconf = row_arg, row_val
-        mutual = row_val == col_max[j_ids]
+        j_ids, mconf, mutual = _opt_pass(scorer, blocks)
     else:
-        row_lse = torch.empty(L, device=device)
-        col_max = torch.full((S,), float("-inf"), device=device)
-        col_sum = torch.zeros(S, device=device)
-        for rows in blocks:
-            s = scores(rows)
-            e = scratch[: s.shape[0]]
-            m = s.amax(1)
-            row_lse[rows] = m + torch.sub(s, m[:, None], out=e).exp_().sum(1).log_()
-            grown = torch.maximum(col_max, s.amax(0))
-            col_sum.mul_((col_max - grown).exp_())
-            col_sum += torch.sub(s, grown[None], out=e).exp_().sum(0)
-            col_max = grown
-        col_lse = col_max + col_sum.log_()
-        col_best = torch.full((S,), float("-inf"), device=device)  # column maxima of 2 sim - row_lse
-        best = torch.empty(L, device=device)  # 2 sim - row_lse at each row's winner
-        for rows in blocks:
-            s = scores(rows, recompute=not store)
-            e = torch.mul(s, 2.0, out=scratch[: s.shape[0]]).sub_(row_lse[rows, None])
-            torch.maximum(col_best, e.amax(0), out=col_best)
-            torch.max(e.sub_(col_lse[None]), 1, out=(row_val[rows], row_arg[rows]))
-            best[rows] = s.gather(1, row_arg[rows, None])[:, 0] * 2.0 - row_lse[rows]
-        j_ids = row_arg
-        mutual = best == col_best[j_ids]
-        mconf = row_val.exp()
+        scratch = ws.get("coarse.block", (step, S), torch.float32, device)
+        j_ids, mconf, mutual = _full_passes(scorer, blocks, scratch)
     i_ids = torch.arange(L, device=device)
     valid = (mconf > threshold) & mutual
     valid &= border_mask(*hw0, border_rm, device)[i_ids] & border_mask(*hw1, border_rm, device)[j_ids]
