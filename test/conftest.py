@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parent.parent
 # minute. Every other file is marked ``slow``; so is any test here marked ``@pytest.mark.slow`` itself.
 # A new file that fits these rules belongs in this list.
 CORE_FILES = {
-    "test_bag.py", "test_camera.py", "test_conversions.py", "test_cpu_defaults.py", "test_datasets.py", "test_eloftr_fast_paths.py",
+    "test_bag.py", "test_camera.py", "test_conversions.py", "test_datasets.py", "test_eloftr_fast_paths.py",
     "test_eloftr_loader.py", "test_frontend.py", "test_geometry.py", "test_messages.py", "test_metric.py",
     "test_nms.py", "test_se3.py", "test_sift.py", "test_sptd2.py", "test_sync.py",
 }

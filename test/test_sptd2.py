@@ -433,6 +433,7 @@ def test_distillation_loss_rewards_the_teacher_map():
     assert float(distillation_loss(torch.roll(good, 3, dims=-1), teacher)) > 2.0
 
 
+@pytest.mark.slow  # a whole tool run: make test only
 def test_train_tool_fast_variant_with_rgbd_pairs_teacher_and_export_only(tmp_path, shared: Path):
     from feature_matcher_ros.backends.sptd2.batches import image_key
     from feature_matcher_ros.tools.train_sptd2 import main as train_main
@@ -455,6 +456,7 @@ def test_train_tool_fast_variant_with_rgbd_pairs_teacher_and_export_only(tmp_pat
     assert json.loads(export.with_suffix(".json").read_text())["rgbd"] == str(seq)
 
 
+@pytest.mark.slow  # a whole tool run: make test only
 def test_eval_tool_speed_and_goal_table(capsys):
     from feature_matcher_ros.tools.eval_sptd2 import main as eval_main
 
