@@ -54,12 +54,36 @@ def fixture_dir(shared) -> Path:
 @pytest.fixture(scope="session")
 def checkpoint(fixture_dir, repo) -> Path:
     """The fixture checkpoint, decompressed once into .cache/eloftr and checked against its sha256."""
-    import json
+    from feature_matcher_ros.backends.eloftr.parity import fixture_checkpoint
 
-    from feature_matcher_ros.backends.eloftr.parity import decompress_checkpoint
+    return fixture_checkpoint(fixture_dir, repo / ".cache" / "eloftr")
 
-    info = json.loads((fixture_dir / "manifest.json").read_text())["checkpoint"]
-    return decompress_checkpoint(fixture_dir / info["file"], repo / ".cache" / "eloftr", info["sha256_of_decompressed"])
+
+@pytest.fixture(scope="session")
+def manifest(fixture_dir) -> dict:
+    """The fixture's manifest.json."""
+    from feature_matcher_ros.backends.eloftr.parity import fixture_manifest
+
+    return fixture_manifest(fixture_dir)
+
+
+@pytest.fixture(scope="session")
+def thr(fixture_dir) -> dict[str, float]:
+    """The coarse threshold per mode (``full``, ``opt``) of the fixture's official outputs."""
+    from feature_matcher_ros.backends.eloftr.parity import fixture_thresholds
+
+    return fixture_thresholds(fixture_dir)
+
+
+def pytest_generate_tests(metafunc):
+    """A test that takes ``pair`` runs on every pair of the Efficient LoFTR fixture (its manifest's list),
+    unless it names its pairs itself."""
+    chosen = any(m.args and "pair" in m.args[0] for m in metafunc.definition.iter_markers("parametrize"))
+    if "pair" in metafunc.fixturenames and not chosen:
+        from feature_matcher_ros.backends.eloftr.parity import fixture_pairs
+
+        fixture = SHARED / "fixtures" / "eloftr"
+        metafunc.parametrize("pair", fixture_pairs(fixture) if fixture.is_dir() else ())
 
 
 @pytest.fixture(scope="session")

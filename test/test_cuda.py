@@ -29,17 +29,15 @@ pytestmark = [
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (make gpu-check)"),
 ]
 
-PAIRS = ["capitol_640x480", "bridge_256x320", "sanmarco_384x224_320x256"]
-THR = {"full": 0.0188, "opt": 22.3}
 
 
 @pytest.fixture(scope="module")
-def backend(checkpoint):
-    return EfficientLoFTRBackend(device="cuda", weights=str(checkpoint), threshold=THR["full"])
+def backend(checkpoint, thr):
+    return EfficientLoFTRBackend(device="cuda", weights=str(checkpoint), threshold=thr["full"])
 
 
-def use_mode(backend, mode):
-    backend.apply({"eloftr.mode": mode, "eloftr.threshold": THR[mode]})
+def use_mode(backend, mode, thr):
+    backend.apply({"eloftr.mode": mode, "eloftr.threshold": thr[mode]})
 
 
 def gray(path):
@@ -55,38 +53,37 @@ def tum_gray():
 
 
 @pytest.mark.parametrize("mode", ["full", "opt"])
-@pytest.mark.parametrize("pair", PAIRS)
-def test_fp32_both_paths_match_the_official_fixture(backend, fixture_dir, pair, mode):
-    use_mode(backend, mode)
+def test_fp32_both_paths_match_the_official_fixture(backend, fixture_dir, pair, mode, thr):
+    use_mode(backend, mode, thr)
     imgs = [gray(fixture_dir / f"{pair}_img{k}.png") for k in (0, 1)]
     ref = load_fixture_reference(fixture_dir, pair, mode)
     pairwise = backend.match_pair_native(*imgs, resize=False)[0]
     streaming = backend.match_native(*(backend.extract_native(img) for img in imgs))
     for out in (pairwise, streaming):
         assert out["mkpts1_f"].device.type == "cuda"
-        problems = compare_matches(out, ref, mode, THR[mode])
+        problems = compare_matches(out, ref, mode, thr[mode])
         assert not problems, "\n".join(problems)
 
 
-def test_streaming_equals_pairwise_on_real_frames(backend, tum_gray):
+def test_streaming_equals_pairwise_on_real_frames(backend, tum_gray, thr):
     """640x480 TUM frames: the keyframe extracted once; each frame's streaming matches against the
     pairwise reference path on the same device, with the fixture's recipe."""
-    use_mode(backend, "full")
+    use_mode(backend, "full", thr)
     keyframe = backend.extract(tum_gray[0])
     total = 0
     for frame in tum_gray[1:]:
         stream = backend.match_native(keyframe, backend.extract(frame), debug=True)
         ref, *_ = backend.match_pair_native(tum_gray[0], frame, debug=True)
         ref = {**ref, **score_summaries(ref["tr_c0"], ref["tr_c1"])}
-        problems = compare_matches(stream, ref, "full", THR["full"])
+        problems = compare_matches(stream, ref, "full", thr["full"])
         assert not problems, "\n".join(problems)
         total += len(ref["i_ids"])
     assert total > 20, "too few matches to compare"
 
 
-def test_scratch_buffers_are_reused_between_frames(backend, tum_gray):
+def test_scratch_buffers_are_reused_between_frames(backend, tum_gray, thr):
     """A buffer kept on ``cuda:0`` must be found again for ``device='cuda'`` (not reallocated each frame)."""
-    use_mode(backend, "full")
+    use_mode(backend, "full", thr)
     kf = backend.extract(tum_gray[0])
     backend.match(kf, backend.extract(tum_gray[1]))
     before = {k: v.data_ptr() for k, v in backend.model.workspace.buffers.items()}
@@ -95,8 +92,8 @@ def test_scratch_buffers_are_reused_between_frames(backend, tum_gray):
     assert before and {k: after[k] for k in before if k in after} == before
 
 
-def test_stage_times_come_from_cuda_events(backend, tum_gray):
-    use_mode(backend, "full")
+def test_stage_times_come_from_cuda_events(backend, tum_gray, thr):
+    use_mode(backend, "full", thr)
     kf = backend.extract(tum_gray[0])
     feats = backend.extract(tum_gray[1])
     torch.cuda.synchronize()
@@ -109,12 +106,12 @@ def test_stage_times_come_from_cuda_events(backend, tum_gray):
 
 
 @pytest.mark.parametrize("precision", ["fp16", "bf16"])
-def test_half_precisions_stay_close_to_fp32(checkpoint, fixture_dir, precision):
+def test_half_precisions_stay_close_to_fp32(checkpoint, fixture_dir, precision, thr):
     """Within parity.AGREEMENT (match count, keypoints on the common matches); gpu-check reports all figures."""
     imgs = [gray(fixture_dir / f"capitol_640x480_img{k}.png") for k in (0, 1)]
     outs = {}
     for p in ("fp32", precision):
-        b = EfficientLoFTRBackend(device="cuda", precision=p, weights=str(checkpoint), threshold=THR["full"])
+        b = EfficientLoFTRBackend(device="cuda", precision=p, weights=str(checkpoint), threshold=thr["full"])
         outs[p] = b.match_native(*(b.extract_native(img) for img in imgs))
         assert torch.isfinite(outs[p]["mkpts1_f"]).all() and torch.isfinite(outs[p]["mconf"]).all()
     a = agreement(outs["fp32"], outs[precision])

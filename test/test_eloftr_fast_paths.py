@@ -16,7 +16,6 @@ from feature_matcher_ros.backends.eloftr.loader import load_model
 from feature_matcher_ros.backends.eloftr.workspace import Workspace
 
 PAIR = "capitol_640x480"
-THR = {"full": 0.0188, "opt": 22.3}
 
 
 @pytest.fixture(scope="module")
@@ -30,15 +29,15 @@ def tokens(stages, k):
 
 @pytest.mark.parametrize("mode", ["full", "opt"])
 @pytest.mark.parametrize("memory", ["stored", "scored_twice"])
-def test_blocked_coarse_matching_equals_the_official_matches(stages, fixture_dir, mode, memory):
+def test_blocked_coarse_matching_equals_the_official_matches(stages, fixture_dir, mode, memory, thr):
     f0, f1 = tokens(stages, 0), tokens(stages, 1)
     hw = (60, 80)
     official = dict(np.load(fixture_dir / f"{PAIR}_{mode}.npz"))
-    reference = match_coarse_reference(f0, f1, hw, hw, mode, THR[mode])
+    reference = match_coarse_reference(f0, f1, hw, hw, mode, thr[mode])
     chunk = 128 * 2**20 if memory == "stored" else 4 * 2**20  # 4800 x 4800 fp32 is 88 MiB
     ws = Workspace()
     for _ in range(2):  # the second call reuses the workspace's stale buffers
-        blocked = match_coarse(f0, f1, hw, hw, mode, THR[mode], chunk_bytes=chunk, workspace=ws)
+        blocked = match_coarse(f0, f1, hw, hw, mode, thr[mode], chunk_bytes=chunk, workspace=ws)
         assert torch.equal(blocked.i_ids, reference.i_ids) and torch.equal(blocked.j_ids, reference.j_ids)
         rel = 1e-4 if mode == "full" else 0.0  # full: exp of a log-domain value, opt: the same raw score
         torch.testing.assert_close(blocked.mconf, reference.mconf, rtol=rel, atol=0.0)

@@ -21,17 +21,15 @@ from feature_matcher_ros.backends.eloftr.parity import (
     score_summaries,
 )
 
-PAIRS = ["capitol_640x480", "bridge_256x320", "sanmarco_384x224_320x256"]
-THR = {"full": 0.0188, "opt": 22.3}
 
 
 @pytest.fixture(scope="module")
-def backend(checkpoint):
-    return EfficientLoFTRBackend(device="cpu", weights=str(checkpoint), threshold=THR["full"])
+def backend(checkpoint, thr):
+    return EfficientLoFTRBackend(device="cpu", weights=str(checkpoint), threshold=thr["full"])
 
 
-def set_mode(backend, mode):
-    change = {"eloftr.mode": mode, "eloftr.threshold": THR[mode]}
+def set_mode(backend, mode, thr):
+    change = {"eloftr.mode": mode, "eloftr.threshold": thr[mode]}
     assert backend.validate(change) is None
     backend.apply(change)
 
@@ -55,37 +53,37 @@ def fixture_feats(backend, fixture_dir):
 
 
 @pytest.mark.parametrize("mode", ["full", "opt"])
-@pytest.mark.parametrize("pair", PAIRS)
-def test_streaming_matches_official_fixture(backend, fixture_feats, fixture_dir, pair, mode):
+def test_streaming_matches_official_fixture(backend, fixture_feats, fixture_dir, pair, mode, thr):
     feats0, feats1 = fixture_feats(pair)
-    set_mode(backend, mode)
+    set_mode(backend, mode, thr)
     out = backend.match_native(feats0, feats1, debug=True)
     ref = {**np.load(fixture_dir / f"{pair}_stages.npz"), **np.load(fixture_dir / f"{pair}_{mode}.npz")}
-    problems = compare_matches(out, ref, mode, THR[mode]) + compare_windows(out, ref)
+    problems = compare_matches(out, ref, mode, thr[mode]) + compare_windows(out, ref)
     assert not problems, "\n".join(problems)
     assert len(out["fine_fraction"]) == 2 and all(s.half < 0.6 for s in out["fine_fraction"])
 
 
 @pytest.mark.parametrize("sparse", [True, False])
 @pytest.mark.parametrize("pair", ["bridge_256x320", "sanmarco_384x224_320x256"])
-def test_both_fine_strategies_match_official_fixture(backend, fixture_feats, fixture_dir, pair, sparse, monkeypatch):
+def test_both_fine_strategies_match_official_fixture(backend, fixture_feats, fixture_dir, pair, sparse, monkeypatch,
+                                                    thr):
     """Receptive-field-only fine FPN (forced) and whole-map FPN from cached laterals (forced)."""
     from feature_matcher_ros.backends.eloftr.fine import FinePreprocess
 
     monkeypatch.setattr(FinePreprocess, "SPARSE_BELOW", 1.0 if sparse else -1.0)
     feats0, feats1 = fixture_feats(pair)
-    set_mode(backend, "opt")
+    set_mode(backend, "opt", thr)
     out = backend.match_native(feats0, feats1, debug=True)
     assert [s.sparse for s in out["fine_fraction"]] == [sparse, sparse]
     ref = {**np.load(fixture_dir / f"{pair}_stages.npz"), **np.load(fixture_dir / f"{pair}_opt.npz")}
-    problems = compare_matches(out, ref, "opt", THR["opt"]) + compare_windows(out, ref)
+    problems = compare_matches(out, ref, "opt", thr["opt"]) + compare_windows(out, ref)
     assert not problems, "\n".join(problems)
 
 
-def test_keyframe_features_are_not_modified_by_matching(backend, fixture_feats):
+def test_keyframe_features_are_not_modified_by_matching(backend, fixture_feats, thr):
     feats0, feats1 = fixture_feats("bridge_256x320")
     before = {k: v.clone() for k, v in feats0.data.items() if torch.is_tensor(v)}
-    set_mode(backend, "full")
+    set_mode(backend, "full", thr)
     backend.match(feats0, feats1)
     for k, v in before.items():
         assert torch.equal(v, feats0.data[k]), k
@@ -102,9 +100,9 @@ def tum_frames(shared):
     return frames
 
 
-def test_streaming_equals_pairwise_on_sequence(backend, tum_frames):
+def test_streaming_equals_pairwise_on_sequence(backend, tum_frames, thr):
     """320x240 frames: the backend resizes them to 320x256; the keyframe is extracted once."""
-    set_mode(backend, "full")
+    set_mode(backend, "full", thr)
     keyframe = backend.extract(tum_frames[0])
     assert keyframe.image_size == (240, 320) and keyframe.data["net_size"] == (256, 320)
     total = 0
@@ -112,7 +110,7 @@ def test_streaming_equals_pairwise_on_sequence(backend, tum_frames):
         stream = backend.match_native(keyframe, backend.extract(frame), debug=True)
         ref, *_ = backend.match_pair_native(tum_frames[0], frame, debug=True)
         ref = {**ref, **score_summaries(ref["tr_c0"], ref["tr_c1"])}
-        problems = compare_matches(stream, ref, "full", THR["full"])
+        problems = compare_matches(stream, ref, "full", thr["full"])
         assert not problems, "\n".join(problems)
         total += len(ref["i_ids"])
         # caller-pixel matches of both paths lie inside the 320x240 frames (up to the model's -3.5 shift)
@@ -123,10 +121,10 @@ def test_streaming_equals_pairwise_on_sequence(backend, tum_frames):
     assert total > 20, "too few matches to compare"
 
 
-def test_keypoints_map_back_to_caller_pixels(backend, tum_frames):
+def test_keypoints_map_back_to_caller_pixels(backend, tum_frames, thr):
     """Any size is resized to the nearest multiples of 32 and its keypoints are scaled back by the
     pixel-centre convention (sizes that are already multiples are not resized)."""
-    set_mode(backend, "full")
+    set_mode(backend, "full", thr)
     key, frame = tum_frames[0][:224, :288], tum_frames[1][:224, :288]  # 288x224: multiples of 32
     assert backend._network_image(key)[0].shape == (224, 288)  # already multiples: not resized
     # a non-multiple size is resized to the nearest multiple and mapped back
@@ -143,8 +141,8 @@ def test_keypoints_map_back_to_caller_pixels(backend, tum_frames):
     np.testing.assert_allclose(m.kpts0[:, 1], (out["mkpts0_f"][:, 1].numpy() + 0.5) * sy - 0.5, atol=1e-4)
 
 
-def test_live_settings(backend, fixture_feats):
-    set_mode(backend, "full")
+def test_live_settings(backend, fixture_feats, thr):
+    set_mode(backend, "full", thr)
     # mode change without a threshold: the new mode's default (said beforehand, changing nothing)
     before = dict(backend.settings)
     assert backend.effective_settings({"eloftr.mode": "opt"}) == {"eloftr.mode": "opt", "eloftr.threshold": 25.0}
@@ -163,20 +161,20 @@ def test_live_settings(backend, fixture_feats):
     assert backend.settings["eloftr.mode"] == "full"  # validate changed nothing
     # a higher threshold keeps a subset of the matches
     feats0, feats1 = fixture_feats("bridge_256x320")
-    set_mode(backend, "full")
+    set_mode(backend, "full", thr)
     low = backend.match_native(feats0, feats1)
     backend.apply({"eloftr.threshold": 0.3})
     high = backend.match_native(feats0, feats1)
     low_set = set(zip(low["i_ids"].tolist(), low["j_ids"].tolist()))
     high_set = set(zip(high["i_ids"].tolist(), high["j_ids"].tolist()))
     assert high_set < low_set and bool((high["mconf"] > 0.3).all())
-    set_mode(backend, "full")
+    set_mode(backend, "full", thr)
 
 
 @pytest.mark.parametrize("precision, side", [("bf16", 128), ("fp16", 32)])
-def test_precision_change_converts_features(backend, tum_frames, precision, side):
+def test_precision_change_converts_features(backend, tum_frames, precision, side, thr):
     """Reduced precision on CPU (torch supports both; fp16 convs are very slow on CPU, so tiny images)."""
-    set_mode(backend, "full")
+    set_mode(backend, "full", thr)
     key, frame = tum_frames[0][:side, :side], tum_frames[1][:side, :side]
     feats0 = backend.extract(key)
     assert feats0.precision == "fp32" and feats0.data["feat"].dtype == torch.float32

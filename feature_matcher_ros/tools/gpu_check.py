@@ -46,7 +46,6 @@ from typing import Any, Callable
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[2]
-PAIRS = ("capitol_640x480", "bridge_256x320", "sanmarco_384x224_320x256")
 MODES = ("full", "opt")
 PRECISIONS = ("fp32", "fp16", "bf16")
 ROS_ARCHIVE = "ros.tar.xz"
@@ -77,7 +76,9 @@ class Plan:
 
     @property
     def pairs(self) -> tuple[str, ...]:
-        return ("bridge_256x320",) if self.quick else PAIRS
+        from ..backends.eloftr.parity import fixture_pairs
+
+        return ("bridge_256x320",) if self.quick else fixture_pairs(self.fixture)
 
     def left(self) -> float:
         return self.deadline - time.monotonic()
@@ -91,14 +92,15 @@ def _shared() -> Path:
 
 
 def _checkpoint(fixture: Path) -> Path:
-    from ..backends.eloftr.parity import decompress_checkpoint
+    from ..backends.eloftr.parity import fixture_checkpoint
 
-    info = json.loads((fixture / "manifest.json").read_text())["checkpoint"]
-    return decompress_checkpoint(fixture / info["file"], REPO / ".cache" / "eloftr", info["sha256_of_decompressed"])
+    return fixture_checkpoint(fixture, REPO / ".cache" / "eloftr")
 
 
 def _thresholds(fixture: Path) -> dict[str, float]:
-    return {k: float(v) for k, v in json.loads((fixture / "manifest.json").read_text())["thr"].items()}
+    from ..backends.eloftr.parity import fixture_thresholds
+
+    return fixture_thresholds(fixture)
 
 
 # -- sections -----------------------------------------------------------------------------------------
@@ -390,12 +392,14 @@ def prepare_carry(dest: Path, python: str, fixture: Path) -> None:
     for ``python`` (``X.Y``; wheels fetched with pip for that Python)."""
     slim = dest / "shared" / "fixtures" / "eloftr"
     slim.mkdir(parents=True, exist_ok=True)
-    manifest = json.loads((fixture / "manifest.json").read_text())
+    from ..backends.eloftr.parity import fixture_manifest
+
+    manifest = fixture_manifest(fixture)
     for name in ["manifest.json", manifest["checkpoint"]["file"]] + [
-        f"{p}_{suffix}" for p in PAIRS for suffix in ("img0.png", "img1.png", "full.npz", "opt.npz")
+        f"{p}_{suffix}" for p in manifest["pairs"] for suffix in ("img0.png", "img1.png", "full.npz", "opt.npz")
     ]:
         shutil.copy2(fixture / name, slim / name)
-    for pair in PAIRS:  # the stage summaries, without the whole maps (MBs each)
+    for pair in manifest["pairs"]:  # the stage summaries, without the whole maps (MBs each)
         stages = np.load(fixture / f"{pair}_stages.npz")
         np.savez_compressed(slim / f"{pair}_stages.npz", **{k: stages[k] for k in stages.files if stages[k].nbytes < 2**20})
     tag = python.replace(".", "")

@@ -18,6 +18,7 @@ Recipe (tolerances from the fixture README):
 from __future__ import annotations
 
 import hashlib
+import json
 import lzma
 import os
 import shutil
@@ -54,6 +55,27 @@ def decompress_checkpoint(xz_path: str | Path, cache_dir: str | Path, sha256: st
         raise ValueError(f"{xz_path}: decompressed checkpoint has the wrong sha256")
     os.replace(tmp, target)
     return target
+
+
+def fixture_manifest(fixture_dir: str | Path) -> dict[str, Any]:
+    """The fixture's ``manifest.json`` (pairs, thresholds, checkpoint, tolerances)."""
+    return json.loads((Path(fixture_dir) / "manifest.json").read_text())
+
+
+def fixture_pairs(fixture_dir: str | Path) -> tuple[str, ...]:
+    """The fixture's pair names, in the manifest's order."""
+    return tuple(fixture_manifest(fixture_dir)["pairs"])
+
+
+def fixture_thresholds(fixture_dir: str | Path) -> dict[str, float]:
+    """The coarse threshold of each mode (``full``, ``opt``) the fixture's outputs were made with."""
+    return {mode: float(thr) for mode, thr in fixture_manifest(fixture_dir)["thr"].items()}
+
+
+def fixture_checkpoint(fixture_dir: str | Path, cache_dir: str | Path) -> Path:
+    """The fixture's checkpoint, decompressed once into ``cache_dir`` and checked against its sha256."""
+    info = fixture_manifest(fixture_dir)["checkpoint"]
+    return decompress_checkpoint(Path(fixture_dir) / info["file"], cache_dir, info["sha256_of_decompressed"])
 
 
 def _np(x: Any) -> np.ndarray:
