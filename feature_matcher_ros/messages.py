@@ -319,6 +319,14 @@ def cloud_to_array(msg: Any) -> np.ndarray:
     return np.frombuffer(data, dtype=dtype, count=width * height)
 
 
+def matches_keyframe_stamp(points: np.ndarray) -> int | None:
+    """The keyframe stamp (ns) of a ``matches`` cloud's points (:func:`cloud_to_array`: ``kf_sec``,
+    ``kf_nanosec`` on every point), None for an empty cloud or one without those fields."""
+    if not len(points) or "kf_sec" not in (points.dtype.names or ()):
+        return None
+    return int(points["kf_sec"][0]) * 1_000_000_000 + int(points["kf_nanosec"][0])
+
+
 def pose_to_matrix(pose: Any) -> np.ndarray:
     """A ``geometry_msgs/Pose`` (``position``, ``orientation``) -> ``(4, 4)``; ValueError for a bad quaternion."""
     p, o = pose.position, pose.orientation

@@ -21,7 +21,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from ..geometry import UNKNOWN_VARIANCE
-from ..messages import cloud_to_array, parse_keyframe_frame_id, pose_to_matrix, stamp_to_ns
+from ..messages import cloud_to_array, matches_keyframe_stamp, parse_keyframe_frame_id, pose_to_matrix, stamp_to_ns
 from .bagio import typestore
 from .records import FrameRecord
 
@@ -111,9 +111,7 @@ def records_from_live(received: Iterable[Received], published: dict[int, int], c
         if fr.matches is None or (published and s not in published):
             continue
         pts = cloud_to_array(fr.matches)
-        kf_stamp = None
-        if len(pts) and "kf_sec" in pts.dtype.names:
-            kf_stamp = int(pts["kf_sec"][0]) * 1_000_000_000 + int(pts["kf_nanosec"][0])
+        kf_stamp = matches_keyframe_stamp(pts)
         if kf_stamp is None and fr.pose is not None:
             kf_stamp = _keyframe_stamp(str(fr.pose.header.frame_id))
         if kf_stamp is None:  # no matches, no pose: the latest keyframe announced before this frame

@@ -21,6 +21,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from ..datasets import Trajectory, write_tum
+from ..se3 import se3
 
 # -- chaining ------------------------------------------------------------------------------------------
 
@@ -40,7 +41,7 @@ def chain_with_gt_scale(records: Sequence, gt: Trajectory, max_gap_ns: int = 100
             return None
         t = np.asarray(rec.t, dtype=np.float64).reshape(3)
         norm = float(np.linalg.norm(t))
-        return _se3(rec.R, t / norm * float(np.linalg.norm(T_gt[:3, 3])) if norm > 0 else np.zeros(3))
+        return se3(rec.R, t / norm * float(np.linalg.norm(T_gt[:3, 3])) if norm > 0 else np.zeros(3))
 
     return _chain(records, gt, step, max_gap_ns, "estimate (ground-truth scale)")
 
@@ -51,16 +52,9 @@ def chain_metric(records: Sequence, gt: Trajectory, max_gap_ns: int = 100_000_00
     the first frame); a frame without a metric pose (none, or the monocular fallback, whose scale is unknown) is
     left out, or holds its keyframe's pose when it became a keyframe."""
     def step(rec: Any) -> np.ndarray | None:
-        return _se3(rec.R, rec.t) if rec.metric and rec.R is not None else None
+        return se3(rec.R, rec.t) if rec.metric and rec.R is not None else None
 
     return _chain(records, gt, step, max_gap_ns, "estimate (metric, no ground-truth scale)")
-
-
-def _se3(R: np.ndarray, t: np.ndarray) -> np.ndarray:
-    T = np.eye(4)
-    T[:3, :3] = R
-    T[:3, 3] = np.asarray(t, dtype=np.float64).reshape(3)
-    return T
 
 
 def _chain(records: Sequence, gt: Trajectory, step: Callable[[Any], np.ndarray | None], max_gap_ns: int,

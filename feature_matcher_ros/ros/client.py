@@ -33,7 +33,7 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from std_srvs.srv import Trigger
 
 from ..camera import CameraModel
-from ..messages import cloud_to_array, stamp_to_ns, to_matcher_image
+from ..messages import cloud_to_array, matches_keyframe_stamp, stamp_to_ns, to_matcher_image
 from . import conversions as cv
 from .qos import input_qos, latched_qos, output_qos
 
@@ -267,7 +267,7 @@ class MatcherClient(HelperNode):
         with_pose = pts is not None and bool((pts["inlier"] == 1.0).any())
         self.wait_until(lambda: stamp_ns in self.poses and stamp_ns in self.odometry, 5.0 if with_pose else 0.2)
         if pts is not None:
-            kf = int(pts["kf_sec"][0]) * 1_000_000_000 + int(pts["kf_nanosec"][0])
+            kf = matches_keyframe_stamp(pts)
             self.wait_until(lambda: any(stamp_to_ns(k.header.stamp) == kf for k in list(self.keyframes)), 5.0)
         return cloud
 

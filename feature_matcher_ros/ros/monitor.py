@@ -17,6 +17,7 @@ from typing import Any, Protocol
 from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.qos import ReliabilityPolicy
 
+from ..messages import stamp_to_ns
 from .client import HelperNode
 from .qos import best_effort_qos, output_qos
 
@@ -35,8 +36,6 @@ class Observation:
 
     outputs: dict[int, float] = field(default_factory=dict)  # image stamp ns -> first output's arrival (wall ns)
     diagnostics: dict[str, str] = field(default_factory=dict)  # latest values of the node's status
-    diagnostic_levels: list[int] = field(default_factory=list)
-    diagnostic_messages: list[str] = field(default_factory=list)
 
 
 class Monitor(HelperNode):
@@ -62,12 +61,8 @@ class Monitor(HelperNode):
             text = f"{status.name} {status.hardware_id}"
             values = {kv.key: kv.value for kv in status.values}
             if self.target in text or ("frames_dropped" in values and not self.obs.diagnostics):
-                level = status.level
                 with self._cond:
                     self.obs.diagnostics = values
-                    self.obs.diagnostic_levels.append(
-                        int.from_bytes(level, "little") if isinstance(level, bytes) else int(level))
-                    self.obs.diagnostic_messages.append(status.message)
 
     # -- graph ----------------------------------------------------------------------------------
     def _by_node(self, fn: Any) -> list[tuple[str, list[str]]]:
@@ -121,14 +116,13 @@ class Monitor(HelperNode):
     def _on_output(self, msg: Any) -> None:
         """The first arrival (wall ns) of any output for each image stamp."""
         now = time.time_ns()
-        stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+        stamp = stamp_to_ns(msg.header.stamp)
         with self._cond:
             self.obs.outputs.setdefault(stamp, now)
 
     def snapshot(self) -> Observation:
         with self._cond:
-            return Observation(dict(self.obs.outputs), dict(self.obs.diagnostics),
-                               list(self.obs.diagnostic_levels), list(self.obs.diagnostic_messages))
+            return Observation(dict(self.obs.outputs), dict(self.obs.diagnostics))
 
 
 def _message_class(type_name: str) -> Any:

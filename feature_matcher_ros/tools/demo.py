@@ -84,10 +84,10 @@ def wait_ready(client: MatcherClient, node: NodeProcess, timeout_s: float = 120.
 def keyframe_and_error(pose: Any, stamp: int, pts: np.ndarray, truth: dict[int, np.ndarray]) -> tuple[int | None, float]:
     """The keyframe stamp a frame was matched against (from its pose, else from its matches) and the
     pose's rotation error against the ground truth (nan without both)."""
-    from ..messages import parse_keyframe_frame_id, pose_to_matrix
+    from ..messages import matches_keyframe_stamp, parse_keyframe_frame_id, pose_to_matrix
 
     if pose is None:
-        return (int(pts["kf_sec"][0]) * NS_PER_S + int(pts["kf_nanosec"][0]) if len(pts) else None), float("nan")
+        return matches_keyframe_stamp(pts), float("nan")
     kf = parse_keyframe_frame_id(pose.header.frame_id)[1]
     if kf not in truth or stamp not in truth:
         return kf, float("nan")
@@ -98,13 +98,13 @@ def keyframe_and_error(pose: Any, stamp: int, pts: np.ndarray, truth: dict[int, 
 def frame_row(client: MatcherClient, stamp: int, cloud: Any, latency: float,
               truth: dict[int, np.ndarray]) -> tuple[str, float]:
     """The printed row of one answered frame, and its rotation error."""
-    from ..messages import cloud_to_array
+    from ..messages import cloud_to_array, stamp_to_ns
 
     pts = cloud_to_array(cloud)
     inliers = int((pts["inlier"] > 0.5).sum()) if len(pts) else 0
     pose = client.poses.get(stamp)
     kf, err = keyframe_and_error(pose, stamp, pts, truth)
-    announced = {k.header.stamp.sec * NS_PER_S + k.header.stamp.nanosec for k in list(client.keyframes)}
+    announced = {stamp_to_ns(k.header.stamp) for k in list(client.keyframes)}
     status = "pose" if pose is not None else "no pose"
     if stamp in announced:
         status += ", became keyframe"

@@ -23,7 +23,6 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..datasets import read_tum
 from ..evaluation import bagio
 from ..evaluation.cli import UsageError, run_main
 from ..evaluation.live import OUTPUTS, Received, decode, diagnostics_values, records_from_live
@@ -34,7 +33,7 @@ from ..evaluation.scoring import score_run
 from ..messages import stamp_to_ns
 from ..ros.client import HelperNode, ServiceUnavailable
 from ..ros.process import NodeProcess
-from .eval import add_bag_input_args, metric_meta, partner_topics
+from .eval import add_bag_input_args, load_ground_truth, metric_meta, partner_topics
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -349,13 +348,7 @@ def read_inputs(reader: Any, args: argparse.Namespace, input_mode: str = "mono")
                                    need_ground_truth=not args.gt)
     topics = bagio.discover_metric_topics(reader, topics, input_mode, args.depth_topic, args.right_image_topic,
                                           args.right_camera_info_topic)
-    if args.gt:
-        gt = read_tum(args.gt)
-    else:
-        frame = args.gt_frame
-        if topics.ground_truth_type == bagio.TF and not frame:
-            frame = bagio.image_frame_id(reader, topics.image)
-        gt = bagio.read_ground_truth(reader, topics.ground_truth, frame)
+    gt = load_ground_truth(reader, topics, args.gt, args.gt_frame)
     camera_at = bagio.camera_lookup(bagio.read_cameras(reader, topics.camera_info))
     for _ in bagio.iter_frames(reader, topics):  # preflight
         break
