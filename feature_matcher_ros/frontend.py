@@ -162,7 +162,7 @@ class FrameResult:
     over ``[x, y, z, rx, ry, rz]`` (None when tracking is lost); ``T_world_active_keyframe`` ``(4, 4)``, the pose
     of :attr:`active_keyframe_stamp_ns`. Metric input: ``depth0`` ``(N,)`` the keyframe depth (metres) of each
     match's keyframe point, NaN where unknown (None for a monocular keyframe); ``landmarks`` ``(K, 5)`` ``x y z u
-    v`` of the keyframe this frame became (None otherwise, see :class:`~.keyframes.Keyframe`).
+    v`` of the active keyframe (None when it has no 3-D points, see :class:`~.keyframes.Keyframe`).
     """
 
     stamp_ns: int
@@ -636,7 +636,7 @@ class Frontend:
             cache_nbytes=self._cache.nbytes,
             odometry_scale_known=bool(att and att.pose and att.pose.metric) or float(self._settings["odometry.scale"]) > 0,
             relocalisation_tried=outcome.tried, depth0=att.depth0 if att else None,
-            landmarks=new_kf.landmarks if new_kf is not None else None,
+            landmarks=active.landmarks,
         )
 
 

@@ -450,6 +450,8 @@ class MatcherSteps:
                     result = self.frontend.process(frame.pixels, frame.stamp_ns, frame.camera,
                                                    frame.metric.depth, frame.metric.stereo)
                     process_ms = 1e3 * (time.perf_counter() - started)
+                if mailbox.closed:  # shutting down, or left behind by a restart: its outputs may be gone
+                    return
                 self._publish(frame, result)
                 self.stats.on_output(
                     1e3 * (time.monotonic() - frame.arrived), process_ms, result.status, result.reason,
@@ -465,8 +467,6 @@ class MatcherSteps:
         return self.values["camera_frame"] or header.frame_id or "camera"
 
     def _publish(self, frame: _Frame, result: FrameResult) -> None:
-        if self.mailbox.closed:  # shutting down: the publishers' context may already be gone
-            return
         camera_frame = self._camera_frame(frame.header)
 
         # The keyframe announcement goes first: a frame matched against a keyframe never arrives before it.
@@ -506,9 +506,8 @@ class MatcherSteps:
         T_world_kf = result.T_world_active_keyframe
         self.pub_keyframe.publish(cv.keyframe_msg(
             T_world_kf if T_world_kf is not None else np.eye(4), stamp_ns, self.values["odom_frame"]))
-        kf = next((k for k in self.frontend.cache if k.stamp_ns == stamp_ns), None)
-        if kf is not None and kf.landmarks is not None:
-            self.pub_landmarks.publish(cv.landmarks_to_cloud(kf.landmarks, stamp_ns, camera_frame))
+        if result.landmarks is not None:
+            self.pub_landmarks.publish(cv.landmarks_to_cloud(result.landmarks, stamp_ns, camera_frame))
 
     def _debug_image(self, frame: _Frame, result: FrameResult, inliers: np.ndarray) -> Image:
         """Keyframe (left) and current frame (right), inliers green, outliers red, best matches first."""
