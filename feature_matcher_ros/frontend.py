@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Mapping, NamedTuple
 
 import cv2
@@ -642,8 +642,8 @@ class Frontend:
 
 def _check_metric_input(depth: Any, stereo: Any, size: tuple[int, int]
                         ) -> tuple[np.ndarray | None, StereoFrame | None]:
-    """Depth as float32 metres of the image's size, a stereo frame whose right image has the left's size and
-    whose rig can triangulate; ValueError otherwise."""
+    """Depth as float32 metres of the image's size, a stereo frame whose right image (returned gray) has the
+    left's size and whose rig can triangulate; ValueError otherwise."""
     if depth is not None:
         depth = np.asarray(depth)
         if depth.shape != size or not np.issubdtype(depth.dtype, np.floating):
@@ -656,8 +656,10 @@ def _check_metric_input(depth: Any, stereo: Any, size: tuple[int, int]
         problem = stereo.rig.problem()
         if problem:
             raise ValueError(f"stereo: {problem}")
-        if np.asarray(stereo.image).shape[:2] != size:
-            raise ValueError(f"stereo: the right image is {np.asarray(stereo.image).shape[:2]}, the left {size}")
+        right = gray_image(stereo.image, "stereo: the right image")  # checked before any state changes
+        if right.shape != size:
+            raise ValueError(f"stereo: the right image is {right.shape}, the left {size}")
+        stereo = replace(stereo, image=right)
     return depth, stereo
 
 

@@ -9,6 +9,7 @@ from feature_matcher_ros.backends.sift import SiftBackend
 from feature_matcher_ros.camera import CameraModel
 from feature_matcher_ros.frontend import FRONTEND_PARAMS, LOST_VARIANCE, Frontend
 from feature_matcher_ros.geometry import rotation_error_deg
+from feature_matcher_ros.metric import StereoFrame, StereoRig
 from feature_matcher_ros.se3 import invert
 from feature_matcher_ros.datasets import read_sequence
 
@@ -332,3 +333,17 @@ def test_nms_spreads_the_matches_and_keeps_the_local_best(tum):
         assert score >= all_m.scores[near].max() - 1e-6
     assert spread.update({"nms.kernel_size": 4}) is not None  # even windows are refused
     assert spread.settings["nms.kernel_size"] == 5
+
+
+def test_a_bad_right_image_is_refused_before_anything_changes(shared):
+    folder = shared / "data" / "kitti06_stereo_f000_050"
+    camera = CameraModel.from_yaml(folder / "intrinsics.yaml")
+    rig = StereoRig(camera, camera.K[0, 0], camera.K[0, 2], 0.537150653)
+    left = cv2.imread(str(sorted((folder / "images").glob("*.png"))[0]), cv2.IMREAD_GRAYSCALE)
+    fe = Frontend(SiftBackend(), input_mode="stereo")
+    for bad, match in ((left.astype(np.float32), "right image.*uint8"), (left[:, :-8], "right image")):
+        with pytest.raises(ValueError, match=match):
+            fe.process(left, 1, camera, stereo=StereoFrame(bad, rig))
+    assert fe.keyframe is None  # nothing happened, not even a frame counted
+    r = fe.process(left, 1, camera, stereo=StereoFrame(left.copy(), rig))
+    assert r.status == "init" and r.new_keyframe and r.frame_index == 0
