@@ -5,7 +5,8 @@ nanoseconds, messages are opaque.
 The policy, as message_filters implements it:
 
 * one queue per input, keyed by stamp (a message with a stamp already queued replaces it); after each
-  insertion the oldest stamps are dropped until ``queue_size`` are left;
+  insertion the oldest stamps are dropped until ``queue_size`` are left, the new one among them when it is
+  the oldest (it then pairs with nothing);
 * a new message is paired only on its arrival: from each other queue, the stamps within ``slop`` of it
   (``|s - stamp| <= slop``) are the candidates, nearest first; no candidate in some queue: no set;
 * the candidate combinations are tried in that order (``itertools.product``), and the first whose whole
@@ -13,7 +14,11 @@ The policy, as message_filters implements it:
 
 With ``slop`` 0 that test can never pass; here ``slop == 0`` means exact pairing instead (equal stamps in
 every queue, the policy of message_filters' ``TimeSynchronizer``). Messages dropped from a queue without
-ever being paired are reported to ``on_unpaired`` so the node can count them by reason.
+ever being paired are reported to ``on_unpaired``, and messages replaced by one with the same stamp to
+``on_replaced`` (default: ``on_unpaired``), so the node can count every message it did not use.
+
+``test/test_sync.py`` compares this class with message_filters' own code on recorded streams
+(``test/data/sync_reference.json.gz``, made by ``test/data/record_sync_reference.py``).
 """
 
 from __future__ import annotations
@@ -34,22 +39,31 @@ class StampSynchronizer:
     """
 
     def __init__(self, inputs: int, queue_size: int, slop_s: float, on_set: Callable[..., None],
-                 on_unpaired: Callable[[int, Any], None] | None = None) -> None:
+                 on_unpaired: Callable[[int, Any], None] | None = None,
+                 on_replaced: Callable[[int, Any], None] | None = None) -> None:
         if inputs < 2 or queue_size < 1 or not slop_s >= 0:
             raise ValueError(f"synchroniser: need >= 2 inputs, queue_size >= 1, slop >= 0 (got {inputs}, "
                              f"{queue_size}, {slop_s})")
         self.queues: list[dict[int, Any]] = [{} for _ in range(inputs)]
         self.queue_size = queue_size
-        self.slop_ns = int(round(slop_s * 1e9))
+        self.slop_ns = int(slop_s * 1e9)  # as rclpy's Duration(seconds=slop), which message_filters uses
         self.on_set = on_set
         self.on_unpaired = on_unpaired or (lambda index, msg: None)
+        self.on_replaced = on_replaced or self.on_unpaired
 
     def add(self, index: int, stamp_ns: int, msg: Any) -> None:
+        """Queue ``msg`` of input ``index`` and emit the set it completes, if any. Never raises: a message
+        older than everything in its full queue leaves at once (reported unpaired), as in message_filters,
+        which only emits sets whose messages are all still queued."""
         queue = self.queues[index]
+        if stamp_ns in queue:
+            self.on_replaced(index, queue[stamp_ns])
         queue[stamp_ns] = msg
         while len(queue) > self.queue_size:
             oldest = min(queue)
             self.on_unpaired(index, queue.pop(oldest))
+        if stamp_ns not in queue:
+            return
         stamps = self._exact(stamp_ns) if self.slop_ns == 0 else self._approximate(index, stamp_ns)
         if stamps is not None:
             self.on_set(*(q.pop(s) for q, s in zip(self.queues, stamps)))
