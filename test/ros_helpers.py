@@ -29,14 +29,15 @@ def load_frames(shared: Path, count: int | None = None):
 
 @contextmanager
 def running_node(log_path: Path, *overrides: str, name: str = "matcher_node", namespace: str = "",
-                 compressed: bool = False, input_mode: str = "mono"):
+                 compressed: bool = False, input_mode: str = "mono", env: dict | None = None):
     """``matcher_node`` started with ``--params-file config/matcher.yaml`` and ``-p`` ``overrides`` (in
-    ``namespace``, so that several can run side by side), plus a connected :class:`MatcherClient`; yields
-    ``(the node's Popen, client)``. The node is stopped with SIGINT at the end (its log in ``log_path``)."""
+    ``namespace``, so that several can run side by side; with ``env`` as its environment), plus a connected
+    :class:`MatcherClient`; yields ``(the node's Popen, client)``. The node is stopped with SIGINT at the end
+    (its log in ``log_path``)."""
     overrides = overrides + ((f"input_mode:={input_mode}",) if input_mode != "mono" else ())
     extra = [arg for item in overrides for arg in ("-p", item)]
     with NodeProcess(name, params_file=PARAMS_FILE, namespace=namespace, extra_args=extra,
-                     log_path=log_path) as node:
+                     log_path=log_path, env=env) as node:
         with MatcherClient(node=name, namespace=namespace, compressed=compressed, input_mode=input_mode) as client:
             if not client.wait_for_matcher(timeout=60.0):
                 raise RuntimeError(f"matcher_node did not come up (exit code {node.proc.poll()}):\n" + node.stderr)
@@ -73,10 +74,21 @@ def send_until_answered(client, rgb, first_stamp: int, camera, tries: int = 4, t
 
     Right after start-up a first message can be lost before both sides have discovered each other (even
     with reliable QoS), and camera_info travels on its own topic: a driver resends with every image."""
+    return answered_with(client, lambda stamp: client.send(rgb, "rgb8", stamp, camera, "cam"), first_stamp, tries,
+                         timeout, first_timeout)
+
+
+def answered_with(client, send, first_stamp: int, tries: int = 4, timeout: float = 20.0,
+                  first_timeout: float | None = None, step_ns: int = 10_000_000) -> int | None:
+    """``send(stamp)`` with stamps ``step_ns`` apart until a frame sent so far is answered; its stamp, or None
+    (in rgbd/stereo an image may pair with the partner sent after it)."""
+    sent: list[int] = []
     for i in range(tries):
-        stamp = first_stamp + i * 10_000_000
-        client.send(rgb, "rgb8", stamp, camera, "cam")
+        sent.append(first_stamp + i * step_ns)
+        send(sent[-1])
         wait = first_timeout if i == 0 and first_timeout is not None else timeout
-        if client.wait_result(stamp, timeout=wait) is not None:
+        if client.wait_until(lambda: any(s in client.matches for s in sent), wait):
+            stamp = next(s for s in sent if s in client.matches)
+            client.wait_result(stamp, timeout=1.0)  # its pose and keyframe, which follow on their own topics
             return stamp
     return None

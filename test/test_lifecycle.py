@@ -9,7 +9,6 @@ import time
 
 import pytest
 from lifecycle_msgs.msg import Transition
-from lifecycle_msgs.srv import ChangeState, GetState
 
 from feature_matcher_ros.ros.client import MatcherClient
 from feature_matcher_ros.ros.process import LIFECYCLE_MODULE, NodeProcess
@@ -19,18 +18,12 @@ MODULE = LIFECYCLE_MODULE
 NS = 1_000_000_000
 
 
-def _call(client, srv_type, node, name, request, timeout=20.0):
-    return client.call(srv_type, f"/{node}/{name}", request, timeout)
-
-
 def state(client, node) -> str:
-    return _call(client, GetState, node, "get_state", GetState.Request()).current_state.label
+    return client.lifecycle_state(node)
 
 
 def transition(client, node, transition_id) -> bool:
-    request = ChangeState.Request()
-    request.transition.id = transition_id
-    return _call(client, ChangeState, node, "change_state", request, timeout=60.0).success
+    return client.change_state(transition_id, node)
 
 
 def topics(client, node) -> tuple[set, set]:

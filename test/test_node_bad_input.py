@@ -77,8 +77,9 @@ def test_bad_inputs_are_counted_and_the_node_keeps_serving(node):
         msg.header.frame_id = "cam"
         client.pub_image.publish(msg)
         wait_reason(client, reason)
-    # 5. Stamps going backwards, and a repeated stamp.
-    client.send(rgb1, "rgb8", good - NS, camera, "cam")
+    # 5. Stamps going backwards (by less than reset_on_time_jump_s: a jump further back resets), and a
+    #    repeated stamp.
+    client.send(rgb1, "rgb8", good - NS // 2, camera, "cam")
     wait_reason(client, "stamp_backwards")
     client.send(rgb1, "rgb8", good, camera, "cam")
     wait_reason(client, "stamp_repeated")
@@ -91,10 +92,16 @@ def test_bad_inputs_are_counted_and_the_node_keeps_serving(node):
     diag = client.latest_diagnostics(timeout=5.0)
     assert int(diag["frames_processed"]) >= 2
     assert int(diag["rejected_total"]) >= len(bad) + 4
-    for s in (s1, s1 + 1, s1 + 2, s1 + 3, s1 + 4, good - NS):
+    for s in (s1, s1 + 1, s1 + 2, s1 + 3, s1 + 4, good - NS // 2):
         assert s not in client.matches
 
-    # 7. After ~/reset (e.g. a recording restarted) earlier stamps are welcome again: a new first keyframe.
+    # 7. The recording played again: a stamp 10 s back (over reset_on_time_jump_s) resets keyframes and
+    #    odometry, is counted, and is answered as a new first keyframe.
+    jumped = answered(client, rgb0, s0 - 10 * NS, camera)
+    assert client.matches[jumped].width == 0
+    assert int(client.latest_diagnostics(timeout=5.0)["time_jumps"]) == 1
+
+    # 8. After ~/reset (e.g. a recording restarted) earlier stamps are welcome again: a new first keyframe.
     assert client.reset().success
     cloud = client.wait_result(answered(client, rgb0, good - NS, camera), timeout=1.0)
     assert cloud.width == 0

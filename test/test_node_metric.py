@@ -90,11 +90,13 @@ def test_rgbd_metric_poses_z0_and_landmarks(rgbd_node, cabinet):
     ("all_zero", "rejected.depth_invalid"),
     ("units", "warning.depth_units"),
     ("unpaired", "rejected.unpaired"),
+    ("late", "unpaired.depth"),
 ])
 def test_rgbd_bad_depth_is_counted_and_the_node_keeps_serving(rgbd_node, cabinet, case, reason):
     client = rgbd_node
     before = client.latest_diagnostics(timeout=5.0) or {}
-    base = 1341842000 * NS + {"size": 1, "encoding": 2, "all_zero": 3, "units": 4, "unpaired": 5}[case] * 10 * NS
+    step = {"size": 1, "encoding": 2, "all_zero": 3, "units": 4, "unpaired": 5, "late": 6}[case]
+    base = 1341842000 * NS + step * 10 * NS
     stamp, rgb, k = _frames(cabinet, [4], base - cabinet.frames[4][0])[0]
     raw = cv2.imread(str(cabinet.depth.frames[k][1]), cv2.IMREAD_UNCHANGED)
     if case == "size":
@@ -106,6 +108,14 @@ def test_rgbd_bad_depth_is_counted_and_the_node_keeps_serving(rgbd_node, cabinet
         _send_rgbd(client, cabinet, stamp, rgb, k, depth=np.zeros_like(raw))
     elif case == "units":  # millimetre values sent as 32FC1 metres
         _send_rgbd(client, cabinet, stamp, rgb, k, depth=raw.astype(np.float32), encoding="32FC1")
+    elif case == "late":  # three newer depth images fill the queue of 3, then the image's own depth arrives
+        received = int(before.get("frames_received", 0))
+        client.send(rgb, "rgb8", stamp, cabinet.camera, "camera_rgb_optical_frame")
+        assert client.wait_until(  # the image waits in its queue before any depth arrives
+            lambda: int((client.latest_diagnostics(timeout=2.0) or {}).get("frames_received", 0)) > received, 20.0)
+        for j in (5, 6, 7):
+            client.send_depth(raw, "16UC1", stamp + j * NS // 10, "camera_rgb_optical_frame")
+        client.send_depth(raw, "16UC1", stamp, "camera_rgb_optical_frame")  # older than the queue: left at once
     else:  # the depth stamps are 1 s off: nothing pairs; 4 images overflow the queue of 3
         for j in range(4):
             _send_rgbd(client, cabinet, stamp + j * NS // 10, rgb, k, depth_stamp=stamp + NS + j * NS // 10)
@@ -116,6 +126,8 @@ def test_rgbd_bad_depth_is_counted_and_the_node_keeps_serving(rgbd_node, cabinet
         return int(diag.get(key, 0)) > int(before.get(key, 0))
 
     assert client.wait_until(grew, 20.0), f"{key} did not grow"
+    diag = client.latest_diagnostics(timeout=3.0) or {}
+    assert not [k for k in diag if k.startswith("internal_error.")], diag  # handled, not caught by the guard
     if case == "unpaired":
         assert int((client.latest_diagnostics(timeout=3.0) or {}).get("unpaired.depth", 0)) >= 1
     # still serving: a good frame right after is answered

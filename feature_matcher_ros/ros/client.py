@@ -25,6 +25,7 @@ import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from geometry_msgs.msg import PoseStamped, PoseWithCovarianceStamped
 from nav_msgs.msg import Odometry
+from lifecycle_msgs.srv import ChangeState, GetState
 from rcl_interfaces.msg import SetParametersResult
 from rcl_interfaces.srv import DescribeParameters, GetParameters, SetParameters, SetParametersAtomically
 from rclpy.executors import SingleThreadedExecutor
@@ -308,3 +309,18 @@ class MatcherClient(HelperNode):
 
     def reset(self, timeout: float = 10.0) -> Trigger.Response:
         return self._call(Trigger, "reset", Trigger.Request(), timeout)
+
+    # -- lifecycle (the ros2 lifecycle stand-in) ----------------------------------------------------
+    def lifecycle_state(self, node: str | None = None, timeout: float = 20.0) -> str:
+        """The label of the lifecycle state of ``node`` (default: the matcher), e.g. ``"active"``."""
+        target = node if node is not None else self.target
+        return self.call(GetState, f"/{target.lstrip('/')}/get_state", GetState.Request(),
+                         timeout).current_state.label
+
+    def change_state(self, transition_id: int, node: str | None = None, timeout: float = 60.0) -> bool:
+        """Ask ``node`` (default: the matcher) for a lifecycle transition (``lifecycle_msgs/Transition``
+        id); whether it succeeded."""
+        target = node if node is not None else self.target
+        request = ChangeState.Request()
+        request.transition.id = transition_id
+        return self.call(ChangeState, f"/{target.lstrip('/')}/change_state", request, timeout).success

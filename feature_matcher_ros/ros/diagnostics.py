@@ -25,6 +25,7 @@ class Stats:
         self.dropped = 0
         self.keyframes = 0
         self.debug_images = 0
+        self.time_jumps = 0  # resets because a stamp jumped back (reset_on_time_jump_s)
         self.rejected: Counter[str] = Counter()
         self.unpaired: Counter[str] = Counter()  # depth / right images never paired with an image
         self.warnings: Counter[str] = Counter()  # input problems that do not stop a frame
@@ -55,6 +56,12 @@ class Stats:
         with self._lock:
             self.warnings[reason] += 1
             return self.warnings[reason]
+
+    def on_time_jump(self) -> int:
+        """Count a time jump; returns how many so far."""
+        with self._lock:
+            self.time_jumps += 1
+            return self.time_jumps
 
     def on_drop(self) -> None:
         with self._lock:
@@ -88,6 +95,7 @@ class Stats:
                 "frames_dropped": self.dropped,
                 "keyframes": self.keyframes,
                 "debug_images_published": self.debug_images,
+                "time_jumps": self.time_jumps,
                 "rejected_total": sum(self.rejected.values()),
                 **{f"rejected.{k}": v for k, v in sorted(self.rejected.items())},
                 **{f"unpaired.{k}": v for k, v in sorted(self.unpaired.items())},

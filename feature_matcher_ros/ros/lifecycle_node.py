@@ -21,6 +21,10 @@ cleanup       ``destroy_outputs`` (stops the worker) and ``release_matcher`` (th
 shutdown      whatever of the above is needed from the current state; ``main`` then exits.
 ============  =================================================================================
 
+Each transition runs behind the node's entry-point guard (:mod:`.guard`): an unexpected exception in it is
+counted (``internal_error.<transition>``), logged with its traceback, and the transition FAILS (the node stays in
+the state it was in; rclpy alone would answer ERROR and drop the node to ``unconfigured`` without a word).
+
 Drive it with the ``lifecycle_msgs`` services (``~/change_state``, ``~/get_state``), e.g.
 ``ros2 lifecycle set /matcher_node configure``.
 """
@@ -51,9 +55,10 @@ class LifecycleMatcherNode(MatcherSteps, LifecycleNode):
         self._known_specs: dict[str, ParamSpec] = {}
         # Outside "inactive"/"active" nothing validates live changes; this keeps them within the specs.
         self.add_on_set_parameters_callback(self._check_while_unconfigured)
+        self.guard  # noqa: B018 - made now: a bad FM_TEST_FAULTS stops the start-up
 
     # -- configure / cleanup ----------------------------------------------------------------------
-    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+    def _configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         try:
             self.load_matcher()
             self.create_outputs(self.create_lifecycle_publisher)
@@ -63,12 +68,12 @@ class LifecycleMatcherNode(MatcherSteps, LifecycleNode):
             return FAILURE
         self._known_specs = {s.name: s for s in (*NODE_PARAMS, *self.frontend.params())}
         self.get_logger().info(f"configured (inactive): {self.matcher_summary()}")
-        return super().on_configure(state)
+        return LifecycleNode.on_configure(self, state)
 
-    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+    def _cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._release()
         self.get_logger().info("cleaned up: model released")
-        return super().on_cleanup(state)
+        return LifecycleNode.on_cleanup(self, state)
 
     def _check_while_unconfigured(self, params) -> SetParametersResult:
         """Live changes before configure / after cleanup: checked against the specs seen so far."""
@@ -81,8 +86,8 @@ class LifecycleMatcherNode(MatcherSteps, LifecycleNode):
         return SetParametersResult(successful=reason is None, reason=reason or "")
 
     # -- activate / deactivate --------------------------------------------------------------------
-    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        result = super().on_activate(state)  # enables the lifecycle publishers
+    def _activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        result = LifecycleNode.on_activate(self, state)  # enables the lifecycle publishers
         if result != SUCCESS:
             return result
         try:
@@ -94,20 +99,58 @@ class LifecycleMatcherNode(MatcherSteps, LifecycleNode):
         self.get_logger().info(f"active: listening on {self.resolve_topic_name('image')}")
         return SUCCESS
 
-    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+    def _deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
         self.destroy_inputs()
         self.get_logger().info("deactivated: no subscriptions, publishers disabled")
-        return super().on_deactivate(state)
+        return LifecycleNode.on_deactivate(self, state)
 
     # -- shutdown / error -------------------------------------------------------------------------
-    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+    def _shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._release()
         self.finished.set_result(True)
-        return super().on_shutdown(state)
+        return LifecycleNode.on_shutdown(self, state)
+
+    def _error(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._release()
+        return LifecycleNode.on_error(self, state)
+
+    # -- the transitions as rclpy calls them: each behind the guard ------------------------------------
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        return self.guard("configure", self._configure, self._failed_configure)(state)
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        return self.guard("activate", self._activate, self._failed_activate)(state)
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        return self.guard("deactivate", self._deactivate, self._failed_transition)(state)
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        return self.guard("cleanup", self._cleanup, self._failed_transition)(state)
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        return self.guard("shutdown", self._shutdown, self._failed_shutdown)(state)
 
     def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
+        return self.guard("error", self._error, self._failed_transition)(state)
+
+    def _failed_transition(self, exc: BaseException, state: LifecycleState) -> TransitionCallbackReturn:
+        return FAILURE
+
+    def _failed_configure(self, exc: BaseException, state: LifecycleState) -> TransitionCallbackReturn:
         self._release()
-        return super().on_error(state)
+        return FAILURE
+
+    def _failed_activate(self, exc: BaseException, state: LifecycleState) -> TransitionCallbackReturn:
+        """Back to what ``inactive`` means: no inputs, publishers disabled."""
+        self.destroy_inputs()
+        LifecycleNode.on_deactivate(self, state)
+        return FAILURE
+
+    def _failed_shutdown(self, exc: BaseException, state: LifecycleState) -> TransitionCallbackReturn:
+        """Shutting down ends the process whatever went wrong on the way."""
+        if not self.finished.done():
+            self.finished.set_result(True)
+        return SUCCESS
 
     def _release(self) -> None:
         """Undo whatever configure and activate made (any state, also after a partial configure)."""

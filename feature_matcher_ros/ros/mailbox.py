@@ -38,6 +38,13 @@ class Mailbox:
             item, self._item, self._full = self._item, None, False
             return item
 
+    def clear(self) -> bool:
+        """Empty the slot; returns True when it held an item the worker never saw (counted as dropped)."""
+        with self._cond:
+            dropped, self._item, self._full = self._full, None, False
+            self.dropped += int(dropped)
+            return dropped
+
     def close(self) -> None:
         """Wake the worker for good (``take`` returns None from now on when empty)."""
         with self._cond:

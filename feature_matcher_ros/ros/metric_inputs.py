@@ -55,35 +55,46 @@ class PairedInputs:
         queue_size, slop_s: the pairing policy.
         compressed: partner images come as ``CompressedImage``.
         on_pair: ``(image_msg, arrived, partner_msg)`` for each pair.
-        on_unpaired: ``(input_name)`` for each message that left its queue unpaired.
+        on_unpaired: ``(input_name, replaced)`` for each message that left its queue unpaired (``replaced``:
+            a message of that input with the same stamp took its place).
+        guard: wraps each subscription callback as the entry point it names (:class:`~.guard.EntryGuard`).
+        on_arrival: ``(input_name, stamp_ns)`` for each partner message before it is queued (time jumps).
     """
 
     def __init__(self, node: Any, mode: str, qos: Any, queue_size: int, slop_s: float, compressed: bool,
-                 on_pair: Callable[[Any, float, Any], None], on_unpaired: Callable[[str], None]) -> None:
+                 on_pair: Callable[[Any, float, Any], None], on_unpaired: Callable[[str, bool], None],
+                 guard: Callable[[str, Callable], Callable] = lambda where, fn: fn,
+                 on_arrival: Callable[[str, int], None] = lambda which, stamp_ns: None) -> None:
         if mode not in ("rgbd", "stereo"):
             raise ValueError(f"paired inputs are for rgbd or stereo, not {mode!r}")
         self.mode = mode
         self.partner = "depth" if mode == "rgbd" else "right"
         self.right_info = CameraInfoCache()
-        self._on_pair, self._on_unpaired = on_pair, on_unpaired
-        self.sync = StampSynchronizer(2, queue_size, slop_s, self._paired, self._unpaired)
+        self._on_pair, self._on_unpaired, self._on_arrival = on_pair, on_unpaired, on_arrival
+        self.sync = StampSynchronizer(2, queue_size, slop_s, self._paired, self._unpaired, self._replaced)
         msg_type = CompressedImage if compressed else Image
-        topic = "depth" if mode == "rgbd" else "right/image"
-        self.subscriptions = [node.create_subscription(msg_type, topic, self._on_partner, qos)]
+        topic, where = ("depth", "depth") if mode == "rgbd" else ("right/image", "right_image")
+        self.subscriptions = [node.create_subscription(msg_type, topic, guard(where, self._on_partner), qos)]
         if mode == "stereo":
-            self.subscriptions.append(node.create_subscription(CameraInfo, "right/camera_info", self.right_info.update, qos))
+            self.subscriptions.append(node.create_subscription(
+                CameraInfo, "right/camera_info", guard("right_camera_info", self.right_info.update), qos))
 
     def add_image(self, msg: Any, arrived: float) -> None:
         self.sync.add(0, stamp_to_ns(msg.header.stamp), (msg, arrived))
 
     def _on_partner(self, msg: Any) -> None:
-        self.sync.add(1, stamp_to_ns(msg.header.stamp), msg)
+        stamp_ns = stamp_to_ns(msg.header.stamp)
+        self._on_arrival(self.partner, stamp_ns)
+        self.sync.add(1, stamp_ns, msg)
 
     def _paired(self, image: tuple[Any, float], partner: Any) -> None:
         self._on_pair(image[0], image[1], partner)
 
     def _unpaired(self, index: int, item: Any) -> None:
-        self._on_unpaired("image" if index == 0 else self.partner)
+        self._on_unpaired("image" if index == 0 else self.partner, False)
+
+    def _replaced(self, index: int, item: Any) -> None:
+        self._on_unpaired("image" if index == 0 else self.partner, True)
 
     def destroy(self, node: Any) -> None:
         for sub in self.subscriptions:
