@@ -88,10 +88,11 @@ def pytest_generate_tests(metafunc):
 
 @pytest.fixture(scope="session")
 def small_bag(shared, tmp_path_factory) -> Path:
-    """A six-frame TUM bag (frames 0, 3, ..., 15: 0.3 s apart, mono8, mcap), made once per run."""
+    """A six-frame TUM bag (frames 0, 3, ..., 15: 0.3 s apart, mono8, mcap), made once per run. A rosbag2
+    folder named ``tum6.bag``, as users name them: every tool must read it as what it is, not by its name."""
     from feature_matcher_ros.tools import make_bag
 
-    out = tmp_path_factory.mktemp("bags") / "tum6"
+    out = tmp_path_factory.mktemp("bags") / "tum6.bag"
     assert make_bag.main([str(shared / "data/tum_fr2_desk"), str(out), "--frames", "0:18:3",
                           "--encoding", "mono8", "--quiet"]) == 0
     return out

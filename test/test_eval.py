@@ -314,6 +314,41 @@ def test_ros1_bag_rgbd(shared: Path, tmp_path: Path, capsys: pytest.CaptureFixtu
     assert code == 2 and "0 paired" in err and "'image': 4" in err and "'depth': 4" in err, err
 
 
+def test_bags_are_read_by_what_they_are_not_by_their_name(shared: Path, small_bag: Path, tmp_path: Path) -> None:
+    """fm-make-bag writes a rosbag2 folder wherever it is told, ``x.bag`` included, and fm-eval reads it; a lone
+    mcap file and a ROS 1 bag under each other's suffixes open as what they are; anything else is refused
+    with a reason."""
+    from feature_matcher_ros.tools import eval as fm_eval
+    from feature_matcher_ros.tools import make_bag
+
+    folder = tmp_path / "x.bag"
+    assert make_bag.main([str(shared / "data/tum_fr2_desk"), str(folder), "--frames", "0:6:3", "--quiet"]) == 0
+    assert bagio.bag_kind(folder) == "rosbag2"
+    assert fm_eval.main([str(folder), "--out", str(tmp_path / "eval"), "--backend", "sift", "--quiet",
+                         "--pictures", "0"]) == 0
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["frames"] == 2
+
+    mcap_as_bag = tmp_path / "single.bag"
+    shutil.copy(next(small_bag.glob("*.mcap")), mcap_as_bag)
+    ros1_as_mcap = tmp_path / "cabinet.mcap"
+    _write_ros1_rgbd_bag(shared / "data/tum_fr3_cabinet_rgbd", tmp_path / "cabinet.bag", 2, 0)
+    shutil.copy(tmp_path / "cabinet.bag", ros1_as_mcap)
+    cases = [(mcap_as_bag, "mcap", "/camera/image_raw"), (ros1_as_mcap, "ros1", "/camera/rgb/image_color")]
+    for path, kind, image in cases:
+        assert bagio.bag_kind(path) == kind
+        with bagio.open_bag(path) as reader:
+            assert reader.path == path
+            topics = bagio.discover_topics(reader, need_ground_truth=False)
+            assert topics.image == image and len(list(bagio.iter_frames(reader, topics))) >= 2
+
+    (tmp_path / "notes.bag").write_text("not a bag")
+    (tmp_path / "empty_folder").mkdir()
+    refused = [(tmp_path / "notes.bag", "is not a bag"), (tmp_path / "empty_folder", "without metadata.yaml")]
+    for path, reason in refused:
+        with pytest.raises(bagio.BagError, match=reason):
+            bagio.bag_kind(path)
+
+
 @pytest.mark.parametrize("mode", ["rgbd", "stereo"])
 def test_eval_metric_eloftr_plumbing(shared: Path, checkpoint: Path, tmp_path: Path, mode: str) -> None:
     """Efficient LoFTR's streaming path with metric input (random fixture weights: it runs, nothing more)."""

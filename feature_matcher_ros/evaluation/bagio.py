@@ -14,6 +14,7 @@ corrupt file) raises :class:`BagError` with a one-line message naming it.
 
 from __future__ import annotations
 
+import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from functools import lru_cache
@@ -87,31 +88,76 @@ class Ros1Bag:
                                    raw, src_is2=False, dst_is2=True))
 
 
-@contextmanager
-def open_bag(path: str | Path) -> Iterator[Any]:
-    """An open reader of a rosbag2 (:class:`rosbags.rosbag2.Reader`) or a ROS 1 bag (:class:`Ros1Bag`);
-    every failure becomes a :class:`BagError`."""
-    from rosbags.rosbag2 import Reader
+# The first bytes of each kind of bag file, and the suffix rosbags reads that kind by.
+MAGIC = ((b"\x89MCAP", "mcap", ".mcap"), (b"SQLite format 3\x00", "sqlite3", ".db3"),
+         (b"#ROSBAG V2.0", "ros1", ".bag"))
+SUFFIXES = {kind: suffix for _, kind, suffix in MAGIC}
 
+
+def bag_kind(path: str | Path) -> str:
+    """What ``path`` is, whatever its name: ``rosbag2`` (a folder with ``metadata.yaml``), ``mcap``, ``sqlite3``
+    or ``ros1`` (a file, by its first bytes); :class:`BagError` when it is none of them.
+
+    >>> import tempfile
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     _ = (Path(folder) / "x.mcap").write_bytes(b"#ROSBAG V2.0 ...")
+    ...     bag_kind(Path(folder) / "x.mcap")
+    'ros1'
+    """
     path = Path(path)
     if not path.exists():
         raise BagError(f"bag {path} does not exist")
-    if path.is_file() and path.suffix not in (".mcap", ".db3", ".bag"):
-        raise BagError(f"{path} is not a bag (expected a rosbag2 folder, a .mcap or .db3 file, or a ROS 1 .bag)")
-    try:
-        reader = Ros1Bag(path) if path.suffix == ".bag" else Reader(path)
-        reader.open()
-    except BagError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - rosbags raises many types for broken files
-        raise BagError(f"cannot open bag {path}: {_describe(exc)} (truncated or corrupt file?)") from None
-    try:
-        yield reader
-    finally:
+    if path.is_dir():
+        if (path / "metadata.yaml").is_file():
+            return "rosbag2"
+        raise BagError(f"{path} is a folder without metadata.yaml: not a rosbag2 bag (give the folder ros2 bag "
+                       "record wrote, or its .mcap / .db3 file)")
+    with open(path, "rb") as f:
+        head = f.read(16)
+    for magic, kind, _ in MAGIC:
+        if head.startswith(magic):
+            return kind
+    raise BagError(f"{path} is not a bag: neither mcap, sqlite3 (rosbag2) nor ROS 1 by its first bytes "
+                   f"{head[:12]!r}")
+
+
+@contextmanager
+def _readable_name(path: Path, kind: str) -> Iterator[Path]:
+    """``path``, or a link to it whose suffix names its kind (rosbags picks the reader by suffix)."""
+    wanted = SUFFIXES.get(kind)
+    if wanted is None or path.suffix == wanted:
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="fm_bag_") as folder:
+        link = Path(folder) / (path.stem + wanted)
+        link.symlink_to(path.resolve())
+        yield link
+
+
+@contextmanager
+def open_bag(path: str | Path) -> Iterator[Any]:
+    """An open reader of a rosbag2 (:class:`rosbags.rosbag2.Reader`) or a ROS 1 bag (:class:`Ros1Bag`), chosen
+    by what ``path`` is (:func:`bag_kind`), not by its name; every failure becomes a :class:`BagError`."""
+    from rosbags.rosbag2 import Reader
+
+    path = Path(path)
+    kind = bag_kind(path)
+    with _readable_name(path, kind) as readable:
         try:
-            reader.close()
-        except Exception:  # noqa: BLE001 - closing a broken bag must not hide the first error
-            pass
+            reader = Ros1Bag(readable) if kind == "ros1" else Reader(readable)
+            reader.open()
+        except BagError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - rosbags raises many types for broken files
+            raise BagError(f"cannot open bag {path}: {_describe(exc)} (truncated or corrupt file?)") from None
+        reader.path = path  # messages name the user's path, not the link
+        try:
+            yield reader
+        finally:
+            try:
+                reader.close()
+            except Exception:  # noqa: BLE001 - closing a broken bag must not hide the first error
+                pass
 
 
 def _describe(exc: BaseException) -> str:
