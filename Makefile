@@ -17,7 +17,7 @@ export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
 export FM_SHARED := $(SHARED)
 export PYTHONUNBUFFERED := 1
 
-.PHONY: venv demo test test-fast gpu-check clean
+.PHONY: venv demo test test-fast test-repeat gpu-check clean
 
 venv: $(STAMP)
 
@@ -41,6 +41,13 @@ test: $(STAMP)
 # The core tests and the docstring examples (no DDS, no subprocess, no 640x480 Efficient LoFTR): < 1 minute.
 test-fast: $(STAMP)
 	$(PY) -m pytest -q --doctest-modules -m "not slow" feature_matcher_ros test $(PYTEST_ARGS)
+
+# The DDS test files N times in a row, one core kept busy, and a table of per-file pass counts: a file that
+# does not pass every time has a test that depends on chance (test/repeat_dds.py).
+N ?= 5
+BURN ?= 1
+test-repeat: $(STAMP)
+	$(PY) test/repeat_dds.py --runs $(N) --burn $(BURN) --log-dir out/test-repeat
 
 # Everything that needs CUDA in one run, one report (feature_matcher_ros/tools/gpu_check.py). Without CUDA
 # it says so and runs its CPU dry run. On a machine with its own Python and torch (a lent GPU machine):

@@ -25,11 +25,22 @@ CORE_FILES = {
     "test_nms.py", "test_se3.py", "test_sift.py", "test_sptd2.py", "test_sync.py",
 }
 
+# Files whose tests talk to nodes over DDS (marked ``dds``): ``make test-repeat`` runs them again and again
+# with a core kept busy, to show that none of them passes or fails by chance.
+DDS_FILES = {
+    "test_chaos.py", "test_gpu_check.py", "test_launch.py", "test_lifecycle.py", "test_node.py",
+    "test_node_bad_input.py", "test_node_eloftr.py", "test_node_guard.py", "test_node_metric.py",
+    "test_node_params.py", "test_node_sptd2.py", "test_params_hypothesis.py", "test_replay.py",
+    "test_replay_metric.py", "test_robustness.py", "test_shutdown.py", "test_transport.py",
+}
+
 
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.path.name not in CORE_FILES and item.path.suffix == ".py" and item.path.name.startswith("test_"):
             item.add_marker(pytest.mark.slow)
+        if item.path.name in DDS_FILES:
+            item.add_marker(pytest.mark.dds)
 SHARED = Path(os.environ.get("FM_SHARED", REPO.parent / "shared"))
 
 

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import subprocess
-import time
 from contextlib import contextmanager
 from pathlib import Path
 
 import cv2
 
 from feature_matcher_ros.ros.client import MatcherClient
-from feature_matcher_ros.ros.conversions import model_to_camera_info
 from feature_matcher_ros.datasets import read_sequence
 from feature_matcher_ros.ros.process import NodeProcess, node_command
 
@@ -45,21 +43,6 @@ def running_node(log_path: Path, *overrides: str, name: str = "matcher_node", na
         code, _ = node.stop()
         if code not in (0, -2):
             print(node.stderr)
-
-
-def prime_camera_info(client, camera, timeout: float = 30.0) -> None:
-    """Publish ``camera_info`` until the matcher's diagnostics count one.
-
-    A DDS reader can match a new writer a moment after the writer matched it, and a volatile reader never
-    gets what was published before that; a real driver sends camera_info with every frame, a test sends the
-    first one once. Priming makes the first frame of a test independent of that race."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        client.pub_info.publish(model_to_camera_info(camera, 0, "camera"))
-        diag = client.latest_diagnostics(timeout=2.0)
-        if diag is not None and int(diag.get("camera_info_received", 0)) > 0:
-            return
-    raise RuntimeError(f"matcher_node counted no camera_info within {timeout} s")
 
 
 def run_cli(*overrides: str, timeout: float = 60.0) -> subprocess.CompletedProcess:

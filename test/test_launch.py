@@ -22,7 +22,7 @@ import runner  # noqa: E402
 
 from feature_matcher_ros.ros.client import MatcherClient  # noqa: E402
 from feature_matcher_ros.ros.process import NodeProcess  # noqa: E402
-from ros_helpers import load_frames, prime_camera_info  # noqa: E402
+from ros_helpers import load_frames  # noqa: E402
 
 PKG = "feature_matcher_ros"
 ARGUMENTS = {"namespace", "image", "camera_info", "params_file", "use_sim_time", "backend", "weights", "device",
@@ -112,7 +112,7 @@ def test_launched_node_serves_its_namespace_remappings_and_parameters(prefix, mo
         got = client.get_parameters(["backend", "device", "max_matches", "input_qos", "use_sim_time"])
         assert got == {"backend": "sift", "device": "cpu", "max_matches": 321, "input_qos": "reliable",
                        "use_sim_time": False}
-        prime_camera_info(client, camera)
+        client.prime_camera_info(camera)
         for stamp, rgb in frames:
             client.send(rgb, "rgb8", stamp, camera, "camera")
             assert client.wait_result(stamp, timeout=60.0) is not None, log.read_text(errors="replace")

@@ -9,7 +9,7 @@ import pytest
 
 from feature_matcher_ros import messages
 from feature_matcher_ros.geometry import rotation_error_deg
-from ros_helpers import load_frames, prime_camera_info, running_node
+from ros_helpers import load_frames, running_node
 
 FRAME_ID = "camera_rgb_optical_frame"
 HALF = 10  # debug_image is subscribed from this frame on
@@ -21,7 +21,7 @@ def run(shared, tmp_path_factory):
     log = tmp_path_factory.mktemp("node") / "matcher_node.log"
     with running_node(log, "backend:=sift", "device:=cpu", "input_qos:=reliable") as (process, client):
         out = {"frames": frames, "camera": camera, "truth": truth, "client": client, "process": process}
-        prime_camera_info(client, camera)
+        client.prime_camera_info(camera)
         for i, (stamp, rgb) in enumerate(frames):
             if i == HALF:
                 out["diag_before_debug"] = client.latest_diagnostics(timeout=5.0)

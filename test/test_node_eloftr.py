@@ -19,7 +19,7 @@ pytest.importorskip(
 from feature_matcher_ros import messages  # noqa: E402
 from feature_matcher_ros.backends.eloftr import DEFAULT_THRESHOLDS  # noqa: E402
 from feature_matcher_ros.backends.eloftr.parity import decompress_checkpoint  # noqa: E402
-from ros_helpers import load_frames, prime_camera_info, run_cli, running_node  # noqa: E402
+from ros_helpers import load_frames, run_cli, running_node  # noqa: E402
 
 FRAME_ID = "camera_rgb_optical_frame"
 
@@ -45,7 +45,7 @@ def node(shared, checkpoint, manifest, tmp_path_factory):
                       "resize_long_edge:=320", "eloftr.mode:=full", f"eloftr.threshold:={thr}",
                       "diagnostics_period_s:=0.2") as (process, client):
         state = {"next": 0, "sent": []}
-        prime_camera_info(client, camera)
+        client.prime_camera_info(camera)
 
         def send_next():
             """Send the next frame; its decoded matches (a structured array)."""

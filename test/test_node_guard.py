@@ -13,7 +13,7 @@ from feature_matcher_ros.datasets import read_sequence
 from feature_matcher_ros.ros.client import MatcherClient
 from feature_matcher_ros.ros.guard import FAULTS_ENV
 from feature_matcher_ros.ros.process import LIFECYCLE_MODULE, NodeProcess, node_command
-from ros_helpers import PARAMS_FILE, answered_with, load_frames, prime_camera_info, running_node
+from ros_helpers import PARAMS_FILE, answered_with, load_frames, running_node
 
 NS = 1_000_000_000
 SIFT = ("backend:=sift", "device:=cpu", "input_qos:=reliable", "diagnostics_period_s:=0.2")
@@ -47,7 +47,7 @@ def test_mono_node_survives_a_fault_at_each_entry_point(shared, tmp_path):
     frames, camera, _ = load_frames(shared, count=2)
     (s0, rgb0), (s1, rgb1) = frames
     with running_node(tmp_path / "node.log", *SIFT, name="fm_guard_mono", env=_env(*faults)) as (process, client):
-        prime_camera_info(client, camera)  # the first camera_info raises; priming resends until one counts
+        client.prime_camera_info(camera)  # the first camera_info raises; priming resends until one counts
         send = lambda stamp: client.send(rgb0, "rgb8", stamp, camera, "cam")  # noqa: E731
         assert answered_with(client, send, s0, tries=10, timeout=3.0) is not None  # the first image raised
 
@@ -98,7 +98,7 @@ def test_lifecycle_rgbd_node_survives_faults_in_transitions_and_depth(shared, tm
             assert client.change_state(step), node.stdout
             assert client.lifecycle_state() == after
         assert client.wait_for_matcher(timeout=60.0)
-        prime_camera_info(client, seq.camera)
+        client.prime_camera_info(seq.camera)
         base = seq.frames[1][0]
         first = answered_with(client, _send_rgbd(client, seq, 1), base, tries=10, timeout=3.0)
         assert first is not None  # the first depth image raised
@@ -135,7 +135,7 @@ def test_stereo_node_survives_faults_in_the_right_camera_inputs(shared, tmp_path
     offset = 1000 * NS
     with running_node(tmp_path / "node.log", *SIFT, "depth.max_m:=80.0", name="fm_guard_stereo",
                       namespace="/guard_stereo", input_mode="stereo", env=_env(*faults)) as (process, client):
-        prime_camera_info(client, left_cam)
+        client.prime_camera_info(left_cam)
         left, right = _rgb(kitti.frames[0][1]), _rgb(kitti.stereo.frames[0][1])
 
         def send(stamp):

@@ -2,8 +2,6 @@
 frames: metric relative poses against ground truth, ``z0`` in ``matches``, latched ``landmarks``, and every kind
 of bad metric input counted by reason while the node keeps serving."""
 
-import time
-
 import cv2
 import numpy as np
 import pytest
@@ -12,7 +10,7 @@ from feature_matcher_ros import messages
 from feature_matcher_ros.datasets import read_sequence
 from feature_matcher_ros.geometry import rotation_error_deg
 from feature_matcher_ros.ros import conversions as cv
-from ros_helpers import prime_camera_info, running_node
+from ros_helpers import running_node
 
 NS = 1_000_000_000
 RGBD = ("backend:=sift", "device:=cpu", "input_qos:=reliable", "sift.contrast_threshold:=0.01",
@@ -60,7 +58,7 @@ def _send_rgbd(client, seq, stamp, rgb, k, depth=None, depth_stamp=None, encodin
 
 def test_rgbd_metric_poses_z0_and_landmarks(rgbd_node, cabinet):
     client = rgbd_node
-    prime_camera_info(client, cabinet.camera)
+    client.prime_camera_info(cabinet.camera)
     frames = _frames(cabinet, [1, 2, 3])
     for stamp, rgb, k in frames:
         _send_rgbd(client, cabinet, stamp, rgb, k)
@@ -159,7 +157,7 @@ def test_stereo_metric_poses_and_bad_rigs(kitti, tmp_path_factory):
     offset = 1000 * NS  # KITTI stamps start at 0
     left_cam, right_cam, b = kitti.camera, kitti.stereo.camera, kitti.stereo.baseline_m
     with running_node(log, *STEREO, name="fm_stereo", namespace="/stereo", input_mode="stereo") as (process, client):
-        prime_camera_info(client, left_cam)
+        client.prime_camera_info(left_cam)
         frames = _frames(kitti, [0, 1, 2], offset)
         for stamp, rgb, k in frames:
             right = cv2.cvtColor(cv2.imread(str(kitti.stereo.frames[k][1]), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
@@ -168,26 +166,38 @@ def test_stereo_metric_poses_and_bad_rigs(kitti, tmp_path_factory):
             assert client.wait_result(stamp, timeout=60.0) is not None, f"no matches for frame {k}"
         r_err, t_err, dist = _pose_error(client, kitti, frames[1][0], frames[0][0], offset)
         assert r_err < 0.5 and t_err < 0.05 * dist  # ~1.2 m per frame; the baseline's SIFT+PnP: 1.2 %
-        before = client.latest_diagnostics(timeout=5.0) or {}
         for j, (baseline, cam, reason) in enumerate([(0.0, right_cam, "rejected.stereo_baseline"),
                                                      (b, right_cam.scaled(1226, 370), None)]):
             if reason is None:  # mismatched rectified intrinsics: another fx on the right
                 cam = type(right_cam).from_matrix(1226, 370, right_cam.K * np.array([[1.1], [1.1], [1.0]]))
                 reason = "rejected.stereo_mismatch"
-            stamp = frames[-1][0] + (j + 1) * NS
-            # camera_info is taken as the latest one: let the bad one arrive before the images it applies to
-            client.partners["right_info"].publish(cv.model_to_camera_info(cam, stamp, "camera_right", tx=-cam.fx * baseline))
-            time.sleep(0.5)
-            client.send_right(frames[-1][1], "rgb8", stamp, None, baseline)
-            client.send(frames[-1][1], "rgb8", stamp, left_cam, "camera")
-            grown = client.wait_until(
-                lambda: int((client.latest_diagnostics(timeout=2.0) or {}).get(reason, 0)) > int(before.get(reason, 0)),
-                20.0)
-            assert grown, (reason, client.latest_diagnostics(timeout=3.0))
+            tx = -cam.fx * baseline
+
+            def bad_pair(stamp, cam=cam, tx=tx, baseline=baseline):
+                # camera_info is taken as the latest one and travels on its own topic: it goes with every pair
+                # (as a driver sends it), and pairs are sent until the node has met one with the bad rig
+                client.partners["right_info"].publish(cv.model_to_camera_info(cam, stamp, "camera_right", tx=tx))
+                client.send_right(frames[-1][1], "rgb8", stamp, None, baseline)
+                client.send(frames[-1][1], "rgb8", stamp, left_cam, "camera")
+            assert _send_until_counted(client, bad_pair, frames[-1][0] + (j + 1) * NS, reason), \
+                (reason, client.latest_diagnostics(timeout=3.0))
         # right images stop arriving: left images are rejected as unpaired once they leave the queue (3 kept)
-        for j in range(6):
-            client.send(frames[0][1], "rgb8", frames[-1][0] + (10 + j) * NS, left_cam, "camera")
-            time.sleep(0.1)
-        assert client.wait_until(
-            lambda: int((client.latest_diagnostics(timeout=2.0) or {}).get("rejected.unpaired", 0)) >= 2, 20.0)
+        def lone_left(stamp):
+            client.send(frames[0][1], "rgb8", stamp, left_cam, "camera")
+        assert _send_until_counted(client, lone_left, frames[-1][0] + 10 * NS, "rejected.unpaired", tries=12,
+                                   timeout=2.0)
         assert process.poll() is None
+
+
+def _counter(client, key):
+    return int((client.latest_diagnostics(timeout=2.0) or {}).get(key, 0))
+
+
+def _send_until_counted(client, send, first_stamp, key, tries=5, timeout=10.0):
+    """``send(stamp)`` (stamps 0.1 s apart) until the diagnostics counter ``key`` grows; whether it did."""
+    before = _counter(client, key)
+    for i in range(tries):
+        send(first_stamp + i * NS // 10)
+        if client.wait_until(lambda: _counter(client, key) > before, timeout):
+            return True
+    return False

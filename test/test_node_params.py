@@ -5,7 +5,7 @@ half-applied."""
 import pytest
 from rcl_interfaces.msg import ParameterType
 
-from ros_helpers import load_frames, prime_camera_info, running_node
+from ros_helpers import load_frames, running_node
 
 
 @pytest.fixture(scope="module")
@@ -14,7 +14,7 @@ def node(shared, tmp_path_factory):
     log = tmp_path_factory.mktemp("node") / "matcher_node.log"
     with running_node(log, "backend:=sift", "device:=cpu", "input_qos:=reliable") as (process, client):
         state = {"next": 0}
-        prime_camera_info(client, camera)
+        client.prime_camera_info(camera)
 
         def send_next():
             """Send the next frame and return its PointCloud2 width."""

@@ -19,7 +19,7 @@ sptd2 = pytest.importorskip(
 
 from feature_matcher_ros import messages  # noqa: E402
 from feature_matcher_ros.geometry import rotation_error_deg  # noqa: E402
-from ros_helpers import load_frames, prime_camera_info, running_node  # noqa: E402
+from ros_helpers import load_frames, running_node  # noqa: E402
 
 FRAME_ID = "camera_rgb_optical_frame"
 FRAMES = 8
@@ -33,7 +33,7 @@ def run(shared, tmp_path_factory):
     frames, camera, truth = load_frames(shared, count=FRAMES)
     log = tmp_path_factory.mktemp("node") / "matcher_node_sptd2.log"
     with running_node(log, "backend:=sptd2", "device:=cpu", "input_qos:=reliable") as (process, client):
-        prime_camera_info(client, camera)
+        client.prime_camera_info(camera)
         for stamp, rgb in frames:
             client.send(rgb, "rgb8", stamp, camera, FRAME_ID)
             assert client.wait_result(stamp, timeout=90.0) is not None, \

@@ -57,6 +57,7 @@ class HelperNode:
         rclpy.init(args=[], context=self.context)
         self.node = rclpy.create_node(name, namespace=namespace, context=self.context)
         self._cond = threading.Condition()
+        self._call_lock = threading.Lock()
         self._closed = False
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
@@ -79,6 +80,10 @@ class HelperNode:
         within ``timeout`` seconds, :class:`TimeoutError` when it does not answer within as long again.
 
         Waits on an event set by the future's callback: the executor thread completes the future."""
+        with self._call_lock:  # one call at a time: a tool may call from several threads
+            return self._call_once(srv_type, service, request, timeout)
+
+    def _call_once(self, srv_type: Any, service: str, request: Any, timeout: float) -> Any:
         client = self.node.create_client(srv_type, service)
         try:
             if not client.wait_for_service(timeout_sec=timeout):
@@ -255,6 +260,20 @@ class MatcherClient(HelperNode):
             self.partners["right_info"].publish(
                 cv.model_to_camera_info(camera, stamp_ns, frame_id, tx=-camera.fx * baseline_m))
         self.partners["right"].publish(cv.numpy_to_image(pixels, encoding, stamp_ns, frame_id))
+
+    def prime_camera_info(self, camera: CameraModel, frame_id: str = "camera", timeout: float = 30.0) -> None:
+        """Publish ``camera_info`` until the matcher's diagnostics count one (``RuntimeError`` after ``timeout``).
+
+        A DDS reader can match a new writer a moment after the writer matched it, and a volatile reader never
+        gets what was published before that; a real driver sends camera_info with every frame, a test or tool
+        that sends the first one once primes it like this, so its first frame is independent of that race."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.pub_info.publish(cv.model_to_camera_info(camera, 0, frame_id))
+            diag = self.latest_diagnostics(timeout=2.0)
+            if diag is not None and int(diag.get("camera_info_received", 0)) > 0:
+                return
+        raise RuntimeError(f"{self.target} counted no camera_info within {timeout} s")
 
     def wait_result(self, stamp_ns: int, timeout: float = 30.0) -> PointCloud2 | None:
         """The ``matches`` message of the frame stamped ``stamp_ns``, or None on timeout."""

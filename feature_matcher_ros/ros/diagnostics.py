@@ -1,5 +1,10 @@
 """What the node reports on ``/diagnostics``: rates, latency, drops and rejected inputs by reason.
 
+``rejected.<reason>`` counts images (frames), so that once the worker is idle ``frames_received =
+frames_processed + frames_dropped + rejected_total + images_waiting``; a depth or right image that never
+paired is ``unpaired.<input>``, an unusable ``camera_info`` message ``invalid.<input>`` (the images that meet
+it are then ``rejected.bad_camera_info``).
+
 :class:`Stats` is filled from the subscription callbacks and the worker thread (thread-safe) and turned
 into one ``diagnostic_msgs/DiagnosticStatus`` per period by :meth:`Stats.status`.
 """
@@ -29,6 +34,7 @@ class Stats:
         self.rejected: Counter[str] = Counter()
         self.unpaired: Counter[str] = Counter()  # depth / right images never paired with an image
         self.warnings: Counter[str] = Counter()  # input problems that do not stop a frame
+        self.invalid: Counter[str] = Counter()  # unusable camera_info messages, by input (not images)
         self.last_status = "init"
         self.last_reason = ""
         self.last_error = ""
@@ -47,9 +53,15 @@ class Stats:
         with self._lock:
             self.rejected[reason] += 1
 
-    def on_unpaired(self, which: str) -> None:
+    def on_invalid(self, which: str) -> int:
+        """Count an unusable non-image message of input ``which`` (``camera_info``); how many so far."""
         with self._lock:
-            self.unpaired[which] += 1
+            self.invalid[which] += 1
+            return self.invalid[which]
+
+    def on_unpaired(self, which: str, count: int = 1) -> None:
+        with self._lock:
+            self.unpaired[which] += count
 
     def on_warning(self, reason: str) -> int:
         """Count a warning; returns how many of this reason so far."""
@@ -63,9 +75,9 @@ class Stats:
             self.time_jumps += 1
             return self.time_jumps
 
-    def on_drop(self) -> None:
+    def on_drop(self, count: int = 1) -> None:
         with self._lock:
-            self.dropped += 1
+            self.dropped += count
 
     def on_output(self, latency_ms: float, process_ms: float, status: str, reason: str, new_keyframe: bool) -> None:
         """A frame was processed: ``latency_ms`` from arrival to publication, ``process_ms`` in the frontend."""
@@ -100,6 +112,7 @@ class Stats:
                 **{f"rejected.{k}": v for k, v in sorted(self.rejected.items())},
                 **{f"unpaired.{k}": v for k, v in sorted(self.unpaired.items())},
                 **{f"warning.{k}": v for k, v in sorted(self.warnings.items())},
+                **{f"invalid.{k}": v for k, v in sorted(self.invalid.items())},
                 "tracking_status": self.last_status,
                 "last_reason": self.last_reason,
                 **info,

@@ -59,31 +59,42 @@ class PairedInputs:
             a message of that input with the same stamp took its place).
         guard: wraps each subscription callback as the entry point it names (:class:`~.guard.EntryGuard`).
         on_arrival: ``(input_name, stamp_ns)`` for each partner message before it is queued (time jumps).
+        on_invalid: ``(input_name, InputError)`` for an unusable ``right/camera_info``.
     """
 
     def __init__(self, node: Any, mode: str, qos: Any, queue_size: int, slop_s: float, compressed: bool,
                  on_pair: Callable[[Any, float, Any], None], on_unpaired: Callable[[str, bool], None],
                  guard: Callable[[str, Callable], Callable] = lambda where, fn: fn,
-                 on_arrival: Callable[[str, int], None] = lambda which, stamp_ns: None) -> None:
+                 on_arrival: Callable[[str, int], None] = lambda which, stamp_ns: None,
+                 on_invalid: Callable[[str, Any], None] = lambda which, error: None) -> None:
         if mode not in ("rgbd", "stereo"):
             raise ValueError(f"paired inputs are for rgbd or stereo, not {mode!r}")
         self.mode = mode
         self.partner = "depth" if mode == "rgbd" else "right"
         self.right_info = CameraInfoCache()
         self._on_pair, self._on_unpaired, self._on_arrival = on_pair, on_unpaired, on_arrival
+        self._on_invalid = on_invalid
         self.sync = StampSynchronizer(2, queue_size, slop_s, self._paired, self._unpaired, self._replaced)
         msg_type = CompressedImage if compressed else Image
         topic, where = ("depth", "depth") if mode == "rgbd" else ("right/image", "right_image")
         self.subscriptions = [node.create_subscription(msg_type, topic, guard(where, self._on_partner), qos)]
         if mode == "stereo":
             self.subscriptions.append(node.create_subscription(
-                CameraInfo, "right/camera_info", guard("right_camera_info", self.right_info.update), qos))
+                CameraInfo, "right/camera_info", guard("right_camera_info", self._on_right_info), qos))
+
+    def _on_right_info(self, msg: Any) -> None:
+        error = self.right_info.update(msg)
+        if error is not None:
+            self._on_invalid("right_camera_info", error)
 
     def add_image(self, msg: Any, arrived: float) -> None:
         self.sync.add(0, stamp_to_ns(msg.header.stamp), (msg, arrived))
 
     def _on_partner(self, msg: Any) -> None:
         stamp_ns = stamp_to_ns(msg.header.stamp)
+        if stamp_ns < 0:  # pairs with no image (a negative image stamp is rejected), and is no time jump
+            self._on_unpaired(self.partner, False)
+            return
         self._on_arrival(self.partner, stamp_ns)
         self.sync.add(1, stamp_ns, msg)
 
@@ -96,11 +107,22 @@ class PairedInputs:
     def _replaced(self, index: int, item: Any) -> None:
         self._on_unpaired("image" if index == 0 else self.partner, True)
 
-    def destroy(self, node: Any) -> None:
+    def destroy(self, node: Any) -> dict[str, int]:
+        """Unsubscribe and forget what is queued; returns :meth:`clear`'s counts."""
         for sub in self.subscriptions:
             node.destroy_subscription(sub)
         self.subscriptions = []
-        self.sync.clear()
+        return self.clear()
+
+    def clear(self) -> dict[str, int]:
+        """Forget what waits for pairing; how many messages of each input were waiting (``image``, partner)."""
+        images, partners = self.sync.clear()
+        return {"image": images, self.partner: partners}
+
+    @property
+    def images_waiting(self) -> int:
+        """Images in the pairing queue."""
+        return len(self.sync.queues[0])
 
     def decode(self, partner: Any, size: tuple[int, int], left_info: Any, depth_scale: float) -> MetricInput:
         """The frontend's metric input for an image of ``size`` ``(H, W)``; :class:`InputError` with the

@@ -311,7 +311,7 @@ class MatcherSteps:
             v = self.values
             self._paired = PairedInputs(self, v["input_mode"], qos, v["sync.queue_size"], v["sync.slop_s"],
                                         v["compressed_input"], self._accept, self._on_unpaired, guard=self.guard,
-                                        on_arrival=self._check_time_jump)
+                                        on_arrival=self._check_time_jump, on_invalid=self._invalid)
         self._diagnostics_timer = self.create_timer(self.values["diagnostics_period_s"],
                                                     self.guard("diagnostics", self._publish_diagnostics))
 
@@ -321,7 +321,7 @@ class MatcherSteps:
             self.destroy_subscription(sub)
         self._input_subscriptions = ()
         if self._paired is not None:
-            self._paired.destroy(self)
+            self._count_cleared(self._paired.destroy(self))
             self._paired = None
         if self._diagnostics_timer is not None:
             self.destroy_timer(self._diagnostics_timer)
@@ -341,14 +341,18 @@ class MatcherSteps:
     def _on_camera_info(self, msg: CameraInfo) -> None:
         error = self.cameras.update(msg)
         if error is not None:
-            self._reject(error.reason, str(error))
+            self._invalid("camera_info", error)
         parked, self._parked = self._parked, None
         if parked is not None:  # the image that came before the first camera_info
             self._accept(*parked)
 
     def _on_image(self, msg: Image | CompressedImage) -> None:
         self.stats.on_input()
-        self._check_time_jump("image", stamp_to_ns(msg.header.stamp))
+        stamp_ns = stamp_to_ns(msg.header.stamp)
+        if stamp_ns < 0:  # before 1970: no output could carry it; and it must not pass for a time jump
+            self._reject("bad_stamp", f"image stamp {stamp_ns} ns is negative (sec {msg.header.stamp.sec})")
+            return
+        self._check_time_jump("image", stamp_ns)
         if self._paired is not None:  # rgbd / stereo: on to the worker once its depth or right image is here
             self._paired.add_image(msg, time.monotonic())
         else:
@@ -421,6 +425,15 @@ class MatcherSteps:
         if self.stats.on_warning(reason) == 1:
             self.get_logger().warning(f"{message} (logged once; counted as warning.{reason})")
 
+    def _invalid(self, which: str, error: InputError) -> None:
+        """An unusable ``camera_info`` on input ``which``: counted (``invalid.<which>``), logged once per period."""
+        count = self.stats.on_invalid(which)
+        now = time.monotonic()
+        if now - self._log_times.get(f"invalid.{which}", -1e9) >= LOG_PERIOD_S:
+            self._log_times[f"invalid.{which}"] = now
+            self.get_logger().warning(f"ignored {which} ({error.reason}, {count} so far): {error}; images are "
+                                      "rejected until a usable one arrives")
+
     def _reject(self, reason: str, message: str) -> None:
         """Count a rejected input and log it, at most once per ``LOG_PERIOD_S`` per reason."""
         self.stats.on_reject(reason)
@@ -442,8 +455,10 @@ class MatcherSteps:
         with self.lock:
             self.frontend.reset()
             if self._paired is not None:
-                self._paired.sync.clear()
+                self._count_cleared(self._paired.clear())
             if self._worker is not None and self.mailbox.clear():
+                self.stats.on_drop()
+            if self._parked is not None:
                 self.stats.on_drop()
             self._parked = None
             self._keyframe_images.clear()
@@ -451,6 +466,14 @@ class MatcherSteps:
             self._frame_id = None
             self._announced_keyframe = None
             self._input_stamps.clear()
+
+    def _count_cleared(self, waiting: Mapping[str, int]) -> None:
+        """Images taken out of the pairing queue unprocessed count as dropped, partners as unpaired."""
+        for which, count in waiting.items():
+            if which == "image":
+                self.stats.on_drop(count)
+            elif count:
+                self.stats.on_unpaired(which, count)
 
     def _check_time_jump(self, which: str, stamp_ns: int) -> None:
         """Reset the stream when ``stamp_ns`` on input ``which`` is more than ``reset_on_time_jump_s`` before
@@ -606,6 +629,9 @@ class MatcherSteps:
             "input_qos": self.values["input_qos"],
             "input_mode": self.values["input_mode"],
             "camera_info_received": self.cameras.received,
+            # received = processed + dropped + rejected_total + images_waiting once the worker is idle
+            "images_waiting": (self._paired.images_waiting if self._paired is not None else 0)
+                              + int(self._parked is not None),
             "keyframe_stamp_ns": self._announced_keyframe if self._announced_keyframe is not None else "",
             "keyframe_cache_entries": len(self.frontend.cache),
             "keyframe_cache_mb": f"{self.frontend.cache_nbytes / 2**20:.1f}",

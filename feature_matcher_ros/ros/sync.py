@@ -87,7 +87,10 @@ class StampSynchronizer:
                 return stamps
         return None
 
-    def clear(self) -> None:
-        """Forget everything queued (``~/reset``); nothing is reported as unpaired."""
+    def clear(self) -> list[int]:
+        """Forget everything queued (``~/reset``, a time jump); returns how many messages each input had
+        queued (nothing is reported to ``on_unpaired``)."""
+        counts = [len(queue) for queue in self.queues]
         for queue in self.queues:
             queue.clear()
+        return counts

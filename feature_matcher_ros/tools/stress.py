@@ -12,6 +12,8 @@ Usage::
     fm-stress --rates 30 --sizes 640x480 --seconds 20 -p backend:=sift
     fm-stress --soak 300                        # one 5-minute run at 30 Hz 640x480, a row per window
     fm-stress --profile default                 # Fast DDS's built-in transports (large frames are lost)
+    fm-stress --chaos 120                       # disorder in mono, rgbd and stereo, 2 minutes each
+                                                # (episodes and checks: feature_matcher_ros/tools/chaos.py)
 
 Every child (node and publisher) gets ``FASTDDS_DEFAULT_PROFILES_FILE`` set to ``--profile``
 (``config/fastdds_large_images.xml`` by default; ``default`` removes it).
@@ -319,6 +321,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--burn", type=int, default=0, metavar="N",
                    help="keep N cores busy with burner processes during the scenarios (a loaded robot CPU)")
     p.add_argument("--json", action="store_true", help="also print one JSON line per scenario")
+    p.add_argument("--chaos", type=float, default=None, metavar="SECONDS",
+                   help="instead of the load scenarios: disorder for SECONDS per input mode (0 = one round of "
+                        "episodes); exit code 1 when a check fails")
+    p.add_argument("--chaos-modes", nargs="+", choices=("mono", "rgbd", "stereo"), default=["mono", "rgbd", "stereo"],
+                   help="input modes of --chaos (default all three)")
+    p.add_argument("--data", default=None, help="folder of the shared datasets for --chaos rgbd/stereo "
+                                                "(default $FM_SHARED/data or ../shared/data)")
     p.add_argument("--role", choices=("driver", "camera"), default="driver", help=argparse.SUPPRESS)
     p.add_argument("--image-topic", default="image", help=argparse.SUPPRESS)
     p.add_argument("--info-topic", default="camera_info", help=argparse.SUPPRESS)
@@ -387,6 +396,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     os.environ.clear()  # this process (the monitor) runs with the same transports as its children
     os.environ.update(env)
+    if args.chaos is not None:
+        from . import chaos
+
+        with burning(args.burn):
+            results = chaos.run(args.chaos_modes, args.chaos, overrides, env,
+                                Path(args.data) if args.data else None, log=lambda s: print(s, flush=True))
+        return 1 if any(r.problems for r in results) else 0
     scenarios = [(args.rates[0], args.sizes[0])] if args.soak else [(r, s) for s in args.sizes for r in args.rates]
     seconds = args.soak or args.seconds
     print(f"fm-stress: profile {Path(args.profile).name}, params {args.params_file} {overrides or ''}, "
