@@ -49,13 +49,13 @@ BURN ?= 1
 test-repeat: $(STAMP)
 	$(PY) test/repeat_dds.py --runs $(N) --burn $(BURN) --log-dir out/test-repeat
 
-# Everything that needs CUDA in one run, one report (feature_matcher_ros/tools/gpu_check.py). Without CUDA
+# Everything that needs CUDA in one run, one report (feature_matcher_ros/measure/gpu_check.py). Without CUDA
 # it says so and runs its CPU dry run. On a machine with its own Python and torch (a lent GPU machine):
 #   make gpu-check GPU_CHECK_PY=python3 GPU_CHECK_ARGS="--carry .gpu_carry"
 GPU_CHECK_PY ?= $(PY)
 GPU_CHECK_ARGS ?=
 gpu-check: $(if $(filter $(PY),$(GPU_CHECK_PY)),$(STAMP))
-	$(GPU_CHECK_PY) -m feature_matcher_ros.tools.gpu_check $(GPU_CHECK_ARGS)
+	$(GPU_CHECK_PY) -m feature_matcher_ros.measure.gpu_check $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -37,20 +37,29 @@ setup(
     license="Apache-2.0",
     entry_points={
         "console_scripts": [
+            # the nodes
             "matcher_node = feature_matcher_ros.matcher_node:main",
             "lifecycle_matcher_node = feature_matcher_ros.lifecycle_matcher_node:main",
+            # user commands (feature_matcher_ros/tools)
             "fm-demo = feature_matcher_ros.tools.demo:main",
             "fm-match = feature_matcher_ros.tools.match:main",
-            "fm-bench = feature_matcher_ros.tools.bench:main",
             "fm-make-bag = feature_matcher_ros.tools.make_bag:main",
             "fm-eval = feature_matcher_ros.tools.eval:main",
             "fm-replay = feature_matcher_ros.tools.replay:main",
-            "fm-train-sptd2 = feature_matcher_ros.tools.train_sptd2:main",
-            "fm-eval-sptd2 = feature_matcher_ros.tools.eval_sptd2:main",
-            "fm-sptd2-teacher = feature_matcher_ros.tools.sptd2_teacher:main",
-            "fm-stress = feature_matcher_ros.tools.stress:main",
-            "fm-dds-loss = feature_matcher_ros.tools.dds_loss:main",
-            "fm-gpu-check = feature_matcher_ros.tools.gpu_check:main",
+            # measurement (feature_matcher_ros/measure)
+            "fm-bench = feature_matcher_ros.measure.bench:main",
+            "fm-bench-metric = feature_matcher_ros.measure.bench_metric:main",
+            "fm-bench-geometry = feature_matcher_ros.measure.bench_geometry:main",
+            "fm-thread-study = feature_matcher_ros.measure.thread_study:main",
+            "fm-nms-effect = feature_matcher_ros.measure.nms_effect:main",
+            "fm-stress = feature_matcher_ros.measure.stress:main",
+            "fm-dds-loss = feature_matcher_ros.measure.dds_loss:main",
+            "fm-burn = feature_matcher_ros.measure.burn:main",
+            "fm-gpu-check = feature_matcher_ros.measure.gpu_check:main",
+            # training (feature_matcher_ros/training)
+            "fm-train-sptd2 = feature_matcher_ros.training.sptd2.train:main",
+            "fm-eval-sptd2 = feature_matcher_ros.training.sptd2.evaluate:main",
+            "fm-sptd2-teacher = feature_matcher_ros.training.sptd2.teacher:main",
         ],
     },
 )

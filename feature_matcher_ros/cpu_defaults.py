@@ -5,7 +5,7 @@ parallel region spin for a while (libgomp: ``GOMP_SPINCOUNT`` 300000) before it 
 that saves a wake-up; on a robot, whose cores are shared with camera drivers and a SLAM back-end, the
 spinning threads take turns with the busy ones and every small parallel region waits for the slowest. The
 streaming Efficient LoFTR path has many small regions and suffers most. ``OMP_WAIT_POLICY=PASSIVE`` lets the
-waiting threads sleep at once; ``python -m feature_matcher_ros.tools.thread_study`` measures it against the
+waiting threads sleep at once; ``python -m feature_matcher_ros.measure.thread_study`` measures it against the
 alternatives, quiet and with a core kept busy (README, "Threads on a loaded CPU").
 
 libgomp reads its environment once, when torch loads it, so the default is set here, at package import,

@@ -428,7 +428,7 @@ def estimate_relative_pose(
             converted to normalised units with the mean focal length of both cameras.
         confidence: RANSAC success probability.
         method: ``"poselib"`` (PoseLib LO-RANSAC + refinement; the default: more accurate on the shared
-            data, see tools/bench_geometry.py) or ``"magsac"`` (OpenCV USAC MAGSAC).
+            data, see measure/bench_geometry.py) or ``"magsac"`` (OpenCV USAC MAGSAC).
         homography_ratio: the homography wins when ``inliers_H >= homography_ratio * inliers_E``.
         homography_threshold_factor: the homography's inlier threshold is this times ``threshold_px``: its
             transfer error is 2-D and carries the noise of both images, the Sampson distance is 1-D

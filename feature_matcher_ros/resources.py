@@ -29,6 +29,25 @@ def data_dir() -> Path:
     return share_dir() / "data"
 
 
+def source_checkout() -> Path | None:
+    """The repository this package runs from (it has ``package.xml`` and ``test/``), or None when installed."""
+    return _SOURCE_ROOT if (_SOURCE_ROOT / "package.xml").is_file() and (_SOURCE_ROOT / "test").is_dir() else None
+
+
+def package_parent() -> Path:
+    """The folder holding the ``feature_matcher_ros`` package (put it on ``PYTHONPATH`` to import it)."""
+    return _SOURCE_ROOT
+
+
+def cache_dir() -> Path:
+    """A writable folder for caches (decompressed checkpoints, wheels): ``.cache`` of a source checkout, else
+    ``$XDG_CACHE_HOME/feature_matcher_ros`` (``~/.cache/feature_matcher_ros``)."""
+    checkout = source_checkout()
+    if checkout is not None:
+        return checkout / ".cache"
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / PACKAGE
+
+
 def shared_dir() -> Path:
     """``../shared`` beside the checkout (datasets and fixtures for tests), or ``$FM_SHARED``."""
     return Path(os.environ.get("FM_SHARED", _SOURCE_ROOT.parent / "shared"))

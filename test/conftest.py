@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parent.parent
 CORE_FILES = {
     "test_bag.py", "test_camera.py", "test_conversions.py", "test_datasets.py", "test_eloftr_fast_paths.py",
     "test_eloftr_loader.py", "test_frontend.py", "test_geometry.py", "test_messages.py", "test_metric.py",
-    "test_nms.py", "test_se3.py", "test_sift.py", "test_sptd2.py", "test_sync.py",
+    "test_nms.py", "test_se3.py", "test_sift.py", "test_sptd2.py", "test_sptd2_training.py", "test_sync.py",
 }
 
 # Files whose tests talk to nodes over DDS (marked ``dds``): ``make test-repeat`` runs them again and again
@@ -65,7 +65,7 @@ def fixture_dir(shared) -> Path:
 @pytest.fixture(scope="session")
 def checkpoint(fixture_dir, repo) -> Path:
     """The fixture checkpoint, decompressed once into .cache/eloftr and checked against its sha256."""
-    from feature_matcher_ros.backends.eloftr.parity import fixture_checkpoint
+    from feature_matcher_ros.measure.parity import fixture_checkpoint
 
     return fixture_checkpoint(fixture_dir, repo / ".cache" / "eloftr")
 
@@ -73,7 +73,7 @@ def checkpoint(fixture_dir, repo) -> Path:
 @pytest.fixture(scope="session")
 def manifest(fixture_dir) -> dict:
     """The fixture's manifest.json."""
-    from feature_matcher_ros.backends.eloftr.parity import fixture_manifest
+    from feature_matcher_ros.measure.parity import fixture_manifest
 
     return fixture_manifest(fixture_dir)
 
@@ -81,7 +81,7 @@ def manifest(fixture_dir) -> dict:
 @pytest.fixture(scope="session")
 def thr(fixture_dir) -> dict[str, float]:
     """The coarse threshold per mode (``full``, ``opt``) of the fixture's official outputs."""
-    from feature_matcher_ros.backends.eloftr.parity import fixture_thresholds
+    from feature_matcher_ros.measure.parity import fixture_thresholds
 
     return fixture_thresholds(fixture_dir)
 
@@ -91,7 +91,7 @@ def pytest_generate_tests(metafunc):
     unless it names its pairs itself."""
     chosen = any(m.args and "pair" in m.args[0] for m in metafunc.definition.iter_markers("parametrize"))
     if "pair" in metafunc.fixturenames and not chosen:
-        from feature_matcher_ros.backends.eloftr.parity import fixture_pairs
+        from feature_matcher_ros.measure.parity import fixture_pairs
 
         fixture = SHARED / "fixtures" / "eloftr"
         metafunc.parametrize("pair", fixture_pairs(fixture) if fixture.is_dir() else ())
@@ -107,3 +107,45 @@ def small_bag(shared, tmp_path_factory) -> Path:
     assert make_bag.main([str(shared / "data/tum_fr2_desk"), str(out), "--frames", "0:18:3",
                           "--encoding", "mono8", "--quiet"]) == 0
     return out
+
+
+# -- SPTD2 networks and images shared by test_sptd2.py and test_sptd2_training.py ---------------------------------
+@pytest.fixture(scope="module")
+def small_model():
+    """SPTD2 small with seeded random weights, in eval mode."""
+    import torch
+
+    from feature_matcher_ros.backends.sptd2 import SPTD2Config
+    from feature_matcher_ros.backends.sptd2.model import SPTD2
+
+    torch.manual_seed(0)
+    return SPTD2(SPTD2Config.small()).eval()
+
+
+@pytest.fixture(scope="module")
+def fast_model():
+    """SPTD2 fast with seeded random weights, in eval mode."""
+    import torch
+
+    from feature_matcher_ros.backends.sptd2 import SPTD2Config
+    from feature_matcher_ros.backends.sptd2.model import SPTD2
+
+    torch.manual_seed(0)
+    return SPTD2(SPTD2Config.fast()).eval()
+
+
+@pytest.fixture(scope="module")
+def graffiti(shared):
+    """img1, img2 of Oxford graffiti at half size and the ground-truth homography for that size."""
+    import cv2
+    import numpy as np
+
+    folder = shared / "data" / "oxford_graffiti"
+    im0 = cv2.imread(str(folder / "images" / "img1.png"), cv2.IMREAD_GRAYSCALE)
+    im1 = cv2.imread(str(folder / "images" / "img2.png"), cv2.IMREAD_GRAYSCALE)
+    H = np.loadtxt(folder / "homographies" / "H_img1_to_img2.txt")
+    s = np.array([[0.5, 0, -0.25], [0, 0.5, -0.25], [0, 0, 1]])  # x' = (x + 0.5) / 2 - 0.5
+
+    def half(im):
+        return cv2.resize(im, None, fx=0.5, fy=0.5, interpolation=cv2.INTER_AREA)
+    return half(im0), half(im1), s @ H @ np.linalg.inv(s)

@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log-dir", type=Path, default=None, help="keep each failing run's output here")
     args = parser.parse_args(argv)
     sys.path.insert(0, str(TEST_DIR.parent))
-    from feature_matcher_ros.tools.burn import burning
+    from feature_matcher_ros.measure.burn import burning
 
     files = args.files or dds_files()
     passed = {f: 0 for f in files}

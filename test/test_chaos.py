@@ -3,13 +3,13 @@ rgbd and stereo the lifecycle node gets reordered, duplicated, dropped and burst
 back (a bag played again, ``/clock`` restarting), camera_info changing resolution and model, partners
 missing, late, early, off by a few ms or of another size, unknown encodings, a deactivate/activate, while a
 thread changes parameters atomically. It stays up, counts every rejected input by reason, answers a good
-frame after each episode, and accounts for every image it received (feature_matcher_ros/tools/chaos.py)."""
+frame after each episode, and accounts for every image it received (feature_matcher_ros/measure/chaos.py)."""
 
 import pytest
 
 from feature_matcher_ros.resources import config_file
 from feature_matcher_ros.tools import chaos
-from feature_matcher_ros.tools.dds_loss import DEFAULT_PROFILE, profile_env
+from feature_matcher_ros.measure.dds_loss import DEFAULT_PROFILE, profile_env
 
 ENV = profile_env(str(config_file(DEFAULT_PROFILE)))
 

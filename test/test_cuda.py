@@ -15,7 +15,7 @@ import torch
 
 from feature_matcher_ros.backends import create_backend
 from feature_matcher_ros.backends.eloftr import EfficientLoFTRBackend
-from feature_matcher_ros.backends.eloftr.parity import (
+from feature_matcher_ros.measure.parity import (
     agreement,
     agreement_problems,
     compare_matches,

@@ -2,7 +2,7 @@
 
 The fixture (``shared/fixtures/eloftr``) holds the official code's outputs and intermediate tensors for
 a random-weight checkpoint in the released layout. The comparison follows the fixture README's recipe
-(see ``feature_matcher_ros.backends.eloftr.parity``), including the stage checks (backbone maps, every
+(see ``feature_matcher_ros.measure.parity``), including the stage checks (backbone maps, every
 transformer layer, fine map) that catch RoPE and layer-schedule mistakes invisible in the matches.
 
 Each pair's backbone and transformer run once for the whole module (shared by both modes; the
@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from feature_matcher_ros.backends.eloftr.loader import load_model
-from feature_matcher_ros.backends.eloftr.parity import (
+from feature_matcher_ros.measure.parity import (
     compare_matches,
     compare_scores,
     compare_windows,

@@ -13,7 +13,7 @@ import sys
 def test_fm_bench_json(repo, checkpoint):
     env = {**os.environ, "PYTHONPATH": str(repo)}
     run = subprocess.run(
-        [sys.executable, "-m", "feature_matcher_ros.tools.bench", "--weights", str(checkpoint), "--size", "320x256",
+        [sys.executable, "-m", "feature_matcher_ros.measure.bench", "--weights", str(checkpoint), "--size", "320x256",
          "--frames", "2", "--threads", "2", "--mode", "opt", "--threshold", "22.3", "--uncached", "--json"],
         capture_output=True, text=True, env=env, cwd=repo, timeout=600,
     )
@@ -38,10 +38,10 @@ def test_fm_bench_json(repo, checkpoint):
 
 def test_fm_bench_human_output_and_bad_arguments(repo):
     env = {**os.environ, "PYTHONPATH": str(repo)}
-    run = subprocess.run([sys.executable, "-m", "feature_matcher_ros.tools.bench", "--backend", "sift", "--frames", "1"],
+    run = subprocess.run([sys.executable, "-m", "feature_matcher_ros.measure.bench", "--backend", "sift", "--frames", "1"],
                          capture_output=True, text=True, env=env, cwd=repo, timeout=300)
     assert run.returncode == 0, run.stderr
     assert "speed-up" in run.stdout and "held between frames" in run.stdout
-    bad = subprocess.run([sys.executable, "-m", "feature_matcher_ros.tools.bench", "--size", "640by480"],
+    bad = subprocess.run([sys.executable, "-m", "feature_matcher_ros.measure.bench", "--size", "640by480"],
                          capture_output=True, text=True, env=env, cwd=repo, timeout=60)
     assert bad.returncode == 2 and "--size" in bad.stderr

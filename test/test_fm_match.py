@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from feature_matcher_ros.backends.eloftr.parity import compare_matches
+from feature_matcher_ros.measure.parity import compare_matches
 
 
 def fm_match(repo, *args):

@@ -11,7 +11,7 @@ SECTIONS = ("env", "tests", "parity", "bench", "frontend", "node")
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="with CUDA, make gpu-check runs the real check")
 def test_dry_run_without_cuda_reports_every_section(tmp_path, repo):
-    done = subprocess.run([sys.executable, "-m", "feature_matcher_ros.tools.gpu_check", "--out", str(tmp_path)],
+    done = subprocess.run([sys.executable, "-m", "feature_matcher_ros.measure.gpu_check", "--out", str(tmp_path)],
                           capture_output=True, text=True, cwd=repo, timeout=1200)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     first = done.stdout.splitlines()[0]

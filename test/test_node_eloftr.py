@@ -18,7 +18,7 @@ pytest.importorskip(
 
 from feature_matcher_ros import messages  # noqa: E402
 from feature_matcher_ros.backends.eloftr import DEFAULT_THRESHOLDS  # noqa: E402
-from feature_matcher_ros.backends.eloftr.parity import decompress_checkpoint  # noqa: E402
+from feature_matcher_ros.measure.parity import decompress_checkpoint  # noqa: E402
 from ros_helpers import load_frames, run_cli, running_node  # noqa: E402
 
 FRAME_ID = "camera_rgb_optical_frame"

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from feature_matcher_ros.ros.sync import StampSynchronizer
+from feature_matcher_ros.sync import StampSynchronizer
 
 MS = 1_000_000
 REFERENCE = Path(__file__).parent / "data" / "sync_reference.json.gz"

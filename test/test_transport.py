@@ -39,7 +39,7 @@ def test_profile_parses_and_wires_its_transports():
 
 def _start_subscriber(env):
     proc = subprocess.Popen(
-        [sys.executable, "-m", "feature_matcher_ros.tools.dds_loss", "--role", "sub", "--timeout", "30"],
+        [sys.executable, "-m", "feature_matcher_ros.measure.dds_loss", "--role", "sub", "--timeout", "30"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     line = proc.stdout.readline()
     assert '"ready"' in line, proc.stderr.read()

@@ -19,7 +19,7 @@ import numpy as np
 from ..messages import InputError, decode_image, depth_to_metres, stamp_to_ns, stereo_rig_from_infos
 from ..metric import StereoFrame
 from ..params import ParamSpec
-from ..ros.sync import StampSynchronizer
+from ..sync import StampSynchronizer
 from .bagio import BagError, BagTopics, Frame, camera_lookup, iter_frames, messages, read_cameras
 from .cli import UsageError
 

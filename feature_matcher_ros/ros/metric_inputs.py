@@ -12,7 +12,7 @@ mode       extra subscriptions (relative names)                  what a paired f
                                                                   the rectified one (``P``)
 =========  ====================================================  ============================================
 
-Pairing is :class:`~.sync.StampSynchronizer` (message_filters' ApproximateTimeSynchronizer policy,
+Pairing is :class:`~feature_matcher_ros.sync.StampSynchronizer` (message_filters' ApproximateTimeSynchronizer policy,
 ``sync.queue_size`` and ``sync.slop_s``). A message that leaves its queue unpaired is reported with the name
 of its input (``image``, ``depth`` or ``right``).
 """
@@ -28,7 +28,7 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from ..camera import CameraModel
 from ..messages import CameraInfoCache, InputError, decode_image, depth_to_metres, stamp_to_ns, stereo_rig_from_infos
 from ..metric import StereoFrame
-from .sync import StampSynchronizer
+from ..sync import StampSynchronizer
 
 # A depth image whose valid values have a median outside this range (metres) is probably in another unit.
 PLAUSIBLE_DEPTH_M = (0.05, 100.0)

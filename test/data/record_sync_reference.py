@@ -1,5 +1,5 @@
 """Record the pairings of message_filters' own Python synchronisers on generated stamp streams: the
-reference ``test_sync.py`` compares :class:`~feature_matcher_ros.ros.sync.StampSynchronizer` against.
+reference ``test_sync.py`` compares :class:`~feature_matcher_ros.sync.StampSynchronizer` against.
 
 message_filters is not on PyPI; its source (github.com/ros2/message_filters, ``src/message_filters``) is
 run as it is, from a checkout given on the command line, beside rclpy (its ``Time``/``Duration``). It is

@@ -70,8 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
     import torch
 
-    from ..backends.sptd2.batches import TEACHER_SUFFIX, image_key
-    from ..backends.sptd2.data import find_images, load_gray
+    from .batches import TEACHER_SUFFIX, image_key
+    from .data import find_images, load_gray
 
     torch.set_num_threads(args.threads)
     wheel = Path(args.wheel)

@@ -1,7 +1,7 @@
 """fm-train-sptd2: train SPTD2 on random homography/rotation pairs of real photographs and on real pairs
 of RGB-D sequences (CPU or GPU).
 
-Pairs are made on the training device (:mod:`..backends.sptd2.batches`): the images live there once and
+Pairs are made on the training device (:mod:`.batches`): the images live there once and
 every warp, crop and photometric change is a batched torch operation, so a GPU is never left waiting.
 With ``--teacher DIR`` (heatmaps from ``fm-sptd2-teacher``) a pretrained detector's keypoint heatmaps are
 distilled into the level-1 score map beside the paper's losses; the teacher is read from files only.
@@ -96,7 +96,7 @@ def file_digest(paths) -> list[dict]:
 
 def write_export(model, export: Path, record: dict) -> None:
     """The shipped format (fp16 :func:`save_checkpoint`) plus ``<export>.json`` with the full record."""
-    from ..backends.sptd2.model import save_checkpoint
+    from .checkpoint import save_checkpoint
 
     export.parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(model, str(export), meta={k: v for k, v in record.items() if k != "loss_history"})
@@ -138,7 +138,7 @@ def config_from_args(args: argparse.Namespace):
     for an unknown field."""
     import dataclasses
 
-    from ..backends.sptd2.config import SPTD2Config
+    from ...backends.sptd2.config import SPTD2Config
 
     config = SPTD2Config.preset(args.variant)
     if not args.set:
@@ -169,8 +169,8 @@ def build_model(args: argparse.Namespace, config, record_before: dict) -> tuple[
     """``(model, config, init_record)``: with ``--init`` the file's network and weights (its config; ``args.variant``
     becomes its variant), else a new SPTD2 of ``config``, or of the recorded config when ``record_before`` (the
     resumed run's record, or ``{}``) began from ``--init``. ``init_record`` describes those starting weights."""
-    from ..backends.sptd2.config import SPTD2Config
-    from ..backends.sptd2.model import SPTD2, load_checkpoint
+    from ...backends.sptd2.config import SPTD2Config
+    from ...backends.sptd2.model import SPTD2, load_checkpoint
 
     init_record = record_before.get("init")  # a resumed --init run keeps its origin
     if args.init:
@@ -245,7 +245,7 @@ class TrainRun:
         """``<out>/checkpoint.pt`` (written atomically), ``<out>/weights.pt`` and ``<out>/record.json``."""
         import torch
 
-        from ..backends.sptd2.model import save_checkpoint
+        from .checkpoint import save_checkpoint
 
         rec = self.record()
         blob = {"model": self.model.state_dict(), "optimiser": self.optimiser.state_dict(), "step": self.step,
@@ -279,7 +279,7 @@ def start_run(args: argparse.Namespace, argv: list[str] | None, device, out: Pat
     loss generator; with ``state`` (a resumed checkpoint) its weights, optimiser, step, time and loss history."""
     import torch
 
-    from ..backends.sptd2.losses import LossConfig
+    from .losses import LossConfig
 
     model, config, init_record = build_model(args, config, (state or {}).get("record") or {})
     model = model.to(device).train()
@@ -299,8 +299,8 @@ def start_run(args: argparse.Namespace, argv: list[str] | None, device, out: Pat
 def add_pairs(run: TrainRun) -> None:
     """The pair batchers (``--images`` homographies, ``--rgbd`` real pairs), how many pairs of each a step, and
     the teacher's record (its ``teacher.json``, else the folder)."""
-    from ..backends.sptd2.batches import DepthPairBatcher, HomographyBatcher, split_sizes
-    from ..backends.sptd2.data import PairConfig
+    from .batches import DepthPairBatcher, HomographyBatcher, split_sizes
+    from .data import PairConfig
 
     args = run.args
     run.pair_cfg = PairConfig(crop=args.crop)
@@ -319,7 +319,7 @@ def add_pairs(run: TrainRun) -> None:
 
 def announce(run: TrainRun) -> None:
     """Print what is trained on what, and take the training images' digests for the record."""
-    from ..backends.sptd2.model import count_parameters
+    from .checkpoint import count_parameters
 
     args = run.args
     paths = [p for b in run.batchers.values() for p in b.paths]
@@ -333,7 +333,7 @@ def next_batch(run: TrainRun) -> dict:
     """One step's pairs, homography ones first: ``image0``/``image1`` ``(B, 1, S, S)``, ``flow`` ``(B, S, S, 2)``
     (the image-1 pixel of each image-0 pixel), ``valid`` ``(B, S, S)``, ``teacher0``/``teacher1``
     ``(B, 1, S, S)`` or None."""
-    from ..backends.sptd2.batches import concat_batches
+    from .batches import concat_batches
 
     parts_list = []
     if run.n_hom:
@@ -348,7 +348,7 @@ def train_step(run: TrainRun, limit_s: float) -> dict | None:
     share of ``limit_s`` (0: none)): the loss parts, or None when the loss was not finite (batch skipped)."""
     import torch
 
-    from ..backends.sptd2.losses import sptd2_loss
+    from .losses import sptd2_loss
 
     args = run.args
     share = max(run.step / max(1, args.steps - 1), (time.time() - run.start) / limit_s if limit_s else 0.0)

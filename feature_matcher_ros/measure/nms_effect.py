@@ -1,10 +1,11 @@
 """Measure what CasMTR-style match NMS does to matches per frame and pose accuracy (SIFT, tum_fr2_desk).
 
-    python -m feature_matcher_ros.tools.nms_effect      # prints a markdown table
+    fm-nms-effect      # prints a markdown table
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 
 import cv2
@@ -45,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     from ..datasets import read_sequence
     from ..resources import data_dir
 
+    argparse.ArgumentParser(prog="fm-nms-effect", description=__doc__.split("\n\n")[0]).parse_args(argv)
     seq = read_sequence(data_dir() / "tum_fr2_desk")
     frames = [(s, cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB)) for s, p in seq.frames]
     print("| NMS | matches/frame (median) | inliers (median) | rot err median (°) | t err median (°) | "

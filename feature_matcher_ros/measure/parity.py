@@ -28,7 +28,7 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from .coarse import dual_softmax, score_matrix
+from ..backends.eloftr.coarse import dual_softmax, score_matrix
 
 
 def decompress_checkpoint(xz_path: str | Path, cache_dir: str | Path, sha256: str | None = None) -> Path:

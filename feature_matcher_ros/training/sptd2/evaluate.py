@@ -34,7 +34,7 @@ THRESHOLDS = tuple(range(1, 11))
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    from ..resources import shared_dir
+    from ...resources import shared_dir
 
     data = shared_dir() / "data"
     p = argparse.ArgumentParser(prog="fm-eval-sptd2", description=__doc__.split("\n\n")[0],
@@ -102,8 +102,8 @@ def make_methods(args: argparse.Namespace, names: list[str]) -> tuple[dict[str, 
         elif name == "orb":
             methods[name] = (cv_extract(cv2.ORB_create(nfeatures=args.top_k)), cv_matcher(cv2.NORM_HAMMING))
         elif name in ("sptd2", "untrained") or "=" in name:
-            from ..backends.sptd2 import SPTD2Backend
-            from ..backends.sptd2.inference import mutual_nearest_neighbours
+            from ...backends.sptd2 import SPTD2Backend
+            from ...backends.sptd2.inference import mutual_nearest_neighbours
 
             label, _, path = name.partition("=")
             weights = {"sptd2": args.weights, "untrained": f"random:{args.untrained_variant}"}.get(name, path)
@@ -194,7 +194,7 @@ def homography_benchmark(folder: Path, methods: dict, max_edge: int) -> dict[str
 # -- sequence relative pose ------------------------------------------------------------------------------------
 def read_sequence(folder: Path):
     """Camera (``intrinsics.yaml``) and pairs ``(image0, image1, T_0to1)`` of a sequence's ``pairs.txt``."""
-    from ..camera import CameraModel
+    from ...camera import CameraModel
 
     camera = CameraModel.from_yaml(folder / "intrinsics.yaml")
     pairs = []
@@ -209,7 +209,7 @@ def read_sequence(folder: Path):
 def pose_errors(k0: np.ndarray, k1: np.ndarray, camera, T: np.ndarray) -> tuple[float, float]:
     """(rotation error, sign-free translation-direction error) in degrees of the front-end's estimate
     (PoseLib, 1 px); ``inf`` for both when no pose is found, ``inf`` translation for a pure rotation."""
-    from ..geometry import estimate_relative_pose, rotation_error_deg, translation_angle_error_deg
+    from ...geometry import estimate_relative_pose, rotation_error_deg, translation_angle_error_deg
 
     pose, _ = estimate_relative_pose(k0, k1, camera, camera, 1.0, method="poselib")
     if pose is None:
@@ -223,8 +223,8 @@ def sequence_benchmark(folder: Path, methods: dict, nms_kernels: list[int], nms_
     without match NMS (keyed ``(method, kernel)``, kernel 0 = off), and the number of pairs."""
     import cv2
 
-    from ..backends.nms import nms_matches
-    from ..geometry import pose_error_auc
+    from ...backends.nms import nms_matches
+    from ...geometry import pose_error_auc
 
     camera, pairs = read_sequence(folder)
     names = sorted({p[0] for p in pairs} | {p[1] for p in pairs})
@@ -312,7 +312,7 @@ def speed_image() -> np.ndarray:
     """A 640x480 grayscale frame: the first tum_fr2_desk image (shipped with the package)."""
     import cv2
 
-    from ..resources import data_dir
+    from ...resources import data_dir
 
     folder = data_dir() / "tum_fr2_desk" / "images"
     image = cv2.imread(str(sorted(folder.glob("*.png"))[0]), cv2.IMREAD_GRAYSCALE)

@@ -1,7 +1,7 @@
 """Metric pose choices measured: depth lookup (nearest / bilinear) x absolute pose (PoseLib / OpenCV), on the
 RGB-D and stereo datasets' ``pairs.txt``, against ground truth, with the per-stage times.
 
-    python -m feature_matcher_ros.tools.bench_metric [--backend sift] [--rgbd DIR] [--stereo DIR] [--max-pairs N]
+    fm-bench-metric [--backend sift] [--rgbd DIR] [--stereo DIR] [--max-pairs N]
 
 For every pair: the backend's keyframe -> frame matches, the keyframe keypoints' depth (registered depth
 image, or the keyframe's left-right matches triangulated), PnP, and the errors against ``T_0to1``: rotation
@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     from ..backends import create_backend
     from ..resources import shared_dir
 
-    p = argparse.ArgumentParser(prog="bench_metric", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="fm-bench-metric", description=__doc__.split("\n\n")[0])
     p.add_argument("--backend", default="sift")
     p.add_argument("--weights")
     p.add_argument("--rgbd", type=Path, default=shared_dir() / "data" / "tum_fr3_cabinet_rgbd")

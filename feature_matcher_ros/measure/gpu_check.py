@@ -45,7 +45,6 @@ from typing import Any, Callable
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[2]
 MODES = ("full", "opt")
 PRECISIONS = ("fp32", "fp16", "bf16")
 ROS_ARCHIVE = "ros.tar.xz"
@@ -76,7 +75,7 @@ class Plan:
 
     @property
     def pairs(self) -> tuple[str, ...]:
-        from ..backends.eloftr.parity import fixture_pairs
+        from .parity import fixture_pairs
 
         return ("bridge_256x320",) if self.quick else fixture_pairs(self.fixture)
 
@@ -92,13 +91,15 @@ def _shared() -> Path:
 
 
 def _checkpoint(fixture: Path) -> Path:
-    from ..backends.eloftr.parity import fixture_checkpoint
+    from .parity import fixture_checkpoint
 
-    return fixture_checkpoint(fixture, REPO / ".cache" / "eloftr")
+    from ..resources import cache_dir
+
+    return fixture_checkpoint(fixture, cache_dir() / "eloftr")
 
 
 def _thresholds(fixture: Path) -> dict[str, float]:
-    from ..backends.eloftr.parity import fixture_thresholds
+    from .parity import fixture_thresholds
 
     return fixture_thresholds(fixture)
 
@@ -129,9 +130,16 @@ def section_env(plan: Plan, sec: Section) -> None:
 
 
 def section_tests(plan: Plan, sec: Section) -> None:
+    from ..resources import source_checkout
+
+    checkout = source_checkout()
+    if checkout is None:  # an installed package ships no tests: the other sections still check the device
+        sec.skipped = "the CUDA tests live in a source checkout (test/test_cuda.py); installed packages ship none"
+        return
     log = plan.out / "pytest_cuda.log"
-    cmd = [sys.executable, "-m", "pytest", "-q", "-m", "cuda", "-p", "no:cacheprovider", str(REPO / "test" / "test_cuda.py")]
-    done = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=max(30, plan.left()))
+    cmd = [sys.executable, "-m", "pytest", "-q", "-m", "cuda", "-p", "no:cacheprovider",
+           str(checkout / "test" / "test_cuda.py")]
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=checkout, timeout=max(30, plan.left()))
     log.write_text(done.stdout + done.stderr)
     summary = (done.stdout.strip().splitlines() or ["(no output)"])[-1]
     sec.data = {"returncode": done.returncode, "summary": summary}
@@ -157,7 +165,7 @@ def _eloftr(plan: Plan, precision: str = "fp32", **settings: Any):
 def section_parity(plan: Plan, sec: Section) -> None:
     import cv2
 
-    from ..backends.eloftr.parity import (
+    from .parity import (
         AGREEMENT,
         agreement,
         agreement_problems,
@@ -392,7 +400,7 @@ def prepare_carry(dest: Path, python: str, fixture: Path) -> None:
     for ``python`` (``X.Y``; wheels fetched with pip for that Python)."""
     slim = dest / "shared" / "fixtures" / "eloftr"
     slim.mkdir(parents=True, exist_ok=True)
-    from ..backends.eloftr.parity import fixture_manifest
+    from .parity import fixture_manifest
 
     manifest = fixture_manifest(fixture)
     for name in ["manifest.json", manifest["checkpoint"]["file"]] + [
@@ -407,10 +415,9 @@ def prepare_carry(dest: Path, python: str, fixture: Path) -> None:
     wheels = dest / "whl"
     pip = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
            f"--python-version={python}", "--implementation=cp", *platforms]
-    reqs = [line.split("#")[0].strip() for line in (REPO / "requirements.txt").read_text().splitlines()]
-    pinned = {r.split("==")[0].split("[")[0]: r.split("[")[0].split("==")[0] + "==" + r.split("==")[1]
-              for r in reqs if "==" in r}
-    subprocess.run(pip + ["-d", str(wheels), pinned["poselib"]], check=True)
+    from importlib.metadata import version
+
+    subprocess.run(pip + ["-d", str(wheels), f"poselib=={version('poselib')}"], check=True)  # the one installed here
     _prepare_ros_prefix(dest, python, tag, pip)
     size = sum(p.stat().st_size for p in dest.rglob("*") if p.is_file())
     print(f"fm-gpu-check: carry folder {dest} ready, {size / 2**20:.1f} MiB")
@@ -420,7 +427,9 @@ def _prepare_ros_prefix(dest: Path, python: str, tag: str, pip: list[str]) -> No
     """The ROS wheels of this venv, for ``python``, installed into one prefix and packed (``ros.tar.xz``)."""
     freeze = subprocess.run([sys.executable, "-m", "pip", "freeze"], capture_output=True, text=True, check=True).stdout
     ros = [line for line in freeze.splitlines() if line.startswith("ros-") and "==" in line]
-    work = REPO / ".cache" / f"ros-carry-{tag}"
+    from ..resources import cache_dir
+
+    work = cache_dir() / f"ros-carry-{tag}"
     shutil.rmtree(work, ignore_errors=True)
     (work / "whl").mkdir(parents=True)
     subprocess.run(pip + ["-d", str(work / "whl"), *ros], check=True)
@@ -502,7 +511,10 @@ def carry_environment(carry: Path) -> dict[str, str] | None:
         env["FM_SHARED"] = str((carry / "shared").resolve())
         changed = True
     if paths:
-        env["PYTHONPATH"] = ":".join([str(REPO), *paths] + [p for p in env.get("PYTHONPATH", "").split(":") if p])
+        from ..resources import package_parent
+
+        env["PYTHONPATH"] = ":".join([str(package_parent()), *paths]
+                                     + [p for p in env.get("PYTHONPATH", "").split(":") if p])
         changed = True
     return env if changed else None
 
@@ -533,14 +545,14 @@ def main(argv: list[str] | None = None) -> int:
         env = carry_environment(args.carry)
         if env is not None:  # the dynamic loader reads LD_LIBRARY_PATH at start: start again with it
             env["FM_GPU_CHECK_CARRIED"] = "1"
-            os.execve(sys.executable, [sys.executable, "-m", "feature_matcher_ros.tools.gpu_check", *(argv or sys.argv[1:])], env)
+            os.execve(sys.executable, [sys.executable, "-m", "feature_matcher_ros.measure.gpu_check", *(argv or sys.argv[1:])], env)
     import torch
 
     device, quick = args.device, args.quick
     if device.startswith("cuda") and not torch.cuda.is_available():
         print(f"fm-gpu-check: no CUDA device here (torch {torch.__version__}); running the CPU dry run instead")
         device, quick = "cpu", True
-    out = args.out or Path(os.environ.get("OUT") or REPO / "out" / "gpu-check")
+    out = args.out or Path(os.environ.get("OUT") or Path.cwd() / "out" / "gpu-check")
     out.mkdir(parents=True, exist_ok=True)
     fixture = _shared() / "fixtures" / "eloftr"
     plan = Plan(device=device, quick=quick, sizes=((160, 128),) if quick else ((640, 480), (1280, 720)),

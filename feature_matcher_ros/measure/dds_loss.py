@@ -8,8 +8,8 @@ shared-memory segment) and once with a transport profile loaded through
 
 Usage::
 
-    python -m feature_matcher_ros.tools.dds_loss --seconds 5 --rate 30
-    python -m feature_matcher_ros.tools.dds_loss --profiles default config/fastdds_large_images.xml \
+    fm-dds-loss --seconds 5 --rate 30
+    fm-dds-loss --profiles default config/fastdds_large_images.xml \
         --sizes 640x480 1280x720 --json
 
 The two helper roles (``--role pub`` / ``--role sub``) are what the driver starts; they print one JSON
@@ -238,7 +238,7 @@ def measure(profile: str | None, width: int, height: int, rate: float, seconds: 
             topic: str = "/fm_dds_loss/image") -> LossResult:
     """One publisher/subscriber pair under ``profile`` (path, or ``default``/None for built-ins)."""
     env = profile_env(profile)
-    me = [sys.executable, "-m", "feature_matcher_ros.tools.dds_loss"]
+    me = [sys.executable, "-m", "feature_matcher_ros.measure.dds_loss"]
     sub = subprocess.Popen(me + ["--role", "sub", "--topic", topic, "--timeout", str(seconds + 30)],
                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:

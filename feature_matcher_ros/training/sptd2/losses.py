@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .config import LEVEL_STRIDES
+from ...backends.sptd2.config import LEVEL_STRIDES
 
 
 @dataclass

@@ -5,7 +5,7 @@ and method: median rotation / translation-direction error, AUC@5/10/20 of max(ro
 definition; failures count as infinite error; translation sign-invariant as there), and the time per
 estimate.
 
-    python -m feature_matcher_ros.tools.bench_geometry [--shared ../shared] [--threshold 1.0] [--repeat 3]
+    fm-bench-geometry [--shared ../shared] [--threshold 1.0] [--repeat 3]
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> None:
     from ..backends.sift import OrbBackend, SiftBackend
     from ..resources import shared_dir
 
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="fm-bench-geometry", description=__doc__.split("\n")[0])
     ap.add_argument("--shared", type=Path, default=shared_dir())
     ap.add_argument("--datasets", nargs="+", default=["tum_fr2_desk", "kitti00_f100_109", "scannet_pairs"])
     ap.add_argument("--threshold", type=float, default=1.0, help="inlier threshold in pixels")

@@ -1,6 +1,6 @@
 """Thread count and OpenMP wait policy, quiet and loaded: the measurement behind the package's defaults.
 
-    python -m feature_matcher_ros.tools.thread_study --weights eloftr.ckpt [--backends eloftr sptd2 sift orb]
+    fm-thread-study --weights eloftr.ckpt [--backends eloftr sptd2 sift orb]
         [--frames 3] [--burn 1] [--json OUT.json]
 
 Each cell is one ``fm-bench`` process (a fresh process: OpenMP reads its settings once, at start) with the
@@ -45,7 +45,7 @@ def run_cell(backend: str, setting: str, burn: int, args: argparse.Namespace) ->
         env.pop(key, None)
         if value:
             env[key] = value
-    cmd = [sys.executable, "-m", "feature_matcher_ros.tools.bench", "--backend", backend, "--size", args.size,
+    cmd = [sys.executable, "-m", "feature_matcher_ros.measure.bench", "--backend", backend, "--size", args.size,
            "--frames", str(args.frames), "--json", "--burn", str(burn)]
     if threads:
         cmd += ["--threads", str(threads)]
@@ -72,7 +72,7 @@ def format_table(cells: list[Cell]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="thread_study", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="fm-thread-study", description=__doc__.split("\n\n")[0])
     p.add_argument("--weights", help="Efficient LoFTR checkpoint (needed for eloftr)")
     p.add_argument("--backends", nargs="+", default=["eloftr", "sptd2", "sift", "orb"])
     p.add_argument("--settings", nargs="+", choices=list(SETTINGS), default=list(SETTINGS))

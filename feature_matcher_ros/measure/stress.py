@@ -13,7 +13,7 @@ Usage::
     fm-stress --soak 300                        # one 5-minute run at 30 Hz 640x480, a row per window
     fm-stress --profile default                 # Fast DDS's built-in transports (large frames are lost)
     fm-stress --chaos 120                       # disorder in mono, rgbd and stereo, 2 minutes each
-                                                # (episodes and checks: feature_matcher_ros/tools/chaos.py)
+                                                # (episodes and checks: feature_matcher_ros/measure/chaos.py)
 
 Every child (node and publisher) gets ``FASTDDS_DEFAULT_PROFILES_FILE`` set to ``--profile``
 (``config/fastdds_large_images.xml`` by default; ``default`` removes it).
@@ -101,7 +101,7 @@ def run_camera(image_topic: str, info_topic: str, width: int, height: int, rate:
 def start_camera(image_topic: str, info_topic: str, width: int, height: int, rate: float, seconds: float,
                  reliable: bool, env: dict | None = None) -> subprocess.Popen:
     """:func:`run_camera` in a child process (its own GIL); its last stdout line is the JSON result."""
-    cmd = [sys.executable, "-m", "feature_matcher_ros.tools.stress", "--role", "camera",
+    cmd = [sys.executable, "-m", "feature_matcher_ros.measure.stress", "--role", "camera",
            "--image-topic", image_topic, "--info-topic", info_topic, "--sizes", f"{width}x{height}",
            "--rates", str(rate), "--seconds", str(seconds)] + (["--reliable"] if reliable else [])
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
