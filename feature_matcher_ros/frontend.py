@@ -43,113 +43,24 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field, replace
-from typing import Any, Mapping, NamedTuple
+from typing import Any, Mapping
 
 import cv2
 import numpy as np
 
-from .backends import backend_class
 from .backends.base import PRECISIONS, Backend, Features, Matches, gray_image
 from .backends.nms import nms_matches
 from .camera import CameraModel
-from .geometry import METHODS, RelativePose, estimate_relative_pose, rotation_parallax_px
-from .keyframes import PARALLAX_MODES, Keyframe, KeyframeCache, KeyframePolicy, median_displacement_px
-from .metric import (
-    DEPTH_LOOKUPS,
-    PNP_METHODS,
-    StereoFrame,
-    back_project,
-    depth_at,
-    estimate_absolute_pose,
-    stereo_depth_image,
-)
+from .geometry import RelativePose, estimate_relative_pose
+from .keyframes import Keyframe, KeyframeCache, KeyframePolicy, median_displacement_px
+from .metric import StereoFrame
+from .metric_keyframe import keyframe_depth, keyframe_landmarks, metric_pose, stereo_keyframe_depth
 from .params import ParamSpec, check_changes
 from .se3 import compose_with_covariance
+from .settings import FRONTEND_PARAMS, INPUT_MODES, PRECISION_PARAM, cross_check
 
-# Metric input (RGB-D depth or a rectified stereo pair): how keyframe points get their depth, and the PnP.
-METRIC_PARAMS: tuple[ParamSpec, ...] = (
-    ParamSpec("depth.lookup", "nearest", "Keypoint depth: nearest valid depth within depth.window_px, or bilinear "
-              "where all four neighbours are valid and agree (measured: README).", choices=DEPTH_LOOKUPS),
-    ParamSpec("depth.window_px", 2, "Search radius of the nearest lookup (pixels).", min=0, max=16),
-    ParamSpec("depth.min_m", 0.1, "Depths below this (metres) count as missing.", min=0.0, max=1000.0),
-    ParamSpec("depth.max_m", 10.0, "Depths above this (metres) count as missing.", min=0.01, max=10000.0),
-    ParamSpec("stereo.max_dv_px", 1.0, "Left-right matches must lie on the same row within this (pixels).",
-              min=0.0, max=50.0),
-    ParamSpec("stereo.min_disparity_px", 1.0, "Smallest disparity triangulated (pixels; sets the far limit).",
-              min=0.01, max=10000.0),
-    ParamSpec("stereo.max_disparity_px", 512.0, "Largest disparity triangulated (pixels; sets the near limit).",
-              min=0.01, max=10000.0),
-    ParamSpec("pnp.method", "poselib", "Absolute pose: poselib (LO-RANSAC + refinement) or opencv "
-              "(solvePnPRansac + LM).", choices=PNP_METHODS),
-    ParamSpec("pnp.threshold_px", 2.0, "Reprojection inlier threshold of the absolute pose (pixels).",
-              min=0.1, max=50.0),
-    ParamSpec("pnp.min_points", 12, "Fewer keyframe-to-frame matches with depth than this: monocular pose for "
-              "that frame (said in its reason).", min=6, max=100_000),
-)
-
-FRONTEND_PARAMS: tuple[ParamSpec, ...] = (
-    ParamSpec("max_matches", 0, "Keep at most this many matches, highest score first (0 = all).", min=0, max=1_000_000),
-    ParamSpec("nms.kernel_size", 0, "CasMTR max-pool NMS window over the matches' keyframe positions, in "
-              "cells (odd; 0 or 1 = off): a well-spread match set.", min=0, max=31),
-    ParamSpec("nms.cell_px", 4, "NMS grid cell in pixels (CasMTR runs it at 1/4 or 1/2 resolution).", min=1, max=64),
-    ParamSpec("nms.threshold", 0.0, "With NMS on, keep only matches scoring strictly above this "
-              "(in the backend's score units).", min=-1e9, max=1e9),
-    ParamSpec("resize_long_edge", 0, "Resize images so the long edge has this many pixels before extraction (0 = off).",
-              min=0, max=4096),
-    ParamSpec("ransac.method", "poselib", "Robust estimator: poselib (LO-RANSAC + refinement) or magsac (OpenCV USAC).",
-              choices=METHODS),
-    ParamSpec("ransac.threshold_px", 1.0, "Inlier threshold in pixels (epipolar / homography transfer error).",
-              min=0.1, max=50.0),
-    ParamSpec("ransac.confidence", 0.999, "RANSAC success probability.", min=0.5, max=0.999999),
-    ParamSpec("ransac.max_iterations", 10000, "RANSAC iteration cap.", min=10, max=1_000_000),
-    ParamSpec("ransac.homography", True, "Also fit a homography (planar scenes, pure rotation)."),
-    ParamSpec("ransac.homography_ratio", 0.8, "The homography wins when its inliers >= this fraction of the "
-              "essential matrix's.", min=0.0, max=1.0),
-    ParamSpec("ransac.min_parallax_px", 1.0, "A winning homography with at most this rotation-compensated "
-              "parallax (px) is a pure rotation (translation unknown).", min=0.0, max=100.0),
-    ParamSpec("keyframe.min_matches", 20, "Fewer matches than this: no pose, tracking lost.", min=5, max=100_000),
-    ParamSpec("keyframe.min_inliers", 50, "New keyframe when the pose has fewer inliers than this.", min=5, max=100_000),
-    ParamSpec("keyframe.max_parallax_px", 60.0, "New keyframe when the median inlier parallax exceeds this (px).",
-              min=1.0, max=10_000.0),
-    ParamSpec("keyframe.parallax", "displacement", "Parallax measure: displacement (median keypoint motion) or "
-              "rotation_compensated (motion left after removing the rotation).", choices=PARALLAX_MODES),
-    ParamSpec("tracking.min_inliers", 20, "Fewer pose inliers than this: tracking lost.", min=5, max=100_000),
-    ParamSpec("keyframe_cache_size", 1, "Keyframes kept for relocalisation (1 = the active one only).", min=1, max=100),
-    ParamSpec("odometry.scale", 0.0, "mono only: metres per keyframe-to-frame translation for the chained "
-              "odometry (0 = unknown: unit steps, marked unknown); refused in rgbd/stereo (metric).", min=0.0,
-              max=1000.0),
-) + METRIC_PARAMS
-INPUT_MODES = ("mono", "rgbd", "stereo")
-PRECISION_PARAM = ParamSpec("precision", "fp32", "Numeric precision of the backend (features are converted or dropped).",
-                            choices=PRECISIONS)
 # Added to every variance of the world pose of a keyframe made when tracking was lost.
 LOST_VARIANCE = 1e6
-
-
-class SettingsParts(NamedTuple):
-    """A flat settings mapping split by who takes each name (see :func:`split_settings`)."""
-
-    node: dict[str, Any]
-    frontend: dict[str, Any]
-    backend: dict[str, Any]
-
-
-def split_settings(settings: Mapping[str, Any], backend: str) -> SettingsParts:
-    """Split ``settings`` (dotted names, e.g. a ROS params file or a node's parameters) by who takes them:
-    ``frontend``: the frontend's parameters and ``precision`` (what :meth:`Frontend.update` takes besides the
-    backend's); ``backend``: the parameters of the backend named ``backend`` (``ValueError`` for an unknown
-    name); ``node``: the rest (``backend``, ``device``, ``weights``, topics, QoS, other backends' parameters).
-
-    >>> split_settings({"backend": "sift", "max_matches": 9, "sift.ratio": 0.7, "orb.levels": 4}, "sift")
-    SettingsParts(node={'backend': 'sift', 'orb.levels': 4}, frontend={'max_matches': 9}, backend={'sift.ratio': 0.7})
-    """
-    backend_names = {p.name for p in backend_class(backend).PARAMS}
-    frontend_names = {p.name for p in (*FRONTEND_PARAMS, PRECISION_PARAM)}
-    parts = SettingsParts({}, {}, {})
-    for name, value in settings.items():
-        part = parts.backend if name in backend_names else parts.frontend if name in frontend_names else parts.node
-        part[name] = value
-    return parts
 
 
 @dataclass
@@ -261,7 +172,7 @@ class Frontend:
         self._lock = threading.RLock()
         self._settings: dict[str, Any] = {p.name: p.default for p in FRONTEND_PARAMS}
         self._cache = KeyframeCache(self._settings["keyframe_cache_size"])
-        self._policy = self._make_policy(self._settings)
+        self._policy = _policy(self._settings)
         self._reset()
         if settings:
             reason = self.update(dict(settings))
@@ -284,24 +195,6 @@ class Frontend:
         """Current values of every parameter in :meth:`params`."""
         return {**self._settings, **self.backend.settings, "precision": self.backend.precision}
 
-    def _cross_check(self, merged: Mapping[str, Any]) -> str | None:
-        if merged["nms.kernel_size"] > 1 and merged["nms.kernel_size"] % 2 == 0:
-            return f"nms.kernel_size must be odd (or 0/1 for off), got {merged['nms.kernel_size']}"
-        if merged["depth.min_m"] >= merged["depth.max_m"]:
-            return f"depth.min_m ({merged['depth.min_m']}) must be < depth.max_m ({merged['depth.max_m']})"
-        if merged["stereo.min_disparity_px"] >= merged["stereo.max_disparity_px"]:
-            return (f"stereo.min_disparity_px ({merged['stereo.min_disparity_px']}) must be < "
-                    f"stereo.max_disparity_px ({merged['stereo.max_disparity_px']})")
-        if self.input_mode != "mono" and merged["odometry.scale"] != 0:
-            return (f"odometry.scale applies to input_mode mono only; {self.input_mode} poses are metric "
-                    f"(got {merged['odometry.scale']})")
-        if merged["tracking.min_inliers"] > merged["keyframe.min_inliers"]:
-            return (f"tracking.min_inliers ({merged['tracking.min_inliers']}) must be <= keyframe.min_inliers "
-                    f"({merged['keyframe.min_inliers']})")
-        backend_part = {k: merged[k] for k in self.backend.settings}
-        reason = self.backend.validate(backend_part)
-        return f"{self.backend.name}: {reason}" if reason else None
-
     def update(self, changes: Mapping[str, Any]) -> str | None:
         """Validate a batch of changes (frontend, backend and ``precision``) and apply all or none.
 
@@ -317,7 +210,8 @@ class Frontend:
             return self._update(changes)
 
     def _update(self, changes: Mapping[str, Any]) -> str | None:
-        merged, reason = check_changes(self.params(), self.values(), changes, self._cross_check)
+        merged, reason = check_changes(self.params(), self.values(), changes,
+                                       lambda m: cross_check(m, self.input_mode, self.backend))
         if reason:
             return reason
         front = {k: merged[k] for k in self._settings}
@@ -338,14 +232,9 @@ class Frontend:
             self._drop_cache("resize_long_edge changed")
         self._settings = front
         self._cache.resize(front["keyframe_cache_size"])
-        self._policy = self._make_policy(front)
+        self._policy = _policy(front)
         self._sync_cache()
         return None
-
-    @staticmethod
-    def _make_policy(s: Mapping[str, Any]) -> KeyframePolicy:
-        return KeyframePolicy(s["keyframe.min_inliers"], s["keyframe.max_parallax_px"], s["tracking.min_inliers"],
-                              s["keyframe.parallax"])
 
     # -- state ------------------------------------------------------------------------------------
     def reset(self) -> None:
@@ -389,27 +278,6 @@ class Frontend:
                                     f"{self.backend.precision} on {self.backend.device})")
 
     # -- per frame --------------------------------------------------------------------------------
-    def _prepare(self, image: Any, camera: Any) -> tuple[np.ndarray, np.ndarray, CameraModel]:
-        gray = gray_image(image, "image")
-        if not isinstance(camera, CameraModel):
-            raise ValueError(f"camera must be a CameraModel, got {type(camera).__name__}")
-        bad = camera.problem()
-        if bad:
-            raise ValueError(f"camera: {bad}")
-        h, w = gray.shape
-        if (camera.width, camera.height) != (w, h):
-            if abs(camera.width / camera.height - w / h) > 0.01:
-                raise ValueError(f"camera is for {camera.width}x{camera.height} but the image is {w}x{h} "
-                                 f"(different aspect ratio)")
-            camera = camera.scaled(w, h)
-        target = int(self._settings["resize_long_edge"])
-        work = gray
-        if target > 0 and max(h, w) != target:
-            s = target / max(h, w)
-            size = (max(8, round(w * s)), max(8, round(h * s)))
-            work = cv2.resize(gray, size, interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR)
-        return gray, work, camera
-
     def _attempt(self, kf: Keyframe, frame: _Frame) -> _Attempt:
         s = self._settings
         t0 = time.perf_counter()
@@ -421,15 +289,16 @@ class Frontend:
                                      cell=int(s["nms.cell_px"]), threshold=float(s["nms.threshold"])))
         m = m.top_k(int(s["max_matches"]))
         t1 = time.perf_counter()
-        depth0 = self._keyframe_depth(kf, m.kpts0)
+        depth0 = keyframe_depth(kf, m.kpts0, s)
         t_depth = time.perf_counter()
-        pose, reason = None, ""
+        pose, reason, fallback = None, "", ""
         if len(m) < s["keyframe.min_matches"]:
             reason = f"too few matches ({len(m)} < {s['keyframe.min_matches']})"
         elif depth0 is not None:
-            pose, reason = self._metric_pose(kf, frame, m, depth0)
-        if pose is None and not reason:
-            pose, reason = self._mono_pose(kf, frame, m)
+            pose, fallback = metric_pose(kf, frame.camera, m, depth0, s)
+        if pose is None and not reason:  # monocular keyframe, or the metric pose said why not
+            pose, reason = _mono_pose(kf.camera, frame.camera, m, s)
+            reason = fallback if pose is not None and fallback else reason
         inliers = pose.inliers if pose is not None else np.zeros(len(m), bool)
         if pose is not None and self._policy.lost(pose.num_inliers):
             reason = f"too few inliers ({pose.num_inliers} < {self._policy.min_tracking_inliers})"
@@ -438,45 +307,6 @@ class Frontend:
         return _Attempt(kf, m, pose, reason, inliers, 1e3 * (t1 - t0), 1e3 * (t2 - t_depth), depth0,
                         1e3 * (t_depth - t1))
 
-    def _mono_pose(self, kf: Keyframe, frame: _Frame, m: Matches) -> tuple[RelativePose | None, str]:
-        s = self._settings
-        return estimate_relative_pose(
-            m.kpts0, m.kpts1, kf.camera, frame.camera, threshold_px=s["ransac.threshold_px"],
-            confidence=s["ransac.confidence"], method=s["ransac.method"],
-            homography_ratio=s["ransac.homography_ratio"], min_parallax_px=s["ransac.min_parallax_px"],
-            max_iterations=s["ransac.max_iterations"], use_homography=s["ransac.homography"],
-        )
-
-    def _keyframe_depth(self, kf: Keyframe, kpts0: np.ndarray) -> np.ndarray | None:
-        """``(N,)`` keyframe depth (metres, NaN = none) at the matches' keyframe points; None without depth."""
-        if kf.depth is None:
-            return None
-        s = self._settings
-        return depth_at(kf.depth, kpts0, s["depth.lookup"], int(s["depth.window_px"]), s["depth.min_m"],
-                        s["depth.max_m"])
-
-    def _metric_pose(self, kf: Keyframe, frame: _Frame, m: Matches, depth0: np.ndarray
-                     ) -> tuple[RelativePose | None, str]:
-        """The absolute pose of the frame from the keyframe points with depth; ``(None, "")`` asks for the
-        monocular pose, after saying why in the reason that :meth:`_attempt` keeps."""
-        s = self._settings
-        with_depth = int(np.isfinite(depth0).sum())
-        fallback = None
-        if with_depth < s["pnp.min_points"]:
-            fallback = f"monocular pose: {with_depth} matches with depth (< pnp.min_points {s['pnp.min_points']})"
-        else:
-            X = back_project(kf.camera, m.kpts0, depth0)
-            ap = estimate_absolute_pose(X, m.kpts1, frame.camera, s["pnp.method"], s["pnp.threshold_px"],
-                                        s["ransac.confidence"], int(s["ransac.max_iterations"]))
-            if ap is not None:
-                inl = ap.inliers
-                parallax = rotation_parallax_px(m.kpts0[inl], m.kpts1[inl], kf.camera, frame.camera, ap.R)
-                return RelativePose(ap.R, ap.t, inl, "pnp", ap.covariance, True, parallax, None, ap.method,
-                                    ap.residual_px, metric=True), ""
-            fallback = f"monocular pose: the absolute pose found no consensus ({with_depth} matches with depth)"
-        pose, reason = self._mono_pose(kf, frame, m)
-        return pose, fallback if pose is not None else reason
-
     def _new_keyframe(self, frame: _Frame, world: tuple[np.ndarray, np.ndarray], timings: dict[str, float]
                       ) -> Keyframe:
         t0 = time.perf_counter()
@@ -484,7 +314,8 @@ class Frontend:
         kf = Keyframe(frame.features, frame.stamp_ns, self._keyframe_counter, frame.index, frame.camera,
                       frame.image_size, T_world=world[0].copy(), covariance=world[1].copy(), depth=depth)
         if depth is not None:
-            kf.landmarks = self._landmarks(kf, points)
+            detected = self.backend.keypoints(kf.features) if points is None else None
+            kf.landmarks = keyframe_landmarks(kf, points, detected, self._settings)
             timings["keyframe_depth"] = 1e3 * (time.perf_counter() - t0)
         self._keyframe_counter += 1
         self._cache.add(kf)
@@ -495,40 +326,10 @@ class Frontend:
         Stereo: the right image is extracted and matched to the left once, here (never per frame)."""
         if frame.stereo is None:
             return frame.depth, None
-        s = self._settings
-        right = frame.stereo.image
-        _, work_right, _ = self._prepare(right, frame.camera)
+        _, work_right, _ = prepare_image(frame.stereo.image, frame.camera, int(self._settings["resize_long_edge"]))
         m = self.backend.match(frame.features, self.backend.extract(work_right))
         m = _to_original(m, frame.features.image_size, frame.image_size, frame.features.image_size, frame.image_size)
-        depth = stereo_depth_image(frame.stereo.rig, m.kpts0, m.kpts1, frame.image_size,
-                                   max_dv_px=s["stereo.max_dv_px"], min_disparity_px=s["stereo.min_disparity_px"],
-                                   max_disparity_px=s["stereo.max_disparity_px"])
-        return depth, m.kpts0
-
-    def _landmarks(self, kf: Keyframe, points: np.ndarray | None) -> np.ndarray:
-        """``(K, 5)`` ``x y z u v`` of the keyframe: its triangulated pixels (stereo), else its detected keypoints
-        (scaled to the original pixels), else (a detector-free backend) the centres of an 8-pixel grid; those
-        with depth."""
-        if points is None:
-            points = self.backend.keypoints(kf.features)
-            if points is not None:
-                (ph, pw), (oh, ow) = kf.features.image_size, kf.image_size
-                points = (points.astype(np.float64) + 0.5) * np.array([ow / pw, oh / ph]) - 0.5
-            else:
-                ys, xs = np.mgrid[3.5:kf.image_size[0]:8, 3.5:kf.image_size[1]:8]
-                points = np.column_stack([xs.ravel(), ys.ravel()])
-        z = self._keyframe_depth(kf, points)
-        ok = np.isfinite(z)
-        X = back_project(kf.camera, points[ok], z[ok])
-        return np.column_stack([X, points[ok]]).astype(np.float32)
-
-    def _world_pose(self, kf: Keyframe, pose: RelativePose) -> tuple[np.ndarray, np.ndarray] | None:
-        """``T_world_current`` ``(4, 4)`` and its ``(6, 6)`` covariance: the keyframe's world pose composed with
-        the inverse of ``pose``, its translation (and translation covariance) scaled by ``odometry.scale``."""
-        if kf.T_world is None:
-            return None
-        T_kf_cur, cov_kf_cur = pose.current_in_keyframe(float(self._settings["odometry.scale"]) or 1.0)  # metric: ignored
-        return compose_with_covariance(kf.T_world, kf.covariance, T_kf_cur, cov_kf_cur)
+        return stereo_keyframe_depth(frame.stereo.rig, m, frame.image_size, self._settings)
 
     def _add_stage_ms(self, timings: dict[str, float]) -> None:
         """The backend's own stage timings of its last call, as ``<backend>.<stage>``."""
@@ -559,7 +360,7 @@ class Frontend:
         t_start = time.perf_counter()
         if isinstance(stamp_ns, bool) or not isinstance(stamp_ns, (int, np.integer)):
             raise ValueError(f"stamp_ns must be an integer (nanoseconds), got {type(stamp_ns).__name__}")
-        gray, work, camera = self._prepare(image, camera)
+        gray, work, camera = prepare_image(image, camera, int(self._settings["resize_long_edge"]))
         size = (int(gray.shape[0]), int(gray.shape[1]))
         depth, stereo = _check_metric_input(depth, stereo, size)
         t_pre = time.perf_counter()
@@ -590,13 +391,13 @@ class Frontend:
             parallax = (att.pose.parallax_px if self._settings["keyframe.parallax"] == "rotation_compensated"
                         else median_displacement_px(att.matches.kpts0, att.matches.kpts1, att.inliers))
             new_kf, kf_reason = self._policy.decide(att.pose.num_inliers, parallax)
-            return _Outcome(att, "tracking", att.reason, new_kf, kf_reason, self._world_pose(active, att.pose))
+            return _Outcome(att, "tracking", att.reason, new_kf, kf_reason, _world_pose(active, att.pose, self._settings))
         found, tried = self._relocalise(frame, timings)
         if found is None:
             return _Outcome(att, "lost", att.reason, True, "tracking lost", None, tried)
         self._cache.activate(found.keyframe)
         return _Outcome(found, "relocalised", found.reason, False, f"relocalised to keyframe @{found.keyframe.stamp_ns}",
-                        self._world_pose(found.keyframe, found.pose), tried)
+                        _world_pose(found.keyframe, found.pose, self._settings), tried)
 
     def _relocalise(self, frame: _Frame, timings: dict[str, float]) -> tuple[_Attempt | None, list[int]]:
         """The first older cached keyframe (newest first) the frame has a pose against, and the stamps tried."""
@@ -638,6 +439,56 @@ class Frontend:
             relocalisation_tried=outcome.tried, depth0=att.depth0 if att else None,
             landmarks=active.landmarks,
         )
+
+
+def _policy(s: Mapping[str, Any]) -> KeyframePolicy:
+    return KeyframePolicy(s["keyframe.min_inliers"], s["keyframe.max_parallax_px"], s["tracking.min_inliers"],
+                          s["keyframe.parallax"])
+
+
+def _mono_pose(camera0: CameraModel, camera1: CameraModel, m: Matches, s: Mapping[str, Any]
+               ) -> tuple[RelativePose | None, str]:
+    """The monocular relative pose keyframe -> frame of ``m`` with the ``ransac.*`` settings."""
+    return estimate_relative_pose(
+        m.kpts0, m.kpts1, camera0, camera1, threshold_px=s["ransac.threshold_px"],
+        confidence=s["ransac.confidence"], method=s["ransac.method"],
+        homography_ratio=s["ransac.homography_ratio"], min_parallax_px=s["ransac.min_parallax_px"],
+        max_iterations=s["ransac.max_iterations"], use_homography=s["ransac.homography"],
+    )
+
+
+def _world_pose(kf: Keyframe, pose: RelativePose, s: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray] | None:
+    """``T_world_current`` ``(4, 4)`` and its ``(6, 6)`` covariance: the keyframe's world pose composed with the
+    inverse of ``pose``, its translation (and translation covariance) scaled by ``odometry.scale`` (ignored
+    by a metric pose)."""
+    if kf.T_world is None:
+        return None
+    T_kf_cur, cov_kf_cur = pose.current_in_keyframe(float(s["odometry.scale"]) or 1.0)
+    return compose_with_covariance(kf.T_world, kf.covariance, T_kf_cur, cov_kf_cur)
+
+
+def prepare_image(image: Any, camera: Any, resize_long_edge: int) -> tuple[np.ndarray, np.ndarray, CameraModel]:
+    """``(gray, work, camera)``: the image as ``(H, W)`` uint8 gray, the one features are extracted from
+    (resized to ``resize_long_edge`` when not 0) and ``camera`` at the image's size (same aspect ratio);
+    ValueError for an unusable image or camera."""
+    gray = gray_image(image, "image")
+    if not isinstance(camera, CameraModel):
+        raise ValueError(f"camera must be a CameraModel, got {type(camera).__name__}")
+    bad = camera.problem()
+    if bad:
+        raise ValueError(f"camera: {bad}")
+    h, w = gray.shape
+    if (camera.width, camera.height) != (w, h):
+        if abs(camera.width / camera.height - w / h) > 0.01:
+            raise ValueError(f"camera is for {camera.width}x{camera.height} but the image is {w}x{h} "
+                             f"(different aspect ratio)")
+        camera = camera.scaled(w, h)
+    work = gray
+    if resize_long_edge > 0 and max(h, w) != resize_long_edge:
+        scale = resize_long_edge / max(h, w)
+        size = (max(8, round(w * scale)), max(8, round(h * scale)))
+        work = cv2.resize(gray, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+    return gray, work, camera
 
 
 def _check_metric_input(depth: Any, stereo: Any, size: tuple[int, int]

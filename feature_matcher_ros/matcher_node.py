@@ -44,7 +44,7 @@ def _spec_line(spec) -> str:
 def parameter_help() -> str:
     """The parameter list of ``--help``: the node's, the frontend's, then each installed backend's."""
     from .backends import available_backends, backend_class
-    from .frontend import FRONTEND_PARAMS, PRECISION_PARAM
+    from .settings import FRONTEND_PARAMS, PRECISION_PARAM
     from .ros.node import NODE_PARAMS
 
     blocks = ["node parameters (read-only ones are set at start-up only):", *map(_spec_line, NODE_PARAMS),

@@ -153,7 +153,7 @@ def test_params_file_lists_every_default(repo):
     """config/matcher.yaml holds exactly the declared node and frontend parameters, at their defaults."""
     import yaml
 
-    from feature_matcher_ros.frontend import FRONTEND_PARAMS, PRECISION_PARAM
+    from feature_matcher_ros.settings import FRONTEND_PARAMS, PRECISION_PARAM
     from feature_matcher_ros.ros.node import NODE_PARAMS
 
     doc = yaml.safe_load((repo / "config" / "matcher.yaml").read_text())

@@ -103,7 +103,7 @@ def make_run_spec(params: dict[str, Any], backend: str | None = None, device: st
                   name: str | None = None, params_files: Iterable[str] = ()) -> RunSpec:
     """Split node parameters into backend choice, backend settings and frontend settings.
     ``backend``/``device`` (command-line options) override the file."""
-    from ..frontend import split_settings
+    from ..settings import split_settings
 
     chosen = str(backend or params.get("backend") or DEFAULT_BACKEND)
     try:

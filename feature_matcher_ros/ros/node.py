@@ -58,7 +58,8 @@ from std_msgs.msg import Header
 from std_srvs.srv import Trigger
 
 from ..backends import backend_class, backend_names, create_backend
-from ..frontend import FRONTEND_PARAMS, INPUT_MODES, PRECISION_PARAM, Frontend, FrameResult, split_settings
+from ..frontend import Frontend, FrameResult
+from ..settings import FRONTEND_PARAMS, INPUT_MODES, PRECISION_PARAM, split_settings
 from ..messages import CameraInfoCache, InputError, decode_image, stamp_to_ns
 from ..params import ParamSpec
 from . import conversions as cv
