@@ -52,12 +52,15 @@ def test_bad_inputs_are_counted_and_the_node_keeps_serving(node):
     wait_reason(client, "no_camera_info")
     assert s0 not in client.matches
 
-    # 2. A broken camera_info (NaN focal length): counted, and images are not matched with it.
+    # 2. A broken camera_info (NaN focal length): counted, and images are not matched with it. The image is
+    #    sent once the node has taken the camera_info (another topic: it could arrive first, and wait for one).
     broken = cv.model_to_camera_info(camera, s0, "cam")
     k = list(broken.k)
     k[0] = math.nan
     broken.k = k
     client.pub_info.publish(broken)
+    assert client.wait_until(
+        lambda: int((client.latest_diagnostics(timeout=2.0) or {}).get("invalid.camera_info", 0)) >= 1, 20.0)
     client.send(rgb0, "rgb8", s0 + 1, None, "cam")
     wait_reason(client, "bad_camera_info")
 

@@ -51,11 +51,11 @@ class LifecycleMatcherNode(MatcherSteps, LifecycleNode):
 
     def __init__(self, node_name: str = NODE_NAME, **kwargs: Any) -> None:
         super().__init__(node_name, **kwargs)
+        self.init_state()
         self.finished = Future()
         self._known_specs: dict[str, ParamSpec] = {}
         # Outside "inactive"/"active" nothing validates live changes; this keeps them within the specs.
         self.add_on_set_parameters_callback(self._check_while_unconfigured)
-        self.guard  # noqa: B018 - made now: a bad FM_TEST_FAULTS stops the start-up
 
     # -- configure / cleanup ----------------------------------------------------------------------
     def _configure(self, state: LifecycleState) -> TransitionCallbackReturn:

@@ -131,7 +131,7 @@ def backend_weights(backend: str, weights: str) -> str | None:
     return path
 
 
-class _Frame:
+class _InputFrame:
     """One accepted input frame on its way to the worker (with its depth or right image in rgbd/stereo)."""
 
     __slots__ = ("pixels", "header", "stamp_ns", "camera", "arrived", "metric")
@@ -156,26 +156,30 @@ class MatcherSteps:
     ==================  ===============================================================  ===================
 
     :class:`MatcherNode` runs the steps in this order when it is built; the lifecycle node runs them per
-    transition. Each inverse may be called when its step never ran or failed half-way.
+    transition. Each inverse may be called when its step never ran or failed half-way. The node's constructor
+    calls :meth:`init_state` first: every attribute, as before any step, is set there.
     """
 
-    backend: Any = None
-    frontend: Frontend | None = None
-    _reset_service: Any = None
-    _live_parameters: LiveParameters | None = None
-    _worker: threading.Thread | None = None
-    _outputs: tuple = ()
-    _input_subscriptions: tuple = ()
-    _diagnostics_timer: Any = None
-    _paired: PairedInputs | None = None
-    _guard: EntryGuard | None = None
-
-    @property
-    def guard(self) -> EntryGuard:
-        """The entry-point guard (made on first use; its counts last as long as the node)."""
-        if self._guard is None:
-            self._guard = EntryGuard(self.get_logger().error, self._on_internal_error, faults_from_env())
-        return self._guard
+    def init_state(self) -> None:
+        """Every attribute of the matcher as it is before any step ran; a bad ``FM_TEST_FAULTS`` raises here."""
+        self.values: dict[str, Any] = {}
+        self.backend: Any = None
+        self.frontend: Frontend | None = None
+        self._live_parameters: LiveParameters | None = None
+        self._pre_set: Callable | None = None  # the guarded parameter callbacks, as registered
+        self._on_set: Callable | None = None
+        self._reset_service: Any = None
+        self.mailbox = Mailbox()
+        self._worker: threading.Thread | None = None
+        self.pub_matches = self.pub_pose = self.pub_odom = self.pub_keyframe = None
+        self.pub_landmarks = self.pub_debug = self.pub_diag = None
+        self._outputs: tuple = ()
+        self._input_subscriptions: tuple = ()
+        self._diagnostics_timer: Any = None
+        self._paired: PairedInputs | None = None
+        # counts internal errors for the node's whole life (not per stream)
+        self.guard = EntryGuard(self.get_logger().error, self._on_internal_error, faults_from_env())
+        self._new_stream()
 
     def _on_internal_error(self, where: str, exc: BaseException) -> None:
         stats = getattr(self, "stats", None)
@@ -228,7 +232,7 @@ class MatcherSteps:
             sys.modules["torch"].cuda.empty_cache()
 
     def _new_stream(self) -> None:
-        """The state one camera stream builds up, empty."""
+        """The state one camera stream builds up, empty (at the start and at each configure)."""
         self.lock = threading.Lock()  # held while a frame is processed or parameters are applied
         self.stats = Stats()
         self.cameras = CameraInfoCache()
@@ -393,7 +397,7 @@ class MatcherSteps:
             return
         self._last_stamp_ns = stamp_ns
         self._frame_id = msg.header.frame_id
-        if self.mailbox.put(_Frame(pixels, msg.header, stamp_ns, metric.camera or camera, arrived, metric)):
+        if self.mailbox.put(_InputFrame(pixels, msg.header, stamp_ns, metric.camera or camera, arrived, metric)):
             self.stats.on_drop()
 
     def _check_order(self, frame_id: str, stamp_ns: int) -> None:
@@ -549,7 +553,7 @@ class MatcherSteps:
     def _camera_frame(self, header: Header) -> str:
         return self.values["camera_frame"] or header.frame_id or "camera"
 
-    def _publish(self, frame: _Frame, result: FrameResult) -> None:
+    def _publish(self, frame: _InputFrame, result: FrameResult) -> None:
         camera_frame = self._camera_frame(frame.header)
 
         # The keyframe announcement goes first: a frame matched against a keyframe never arrives before it.
@@ -592,7 +596,7 @@ class MatcherSteps:
         if result.landmarks is not None:
             self.pub_landmarks.publish(cv.landmarks_to_cloud(result.landmarks, stamp_ns, camera_frame))
 
-    def _debug_image(self, frame: _Frame, result: FrameResult, inliers: np.ndarray) -> Image:
+    def _debug_image(self, frame: _InputFrame, result: FrameResult, inliers: np.ndarray) -> Image:
         """Keyframe (left) and current frame (right), inliers green, outliers red, best matches first."""
         def bgr(img: np.ndarray) -> np.ndarray:
             return cv2.cvtColor(img, cv2.COLOR_GRAY2BGR) if img.ndim == 2 else cv2.cvtColor(img, cv2.COLOR_RGB2BGR)
@@ -668,7 +672,7 @@ class MatcherNode(MatcherSteps, Node):
     def __init__(self, node_name: str = NODE_NAME, **kwargs: Any) -> None:
         super().__init__(node_name, **kwargs)
         try:
-            self.guard  # noqa: B018 - made now: a bad FM_TEST_FAULTS stops the start-up
+            self.init_state()
             self.load_matcher()
             self.create_outputs()
             self.create_inputs()
