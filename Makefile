@@ -17,7 +17,7 @@ export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
 export FM_SHARED := $(SHARED)
 export PYTHONUNBUFFERED := 1
 
-.PHONY: venv demo test test-fast test-repeat gpu-check clean
+.PHONY: venv demo test test-fast test-repeat lint docs gpu-check clean
 
 venv: $(STAMP)
 
@@ -41,6 +41,14 @@ test: $(STAMP)
 # The core tests and the docstring examples (no DDS, no subprocess, no 640x480 Efficient LoFTR): < 1 minute.
 test-fast: $(STAMP)
 	$(PY) -m pytest -q --doctest-modules -m "not slow" feature_matcher_ros test $(PYTEST_ARGS)
+
+# ruff with the repository's ruff.toml (test/test_lint.py runs the same in make test).
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+# docs/parameters.md from the parameter specs (the same code as matcher_node --help; test/test_docs.py checks it).
+docs: $(STAMP)
+	$(PY) -m feature_matcher_ros.matcher_node --parameters-markdown > docs/parameters.md
 
 # The DDS test files N times in a row, one core kept busy, and a table of per-file pass counts: a file that
 # does not pass every time has a test that depends on chance (test/repeat_dds.py).

@@ -51,7 +51,7 @@ class CameraModel:
 
     # -- construction -----------------------------------------------------------------------------
     @classmethod
-    def from_matrix(cls, width: int, height: int, K: Any, dist: Any = None) -> "CameraModel":
+    def from_matrix(cls, width: int, height: int, K: Any, dist: Any = None) -> CameraModel:
         """From a 3x3 matrix (anything array-like with 9 numbers) and optional distortion."""
         K = np.asarray(K, dtype=np.float64)
         if K.size != 9:
@@ -59,7 +59,7 @@ class CameraModel:
         return cls(int(width), int(height), K.reshape(3, 3), np.zeros(5) if dist is None else dist)
 
     @classmethod
-    def from_yaml(cls, path: str | Path) -> "CameraModel":
+    def from_yaml(cls, path: str | Path) -> CameraModel:
         """Read an ``intrinsics.yaml``.
 
         Two layouts are understood: the ``../shared/data`` one (``width``, ``height``, ``fx``, ``fy``, ``cx``,
@@ -154,7 +154,7 @@ class CameraModel:
         return bool(np.any(self.dist != 0))
 
     # -- transforms -------------------------------------------------------------------------------
-    def scaled(self, width: int, height: int) -> "CameraModel":
+    def scaled(self, width: int, height: int) -> CameraModel:
         """The same camera for the image resized to ``width x height`` (distortion is scale-free).
 
         A pixel centre maps as ``x' = (x + 0.5) * s - 0.5``, the convention of ``Matches.scaled``.

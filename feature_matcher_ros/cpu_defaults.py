@@ -6,7 +6,7 @@ that saves a wake-up; on a robot, whose cores are shared with camera drivers and
 spinning threads take turns with the busy ones and every small parallel region waits for the slowest. The
 streaming Efficient LoFTR path has many small regions and suffers most. ``OMP_WAIT_POLICY=PASSIVE`` lets the
 waiting threads sleep at once; ``python -m feature_matcher_ros.measure.thread_study`` measures it against the
-alternatives, quiet and with a core kept busy (README, "Threads on a loaded CPU").
+alternatives, quiet and with a core kept busy (docs/benchmarks.md, "Threads on a loaded CPU").
 
 libgomp reads its environment once, when torch loads it, so the default is set here, at package import,
 before any module of the package imports torch. A program that imports torch before this package keeps

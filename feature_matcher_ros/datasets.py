@@ -25,10 +25,11 @@ Example:
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 
@@ -105,7 +106,7 @@ class Trajectory:
         return len(self.stamps_ns)
 
     @classmethod
-    def from_lists(cls, stamps: Iterable[int], poses: Iterable[np.ndarray], source: str = "") -> "Trajectory":
+    def from_lists(cls, stamps: Iterable[int], poses: Iterable[np.ndarray], source: str = "") -> Trajectory:
         stamps, poses = list(stamps), list(poses)
         return cls(np.array(stamps, dtype=np.int64), np.array(poses).reshape(-1, 4, 4), source)
 
@@ -258,7 +259,8 @@ def read_sequence(folder: str | Path) -> Sequence:
         raise DatasetError(str(exc)) from None
     gt = read_tum(root / "groundtruth.txt") if (root / "groundtruth.txt").is_file() else None
     extra = _intrinsics_extras(root / "intrinsics.yaml")
-    return Sequence(root, frames, camera, gt, _read_depth(root, frames, extra), _read_stereo(root, frames, camera, extra))
+    return Sequence(root, frames, camera, gt, _read_depth(root, frames, extra),
+                    _read_stereo(root, frames, camera, extra))
 
 
 def _intrinsics_extras(path: Path) -> dict[str, Any]:
@@ -304,7 +306,8 @@ def _read_stereo(root: Path, left: list[tuple[int, Path]], camera: CameraModel,
     yaml_path = root / "intrinsics.yaml"
     if not isinstance(rig, dict):
         raise DatasetError(f"{yaml_path}: a stereo folder needs a 'stereo:' block (baseline_m, right_fx ...)")
-    fx, fy, cx, cy = (_positive(rig.get(f"right_{k}"), f"stereo.right_{k}", yaml_path) for k in ("fx", "fy", "cx", "cy"))
+    fx, fy, cx, cy = (_positive(rig.get(f"right_{k}"), f"stereo.right_{k}", yaml_path)
+                      for k in ("fx", "fy", "cx", "cy"))
     right = CameraModel.from_matrix(camera.width, camera.height, [[fx, 0, cx], [0, fy, cy], [0, 0, 1]])
     return Stereo(frames, _positive(rig.get("baseline_m"), "stereo.baseline_m", yaml_path), right)
 

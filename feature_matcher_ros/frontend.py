@@ -42,8 +42,9 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, Mapping
+from typing import Any
 
 import cv2
 import numpy as np
@@ -391,12 +392,14 @@ class Frontend:
             parallax = (att.pose.parallax_px if self._settings["keyframe.parallax"] == "rotation_compensated"
                         else median_displacement_px(att.matches.kpts0, att.matches.kpts1, att.inliers))
             new_kf, kf_reason = self._policy.decide(att.pose.num_inliers, parallax)
-            return _Outcome(att, "tracking", att.reason, new_kf, kf_reason, _world_pose(active, att.pose, self._settings))
+            return _Outcome(att, "tracking", att.reason, new_kf, kf_reason,
+                            _world_pose(active, att.pose, self._settings))
         found, tried = self._relocalise(frame, timings)
         if found is None:
             return _Outcome(att, "lost", att.reason, True, "tracking lost", None, tried)
         self._cache.activate(found.keyframe)
-        return _Outcome(found, "relocalised", found.reason, False, f"relocalised to keyframe @{found.keyframe.stamp_ns}",
+        return _Outcome(found, "relocalised", found.reason, False,
+                        f"relocalised to keyframe @{found.keyframe.stamp_ns}",
                         _world_pose(found.keyframe, found.pose, self._settings), tried)
 
     def _relocalise(self, frame: _Frame, timings: dict[str, float]) -> tuple[_Attempt | None, list[int]]:
@@ -435,7 +438,8 @@ class Frontend:
             cov_world_current=None if world is None else world[1].copy(),
             T_world_active_keyframe=_copy(active.T_world), cache_size=len(self._cache),
             cache_nbytes=self._cache.nbytes,
-            odometry_scale_known=bool(att and att.pose and att.pose.metric) or float(self._settings["odometry.scale"]) > 0,
+            odometry_scale_known=(bool(att and att.pose and att.pose.metric)
+                                  or float(self._settings["odometry.scale"]) > 0),
             relocalisation_tried=outcome.tried, depth0=att.depth0 if att else None,
             landmarks=active.landmarks,
         )

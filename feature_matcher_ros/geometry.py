@@ -33,8 +33,9 @@ Example:
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import cv2
 import numpy as np
@@ -298,7 +299,8 @@ def rotation_parallax_px(kpts0: np.ndarray, kpts1: np.ndarray, cam0: CameraModel
     moved them; ~0 for a pure rotation); 0 for no points."""
     if len(kpts0) == 0:
         return 0.0
-    d = _rotation_parallax(cam0.normalize(np.asarray(kpts0, np.float64)), cam1.normalize(np.asarray(kpts1, np.float64)), R)
+    d = _rotation_parallax(cam0.normalize(np.asarray(kpts0, np.float64)), cam1.normalize(np.asarray(kpts1, np.float64)),
+                           R)
     return float(np.median(d)) * 0.5 * (cam0.focal + cam1.focal)
 
 

@@ -13,8 +13,15 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .ros.startup import (exit_now_if_busy, init_rclpy, make_node, non_ros_args, stop_on_signals, stop_requested,
-                          tear_down)
+from .ros.startup import (
+    exit_now_if_busy,
+    init_rclpy,
+    make_node,
+    non_ros_args,
+    stop_on_signals,
+    stop_requested,
+    tear_down,
+)
 
 PROG = "lifecycle_matcher_node"
 

@@ -251,7 +251,8 @@ def stereo_rig_from_infos(left: Any, right: Any) -> StereoRig:
             raise InputError("stereo_mismatch", f"the {side} camera_info has no rectified projection matrix P")
     if any(abs(P_l[i, j] - P_r[i, j]) > 1e-3 * P_l[0, 0] for i, j in ((0, 0), (1, 1), (1, 2))):
         raise InputError("stereo_mismatch", f"left and right rectified intrinsics differ (fx fy cy: "
-                                            f"{P_l[0, 0]} {P_l[1, 1]} {P_l[1, 2]} vs {P_r[0, 0]} {P_r[1, 1]} {P_r[1, 2]})")
+                                            f"{P_l[0, 0]} {P_l[1, 1]} {P_l[1, 2]} vs "
+                                            f"{P_r[0, 0]} {P_r[1, 1]} {P_r[1, 2]})")
     baseline = -(P_r[0, 3] - P_l[0, 3]) / P_r[0, 0]
     if not baseline > 0:
         raise InputError("stereo_baseline", f"the right camera_info gives no positive baseline (P[3] = "

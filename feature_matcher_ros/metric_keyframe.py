@@ -6,7 +6,8 @@ and its landmarks. ``s`` is the frontend's settings (``depth.*``, ``stereo.*``, 
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 

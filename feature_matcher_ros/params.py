@@ -8,8 +8,9 @@ checker, so that a batch is applied whole or not at all.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
 
 _TYPE_NAMES = {bool: "bool", int: "integer", float: "double", str: "string"}
 

@@ -5,19 +5,20 @@ one spec cannot say. ROS-free; :class:`~.frontend.Frontend` validates every chan
 
 from __future__ import annotations
 
-from typing import Any, Mapping, NamedTuple
+from collections.abc import Mapping
+from typing import Any, NamedTuple
 
 from .backends import backend_class
 from .backends.base import PRECISIONS
-from .keyframes import PARALLAX_MODES
 from .geometry import METHODS
+from .keyframes import PARALLAX_MODES
 from .metric import DEPTH_LOOKUPS, PNP_METHODS
 from .params import ParamSpec
 
 # Metric input (RGB-D depth or a rectified stereo pair): how keyframe points get their depth, and the PnP.
 METRIC_PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("depth.lookup", "nearest", "Keypoint depth: nearest valid depth within depth.window_px, or bilinear "
-              "where all four neighbours are valid and agree (measured: README).", choices=DEPTH_LOOKUPS),
+              "where all four neighbours are valid and agree (measured: docs/benchmarks.md).", choices=DEPTH_LOOKUPS),
     ParamSpec("depth.window_px", 2, "Search radius of the nearest lookup (pixels).", min=0, max=16),
     ParamSpec("depth.min_m", 0.1, "Depths below this (metres) count as missing.", min=0.0, max=1000.0),
     ParamSpec("depth.max_m", 10.0, "Depths above this (metres) count as missing.", min=0.01, max=10000.0),
@@ -56,7 +57,8 @@ FRONTEND_PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("ransac.min_parallax_px", 1.0, "A winning homography with at most this rotation-compensated "
               "parallax (px) is a pure rotation (translation unknown).", min=0.0, max=100.0),
     ParamSpec("keyframe.min_matches", 20, "Fewer matches than this: no pose, tracking lost.", min=5, max=100_000),
-    ParamSpec("keyframe.min_inliers", 50, "New keyframe when the pose has fewer inliers than this.", min=5, max=100_000),
+    ParamSpec("keyframe.min_inliers", 50, "New keyframe when the pose has fewer inliers than this.", min=5,
+              max=100_000),
     ParamSpec("keyframe.max_parallax_px", 60.0, "New keyframe when the median inlier parallax exceeds this (px).",
               min=1.0, max=10_000.0),
     ParamSpec("keyframe.parallax", "displacement", "Parallax measure: displacement (median keypoint motion) or "
@@ -68,8 +70,8 @@ FRONTEND_PARAMS: tuple[ParamSpec, ...] = (
               max=1000.0),
 ) + METRIC_PARAMS
 INPUT_MODES = ("mono", "rgbd", "stereo")
-PRECISION_PARAM = ParamSpec("precision", "fp32", "Numeric precision of the backend (features are converted or dropped).",
-                            choices=PRECISIONS)
+PRECISION_PARAM = ParamSpec("precision", "fp32", "Numeric precision of the backend (features are converted or "
+                            "dropped).", choices=PRECISIONS)
 
 
 class SettingsParts(NamedTuple):

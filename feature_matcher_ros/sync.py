@@ -24,7 +24,8 @@ ever being paired are reported to ``on_unpaired``, and messages replaced by one 
 from __future__ import annotations
 
 import itertools
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 
 class StampSynchronizer:

@@ -19,10 +19,11 @@ file's value). ``depth`` (rgbd), ``right_image`` and ``right_camera_info`` (ster
 import os
 
 from ament_index_python.packages import get_package_share_directory
-from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
+
+from launch import LaunchDescription
 
 # Launch arguments that become read-only node parameters when not empty.
 OVERRIDES = {
@@ -67,7 +68,8 @@ def generate_launch_description():
         DeclareLaunchArgument("camera_info", default_value="camera_info", description="Input camera_info topic."),
         DeclareLaunchArgument("depth", default_value="depth",
                               description="rgbd: depth image registered to the colour image."),
-        DeclareLaunchArgument("right_image", default_value="right/image", description="stereo: right image (rectified)."),
+        DeclareLaunchArgument("right_image", default_value="right/image",
+                              description="stereo: right image (rectified)."),
         DeclareLaunchArgument("right_camera_info", default_value="right/camera_info",
                               description="stereo: right camera_info (P[3] = -fx * baseline)."),
         DeclareLaunchArgument("params_file", default_value=default_params, description="Parameters (YAML)."),

@@ -22,7 +22,8 @@ REPO = Path(__file__).resolve().parent.parent
 CORE_FILES = {
     "test_bag.py", "test_camera.py", "test_conversions.py", "test_datasets.py", "test_eloftr_fast_paths.py",
     "test_eloftr_loader.py", "test_frontend.py", "test_geometry.py", "test_messages.py", "test_metric.py",
-    "test_nms.py", "test_se3.py", "test_sift.py", "test_sptd2.py", "test_sptd2_training.py", "test_sync.py",
+    "test_layers.py", "test_nms.py", "test_se3.py", "test_sift.py", "test_sptd2.py", "test_sptd2_training.py",
+    "test_sync.py",
 }
 
 # Files whose tests talk to nodes over DDS (marked ``dds``): ``make test-repeat`` runs them again and again

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import cv2
 
-from feature_matcher_ros.ros.client import MatcherClient
 from feature_matcher_ros.datasets import read_sequence
+from feature_matcher_ros.ros.client import MatcherClient
 from feature_matcher_ros.ros.process import NodeProcess, node_command
 
 REPO = Path(__file__).resolve().parent.parent

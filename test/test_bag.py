@@ -10,8 +10,8 @@ import cv2
 import numpy as np
 import pytest
 
-from feature_matcher_ros.evaluation import bagio, bagwrite
 from feature_matcher_ros.datasets import parse_stamp, read_tum
+from feature_matcher_ros.evaluation import bagio, bagwrite
 from feature_matcher_ros.messages import stamp_to_ns
 from feature_matcher_ros.tools import make_bag
 

@@ -7,9 +7,9 @@ frame after each episode, and accounts for every image it received (feature_matc
 
 import pytest
 
-from feature_matcher_ros.resources import config_file
-from feature_matcher_ros.tools import chaos
+from feature_matcher_ros.measure import chaos
 from feature_matcher_ros.measure.dds_loss import DEFAULT_PROFILE, profile_env
+from feature_matcher_ros.resources import config_file
 
 ENV = profile_env(str(config_file(DEFAULT_PROFILE)))
 

@@ -121,7 +121,8 @@ def test_pose_conversions_and_keyframe_frame_id():
     with pytest.raises(ValueError):
         messages.parse_keyframe_frame_id("camera_rgb_optical_frame")
     msg = cv.relative_pose_msg(T, np.diag([1e6] * 3 + [1e-4] * 3), 42, "cam", 41)
-    assert messages.stamp_to_ns(msg.header.stamp) == 42 and messages.parse_keyframe_frame_id(msg.header.frame_id) == ("cam", 41)
+    assert (messages.stamp_to_ns(msg.header.stamp) == 42
+            and messages.parse_keyframe_frame_id(msg.header.frame_id) == ("cam", 41))
     assert msg.pose.covariance[0] == 1e6 and msg.pose.covariance[35] == 1e-4
 
 
@@ -153,8 +154,8 @@ def test_params_file_lists_every_default(repo):
     """config/matcher.yaml holds exactly the declared node and frontend parameters, at their defaults."""
     import yaml
 
-    from feature_matcher_ros.settings import FRONTEND_PARAMS, PRECISION_PARAM
     from feature_matcher_ros.ros.node import NODE_PARAMS
+    from feature_matcher_ros.settings import FRONTEND_PARAMS, PRECISION_PARAM
 
     doc = yaml.safe_load((repo / "config" / "matcher.yaml").read_text())
     params = doc["/**"]["ros__parameters"]

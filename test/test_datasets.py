@@ -7,7 +7,14 @@ import numpy as np
 import pytest
 
 from feature_matcher_ros.datasets import (
-    DatasetError, Trajectory, format_stamp, parse_stamp, read_pose_pairs, read_sequence, read_tum, write_tum,
+    DatasetError,
+    Trajectory,
+    format_stamp,
+    parse_stamp,
+    read_pose_pairs,
+    read_sequence,
+    read_tum,
+    write_tum,
 )
 from feature_matcher_ros.se3 import invert, rotation_from_rotvec, se3
 

@@ -45,7 +45,8 @@ def test_keys_without_prefix_and_extra_entries(checkpoint, state, tmp_path):
     path = tmp_path / "plain.ckpt"
     torch.save({"state_dict": state, "epoch": 30, "hyper_parameters": {"lr": 1.0}}, path)
     model = load_model(path)
-    torch.testing.assert_close(model.fine_preprocess.layer1_outconv.weight, state["fine_preprocess.layer1_outconv.weight"])
+    torch.testing.assert_close(model.fine_preprocess.layer1_outconv.weight,
+                               state["fine_preprocess.layer1_outconv.weight"])
 
 
 def test_missing_file(tmp_path):
@@ -75,7 +76,8 @@ def test_not_a_checkpoint(tmp_path):
 def test_another_models_checkpoint(tmp_path):
     path = tmp_path / "other.ckpt"
     torch.save({"state_dict": torch.nn.Sequential(torch.nn.Linear(4, 4)).state_dict()}, path)
-    with pytest.raises(CheckpointError, match=r"other.ckpt.*447 missing keys: backbone\..*unexpected keys: 0.bias, 0.weight"):
+    with pytest.raises(CheckpointError,
+                       match=r"other.ckpt.*447 missing keys: backbone\..*unexpected keys: 0.bias, 0.weight"):
         load_model(path)
 
 

@@ -22,7 +22,6 @@ from feature_matcher_ros.measure.parity import (
 )
 
 
-
 @pytest.fixture(scope="module")
 def backend(checkpoint, thr):
     return EfficientLoFTRBackend(device="cpu", weights=str(checkpoint), threshold=thr["full"])

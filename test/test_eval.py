@@ -156,9 +156,9 @@ def test_scale_injection_and_metric_definitions(shared: Path) -> None:
     """Perfect unit-length estimates chain back to the ground truth exactly; a failed estimate counts as
     infinitely wrong in the AUC; epipolar precision uses the ground-truth essential matrix."""
     from feature_matcher_ros.camera import CameraModel
+    from feature_matcher_ros.datasets import read_tum
     from feature_matcher_ros.evaluation.metrics import evaluate
     from feature_matcher_ros.evaluation.records import FrameRecord
-    from feature_matcher_ros.datasets import read_tum
     from feature_matcher_ros.evaluation.trajectory import chain_with_gt_scale
 
     tum = shared / "data/tum_fr2_desk"
@@ -278,7 +278,8 @@ def _write_ros1_rgbd_bag(data: Path, path: Path, frames: int, depth_delay_ns: in
             write("/camera/rgb/image_color", bagwrite.image_message(ros2, rgb, stamp, "rgb", "rgb8"), stamp)
             png = cv2.imread(str(depth), cv2.IMREAD_UNCHANGED)
             later = stamp + depth_delay_ns
-            write("/camera/depth/image", bagwrite.depth_message(ros2, png, seq.depth.scale, later, "rgb", "32FC1"), later)
+            write("/camera/depth/image", bagwrite.depth_message(ros2, png, seq.depth.scale, later, "rgb", "32FC1"),
+                  later)
 
 
 def test_ros1_bag_rgbd(shared: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -28,7 +28,8 @@ def test_fm_bench_json(repo, checkpoint):
     assert abs(r["speedup"] - r["streaming_fps"] / r["pairwise_fps"]) < 1e-9
     assert abs(r["streaming_ms_per_frame"] * r["streaming_fps"] - 1000.0) < 1e-6
     # the per-frame stages: the streaming path extracts one image and matches; the reference does it all
-    assert {"extract.backbone", "transformer", "coarse_matching", "fine_preprocess", "fine_matching"} <= set(r["stage_ms"])
+    assert ({"extract.backbone", "transformer", "coarse_matching", "fine_preprocess", "fine_matching"}
+            <= set(r["stage_ms"]))
     assert {"backbone", "transformer", "coarse_matching", "fine_preprocess"} <= set(r["pairwise_stage_ms"])
     assert sum(r["stage_ms"].values()) <= r["streaming_ms_per_frame"] * 1.05
     assert 0 < r["peak_rss_streaming_mb"] <= r["peak_rss_mb"]
@@ -38,7 +39,8 @@ def test_fm_bench_json(repo, checkpoint):
 
 def test_fm_bench_human_output_and_bad_arguments(repo):
     env = {**os.environ, "PYTHONPATH": str(repo)}
-    run = subprocess.run([sys.executable, "-m", "feature_matcher_ros.measure.bench", "--backend", "sift", "--frames", "1"],
+    run = subprocess.run([sys.executable, "-m", "feature_matcher_ros.measure.bench",
+                          "--backend", "sift", "--frames", "1"],
                          capture_output=True, text=True, env=env, cwd=repo, timeout=300)
     assert run.returncode == 0, run.stderr
     assert "speed-up" in run.stdout and "held between frames" in run.stdout

@@ -5,7 +5,6 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 
 from feature_matcher_ros.measure.parity import compare_matches
 
@@ -61,7 +60,8 @@ def test_streaming_several_images_any_size(repo, shared, checkpoint, tmp_path):
         cv2.imwrite(str(path), cv2.resize(cv2.imread(str(name)), (200, 150), interpolation=cv2.INTER_AREA))
         paths.append(path)
     out_npz = tmp_path / "m.npz"
-    run = fm_match(repo, *paths, "--weights", checkpoint, "--threshold", "0.0188", "--out", out_npz, "--draw", tmp_path / "d.png")
+    run = fm_match(repo, *paths, "--weights", checkpoint, "--threshold", "0.0188", "--out", out_npz,
+                   "--draw", tmp_path / "d.png")
     assert run.returncode == 0, run.stderr
     got = np.load(out_npz)
     assert sorted(got.files) == ["kpts0_0", "kpts0_1", "kpts1_0", "kpts1_1", "scores_0", "scores_1"]

@@ -7,12 +7,12 @@ import pytest
 
 from feature_matcher_ros.backends.sift import SiftBackend
 from feature_matcher_ros.camera import CameraModel
+from feature_matcher_ros.datasets import read_sequence
 from feature_matcher_ros.frontend import LOST_VARIANCE, Frontend
-from feature_matcher_ros.settings import FRONTEND_PARAMS
 from feature_matcher_ros.geometry import rotation_error_deg
 from feature_matcher_ros.metric import StereoFrame, StereoRig
 from feature_matcher_ros.se3 import invert
-from feature_matcher_ros.datasets import read_sequence
+from feature_matcher_ros.settings import FRONTEND_PARAMS
 
 
 class CountingSift(SiftBackend):

@@ -13,12 +13,20 @@ import pytest
 
 from feature_matcher_ros.backends.sift import SiftBackend
 from feature_matcher_ros.camera import CameraModel
+from feature_matcher_ros.datasets import pair_camera, read_pose_pairs, read_tum
 from feature_matcher_ros.geometry import (
-    UNKNOWN_VARIANCE, estimate_homography, estimate_relative_pose, homography_transfer_error, pose_error_auc,
-    rotation_error_deg, sampson_distance, essential_from_pose, symmetric_epipolar_distance, translation_angle_error_deg,
+    UNKNOWN_VARIANCE,
+    essential_from_pose,
+    estimate_homography,
+    estimate_relative_pose,
+    homography_transfer_error,
+    pose_error_auc,
+    rotation_error_deg,
+    sampson_distance,
+    symmetric_epipolar_distance,
+    translation_angle_error_deg,
 )
 from feature_matcher_ros.se3 import invert, quat_to_rotation, rotation_from_rotvec, rotation_to_quat, se3
-from feature_matcher_ros.datasets import pair_camera, read_pose_pairs, read_tum
 
 SIFT = SiftBackend()
 
@@ -124,7 +132,7 @@ def test_distorted_keypoints_need_undistortion(matched_pairs):
     """TUM images are distorted: with the distortion removed the translation directions are better
     (measured: 3.1 vs 4.0 deg median over the 32 stride-3/5 pairs)."""
     t_with, t_without = [], []
-    for pair, m, c0, c1 in matched_pairs["tum_fr2_desk"]:
+    for pair, m, c0, _c1 in matched_pairs["tum_fr2_desk"]:
         if abs(float(pair.image1.stem) - float(pair.image0.stem)) < 0.25:
             continue  # stride 3 and 5: enough baseline for the translation direction
         pinhole = CameraModel.from_matrix(c0.width, c0.height, c0.K)
@@ -137,8 +145,9 @@ def test_distorted_keypoints_need_undistortion(matched_pairs):
 
 def test_scannet_wide_baseline_is_not_trusted(matched_pairs):
     """SIFT cannot match these 31-85 deg pairs (the dataset README: 0/15 within 10 deg). Measured at 640 px:
-    12-35 matches, 0-2 of them on the GT epipolar lines, 6-9 essential-matrix inliers. The estimator must not make that look like a confident pose: every pair
-    either fails or has fewer inliers than the frontend's tracking threshold (20)."""
+    12-35 matches, 0-2 of them on the GT epipolar lines, 6-9 essential-matrix inliers. The estimator must not
+    make that look like a confident pose: every pair either fails or has fewer inliers than the frontend's
+    tracking threshold (20)."""
     assert len(matched_pairs["scannet_pairs"]) == 7
     for pair, m, c0, c1 in matched_pairs["scannet_pairs"]:
         if len(m) < 5:

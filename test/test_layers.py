@@ -87,7 +87,8 @@ def test_node_never_imports_evaluation_engines(path):
 
 def test_the_check_sees_nested_and_relative_imports():
     """A rule that cannot fail is no rule: imports inside functions, relative ones, from packages."""
-    source = "import rclpy.node\ndef f():\n    from .training.sptd2 import losses\n    from ..camera import CameraModel\n"
+    source = ("import rclpy.node\ndef f():\n    from .training.sptd2 import losses\n"
+              "    from ..camera import CameraModel\n")
     found = imports_in(source, "feature_matcher_ros.ros.node", is_package=False)
     assert {"rclpy.node", "feature_matcher_ros.ros.training.sptd2.losses", "feature_matcher_ros.camera"} <= found
     found = imports_in("from . import sptd2\n", "feature_matcher_ros.training", is_package=True)

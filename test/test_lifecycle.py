@@ -1,8 +1,9 @@
 """lifecycle_matcher_node driven through the real lifecycle_msgs services (``~/change_state``,
 ``~/get_state``): nothing is subscribed before ``activate`` (publishers exist from ``configure`` but are
 disabled), frames are matched while active and ignored after ``deactivate``, ``cleanup`` releases the
-model and the publishers and a second configure/activate works, ``shutdown`` ends the process. A configure that cannot load the model fails with the reason and
-leaves the node unconfigured; ``--activate`` starts it active."""
+model and the publishers and a second configure/activate works, ``shutdown`` ends the process. A configure
+that cannot load the model fails with the reason and leaves the node unconfigured; ``--activate`` starts it
+active."""
 
 import signal
 import time

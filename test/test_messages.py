@@ -122,7 +122,8 @@ def test_compressed_garbage_and_empty():
 
 @pytest.mark.parametrize("encoding", ENCODINGS)
 def test_images_decode_alike_from_rclpy_and_from_a_bag(rgb, encoding):
-    msg = cv.numpy_to_image(_as_encoding(rgb, encoding), encoding, stamp_ns=7, frame_id="cam", step=rgb.shape[1] * 8 + 5)
+    msg = cv.numpy_to_image(_as_encoding(rgb, encoding), encoding, stamp_ns=7, frame_id="cam",
+                            step=rgb.shape[1] * 8 + 5)
     bag = _as_bag_message(msg, "sensor_msgs/msg/Image")
     assert isinstance(bag.data, np.ndarray) and not isinstance(msg.data, np.ndarray)
     raw_live, raw_bag = messages.image_to_numpy(msg), messages.image_to_numpy(bag)
@@ -254,13 +255,15 @@ def _compressed_depth(fmt, png_pixels, quant=(0.0, 0.0)):
 
 def test_depth_16bit_with_scale_and_32bit_metres_from_rclpy_and_bags(cabinet_depth):
     raw, metres = cabinet_depth
-    for msg in (cv.numpy_to_image(raw, "16UC1"), _as_bag_message(cv.numpy_to_image(raw, "mono16"), "sensor_msgs/msg/Image")):
+    for msg in (cv.numpy_to_image(raw, "16UC1"),
+                _as_bag_message(cv.numpy_to_image(raw, "mono16"), "sensor_msgs/msg/Image")):
         got = messages.depth_to_metres(msg, scale=1 / 5000.0)
         assert np.array_equal(np.isnan(got), np.isnan(metres))
         assert np.allclose(got[~np.isnan(got)], metres[~np.isnan(metres)])
     as_float = np.where(np.isnan(metres), np.inf, metres).astype(np.float32)
     got = messages.depth_to_metres(cv.numpy_to_image(as_float, "32FC1"))
-    assert np.array_equal(np.isnan(got), np.isnan(metres)) and np.allclose(got[~np.isnan(got)], metres[~np.isnan(metres)])
+    assert (np.array_equal(np.isnan(got), np.isnan(metres))
+            and np.allclose(got[~np.isnan(got)], metres[~np.isnan(metres)]))
 
 
 def test_compressed_depth_png_both_forms(cabinet_depth):

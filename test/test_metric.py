@@ -9,6 +9,7 @@ import pytest
 
 from feature_matcher_ros.backends import create_backend
 from feature_matcher_ros.camera import CameraModel
+from feature_matcher_ros.datasets import read_pose_pairs
 from feature_matcher_ros.geometry import rotation_error_deg
 from feature_matcher_ros.metric import (
     StereoRig,
@@ -19,7 +20,6 @@ from feature_matcher_ros.metric import (
     stereo_depth_image,
     stereo_points,
 )
-from feature_matcher_ros.datasets import read_pose_pairs
 
 
 def gray(path):

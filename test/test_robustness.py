@@ -18,13 +18,13 @@ import pytest
 from sensor_msgs.msg import Image
 
 from feature_matcher_ros import messages
+from feature_matcher_ros.measure.dds_loss import DEFAULT_PROFILE, profile_env
+from feature_matcher_ros.measure.stress import format_table, run_scenario
 from feature_matcher_ros.resources import config_file
 from feature_matcher_ros.ros import conversions as cv
 from feature_matcher_ros.ros.client import MatcherClient
 from feature_matcher_ros.ros.monitor import Monitor
 from feature_matcher_ros.ros.process import NodeProcess
-from feature_matcher_ros.measure.dds_loss import DEFAULT_PROFILE, profile_env
-from feature_matcher_ros.measure.stress import format_table, run_scenario
 from ros_helpers import send_until_answered
 
 NS = 1_000_000_000

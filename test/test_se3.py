@@ -9,8 +9,17 @@ import pytest
 from scipy.linalg import expm
 
 from feature_matcher_ros.se3 import (
-    adjoint, closest_rotation, compose_with_covariance, invert, invert_with_covariance, pose_matrix,
-    quat_to_rotation, rotation_from_rotvec, rotation_to_quat, se3, skew,
+    adjoint,
+    closest_rotation,
+    compose_with_covariance,
+    invert,
+    invert_with_covariance,
+    pose_matrix,
+    quat_to_rotation,
+    rotation_from_rotvec,
+    rotation_to_quat,
+    se3,
+    skew,
 )
 
 

@@ -17,11 +17,11 @@ import time
 
 import pytest
 
+from feature_matcher_ros.measure.dds_loss import DEFAULT_PROFILE, profile_env
+from feature_matcher_ros.measure.stress import start_camera
 from feature_matcher_ros.resources import config_file
 from feature_matcher_ros.ros.monitor import Monitor
 from feature_matcher_ros.ros.process import LIFECYCLE_MODULE, NODE_MODULE, NodeProcess
-from feature_matcher_ros.measure.dds_loss import DEFAULT_PROFILE, profile_env
-from feature_matcher_ros.measure.stress import start_camera
 
 EXIT_WITHIN_S = 2.0
 # name -> (seconds after the first signal, signal) for each signal sent

@@ -7,9 +7,9 @@ import pytest
 from feature_matcher_ros.backends import available_backends, create_backend
 from feature_matcher_ros.backends.base import Features
 from feature_matcher_ros.backends.sift import OrbBackend, SiftBackend, mutual_ratio_match
+from feature_matcher_ros.datasets import read_sequence
 from feature_matcher_ros.geometry import estimate_relative_pose, rotation_error_deg
 from feature_matcher_ros.se3 import invert
-from feature_matcher_ros.datasets import read_sequence
 
 
 @pytest.fixture(scope="module")

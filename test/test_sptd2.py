@@ -126,7 +126,8 @@ def test_detection_nms_topk_sorted_unit_descriptors(small_model):
     cells = torch.round(k).long()
     gap = (cells[:, None, :] - cells[None, :, :]).abs().amax(-1) + 99 * torch.eye(len(k), dtype=torch.long)
     assert int(gap.min()) >= 1  # never two keypoints on one pixel; 3x3 NMS keeps integer maxima >= 2 apart
-    integer = detect_and_describe(small_model, image, DetectionConfig(top_k=300, nms_radius=1, subpixel=False))["keypoints"]
+    integer = detect_and_describe(small_model, image,
+                                  DetectionConfig(top_k=300, nms_radius=1, subpixel=False))["keypoints"]
     d_int = (integer[:, None, :] - integer[None, :, :]).abs().amax(-1) + 99 * torch.eye(len(integer))
     assert float(d_int.min()) >= 2
 

@@ -26,7 +26,8 @@ torch.set_num_threads(1)
 
 
 def identity_flow(b: int, size: int):
-    ys, xs = torch.meshgrid(torch.arange(size, dtype=torch.float32), torch.arange(size, dtype=torch.float32), indexing="ij")
+    ys, xs = torch.meshgrid(torch.arange(size, dtype=torch.float32), torch.arange(size, dtype=torch.float32),
+                            indexing="ij")
     return torch.stack([xs, ys], -1).expand(b, -1, -1, -1).contiguous(), torch.ones(b, size, size, dtype=torch.bool)
 
 
@@ -131,7 +132,8 @@ def test_homography_batcher_flow_and_teacher_follow_the_warp(tmp_path, graffiti)
     cv2.imwrite(str(teacher_dir / (image_key(path) + ".png")), heat)
     batcher = HomographyBatcher([path], PairConfig(crop=128, photometric=False), teacher_dir=teacher_dir, seed=3)
     batch = batcher.batch(4)
-    assert batch["image0"].shape == batch["teacher1"].shape == (4, 1, 128, 128) and batch["flow"].shape == (4, 128, 128, 2)
+    assert (batch["image0"].shape == batch["teacher1"].shape == (4, 1, 128, 128)
+            and batch["flow"].shape == (4, 128, 128, 2))
     for i in range(4):
         valid = batch["valid"][i].numpy()
         assert valid.mean() > 0.2
@@ -160,7 +162,8 @@ def test_depth_flow_is_exact_on_a_plane_and_real_pairs_line_up(shared: Path):
     a, b = seq["pairs"][0]
     load = lambda p: torch.from_numpy(cv2.imread(str(p), cv2.IMREAD_UNCHANGED).astype(np.float32) / seq["depth_scale"])  # noqa: E731
     T_1_0 = torch.tensor(np.linalg.inv(seq["poses"][b]) @ seq["poses"][a], dtype=torch.float32)
-    flow, valid = depth_flow(load(seq["depths"][a]), load(seq["depths"][b]), torch.tensor(seq["K"], dtype=torch.float32), T_1_0)
+    flow, valid = depth_flow(load(seq["depths"][a]), load(seq["depths"][b]),
+                             torch.tensor(seq["K"], dtype=torch.float32), T_1_0)
     assert valid.float().mean() > 0.5
     im0, im1 = (cv2.imread(str(seq["images"][i]), cv2.IMREAD_GRAYSCALE).astype(np.float32) for i in (a, b))
     f, v = flow.numpy(), valid.numpy()

@@ -12,8 +12,8 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
+from feature_matcher_ros.measure import dds_loss
 from feature_matcher_ros.resources import config_file
-from feature_matcher_ros.tools import dds_loss
 
 PROFILE = config_file(dds_loss.DEFAULT_PROFILE)
 NS = {"dds": "http://www.eprosima.com"}

@@ -13,8 +13,9 @@ Everything here is ROS-free. Coordinates are always ``(x, y)`` in pixels of the 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Mapping
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -123,20 +124,20 @@ class Matches:
         return len(self.scores)
 
     @classmethod
-    def empty(cls) -> "Matches":
+    def empty(cls) -> Matches:
         return cls(np.zeros((0, 2), np.float32), np.zeros((0, 2), np.float32), np.zeros(0, np.float32))
 
-    def select(self, index: np.ndarray) -> "Matches":
+    def select(self, index: np.ndarray) -> Matches:
         return Matches(self.kpts0[index], self.kpts1[index], self.scores[index])
 
-    def top_k(self, k: int) -> "Matches":
+    def top_k(self, k: int) -> Matches:
         """The ``k`` highest-scoring matches, best first (all of them, sorted, when ``k <= 0``)."""
         order = np.argsort(-self.scores, kind="stable")
         if k > 0:
             order = order[:k]
         return self.select(order)
 
-    def scaled(self, sx0: float, sy0: float, sx1: float, sy1: float) -> "Matches":
+    def scaled(self, sx0: float, sy0: float, sx1: float, sy1: float) -> Matches:
         """Keypoints mapped to another pixel grid: ``x' = (x + 0.5) * s - 0.5`` per image and axis."""
         def _map(k: np.ndarray, sx: float, sy: float) -> np.ndarray:
             out = k.copy()

@@ -24,7 +24,8 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Mapping
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import cv2
 import numpy as np

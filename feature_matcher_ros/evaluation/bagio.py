@@ -15,17 +15,22 @@ corrupt file) raises :class:`BagError` with a one-line message naming it.
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
 from ..datasets import Trajectory
 from ..messages import (
-    InputError, camera_info_to_model, decode_image, pose_to_matrix, stamp_to_ns,
+    InputError,
+    camera_info_to_model,
+    decode_image,
+    pose_to_matrix,
+    stamp_to_ns,
     transform_to_matrix,
 )
 

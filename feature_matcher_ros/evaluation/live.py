@@ -15,8 +15,9 @@ The node's outputs (see :mod:`feature_matcher_ros.ros.node`):
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 

@@ -15,11 +15,13 @@ Definitions (SuperGlue / LoFTR):
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
+from ..datasets import Trajectory
 from ..geometry import (
     essential_from_pose,
     pose_error_auc,
@@ -27,7 +29,6 @@ from ..geometry import (
     symmetric_epipolar_distance,
     translation_angle_error_deg,
 )
-from ..datasets import Trajectory
 from .records import FrameRecord
 
 EPIPOLAR_THRESHOLD = 5e-4
@@ -210,7 +211,8 @@ def metric_summary(pairs: Sequence[FrameRecord], scores: Sequence[PairScore]) ->
     }
 
 
-def epipolar_errors(rec: FrameRecord, kf_camera: Any, gt: Trajectory, max_gap_ns: int = 100_000_000) -> np.ndarray | None:
+def epipolar_errors(rec: FrameRecord, kf_camera: Any, gt: Trajectory,
+                    max_gap_ns: int = 100_000_000) -> np.ndarray | None:
     """``(N,)`` symmetric epipolar distances of a frame's matches under the ground truth, or None."""
     T_gt = gt.relative(rec.keyframe_stamp_ns, rec.stamp_ns, max_gap_ns)
     if T_gt is None or not len(rec.kpts0):

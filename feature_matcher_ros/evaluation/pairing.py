@@ -11,8 +11,9 @@ their queue unpaired are counted by input.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -47,7 +48,7 @@ class Pairing:
     depth_scale: float = 0.001
 
     @classmethod
-    def from_params(cls, params: Mapping[str, Any]) -> "Pairing":
+    def from_params(cls, params: Mapping[str, Any]) -> Pairing:
         """From node parameters (dotted names; others ignored); :class:`UsageError` for a bad value."""
         values = {}
         for spec in PAIRING_PARAMS:

@@ -73,7 +73,7 @@ class FrameRecord:
         return self.R is not None and self.t is not None
 
     @classmethod
-    def from_frame_result(cls, result: Any, camera: Any, latency_ms: float | None = None) -> "FrameRecord":
+    def from_frame_result(cls, result: Any, camera: Any, latency_ms: float | None = None) -> FrameRecord:
         """From a :class:`~feature_matcher_ros.frontend.FrameResult`."""
         pose = result.pose
         timings = {k: float(v) for k, v in dict(result.timings_ms or {}).items()}

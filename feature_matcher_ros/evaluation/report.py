@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -149,7 +150,8 @@ def plot_pose_errors(per_frame: Sequence[dict], path: Path, title: str) -> Path:
     if failed:
         ymax = np.nanmax(np.concatenate([rot, tra, [1.0]]))
         ax.plot(t[failed], np.full(len(failed), ymax), "rx", label="pose failed")
-    return _save_per_frame(fig, ax, t, per_frame, "error (°)", f"{title}: pose error per frame (keyframe → frame)", path)
+    return _save_per_frame(fig, ax, t, per_frame, "error (°)", f"{title}: pose error per frame (keyframe → frame)",
+                           path)
 
 
 def plot_translation_errors(per_frame: Sequence[dict], path: Path, title: str) -> Path:
@@ -158,7 +160,8 @@ def plot_translation_errors(per_frame: Sequence[dict], path: Path, title: str) -
     t = _seconds(per_frame)
     fig, ax = plt.subplots(figsize=(8, 3.6), dpi=100)
     metres = np.array([np.nan if f.get("translation_error_m") is None else f["translation_error_m"] for f in per_frame])
-    pct = np.array([np.nan if f.get("translation_error_pct") is None else f["translation_error_pct"] for f in per_frame])
+    pct = np.array([np.nan if f.get("translation_error_pct") is None else f["translation_error_pct"]
+                    for f in per_frame])
     ax.plot(t, metres, "o-", ms=3, label="translation error (m)")
     right = ax.twinx()
     right.plot(t, pct, "s--", ms=3, color="tab:orange", label="% of keyframe-to-frame distance")
@@ -309,7 +312,8 @@ def pick_picture_frames(records: Sequence[FrameRecord], count: int = 3) -> list[
 def run_markdown(metrics: dict, plots: dict[str, str], title: str) -> str:
     """The per-run report."""
     lines = [f"# {title}", ""]
-    lines += [f"- bag: `{metrics.get('bag')}`", f"- mode: {metrics.get('mode')}, input: {metrics.get('input_mode', 'mono')}",
+    lines += [f"- bag: `{metrics.get('bag')}`",
+              f"- mode: {metrics.get('mode')}, input: {metrics.get('input_mode', 'mono')}",
               f"- backend: `{metrics.get('backend')}` ({metrics.get('device')}, {metrics.get('precision')})",
               f"- ground truth: {metrics.get('ground_truth')}",
               f"- topics: image `{metrics.get('image_topic')}`, camera info `{metrics.get('camera_info_topic')}`"

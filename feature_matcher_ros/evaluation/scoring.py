@@ -3,8 +3,9 @@ metrics, the chained trajectory scored with evo, plots, match pictures, ``metric
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from ..datasets import Trajectory
 from . import report
@@ -79,10 +80,12 @@ def score_run(records: Sequence[FrameRecord], gt: Trajectory | None, out_dir: Pa
             errs = epipolar_errors(rec, kf_cam, gt) if gt is not None else None
             name = f"match_{k}.png"
             report.plot_match_picture(images[rec.keyframe_stamp_ns], images[rec.stamp_ns], rec, errs,
-                                      out_dir / name, f"{title} frame @{rec.stamp_ns} vs keyframe @{rec.keyframe_stamp_ns}")
+                                      out_dir / name,
+                                      f"{title} frame @{rec.stamp_ns} vs keyframe @{rec.keyframe_stamp_ns}")
             plots[f"matches, frame {rec.stamp_ns} vs keyframe {rec.keyframe_stamp_ns}"] = name
     metrics["plots"] = sorted(plots.values())
     report.write_json(out_dir / "metrics.json", metrics)
     report.write_json(out_dir / "per_frame.json", per_frame)
-    (out_dir / "report.md").write_text(report.run_markdown(metrics, plots, f"{title} on {Path(str(meta.get('bag'))).name}"))
+    (out_dir / "report.md").write_text(report.run_markdown(metrics, plots,
+                                                           f"{title} on {Path(str(meta.get('bag'))).name}"))
     return metrics

@@ -15,8 +15,9 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -146,7 +147,8 @@ def score_trajectory(est: Trajectory, gt: Trajectory, out_dir: Path, align: bool
     gt_file = write_tum(out_dir / "trajectory_gt.tum", gt_at)
     result: dict = {"trajectory_est": est_file.name, "trajectory_gt": gt_file.name,
                     "trajectory_poses": len(est), "ate_rmse_m": None, "rpe_rmse_m": None,
-                    "trajectory_alignment": "SE(3) Umeyama" if align else "none (anchored at the first ground-truth pose)"}
+                    "trajectory_alignment": "SE(3) Umeyama" if align
+                    else "none (anchored at the first ground-truth pose)"}
     if len(gt_at) < 3:
         result["evo_error"] = f"only {len(gt_at)} estimated poses with ground truth; evo needs at least 3"
         return result

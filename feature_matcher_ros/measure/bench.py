@@ -151,7 +151,8 @@ def _time_frame(backend, kf, keyframe, frame, clock: _Clock, paths: dict[str, _P
     extract_stages = _stage_ms(backend, {"extract": 1000 * (b - a)})
     matches = backend.match(kf, feats)
     c = clock.now()
-    paths["streaming"].add(1000 * (c - a), len(matches), {**extract_stages, **_stage_ms(backend, {"match": 1000 * (c - b)})})
+    paths["streaming"].add(1000 * (c - a), len(matches),
+                           {**extract_stages, **_stage_ms(backend, {"match": 1000 * (c - b)})})
     clock.take_peak(paths["streaming"])
     a = clock.now()
     matches = backend.match_pair(keyframe, frame)
@@ -202,7 +203,8 @@ def _result(args: argparse.Namespace, backend, source: Path, paths: dict[str, _P
         "settings": {k: v for k, v in backend.describe().items() if "." in k},
         "size": f"{args.size[0]}x{args.size[1]}", "frames": n, "images": str(source),
         "threads": torch.get_num_threads(), "burn": getattr(args, "burn", 0),
-        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""), "gomp_spincount": os.environ.get("GOMP_SPINCOUNT", ""),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""),
+        "gomp_spincount": os.environ.get("GOMP_SPINCOUNT", ""),
         "pairwise_fps": n / pair_s, "streaming_fps": n / stream_s, "speedup": pair_s / stream_s,
         "pairwise_ms_per_frame": 1000 * pair_s / n, "streaming_ms_per_frame": 1000 * stream_s / n,
         "pairwise_ms_median": float(np.median(pair.ms)), "streaming_ms_median": float(np.median(stream.ms)),
@@ -218,11 +220,14 @@ def _result(args: argparse.Namespace, backend, source: Path, paths: dict[str, _P
 
 def _print_human(r: dict) -> None:
     load = f", {r['burn']} cores kept busy" if r.get("burn") else ""
-    print(f"fm-bench {r['backend']} on {r['device']} ({r['precision']}, {r['threads']} threads{load}), {r['size']}, {r['frames']} frames from {r['images']}")
+    print(f"fm-bench {r['backend']} on {r['device']} ({r['precision']}, {r['threads']} threads{load}), {r['size']}, "
+          f"{r['frames']} frames from {r['images']}")
     if r["settings"]:
         print("  settings: " + ", ".join(f"{k}={v}" for k, v in r["settings"].items()))
-    print(f"  pairwise : {r['pairwise_fps']:.3f} frames/s ({r['pairwise_ms_per_frame']:.0f} ms/frame mean, {r['pairwise_ms_median']:.0f} median), {r['matches_pairwise']:.1f} matches/frame")
-    print(f"  streaming: {r['streaming_fps']:.3f} frames/s ({r['streaming_ms_per_frame']:.0f} ms/frame mean, {r['streaming_ms_median']:.0f} median), {r['matches_streaming']:.1f} matches/frame")
+    print(f"  pairwise : {r['pairwise_fps']:.3f} frames/s ({r['pairwise_ms_per_frame']:.0f} ms/frame mean, "
+          f"{r['pairwise_ms_median']:.0f} median), {r['matches_pairwise']:.1f} matches/frame")
+    print(f"  streaming: {r['streaming_fps']:.3f} frames/s ({r['streaming_ms_per_frame']:.0f} ms/frame mean, "
+          f"{r['streaming_ms_median']:.0f} median), {r['matches_streaming']:.1f} matches/frame")
     if "uncached_fps" in r:
         print(f"  uncached : {r['uncached_fps']:.3f} frames/s ({r['uncached_ms_per_frame']:.0f} ms/frame mean): "
               f"streaming without its cache, {r['pairwise_ms_per_frame'] / r['uncached_ms_per_frame']:.2f}x pairwise")
@@ -231,7 +236,8 @@ def _print_human(r: dict) -> None:
     print("  pairwise stages (ms/frame):  " + ", ".join(f"{k} {v:.0f}" for k, v in r["pairwise_stage_ms"].items()))
     mem = f"  peak RSS: {r['peak_rss_streaming_mb']:.0f} MB streaming only, {r['peak_rss_mb']:.0f} MB overall"
     if "peak_gpu_mb" in r:
-        mem += f"; peak GPU (timed frames) {r['peak_gpu_streaming_mb']:.0f} MB streaming, {r['peak_gpu_mb']:.0f} MB overall"
+        mem += (f"; peak GPU (timed frames) {r['peak_gpu_streaming_mb']:.0f} MB streaming, "
+                f"{r['peak_gpu_mb']:.0f} MB overall")
     print(mem)
     print(f"  held between frames: keyframe features {r['keyframe_mb']:.1f} MB, scratch {r['scratch_mb']:.1f} MB")
 

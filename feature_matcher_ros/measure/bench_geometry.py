@@ -78,7 +78,8 @@ def main(argv: list[str] | None = None) -> None:
                 errs.append(max(er, et))
             auc = pose_error_auc(errs)
             print(f"{name:18s} {method:8s} {len(pairs):5d} {fails:4d} {np.median(rot):8.2f} {np.median(tra):7.2f} "
-                  f"{auc[0]:6.3f} {auc[1]:6.3f} {auc[2]:6.3f} {1e3 * np.median(times):7.1f} {1e3 * np.mean(times):7.1f}")
+                  f"{auc[0]:6.3f} {auc[1]:6.3f} {auc[2]:6.3f} {1e3 * np.median(times):7.1f} "
+                  f"{1e3 * np.mean(times):7.1f}")
 
 
 if __name__ == "__main__":

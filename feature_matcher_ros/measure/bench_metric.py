@@ -124,11 +124,12 @@ def format_rows(name: str, rows: dict[str, Row]) -> str:
            "trans err p90 (m) | inliers median | lookup ms | pose ms |", "|---|---|---|---|---|---|---|---|---|"]
     for setting, r in rows.items():
         n = len(r.errors_t)
-        med = (lambda v: f"{np.median(v):.3f}" if len(v) else "-")
+        def med(v):
+            return f"{np.median(v):.3f}" if len(v) else "-"
         p90 = f"{np.percentile(r.errors_t, 90):.3f}" if n else "-"
         look = f"{np.median(r.lookup_ms):.2f}" if r.lookup_ms else "-"
-        out.append(f"| {setting} | {n}/{n + r.failed if r.errors_t or r.failed else len(r.pnp_ms)} | {med(r.errors_r)} | "
-                   f"{med(r.errors_t)} | {med(r.errors_pct)} | {p90} | {med(r.inliers)} | {look} | "
+        out.append(f"| {setting} | {n}/{n + r.failed if r.errors_t or r.failed else len(r.pnp_ms)} | "
+                   f"{med(r.errors_r)} | {med(r.errors_t)} | {med(r.errors_pct)} | {p90} | {med(r.inliers)} | {look} | "
                    f"{np.median(r.pnp_ms):.2f} |")
     return "\n".join(out)
 
@@ -144,7 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--stereo", type=Path, default=shared_dir() / "data" / "kitti06_stereo_f000_050")
     p.add_argument("--max-pairs", type=int, default=1000)
     p.add_argument("--methods", nargs="+", default=["poselib", "opencv"])
-    p.add_argument("--set", nargs="*", default=[], metavar="NAME=VALUE", help="backend settings, e.g. sift.contrast_threshold=0.01")
+    p.add_argument("--set", nargs="*", default=[], metavar="NAME=VALUE",
+                   help="backend settings, e.g. sift.contrast_threshold=0.01")
     args = p.parse_args(argv)
     settings = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.set)}
     backend = create_backend(args.backend, weights=args.weights, **settings)

@@ -14,8 +14,8 @@ import argparse
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 _SPIN = "import os\nos.nice(0)\nwhile True:\n    pass\n"
 

@@ -26,9 +26,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
@@ -270,7 +270,8 @@ def measure(profile: str | None, width: int, height: int, rate: float, seconds: 
 
 
 def format_table(results: list[LossResult]) -> str:
-    head = f"{'profile':<28} {'size':>9} {'rate':>5} {'sent':>5} {'recv':>5} {'recv %':>7} {'lat p50':>8} {'lat p99':>8}"
+    head = (f"{'profile':<28} {'size':>9} {'rate':>5} {'sent':>5} {'recv':>5} {'recv %':>7} "
+            f"{'lat p50':>8} {'lat p99':>8}")
     rows = [head, "-" * len(head)]
     for r in results:
         name = r.profile if r.profile == "default" else Path(r.profile).name

@@ -39,9 +39,10 @@ import subprocess
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -91,9 +92,8 @@ def _shared() -> Path:
 
 
 def _checkpoint(fixture: Path) -> Path:
-    from .parity import fixture_checkpoint
-
     from ..resources import cache_dir
+    from .parity import fixture_checkpoint
 
     return fixture_checkpoint(fixture, cache_dir() / "eloftr")
 
@@ -191,7 +191,8 @@ def section_parity(plan: Plan, sec: Section) -> None:
                 sec.ok &= not problems
                 verdict = "pass" if not problems else "FAIL: " + "; ".join(problems)
                 sec.data[f"{pair}/{mode}/{path}"] = {"problems": problems, "matches": int(len(out["i_ids"]))}
-                sec.lines.append(f"| {pair} | {mode} | {path} | {len(ref['i_ids'])} | {len(out['i_ids'])} | {verdict} |")
+                sec.lines.append(f"| {pair} | {mode} | {path} | {len(ref['i_ids'])} | {len(out['i_ids'])} | "
+                                 f"{verdict} |")
             # the dry run compares precisions on half-size images, in one mode (CPU half precision is slow)
             small = [cv2.resize(i, (i.shape[1] // 2, i.shape[0] // 2), interpolation=cv2.INTER_AREA) for i in imgs]
             agree_imgs = small if plan.quick else imgs
@@ -205,14 +206,16 @@ def section_parity(plan: Plan, sec: Section) -> None:
                     sec.ok &= within
                 sec.data[f"{pair}/{mode}/{precision}_vs_fp32"] = {**a, "within_tolerance": within}
                 agree_rows.append(
-                    f"| {pair} | {mode} | {precision} | {int(a['ref_matches'])} / {int(a['matches'])} | {a['iou']:.3f} | "
+                    f"| {pair} | {mode} | {precision} | {int(a['ref_matches'])} / {int(a['matches'])} | "
+                    f"{a['iou']:.3f} | "
                     f"{a.get('kpt1_px_median', float('nan')):.3f} / {a.get('kpt1_px_p95', float('nan')):.3f} / "
                     f"{a.get('kpt1_px_max', float('nan')):.3f} | {a.get('mconf_median', float('nan')):.2e} / "
                     f"{a.get('mconf_max', float('nan')):.2e} | {'yes' if within else 'NO: ' + '; '.join(problems)} |")
     sec.lines += ["", f"fp16 / bf16 against fp32 on {plan.device} (streaming path; tolerance "
                   f"{AGREEMENT}: match count, keypoints on common matches; the IoU is reported, no criterion with "
                   "the fixture's random weights, see parity.AGREEMENT):", "",
-                  "| pair | mode | precision | matches fp32 / this | IoU | kpt1 px median / p95 / max | mconf diff median / max | within |",
+                  "| pair | mode | precision | matches fp32 / this | IoU | kpt1 px median / p95 / max | "
+                  "mconf diff median / max | within |",
                   "|---|---|---|---|---|---|---|---|", *agree_rows]
 
 
@@ -223,8 +226,8 @@ def _bench(plan: Plan, argv: list[str]) -> dict:
 
 
 def section_bench(plan: Plan, sec: Section) -> None:
-    rows = ["| backend | size | precision | mode | pairwise fps | streaming fps | speed-up | streaming ms | stages (ms) | "
-            "peak GPU MB streaming / pairwise |", "|---|---|---|---|---|---|---|---|---|---|"]
+    rows = ["| backend | size | precision | mode | pairwise fps | streaming fps | speed-up | streaming ms | "
+            "stages (ms) | peak GPU MB streaming / pairwise |", "|---|---|---|---|---|---|---|---|---|---|"]
     runs = [("eloftr", w, h, p, m) for w, h in plan.sizes for p in plan.precisions for m in MODES]
     runs += [("sptd2", w, h, p, None) for w, h in plan.sizes for p in plan.precisions]
     if plan.quick:  # the dry run: each backend once, fp32 (torch's CPU half-precision kernels are slow)
@@ -249,8 +252,10 @@ def section_bench(plan: Plan, sec: Section) -> None:
         stages = ", ".join(f"{k} {v:.1f}" for k, v in r["stage_ms"].items())
         peak = f"{r['peak_gpu_streaming_mb']:.0f} / {r['peak_gpu_mb']:.0f}" if "peak_gpu_mb" in r else "-"
         rows.append(f"| {backend} | {w}x{h} | {precision} | {mode or '-'} | {r['pairwise_fps']:.1f} | "
-                    f"{r['streaming_fps']:.1f} | {r['speedup']:.2f}x | {r['streaming_ms_median']:.1f} | {stages} | {peak} |")
-    sec.lines = [f"{plan.frames} frames per configuration after one warm-up, median streaming ms; frames/s from the means.", "", *rows]
+                    f"{r['streaming_fps']:.1f} | {r['speedup']:.2f}x | {r['streaming_ms_median']:.1f} | {stages} | "
+                    f"{peak} |")
+    sec.lines = [f"{plan.frames} frames per configuration after one warm-up, median streaming ms; "
+                 "frames/s from the means.", "", *rows]
 
 
 def _tum_frames(limit: int | None = None):
@@ -277,7 +282,8 @@ def section_frontend(plan: Plan, sec: Section) -> None:
     switch = {(k + 1) * len(frames) // (len(later) + 1): p for k, p in enumerate(later)}
     if plan.quick:  # the last frames only
         switch = {len(frames) - len(later) + k: p for k, p in enumerate(later)}
-    sec.lines = ["| frame | precision | matches | inliers | keyframe | status | total ms | extract | match | geometry |",
+    sec.lines = ["| frame | precision | matches | inliers | keyframe | status | total ms | extract | match | "
+                 "geometry |",
                  "|---|---|---|---|---|---|---|---|---|---|"]
     for k, (stamp, rgb) in enumerate(frames):
         if k in switch:
@@ -336,11 +342,13 @@ def section_node(plan: Plan, sec: Section) -> None:
                 lat.append(1000 * (time.monotonic() - t0))
         diag = client.latest_diagnostics(timeout=3.0) or {}
     sec.data.update(frames=len(frames), answered=got, latency_ms_median=float(np.median(lat)) if lat else None,
-                    diagnostics={k: diag.get(k) for k in ("device", "precision", "process_ms_mean", "frames_processed")})
+                    diagnostics={k: diag.get(k)
+                                 for k in ("device", "precision", "process_ms_mean", "frames_processed")})
     sec.ok = got == len(frames) and sec.data.get("precision_change", False)
     sec.lines = [f"- frames answered over DDS: {got}/{len(frames)}; send-to-matches latency median "
                  f"{sec.data['latency_ms_median'] or float('nan'):.1f} ms",
-                 f"- live precision change fp32 -> {plan.precisions[-1]}: {'accepted' if sec.data.get('precision_change') else 'REFUSED'}",
+                 f"- live precision change fp32 -> {plan.precisions[-1]}: "
+                 f"{'accepted' if sec.data.get('precision_change') else 'REFUSED'}",
                  f"- node diagnostics: {sec.data['diagnostics']}"]
 
 
@@ -409,7 +417,8 @@ def prepare_carry(dest: Path, python: str, fixture: Path) -> None:
         shutil.copy2(fixture / name, slim / name)
     for pair in manifest["pairs"]:  # the stage summaries, without the whole maps (MBs each)
         stages = np.load(fixture / f"{pair}_stages.npz")
-        np.savez_compressed(slim / f"{pair}_stages.npz", **{k: stages[k] for k in stages.files if stages[k].nbytes < 2**20})
+        np.savez_compressed(slim / f"{pair}_stages.npz",
+                            **{k: stages[k] for k in stages.files if stages[k].nbytes < 2**20})
     tag = python.replace(".", "")
     platforms = [f"--platform=manylinux_2_{n}_x86_64" for n in (17, 27, 28, 31, 34, 35, 39)]
     wheels = dest / "whl"
@@ -545,7 +554,8 @@ def main(argv: list[str] | None = None) -> int:
         env = carry_environment(args.carry)
         if env is not None:  # the dynamic loader reads LD_LIBRARY_PATH at start: start again with it
             env["FM_GPU_CHECK_CARRIED"] = "1"
-            os.execve(sys.executable, [sys.executable, "-m", "feature_matcher_ros.measure.gpu_check", *(argv or sys.argv[1:])], env)
+            os.execve(sys.executable,
+                      [sys.executable, "-m", "feature_matcher_ros.measure.gpu_check", *(argv or sys.argv[1:])], env)
     import torch
 
     device, quick = args.device, args.quick

@@ -22,8 +22,9 @@ import json
 import lzma
 import os
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -110,7 +111,8 @@ def _close(name: str, got: Any, want: Any, atol: float, rtol: float = 0.0) -> li
     bound = atol + rtol * np.abs(want.astype(np.float64))
     if not np.all(err <= bound):
         k = int(np.argmax(err - bound))
-        return [f"{name}: max |diff| {err.max():.3g} (worst at flat {k}: {got.flat[k]:.6g} vs {want.flat[k]:.6g}), tolerance {atol} + {rtol} rel"]
+        return [f"{name}: max |diff| {err.max():.3g} (worst at flat {k}: {got.flat[k]:.6g} vs {want.flat[k]:.6g}), "
+                f"tolerance {atol} + {rtol} rel"]
     return []
 
 
@@ -204,7 +206,7 @@ def load_fixture_reference(fixture_dir: str | Path, pair: str, mode: str) -> dic
     return {**np.load(fixture_dir / f"{pair}_stages.npz"), **np.load(fixture_dir / f"{pair}_{mode}.npz")}
 
 
-# fp16 / bf16 against fp32 on one device, as measured on an H200 in three runs of fm-gpu-check (README).
+# fp16 / bf16 against fp32 on one device, as measured on an H200 in three runs of fm-gpu-check (docs/gpu.md).
 # With the fixture's random weights most coarse confidences are near-ties (full-mode probabilities around
 # the 0.02 threshold), so the coarse set overlap (IoU) is reported but is no criterion: fp16 kept
 # 48-85 % of the set, bf16 9-42 %, while the number of matches moved by at most 10 (of 45) or 7 %. On the

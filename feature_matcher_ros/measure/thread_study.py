@@ -59,7 +59,8 @@ def run_cell(backend: str, setting: str, burn: int, args: argparse.Namespace) ->
 
 
 def format_table(cells: list[Cell]) -> str:
-    lines = ["| backend | load | setting | streaming ms | pairwise ms | streaming / best |", "|---|---|---|---|---|---|"]
+    lines = ["| backend | load | setting | streaming ms | pairwise ms | streaming / best |",
+             "|---|---|---|---|---|---|"]
     for backend in dict.fromkeys(c.backend for c in cells):
         for burn in dict.fromkeys(c.burn for c in cells):
             group = [c for c in cells if c.backend == backend and c.burn == burn]

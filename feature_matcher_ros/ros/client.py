@@ -18,14 +18,15 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any, Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from geometry_msgs.msg import PoseStamped, PoseWithCovarianceStamped
-from nav_msgs.msg import Odometry
 from lifecycle_msgs.srv import ChangeState, GetState
+from nav_msgs.msg import Odometry
 from rcl_interfaces.msg import SetParametersResult
 from rcl_interfaces.srv import DescribeParameters, GetParameters, SetParameters, SetParametersAtomically
 from rclpy.executors import SingleThreadedExecutor
@@ -112,7 +113,7 @@ class HelperNode:
             rclpy.try_shutdown(context=self.context)
         self._spinner.join(timeout=2.0)
 
-    def __enter__(self) -> "HelperNode":
+    def __enter__(self) -> HelperNode:
         return self
 
     def __exit__(self, *exc: Any) -> None:

@@ -18,7 +18,8 @@ import threading
 import time
 import traceback
 from collections import Counter
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 FAULTS_ENV = "FM_TEST_FAULTS"
 LOG_PERIOD_S = 5.0

@@ -19,8 +19,9 @@ of its input (``image``, ``depth`` or ``right``).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image

@@ -43,7 +43,8 @@ import sys
 import threading
 import time
 from collections import OrderedDict
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import cv2
 import numpy as np
@@ -58,10 +59,10 @@ from std_msgs.msg import Header
 from std_srvs.srv import Trigger
 
 from ..backends import backend_class, backend_names, create_backend
-from ..frontend import Frontend, FrameResult
-from ..settings import FRONTEND_PARAMS, INPUT_MODES, PRECISION_PARAM, split_settings
+from ..frontend import FrameResult, Frontend
 from ..messages import CameraInfoCache, InputError, decode_image, stamp_to_ns
 from ..params import ParamSpec
+from ..settings import FRONTEND_PARAMS, INPUT_MODES, PRECISION_PARAM, split_settings
 from . import conversions as cv
 from .diagnostics import Stats
 from .guard import EntryGuard, faults_from_env
@@ -404,7 +405,8 @@ class MatcherSteps:
         """One camera, stamps strictly increasing; :class:`InputError` otherwise."""
         if self._frame_id is not None and frame_id != self._frame_id:
             raise InputError("frame_id_changed", f"image frame_id {frame_id!r} differs from {self._frame_id!r}; "
-                                                 "run one matcher per camera, or call ~/reset when the camera was renamed")
+                                                 "run one matcher per camera, or call ~/reset when the camera was "
+                                                 "renamed")
         if self._last_stamp_ns is not None and stamp_ns <= self._last_stamp_ns:
             reason = "stamp_repeated" if stamp_ns == self._last_stamp_ns else "stamp_backwards"
             raise InputError(reason, f"image stamp {stamp_ns} ns is not after the previous one ({self._last_stamp_ns} "

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import sys
 import threading
-from typing import Any, Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 from rcl_interfaces.msg import (
     FloatingPointRange,

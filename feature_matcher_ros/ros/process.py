@@ -19,8 +19,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any, Mapping, Sequence
+from typing import IO, Any
 
 import yaml
 
@@ -174,7 +175,7 @@ class NodeProcess:
         for f in {id(f): f for f in (self._out, self._err) if f is not None}.values():
             f.close()
 
-    def __enter__(self) -> "NodeProcess":
+    def __enter__(self) -> NodeProcess:
         return self
 
     def __exit__(self, *exc: Any) -> None:

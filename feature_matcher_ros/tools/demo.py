@@ -81,7 +81,8 @@ def wait_ready(client: MatcherClient, node: NodeProcess, timeout_s: float = 120.
     return time.monotonic() - started
 
 
-def keyframe_and_error(pose: Any, stamp: int, pts: np.ndarray, truth: dict[int, np.ndarray]) -> tuple[int | None, float]:
+def keyframe_and_error(pose: Any, stamp: int, pts: np.ndarray,
+                       truth: dict[int, np.ndarray]) -> tuple[int | None, float]:
     """The keyframe stamp a frame was matched against (from its pose, else from its matches) and the
     pose's rotation error against the ground truth (nan without both)."""
     from ..messages import matches_keyframe_stamp, parse_keyframe_frame_id, pose_to_matrix

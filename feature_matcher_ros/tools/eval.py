@@ -21,12 +21,12 @@ from ..datasets import Trajectory, read_tum
 from ..evaluation import bagio
 from ..evaluation.cli import UsageError, run_main
 from ..evaluation.offline import (
+    RunSpec,
     build_frontend,
     default_params_file,
     load_params_file,
     make_run_spec,
     run_offline,
-    RunSpec,
 )
 from ..evaluation.report import comparison_markdown, text_table, write_json
 from ..evaluation.scoring import score_run
@@ -37,7 +37,8 @@ def add_bag_input_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image-topic", default=None, help="image topic in the bag (default: the only Image topic)")
     p.add_argument("--camera-info-topic", default=None, help="CameraInfo topic (default: beside the image topic)")
     p.add_argument("--gt-topic", default=None, help="ground-truth topic (PoseStamped, Odometry or TF)")
-    p.add_argument("--gt-frame", default=None, help="with a TF ground truth: the camera frame (default: the images' frame_id)")
+    p.add_argument("--gt-frame", default=None,
+                   help="with a TF ground truth: the camera frame (default: the images' frame_id)")
     p.add_argument("--gt", default=None, metavar="TUM_FILE", help="ground truth from a TUM file (T_world_camera)")
     p.add_argument("--depth-topic", default=None, help="input_mode rgbd: depth topic (default: the one named *depth*)")
     p.add_argument("--right-image-topic", default=None,
@@ -76,7 +77,8 @@ def load_ground_truth(reader: Any, topics: bagio.BagTopics, gt_file: str | None,
 def plan_runs(args: argparse.Namespace) -> list[RunSpec]:
     """One run per (backend, parameter file)."""
     files = args.params or ([str(default_params_file())] if default_params_file() else [])
-    params_sets: list[tuple[str | None, dict]] = [(f, load_params_file(f, args.node_name)) for f in files] or [(None, {})]
+    params_sets: list[tuple[str | None, dict]] = ([(f, load_params_file(f, args.node_name)) for f in files]
+                                                  or [(None, {})])
     backends = args.backend or [None]
     specs = []
     for backend in backends:

@@ -39,7 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--depth-camera-info-topic", default=d.depth_camera_info_topic)
     p.add_argument("--depth-encoding", choices=DEPTH_ENCODINGS, default=d.depth_encoding,
                    help="16UC1: millimetres (RGB-D drivers, REP 118), 32FC1: metres")
-    p.add_argument("--right-image-topic", default=d.right_image_topic, help="stereo folders: the right camera ('' for none)")
+    p.add_argument("--right-image-topic", default=d.right_image_topic,
+                   help="stereo folders: the right camera ('' for none)")
     p.add_argument("--right-camera-info-topic", default=d.right_camera_info_topic)
     p.add_argument("--right-camera-frame", default=d.right_camera_frame, help="frame_id of the right camera")
     p.add_argument("--stamp-offset", default=d.stamp_offset, metavar="SECONDS",
@@ -64,10 +65,11 @@ def main(argv: list[str] | None = None) -> int:
             stamp_offset=args.stamp_offset)
         info = write_sequence_bag(args.dataset, args.out, opts, progress=not args.quiet)
         topics = ", ".join(f"{t} [{m.split('/')[-1]}]" for t, m in info["topics"].items())
-        extra = "".join(f", {info[k]} {what}" for k, what in (("depth", "depth images"), ("right_images", "right images"))
-                        if info[k])
+        extra = "".join(f", {info[k]} {what}"
+                        for k, what in (("depth", "depth images"), ("right_images", "right images")) if info[k])
         offset = f", stamps + {info['stamp_offset_ns'] / 1e9:g} s" if info["stamp_offset_ns"] else ""
-        print(f"wrote {info['bag']}: {info['images']} images{extra}, {info['ground_truth']} ground-truth poses{offset}, "
+        print(f"wrote {info['bag']}: {info['images']} images{extra}, "
+              f"{info['ground_truth']} ground-truth poses{offset}, "
               f"{info['storage']} ({info['compression']}), {info['bytes'] / 1e6:.1f} MB; topics {topics}")
         return 0
 

@@ -51,7 +51,8 @@ def read_image(path: str, raw: bool) -> np.ndarray:
     return cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)
 
 
-def draw_matches(img0: np.ndarray, img1: np.ndarray, kpts0: np.ndarray, kpts1: np.ndarray, scores: np.ndarray, path: str) -> None:
+def draw_matches(img0: np.ndarray, img1: np.ndarray, kpts0: np.ndarray, kpts1: np.ndarray, scores: np.ndarray,
+                 path: str) -> None:
     """Side-by-side picture: keyframe left, image right, one line per match (colour by score rank)."""
     import cv2
 
@@ -109,7 +110,8 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--weights FILE is required for --backend eloftr (the official eloftr_outdoor.ckpt)")
     keyframe = read_image(args.keyframe, args.raw)
     images = [read_image(p, args.raw) for p in args.images]
-    backend = create_backend(args.backend, device=args.device, precision=args.precision, weights=args.weights, **settings)
+    backend = create_backend(args.backend, device=args.device, precision=args.precision, weights=args.weights,
+                             **settings)
 
     arrays: dict[str, np.ndarray] = {}
     results = []

@@ -4,9 +4,9 @@ The images and camera info of the bag are published at their recorded pace (``--
 together with ``/clock``; with ``input_mode: rgbd`` or ``stereo`` in the parameter file also the depth or
 right-camera topics, which the node pairs with the images by stamp. The node runs with ``use_sim_time``
 (started here as a subprocess, or an already running one with ``--connect``). Its ``matches``,
-``relative_pose``, ``keyframe``, ``odometry`` and ``/diagnostics`` are recorded (``DIR/live_outputs``, mcap) and scored like ``fm-eval`` does offline, plus
-frames dropped and end-to-end latency (image published -> its matches received). A compact summary table
-is printed.
+``relative_pose``, ``keyframe``, ``odometry`` and ``/diagnostics`` are recorded (``DIR/live_outputs``, mcap) and
+scored like ``fm-eval`` does offline, plus frames dropped and end-to-end latency (image published -> its matches
+received). A compact summary table is printed.
 
 This module is an entry point and the only place of the evaluation tools that uses rclpy.
 """
@@ -17,9 +17,10 @@ import argparse
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -41,7 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("bag", help="rosbag2 folder, .mcap or .db3 file")
     p.add_argument("--out", default="out/replay", help="output folder (created; files in it are overwritten)")
-    p.add_argument("--rate", type=float, default=1.0, help="playback speed (1 = recorded pace, 0.2 = five times slower)")
+    p.add_argument("--rate", type=float, default=1.0,
+                   help="playback speed (1 = recorded pace, 0.2 = five times slower)")
     p.add_argument("--params", default=None, metavar="FILE",
                    help="node parameter file (default: the shipped config/matcher.yaml)")
     p.add_argument("--backend", default=None, help="override the parameter file's backend")

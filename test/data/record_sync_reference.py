@@ -35,7 +35,8 @@ def _stamps_of_stream(rng: random.Random, inputs: int, slop_ns: int) -> list[tup
     """``(arrival time, input, stamp_ns)`` of one generated recording, in no particular order."""
     period = rng.choice([10, 20, 33, 50, 100]) * MS
     quantum = rng.choice([1, 1000, MS, MS])  # stamps on a ms grid make equal distances (ties) common
-    offsets = [0] + [rng.choice([0, 1, -1, 3, 7, -12, slop_ns, -slop_ns, 40]) * (MS if i else 0) for i in range(1, inputs)]
+    offsets = [0] + [rng.choice([0, 1, -1, 3, 7, -12, slop_ns, -slop_ns, 40]) * (MS if i else 0)
+                     for i in range(1, inputs)]
     offsets = [0] + [o if abs(o) < 5 * period else 0 for o in offsets[1:]]
     events, t, base = [], 0.0, BASE_NS + rng.randrange(0, 10**9)
     for k in range(rng.randint(8, 40)):
@@ -45,7 +46,8 @@ def _stamps_of_stream(rng: random.Random, inputs: int, slop_ns: int) -> list[tup
         for i in range(inputs):
             if rng.random() < 0.12:  # dropped
                 continue
-            jitter = rng.choice([0, 0, 0, 1, -1, 2, 5, slop_ns // MS if slop_ns else 0]) * MS + rng.randint(-2, 2) * quantum
+            jitter = (rng.choice([0, 0, 0, 1, -1, 2, 5, slop_ns // MS if slop_ns else 0]) * MS
+                      + rng.randint(-2, 2) * quantum)
             stamp = max(0, (stamp_k + offsets[i] + jitter) // quantum * quantum)
             arrival = t + k * period / 1e9 + rng.expovariate(1 / 0.004)
             if rng.random() < 0.08:  # late by several frames

@@ -8,9 +8,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from launch import LaunchContext, LaunchDescription  # noqa: E402
 from launch.actions import DeclareLaunchArgument, OpaqueFunction  # noqa: E402
 from launch_ros.actions import Node  # noqa: E402
+
+from launch import LaunchContext, LaunchDescription  # noqa: E402
 
 
 def _value(item, context):

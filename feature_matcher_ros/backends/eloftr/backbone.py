@@ -92,7 +92,8 @@ class RepVGGBackbone(nn.Module):
 
     @staticmethod
     def _stage(cin: int, cout: int, blocks: int, stride: int) -> nn.Sequential:
-        return nn.Sequential(*[RepVGGBlock(cin if k == 0 else cout, cout, stride if k == 0 else 1) for k in range(blocks)])
+        return nn.Sequential(*[RepVGGBlock(cin if k == 0 else cout, cout, stride if k == 0 else 1)
+                               for k in range(blocks)])
 
     def blocks(self) -> list[RepVGGBlock]:
         return [m for m in self.modules() if isinstance(m, RepVGGBlock)]

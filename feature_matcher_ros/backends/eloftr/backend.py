@@ -16,7 +16,8 @@ choose both, change both in one batch (with a threshold different from the curre
 from __future__ import annotations
 
 import copy
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,7 +27,6 @@ from ..base import PRECISIONS, Backend, Features, Matches, torch_dtype
 from .config import DEFAULT_THRESHOLDS, MODES, threshold_problem
 from .loader import load_model
 from .model import EfficientLoFTR, StageTimer
-
 
 
 def _resolve_device(device: str) -> str:
@@ -226,7 +226,8 @@ class EfficientLoFTRBackend(Backend):
             size0, size1 = g0.shape, g1.shape
         timer = StageTimer()
         out = self.model.forward_reference(
-            self._tensor(g0), self._tensor(g1), self.settings["eloftr.mode"], self.settings["eloftr.threshold"], timer, debug
+            self._tensor(g0), self._tensor(g1), self.settings["eloftr.mode"], self.settings["eloftr.threshold"],
+            timer, debug
         )
         self._timer = ("", timer)
         return out, size0, size1, g0.shape, g1.shape
@@ -237,7 +238,8 @@ class EfficientLoFTRBackend(Backend):
     @staticmethod
     def _scale(out, size0, size1, net0, net1) -> Matches:
         # one device-to-host copy for keypoints and scores together
-        host = torch.cat([out["mkpts0_f"].float(), out["mkpts1_f"].float(), out["mconf"].float()[:, None]], 1).cpu().numpy()
+        host = (torch.cat([out["mkpts0_f"].float(), out["mkpts1_f"].float(), out["mconf"].float()[:, None]], 1)
+                .cpu().numpy())
         m = Matches(host[:, 0:2], host[:, 2:4], host[:, 4])
         if tuple(size0) == tuple(net0) and tuple(size1) == tuple(net1):
             return m

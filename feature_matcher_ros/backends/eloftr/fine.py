@@ -19,8 +19,8 @@ Window layout: image 0 uses the 8x8 block of pixels ``(8y..8y+7, 8x..8x+7)`` of 
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -112,7 +112,8 @@ def upsample2x_windows(
     return out
 
 
-def window_pixels(cells: torch.Tensor, grid_w: int, stride: int, size: int, pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+def window_pixels(cells: torch.Tensor, grid_w: int, stride: int, size: int,
+                  pad: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Pixel rows and columns of the ``size x size`` window of each coarse cell.
 
     ``cells (M,)`` row-major indices on a grid ``grid_w`` wide -> ``ys, xs`` each ``(M, size*size)``,
@@ -121,7 +122,8 @@ def window_pixels(cells: torch.Tensor, grid_w: int, stride: int, size: int, pad:
     k = torch.arange(size, device=cells.device)
     ys = (cells // grid_w * stride - pad)[:, None] + k
     xs = (cells % grid_w * stride - pad)[:, None] + k
-    return ys[:, :, None].expand(-1, size, size).reshape(len(cells), -1), xs[:, None, :].expand(-1, size, size).reshape(len(cells), -1)
+    return (ys[:, :, None].expand(-1, size, size).reshape(len(cells), -1),
+            xs[:, None, :].expand(-1, size, size).reshape(len(cells), -1))
 
 
 def unfold_windows(fmap: torch.Tensor, stride: int, size: int, pad: int) -> torch.Tensor:
@@ -147,7 +149,8 @@ class _PaddedMap:
     """A channels-last ``(H + 2, W + 2, C)`` buffer with a zero border (the convs' zero padding),
     written tile by tile or whole."""
 
-    def __init__(self, H: int, W: int, C: int, like: torch.Tensor, workspace: Workspace | None = None, name: str = "") -> None:
+    def __init__(self, H: int, W: int, C: int, like: torch.Tensor, workspace: Workspace | None = None,
+                 name: str = "") -> None:
         self.H, self.W = H, W
         shape = (H + 2, W + 2, C)
         if workspace is None:
@@ -259,7 +262,7 @@ class FinePreprocess(nn.Module):
     @staticmethod
     def _stack_tiles(
         stack: nn.Sequential,
-        src: "_PaddedMap",
+        src: _PaddedMap,
         need_mid: torch.Tensor,
         need_out: torch.Tensor,
         tile: int,
@@ -314,7 +317,8 @@ class FinePreprocess(nn.Module):
         if feat_c.device.type not in self.SPARSE_DEVICES:
             if stats is not None:
                 stats.append(FineSparseStats(1.0, 1.0, False))
-            return upsample2x_windows(_hwc(self.half_from_laterals(feat_c, lat1, lat2)), rows, cols, cells, w, size, pad)
+            return upsample2x_windows(_hwc(self.half_from_laterals(feat_c, lat1, lat2)), rows, cols, cells, w, size,
+                                      pad)
         need_h3 = torch.zeros(4 * h, 4 * w, dtype=torch.bool, device=feat_c.device)
         need_h3[rows[:, :, None], cols[:, None, :]] = True  # half-res outputs of layer1_outconv2.3
         need_h0 = _dilate3(need_h3)  # half-res outputs of layer1_outconv2.0
@@ -399,7 +403,8 @@ def fine_match(
     half = window / 2 - 0.5
 
     def offset(k: torch.Tensor) -> torch.Tensor:
-        return torch.stack([k % window - half, torch.div(k, window, rounding_mode="floor") - half], -1).to(mkpts0_c.dtype)
+        return (torch.stack([k % window - half, torch.div(k, window, rounding_mode="floor") - half], -1)
+                .to(mkpts0_c.dtype))
 
     mkpts0_s1 = mkpts0_c + offset(idx_l)
     mkpts1_s1 = mkpts1_c + offset(idx_r)

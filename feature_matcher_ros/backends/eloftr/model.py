@@ -22,8 +22,9 @@ input (``8 * cell + k - 3.5`` for image 0), ``mconf``, ``b_ids``, ``i_ids``, ``j
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -189,7 +190,8 @@ class EfficientLoFTR(nn.Module):
         return self.reference_match(maps, mode, threshold, timer, debug)
 
     @torch.inference_mode()
-    def reference_maps(self, img0: torch.Tensor, img1: torch.Tensor, timer: Any = _no_timer, debug: bool = False) -> dict[str, Any]:
+    def reference_maps(self, img0: torch.Tensor, img1: torch.Tensor, timer: Any = _no_timer,
+                       debug: bool = False) -> dict[str, Any]:
         """The mode-independent part of :meth:`forward_reference`: backbone and transformer maps."""
         img0, img1 = self._prep(img0, "image0"), self._prep(img1, "image1")
         dev = img0.device
@@ -283,7 +285,8 @@ class EfficientLoFTR(nn.Module):
             out.update(tr_c0=f0, tr_c1=f1)
         return out
 
-    def _fine(self, out: dict[str, Any], win0: torch.Tensor, win1: torch.Tensor, timer: Any, debug: bool) -> dict[str, Any]:
+    def _fine(self, out: dict[str, Any], win0: torch.Tensor, win1: torch.Tensor, timer: Any,
+              debug: bool) -> dict[str, Any]:
         cfg = self.config
         with timer("fine_matching", win0.device):
             res = fine_match(

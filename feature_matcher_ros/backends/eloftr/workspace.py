@@ -50,5 +50,5 @@ class Workspace:
     def clear(self) -> None:
         self.buffers.clear()
 
-    def __deepcopy__(self, memo: dict) -> "Workspace":
+    def __deepcopy__(self, memo: dict) -> Workspace:
         return Workspace()

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, ClassVar, Mapping
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -36,14 +37,17 @@ class SPTD2Backend(Backend):
     name: ClassVar[str] = "sptd2"
     MIN_IMAGE_SIDE: ClassVar[int] = 16  # its trunk pools to 1/16
     PARAMS: ClassVar[tuple[ParamSpec, ...]] = (
-        ParamSpec("sptd2.top_k", 2048, "Keypoints kept per image (best fused scores after NMS).", min=1, max=MAX_KEYPOINTS),
+        ParamSpec("sptd2.top_k", 2048, "Keypoints kept per image (best fused scores after NMS).", min=1,
+                  max=MAX_KEYPOINTS),
         ParamSpec("sptd2.nms_radius", 2, "Keypoint NMS radius in pixels (window 2r+1); 0 = off.", min=0, max=16),
         ParamSpec("sptd2.detection_threshold", 0.0, "Minimum fused detector score of a keypoint.", min=0.0, max=1.0),
         ParamSpec("sptd2.match_threshold", 0.0, "Minimum cosine similarity of a mutual-NN match.", min=-1.0, max=1.0),
-        ParamSpec("sptd2.ratio", 1.0, "Lowe ratio on descriptor distances, both directions (1.0 = off).", min=0.1, max=1.0),
+        ParamSpec("sptd2.ratio", 1.0, "Lowe ratio on descriptor distances, both directions (1.0 = off).", min=0.1,
+                  max=1.0),
         ParamSpec("sptd2.match_nms_kernel", 0, "CasMTR max-pool NMS over matches (odd kernel in 4 px cells; 0 = off).",
                   min=0, max=15),
-        ParamSpec("sptd2.key_threshold", 0.8, "Attention key threshold tau on the normalised soft score.", min=0.0, max=1.0),
+        ParamSpec("sptd2.key_threshold", 0.8, "Attention key threshold tau on the normalised soft score.", min=0.0,
+                  max=1.0),
     )
 
     def __init__(self, device: str = "cpu", precision: str = "fp32", weights: str | Path | None = None,
@@ -108,10 +112,12 @@ class SPTD2Backend(Backend):
     # -- per image and per pair ---------------------------------------------------------------------
     def extract(self, image: np.ndarray) -> Features:
         tensor = image_to_tensor(self.gray(image), self.device, self.dtype)
-        cfg = DetectionConfig(top_k=int(self.settings["sptd2.top_k"]), nms_radius=int(self.settings["sptd2.nms_radius"]),
+        cfg = DetectionConfig(top_k=int(self.settings["sptd2.top_k"]),
+                              nms_radius=int(self.settings["sptd2.nms_radius"]),
                               detection_threshold=float(self.settings["sptd2.detection_threshold"]))
         out = detect_and_describe(self.model, tensor, cfg)
-        data = {"keypoints": out["keypoints"], "scores": out["scores"], "descriptors": out["descriptors"].to(self.dtype)}
+        data = {"keypoints": out["keypoints"], "scores": out["scores"],
+                "descriptors": out["descriptors"].to(self.dtype)}
         return Features(self.name, tuple(image.shape[:2]), data, self.precision, str(self.device))
 
     def match(self, feats0: Features, feats1: Features) -> Matches:

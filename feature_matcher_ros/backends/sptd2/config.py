@@ -87,17 +87,17 @@ class SPTD2Config:
             )
 
     @classmethod
-    def full(cls) -> "SPTD2Config":
+    def full(cls) -> SPTD2Config:
         """The paper's size (VGG16-BN widths, d = 128, 2048 keys)."""
         return cls()
 
     @classmethod
-    def small(cls) -> "SPTD2Config":
+    def small(cls) -> SPTD2Config:
         """CPU size: VGG widths / 4, d = 128, 4 heads, FFN x1, 256 keys per branch."""
         return cls(width_divisor=4, dim=128, heads=4, ffn_mult=1, max_keys=256, min_keys=32)
 
     @classmethod
-    def fast(cls) -> "SPTD2Config":
+    def fast(cls) -> SPTD2Config:
         """Real-time size (a 640x480 frame in about a tenth of a second on two CPU threads).
 
         What it changes against the paper (design digest section in brackets):
@@ -112,7 +112,7 @@ class SPTD2Config:
                    fine_scores=True, position_qk_only=True)
 
     @classmethod
-    def preset(cls, name: str) -> "SPTD2Config":
+    def preset(cls, name: str) -> SPTD2Config:
         presets = {"full": cls.full, "small": cls.small, "fast": cls.fast}
         if name not in presets:
             raise ValueError(f"unknown SPTD2 variant {name!r}; choose one of {sorted(presets)}")
@@ -133,7 +133,7 @@ class SPTD2Config:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "SPTD2Config":
+    def from_dict(cls, data: dict[str, Any]) -> SPTD2Config:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:

@@ -48,7 +48,8 @@ def image_to_tensor(image, device: str | torch.device = "cpu", dtype: torch.dtyp
         raise ValueError(f"image must be uint8, got {image.dtype}")
     if min(image.shape) < 16:
         raise ValueError(f"image is too small for SPTD2 ({image.shape[1]}x{image.shape[0]}); need at least 16x16")
-    return torch.from_numpy(np.ascontiguousarray(image)).to(device=device, dtype=torch.float32).div(255.0)[None, None].to(dtype)
+    return (torch.from_numpy(np.ascontiguousarray(image)).to(device=device, dtype=torch.float32).div(255.0)[None, None]
+            .to(dtype))
 
 
 def pad_to_multiple(image: torch.Tensor, multiple: int = 16) -> torch.Tensor:
@@ -60,7 +61,8 @@ def pad_to_multiple(image: torch.Tensor, multiple: int = 16) -> torch.Tensor:
     return F.pad(image.float(), (0, pw, 0, ph), mode="replicate").to(image.dtype)
 
 
-def fused_score_map(scores: list[torch.Tensor], size: tuple[int, int], padded: tuple[int, int] | None = None) -> torch.Tensor:
+def fused_score_map(scores: list[torch.Tensor], size: tuple[int, int],
+                    padded: tuple[int, int] | None = None) -> torch.Tensor:
     """Average of the level score maps upsampled (bilinear) to the padded input size, cropped to ``size``.
 
     scores: ``[(B, 1, H_l, W_l)]`` (a map already at the padded size is used as it is); padded: the model
@@ -90,7 +92,8 @@ def refine_subpixel(score: torch.Tensor, xy: torch.Tensor) -> torch.Tensor:
     return xy.float() + torch.stack([dx, dy], dim=1)
 
 
-def sample_descriptors(descriptors: list[torch.Tensor], keypoints: torch.Tensor, padded: tuple[int, int]) -> torch.Tensor:
+def sample_descriptors(descriptors: list[torch.Tensor], keypoints: torch.Tensor,
+                       padded: tuple[int, int]) -> torch.Tensor:
     """Sum of the bilinearly sampled level descriptors at ``keypoints`` ``(N, 2)`` pixels, L2-normalised.
 
     descriptors: ``[(1, d, H_l, W_l)]`` covering the padded ``(H, W)`` image; returns ``(N, d)`` float32."""
@@ -118,7 +121,8 @@ def detect_and_describe(model: SPTD2, image: torch.Tensor, cfg: DetectionConfig)
     padded = pad_to_multiple(image)
     out = model(padded)
     score = fused_score_map(out["scores"], (h, w), tuple(padded.shape[-2:]))[0]
-    keep = maxpool_nms(score, 2 * cfg.nms_radius + 1, cfg.detection_threshold) if cfg.nms_radius > 0 else score > cfg.detection_threshold
+    keep = (maxpool_nms(score, 2 * cfg.nms_radius + 1, cfg.detection_threshold) if cfg.nms_radius > 0
+            else score > cfg.detection_threshold)
     b = min(cfg.border, (min(h, w) - 1) // 2)
     if b > 0:
         keep[:b] = False

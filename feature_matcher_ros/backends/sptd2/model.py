@@ -7,7 +7,6 @@ Shapes use B = batch, C = channels, H x W = input size (multiples of 16), H_l x 
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -364,5 +363,6 @@ def load_checkpoint(path: str, map_location: str | torch.device = "cpu") -> tupl
     state = {k: v.float() if v.is_floating_point() else v for k, v in blob["state_dict"].items()}
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
-        raise ValueError(f"{path}: state dict does not fit the model (missing {missing[:5]}, unexpected {unexpected[:5]})")
+        raise ValueError(f"{path}: state dict does not fit the model (missing {missing[:5]}, "
+                         f"unexpected {unexpected[:5]})")
     return model.eval(), dict(blob.get("meta", {}))

@@ -16,8 +16,8 @@ Two kinds of pairs, both as ``{"image0", "image1" (B, 1, S, S) in [0, 1], "flow"
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -252,7 +252,8 @@ class DepthPairBatcher(HomographyBatcher):
         flows, valids, self.centres = [], [], []
         margin = cfg.crop // 2
         for a, b in directed:
-            T_1_0 = torch.tensor(np.linalg.inv(seq["poses"][b]) @ seq["poses"][a], dtype=torch.float32, device=self.device)
+            T_1_0 = torch.tensor(np.linalg.inv(seq["poses"][b]) @ seq["poses"][a], dtype=torch.float32,
+                                 device=self.device)
             flow, valid = depth_flow(depths[a], depths[b], K, T_1_0)
             h, w = valid.shape
             ok = valid.clone()  # centres whose crop fits in frame a

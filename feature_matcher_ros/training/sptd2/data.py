@@ -9,9 +9,9 @@ pixel ``(u, v)`` of ``image0``; ``valid[v, u]`` says it lies inside ``image1``. 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import cv2
 import numpy as np
@@ -76,7 +76,8 @@ def random_homography(rng: np.random.Generator, size: tuple[int, int], cfg: Pair
     c, s = math.cos(angle), math.sin(angle)
     affine = np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]]) @ np.diag([scale * aniso, scale / aniso, 1])
     affine[2, :2] = rng.uniform(-cfg.max_perspective, cfg.max_perspective, 2)
-    shift = np.array([[1, 0, w / 2 + rng.uniform(-0.1, 0.1) * w], [0, 1, h / 2 + rng.uniform(-0.1, 0.1) * h], [0, 0, 1]])
+    shift = np.array([[1, 0, w / 2 + rng.uniform(-0.1, 0.1) * w], [0, 1, h / 2 + rng.uniform(-0.1, 0.1) * h],
+                      [0, 0, 1]])
     return shift @ affine @ centre
 
 
@@ -150,8 +151,10 @@ class PairSampler:
 
     def batch(self, batch_size: int) -> dict[str, np.ndarray]:
         """``image0``/``image1`` ``(B, S, S)`` uint8, ``flow`` ``(B, S, S, 2)``, ``valid`` ``(B, S, S)``."""
-        items = [make_pair(self.rng, self.images[self.rng.integers(len(self.images))], self.cfg) for _ in range(batch_size)]
-        return {key: np.stack([item[i] for item in items]) for i, key in enumerate(("image0", "image1", "flow", "valid"))}
+        items = [make_pair(self.rng, self.images[self.rng.integers(len(self.images))], self.cfg)
+                 for _ in range(batch_size)]
+        return {key: np.stack([item[i] for item in items])
+                for i, key in enumerate(("image0", "image1", "flow", "valid"))}
 
 
 def collate(batch: dict[str, np.ndarray], device: str = "cpu"):

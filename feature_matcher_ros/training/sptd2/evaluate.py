@@ -25,8 +25,8 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -41,7 +41,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--weights", default=None, help="SPTD2 checkpoint (default: the shipped sptd2_small.pt)")
     p.add_argument("--homography-data", default=str(data / "oxford_graffiti"), help="homography-pair dataset folder")
-    p.add_argument("--sequence", nargs="+", default=[], help="sequence folders with pairs.txt + intrinsics.yaml (pose AUC)")
+    p.add_argument("--sequence", nargs="+", default=[],
+                   help="sequence folders with pairs.txt + intrinsics.yaml (pose AUC)")
     p.add_argument("--top-k", type=int, default=2048, help="keypoints per image for every method")
     p.add_argument("--max-edge", type=int, default=0, help="resize so the longer edge is at most this (0 = full size)")
     p.add_argument("--methods", default="sptd2,untrained,sift,orb",
@@ -169,7 +170,7 @@ def homography_benchmark(folder: Path, methods: dict, max_edge: int) -> dict[str
         mma, corner, nmatch = [], [], []
         for a, b, hfile in pairs:
             H = np.loadtxt(folder / hfile)
-            (img0, s0), (img1, s1) = images[a], images[b]
+            (img0, s0), (_, s1) = images[a], images[b]
             H = scale_matrix(s1) @ H @ np.linalg.inv(scale_matrix(s0))
             i0, i1, _ = match(feats[a], feats[b])
             k0, k1 = feats[a][0][i0], feats[b][0][i1]
@@ -214,7 +215,8 @@ def pose_errors(k0: np.ndarray, k1: np.ndarray, camera, T: np.ndarray) -> tuple[
     pose, _ = estimate_relative_pose(k0, k1, camera, camera, 1.0, method="poselib")
     if pose is None:
         return float("inf"), float("inf")
-    err_t = translation_angle_error_deg(pose.t, T[:3, 3], sign_invariant=True) if pose.translation_known else float("inf")
+    err_t = (translation_angle_error_deg(pose.t, T[:3, 3], sign_invariant=True) if pose.translation_known
+             else float("inf"))
     return rotation_error_deg(pose.R, T[:3, :3]), err_t
 
 
@@ -239,7 +241,8 @@ def sequence_benchmark(folder: Path, methods: dict, nms_kernels: list[int], nms_
             i0, i1, score = match(feats[a], feats[b])
             k0, k1 = feats[a][0][i0], feats[b][0][i1]
             for k in variants:
-                keep = np.arange(len(i0)) if k == 0 else nms_matches(k0, score, images[a].shape, kernel_size=k, cell=cell, threshold=-np.inf)
+                keep = np.arange(len(i0)) if k == 0 else nms_matches(k0, score, images[a].shape, kernel_size=k,
+                                                                     cell=cell, threshold=-np.inf)
                 counts[k].append(len(keep))
                 errs[k].append(pose_errors(k0[keep], k1[keep], camera, T))
         for k in variants:
@@ -254,8 +257,8 @@ def sequence_benchmark(folder: Path, methods: dict, nms_kernels: list[int], nms_
 # -- speed ---------------------------------------------------------------------------------------------------
 def speed_benchmark(args: argparse.Namespace, methods: dict, backends: dict, image: np.ndarray) -> dict[str, dict]:
     """Median extraction ms on ``image`` (640x480) and matching ms for 2048 keypoints per method, on
-    ``args.speed_threads`` threads (reduced precisions: a third of the runs). Matching uses the image's own features when a method finds 2048 there,
-    else random unit descriptors of its size (what the time depends on)."""
+    ``args.speed_threads`` threads (reduced precisions: a third of the runs). Matching uses the image's own
+    features when a method finds 2048 there, else random unit descriptors of its size (what the time depends on)."""
     import cv2
     import torch
 
@@ -278,11 +281,14 @@ def speed_benchmark(args: argparse.Namespace, methods: dict, backends: dict, ima
         for method, (extract, match) in methods.items():
             feats = extract(image)
             n = len(feats[0])
-            row = {"keypoints": n, "extract_ms": median_ms(lambda: extract(image))}
+            # bind the loop's values: each closure is called at once, inside this iteration
+            row = {"keypoints": n, "extract_ms": median_ms(lambda extract=extract: extract(image))}
             desc = feats[1]
             if n < 2048:  # same size and type of descriptors, 2048 of them
                 if isinstance(desc, torch.Tensor):
-                    desc = torch.nn.functional.normalize(torch.randn(2048, desc.shape[1], generator=torch.Generator().manual_seed(0)), dim=1).to(desc.dtype)
+                    desc = torch.nn.functional.normalize(
+                        torch.randn(2048, desc.shape[1], generator=torch.Generator().manual_seed(0)), dim=1
+                    ).to(desc.dtype)
                 elif desc.dtype == np.uint8:
                     desc = rng.integers(0, 256, (2048, desc.shape[1]), dtype=np.uint8)
                 else:
@@ -290,13 +296,14 @@ def speed_benchmark(args: argparse.Namespace, methods: dict, backends: dict, ima
                 feats = (np.zeros((2048, 2)), desc, np.zeros(2048))
             other = (feats[0], desc[rng.permutation(len(desc))] if not isinstance(desc, torch.Tensor)
                      else desc[torch.randperm(len(desc), generator=torch.Generator().manual_seed(1))], feats[2])
-            row["match_ms"] = median_ms(lambda: match(feats, other))
+            row["match_ms"] = median_ms(lambda match=match, feats=feats, other=other: match(feats, other))
             backend = backends.get(method)
             precisions = [x for x in args.speed_precisions.split(",") if x] if backend is not None else []
             for precision in precisions:
                 try:
                     backend.set_precision(precision)
-                    row[f"extract_ms_{precision}"] = median_ms(lambda: backend.extract(image), 1, max(1, args.speed_repeat // 3))
+                    row[f"extract_ms_{precision}"] = median_ms(lambda backend=backend: backend.extract(image), 1,
+                                                               max(1, args.speed_repeat // 3))
                 except RuntimeError:
                     row[f"extract_ms_{precision}"] = float("nan")
                 finally:
@@ -355,8 +362,8 @@ def main(argv: list[str] | None = None) -> int:
                   "|---|---|---|---|---|---|---|"]
         for method in methods:
             r = rows[(method, 0)]
-            lines.append(f"| {method} | {r['matches']:.0f} | {r['auc'][0]:.1f} | {r['auc'][1]:.1f} | {r['auc'][2]:.1f} | "
-                         f"{r['rot_med']:.2f} | {r['t_med']:.2f} |")
+            lines.append(f"| {method} | {r['matches']:.0f} | {r['auc'][0]:.1f} | {r['auc'][1]:.1f} | "
+                         f"{r['auc'][2]:.1f} | {r['rot_med']:.2f} | {r['t_med']:.2f} |")
             goal[method][f"{name} AUC@5/10/20"] = "/".join(f"{a:.1f}" for a in r["auc"])
             goal[method][f"{name} rot/t med"] = f"{r['rot_med']:.2f}/{r['t_med']:.2f}"
         lines.append("")
@@ -375,7 +382,8 @@ def main(argv: list[str] | None = None) -> int:
                   "| method | kpts | extract ms fp32 | extract ms bf16 | extract ms fp16 | match ms |",
                   "|---|---|---|---|---|---|"]
         for method, r in rows.items():
-            lines.append(f"| {method} | {r['keypoints']} | {r['extract_ms']:.1f} | {r.get('extract_ms_bf16', float('nan')):.1f} | "
+            lines.append(f"| {method} | {r['keypoints']} | {r['extract_ms']:.1f} | "
+                         f"{r.get('extract_ms_bf16', float('nan')):.1f} | "
                          f"{r.get('extract_ms_fp16', float('nan')):.1f} | {r['match_ms']:.1f} |")
             goal[method]["extract ms"] = f"{r['extract_ms']:.0f}"
             goal[method]["match ms"] = f"{r['match_ms']:.1f}"

@@ -41,7 +41,8 @@ def to_grid(points: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return (points + 0.5) * scale - 1.0
 
 
-def level_correspondences(flow: torch.Tensor, valid: torch.Tensor, stride: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def level_correspondences(flow: torch.Tensor, valid: torch.Tensor,
+                          stride: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Cell centres of level ``stride`` in image 0, their pixels in image 1, and validity.
 
     Returns ``pts0`` ``(H_l, W_l, 2)`` pixels, ``pts1`` ``(B, H_l, W_l, 2)`` pixels, ``ok`` ``(B, H_l, W_l)``.
@@ -77,7 +78,8 @@ def peaky_loss(scores: torch.Tensor, n: int) -> torch.Tensor:
     smooth = F.avg_pool2d(scores, 3, stride=1, padding=1, count_include_pad=False)
     k = n + 1
     pad = k // 2
-    peak = F.max_pool2d(smooth, k, stride=1, padding=pad) - F.avg_pool2d(smooth, k, stride=1, padding=pad, count_include_pad=False)
+    peak = (F.max_pool2d(smooth, k, stride=1, padding=pad)
+            - F.avg_pool2d(smooth, k, stride=1, padding=pad, count_include_pad=False))
     return 1.0 - peak.mean()
 
 

