@@ -24,46 +24,88 @@ service: ~/reset (std_srvs/Trigger)
 """
 
 
+def _facts(spec) -> tuple[str, str]:
+    """``(type, allowed)`` of a spec as ``--help`` and ``docs/parameters.md`` show them: ``double`` and
+    ``[0.1, 50]``; ``string`` and ``sift|orb``; empty when anything of the type goes."""
+    kind = {bool: "bool", int: "int", float: "double", str: "string"}.get(spec.type, spec.type.__name__)
+    if spec.choices is not None:
+        return kind, "|".join(str(c) for c in spec.choices)
+    if spec.min is not None and spec.max is not None:
+        return kind, f"[{spec.min:g}, {spec.max:g}]"
+    if spec.min is not None:
+        return kind, f">= {spec.min:g}"
+    if spec.max is not None:
+        return kind, f"<= {spec.max:g}"
+    return kind, ""
+
+
 def _spec_line(spec) -> str:
     """One parameter in the help: ``name  type = default  [read-only]  description (choices / range)``."""
-    kind = {bool: "bool", int: "int", float: "double", str: "string"}.get(spec.type, spec.type.__name__)
-    extra = []
-    if spec.choices is not None:
-        extra.append("|".join(str(c) for c in spec.choices))
-    if spec.min is not None and spec.max is not None:
-        extra.append(f"[{spec.min:g}, {spec.max:g}]")
-    elif spec.min is not None:
-        extra.append(f">= {spec.min:g}")
-    elif spec.max is not None:
-        extra.append(f"<= {spec.max:g}")
-    text = spec.description + (f" ({'; '.join(extra)})" if extra else "")
+    kind, allowed = _facts(spec)
+    text = spec.description + (f" ({allowed})" if allowed else "")
     flag = "  read-only" if spec.read_only else ""
     return f"  {spec.name:<28} {kind} = {spec.default!r}{flag}\n      {text}"
 
 
-def parameter_help() -> str:
-    """The parameter list of ``--help``: the node's, the frontend's, then each installed backend's."""
+def parameter_groups() -> list[tuple[str, tuple]]:
+    """The node's parameters as ``(heading, specs)``: the node's, the frontend's, then each installed
+    backend's (a backend that cannot load here gets a heading saying why and no specs)."""
     from .backends import available_backends, backend_class
-    from .settings import FRONTEND_PARAMS, PRECISION_PARAM
     from .ros.node import NODE_PARAMS
+    from .settings import FRONTEND_PARAMS, PRECISION_PARAM
 
-    blocks = ["node parameters (read-only ones are set at start-up only):", *map(_spec_line, NODE_PARAMS),
-              "frontend parameters (live):", *map(_spec_line, (*FRONTEND_PARAMS, PRECISION_PARAM))]
+    groups = [("node parameters (read-only ones are set at start-up only)", NODE_PARAMS),
+              ("frontend parameters (live)", (*FRONTEND_PARAMS, PRECISION_PARAM))]
     for name in available_backends():
         try:
             specs = backend_class(name).PARAMS
         except Exception as exc:  # noqa: BLE001 - a broken optional backend must not break --help
-            blocks.append(f"backend {name}: not loadable here ({type(exc).__name__}: {exc})")
+            groups.append((f"backend {name}: not loadable here ({type(exc).__name__}: {exc})", ()))
             continue
         if specs:
-            blocks.append(f"backend {name} parameters (live, declared only when backend is {name}):")
-            blocks.extend(map(_spec_line, specs))
+            groups.append((f"backend {name} parameters (live, declared only when backend is {name})", specs))
+    return groups
+
+
+def parameter_help() -> str:
+    """The parameter list of ``--help``."""
+    blocks = []
+    for heading, specs in parameter_groups():
+        blocks.append(heading + (":" if specs else ""))
+        blocks.extend(map(_spec_line, specs))
     return "\n".join(blocks)
 
 
+def parameters_markdown() -> str:
+    """``docs/parameters.md``: the same groups and facts as ``--help``, as tables (``make docs`` writes it;
+    ``test/test_docs.py`` fails when the file is out of date)."""
+    lines = ["# matcher_node parameters", "",
+             "Generated from the parameter specs by `make docs` (`matcher_node --parameters-markdown`), the same "
+             "code", "as `matcher_node --help`; `test/test_docs.py` fails when this file is out of date. Read-only "
+             "parameters", "are set at start-up (params file, `-p`, launch file); the others can also change while "
+             "the node runs", "(`ros2 param set`), whole, from the next frame. `config/matcher.yaml` lists every "
+             "default.", ""]
+    for heading, specs in parameter_groups():
+        lines += [f"## {heading[0].upper()}{heading[1:]}", ""]
+        if not specs:
+            continue
+        lines += ["| name | type | default | allowed | change | meaning |", "|---|---|---|---|---|---|"]
+        for spec in specs:
+            kind, allowed = _facts(spec)
+            text = spec.description.replace("|", "\\|")
+            lines.append(f"| `{spec.name}` | {kind} | `{spec.default!r}` | {allowed.replace('|', ', ') or '–'} | "
+                         f"{'read-only' if spec.read_only else 'live'} | {text} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _own_args(argv: list[str]) -> list[str]:
+    """The program's own arguments (those before ``--ros-args``)."""
+    return argv[1:argv.index("--ros-args")] if "--ros-args" in argv else argv[1:]
+
+
 def _wants_help(argv: list[str]) -> bool:
-    """``-h``/``--help`` among the program's own arguments (those before ``--ros-args``)."""
-    own = argv[1:argv.index("--ros-args")] if "--ros-args" in argv else argv[1:]
+    own = _own_args(argv)
     return "-h" in own or "--help" in own
 
 
@@ -84,6 +126,9 @@ def main(args: list[str] | None = None) -> int:
     argv = list(sys.argv if args is None else args)
     if _wants_help(argv):
         print_help()
+        return 0
+    if "--parameters-markdown" in _own_args(argv):
+        print(parameters_markdown(), end="")
         return 0
 
     from .ros.startup import exit_now_if_busy, init_rclpy, make_node, stop_on_signals, tear_down

@@ -80,8 +80,9 @@ def test_arguments_defaults_and_readme_examples(prefix, monkeypatch, repo):
     assert node.parameters == [str(prefix / "share" / PKG / "config" / "matcher.yaml"), {"use_sim_time": False}]
     assert node.remappings == [("image", "image"), ("camera_info", "camera_info"), ("depth", "depth"),
                                ("right/image", "right/image"), ("right/camera_info", "right/camera_info")]
-    # every `ros2 launch` line of the README and of the file's own docstring uses declared arguments only
-    texts = (repo / "README.md").read_text() + (repo / "launch" / "matcher.launch.py").read_text()
+    # every `ros2 launch` line of the README, docs/ and the file's own docstring uses declared arguments only
+    pages = [repo / "README.md", *sorted((repo / "docs").rglob("*.md")), repo / "launch" / "matcher.launch.py"]
+    texts = "".join(page.read_text() for page in pages)
     examples = re.findall(r"ros2 launch feature_matcher_ros matcher\.launch\.py((?:[^\n]|\\\n)*)", texts)
     assert len(examples) >= 5
     for line in examples:
