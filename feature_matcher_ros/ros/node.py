@@ -31,8 +31,8 @@ transitions) runs behind :class:`~.guard.EntryGuard`: a bug there is counted (``
 logged with its traceback, and the node goes on.
 
 Structure: :class:`MatcherSteps` holds the parts as steps with their inverses (load the matcher, create the
-outputs, create the inputs); :class:`MatcherNode` runs them at construction, the lifecycle node
-(:mod:`.lifecycle_node`) per transition.
+outputs: :class:`~.outputs.Outputs`, create the inputs); :class:`MatcherNode` runs them at construction, the
+lifecycle node (:mod:`.lifecycle_node`) per transition.
 """
 
 from __future__ import annotations
@@ -42,19 +42,16 @@ import os
 import sys
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import cv2
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray
-from geometry_msgs.msg import PoseStamped, PoseWithCovarianceStamped
-from nav_msgs.msg import Odometry
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.node import Node
 from rclpy.parameter import Parameter
-from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Header
 from std_srvs.srv import Trigger
 
@@ -63,13 +60,13 @@ from ..frontend import FrameResult, Frontend
 from ..messages import CameraInfoCache, InputError, decode_image, stamp_to_ns
 from ..params import ParamSpec
 from ..settings import FRONTEND_PARAMS, INPUT_MODES, PRECISION_PARAM, split_settings
-from . import conversions as cv
 from .diagnostics import Stats
 from .guard import EntryGuard, faults_from_env
 from .mailbox import Mailbox
 from .metric_inputs import MetricInput, PairedInputs
+from .outputs import Outputs
 from .parameters import LiveParameters, declare
-from .qos import INPUT_QOS_CHOICES, input_qos, latched_qos, output_qos
+from .qos import INPUT_QOS_CHOICES, input_qos
 
 NODE_NAME = "matcher_node"
 
@@ -172,9 +169,7 @@ class MatcherSteps:
         self._reset_service: Any = None
         self.mailbox = Mailbox()
         self._worker: threading.Thread | None = None
-        self.pub_matches = self.pub_pose = self.pub_odom = self.pub_keyframe = None
-        self.pub_landmarks = self.pub_debug = self.pub_diag = None
-        self._outputs: tuple = ()
+        self.outputs: Outputs | None = None
         self._input_subscriptions: tuple = ()
         self._diagnostics_timer: Any = None
         self._paired: PairedInputs | None = None
@@ -227,7 +222,6 @@ class MatcherSteps:
             self._live_parameters = None
         device = str(getattr(self.backend, "device", "cpu"))
         self.frontend = self.backend = None
-        self._keyframe_images = OrderedDict()
         gc.collect()
         if device.startswith("cuda") and "torch" in sys.modules:
             sys.modules["torch"].cuda.empty_cache()
@@ -237,10 +231,8 @@ class MatcherSteps:
         self.lock = threading.Lock()  # held while a frame is processed or parameters are applied
         self.stats = Stats()
         self.cameras = CameraInfoCache()
-        self._keyframe_images: OrderedDict[int, np.ndarray] = OrderedDict()
         self._last_stamp_ns: int | None = None
         self._frame_id: str | None = None  # every accepted image must come from this camera frame
-        self._announced_keyframe: int | None = None
         self._log_times: dict[str, float] = {}
         self._parked: tuple[Any, float, Any] | None = None  # (image, arrival, partner) waiting for a camera_info
         self._input_stamps: dict[str, int] = {}  # the latest stamp per input, to see time jump back
@@ -274,16 +266,7 @@ class MatcherSteps:
         """The output publishers, made by ``create_publisher`` (default ``self.create_publisher``; the
         lifecycle node passes ``create_lifecycle_publisher``), and the worker thread that matches and
         publishes."""
-        publisher = create_publisher or self.create_publisher
-        self.pub_matches = publisher(PointCloud2, "matches", output_qos())
-        self.pub_pose = publisher(PoseWithCovarianceStamped, "relative_pose", output_qos())
-        self.pub_odom = publisher(Odometry, "odometry", output_qos())
-        self.pub_keyframe = publisher(PoseStamped, "keyframe", latched_qos())
-        self.pub_landmarks = publisher(PointCloud2, "landmarks", latched_qos())
-        self.pub_debug = publisher(Image, "debug_image", output_qos(depth=2))
-        self.pub_diag = publisher(DiagnosticArray, "/diagnostics", output_qos())
-        self._outputs = (self.pub_matches, self.pub_pose, self.pub_odom, self.pub_keyframe, self.pub_landmarks,
-                         self.pub_debug, self.pub_diag)
+        self.outputs = Outputs(create_publisher or self.create_publisher)
         self.mailbox = Mailbox()
         self._worker = threading.Thread(target=self._work, args=(self.mailbox,), name="matcher_worker", daemon=True)
         self._worker.start()
@@ -296,9 +279,10 @@ class MatcherSteps:
         if self._worker is not None and not self.mailbox.closed:
             self.mailbox.close()
             self._worker.join(timeout=timeout)
-        for pub in self._outputs:
-            (destroy_publisher or self.destroy_publisher)(pub)
-        self._outputs = ()
+        if self.outputs is not None:
+            for pub in self.outputs.publishers:
+                (destroy_publisher or self.destroy_publisher)(pub)
+            self.outputs = None
 
     @property
     def busy(self) -> bool:
@@ -468,10 +452,10 @@ class MatcherSteps:
             if self._parked is not None:
                 self.stats.on_drop()
             self._parked = None
-            self._keyframe_images.clear()
+            if self.outputs is not None:
+                self.outputs.reset()
             self._last_stamp_ns = None
             self._frame_id = None
-            self._announced_keyframe = None
             self._input_stamps.clear()
 
     def _count_cleared(self, waiting: Mapping[str, int]) -> None:
@@ -556,74 +540,10 @@ class MatcherSteps:
         return self.values["camera_frame"] or header.frame_id or "camera"
 
     def _publish(self, frame: _InputFrame, result: FrameResult) -> None:
-        camera_frame = self._camera_frame(frame.header)
-
-        # The keyframe announcement goes first: a frame matched against a keyframe never arrives before it.
-        keyframe = result.active_keyframe_stamp_ns
-        if result.new_keyframe:
-            # kept for debug_image only while the keyframe is in the frontend's cache (it is never drawn after)
-            self._keyframe_images[result.stamp_ns] = frame.pixels
-            cached = {k.stamp_ns for k in self.frontend.cache} | {result.stamp_ns, result.keyframe_stamp_ns}
-            for stamp in [s for s in self._keyframe_images if s not in cached]:
-                del self._keyframe_images[stamp]
-        if keyframe != self._announced_keyframe:
-            self._announce_keyframe(keyframe, result, camera_frame)
-
-        m = result.matches
-        inliers = np.asarray(result.inliers, bool) if result.inliers is not None else np.zeros(len(m), bool)
-        header = Header(stamp=frame.header.stamp, frame_id=frame.header.frame_id)
-        self.pub_matches.publish(cv.matches_to_cloud(
-            m.kpts0, m.kpts1, m.scores, inliers, header, result.keyframe_stamp_ns, result.depth0))
-        pose = result.pose
-        if pose is not None and result.keyframe_stamp_ns != result.stamp_ns:
-            T_kf_cur, cov_kf_cur = pose.current_in_keyframe()
-            self.pub_pose.publish(cv.relative_pose_msg(
-                T_kf_cur, cov_kf_cur, result.stamp_ns, camera_frame, result.keyframe_stamp_ns))
-        if result.T_world_current is not None:
-            self.pub_odom.publish(cv.odometry_msg(
-                result.T_world_current, result.cov_world_current, result.stamp_ns, self.values["odom_frame"],
-                camera_frame))
-
-        if self.pub_debug.get_subscription_count() > 0:
-            self.pub_debug.publish(self._debug_image(frame, result, inliers))
+        cached = [k.stamp_ns for k in self.frontend.cache]
+        if self.outputs.publish(frame, result, self._camera_frame(frame.header), self.values["odom_frame"], cached,
+                                int(self.values["debug_image.max_lines"])):
             self.stats.debug_images += 1
-
-    def _announce_keyframe(self, stamp_ns: int, result: FrameResult, camera_frame: str) -> None:
-        """``keyframe`` (its world pose) and, when it has 3-D points, ``landmarks``: both latched, both sent
-        before any frame matched against this keyframe."""
-        self._announced_keyframe = stamp_ns
-        T_world_kf = result.T_world_active_keyframe
-        self.pub_keyframe.publish(cv.keyframe_msg(
-            T_world_kf if T_world_kf is not None else np.eye(4), stamp_ns, self.values["odom_frame"]))
-        if result.landmarks is not None:
-            self.pub_landmarks.publish(cv.landmarks_to_cloud(result.landmarks, stamp_ns, camera_frame))
-
-    def _debug_image(self, frame: _InputFrame, result: FrameResult, inliers: np.ndarray) -> Image:
-        """Keyframe (left) and current frame (right), inliers green, outliers red, best matches first."""
-        def bgr(img: np.ndarray) -> np.ndarray:
-            return cv2.cvtColor(img, cv2.COLOR_GRAY2BGR) if img.ndim == 2 else cv2.cvtColor(img, cv2.COLOR_RGB2BGR)
-
-        current = bgr(frame.pixels)
-        kf_pixels = self._keyframe_images.get(result.keyframe_stamp_ns)
-        left = bgr(kf_pixels) if kf_pixels is not None else np.zeros_like(current)
-        h = max(left.shape[0], current.shape[0])
-        canvas = np.zeros((h, left.shape[1] + current.shape[1], 3), np.uint8)
-        canvas[: left.shape[0], : left.shape[1]] = left
-        canvas[: current.shape[0], left.shape[1]:] = current
-        m = result.matches
-        order = np.argsort(-m.scores)[: int(self.values["debug_image.max_lines"])]
-        for i in order:
-            x0, y0 = m.kpts0[i]
-            x1, y1 = m.kpts1[i]
-            color = (0, 200, 0) if inliers[i] else (0, 0, 255)
-            p0 = (int(round(x0)), int(round(y0)))
-            p1 = (int(round(x1)) + left.shape[1], int(round(y1)))
-            cv2.line(canvas, p0, p1, color, 1, cv2.LINE_AA)
-            cv2.circle(canvas, p1, 2, color, -1, cv2.LINE_AA)
-        text = (f"{result.status}  matches {len(m)}  inliers {int(inliers.sum())}  "
-                f"{result.reason or result.keyframe_reason}")
-        cv2.putText(canvas, text, (8, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 0), 1, cv2.LINE_AA)
-        return cv.numpy_to_image(canvas, "bgr8", result.stamp_ns, frame.header.frame_id)
 
     # -- diagnostics (executor thread) --------------------------------------------------------------
     def _publish_diagnostics(self) -> None:
@@ -639,7 +559,7 @@ class MatcherSteps:
             # received = processed + dropped + rejected_total + images_waiting once the worker is idle
             "images_waiting": (self._paired.images_waiting if self._paired is not None else 0)
                               + int(self._parked is not None),
-            "keyframe_stamp_ns": self._announced_keyframe if self._announced_keyframe is not None else "",
+            "keyframe_stamp_ns": "" if self.outputs.announced_keyframe is None else self.outputs.announced_keyframe,
             "keyframe_cache_entries": len(self.frontend.cache),
             "keyframe_cache_mb": f"{self.frontend.cache_nbytes / 2**20:.1f}",
             "scratch_mb": f"{self.backend.scratch_nbytes / 2**20:.1f}",
@@ -652,7 +572,7 @@ class MatcherSteps:
         msg = DiagnosticArray()
         msg.header.stamp = self.get_clock().now().to_msg()
         msg.status = [status]
-        self.pub_diag.publish(msg)
+        self.outputs.diagnostics.publish(msg)
 
 
 def _refuse_change(exc: BaseException, params: Any) -> SetParametersResult:
