@@ -21,11 +21,12 @@ export PYTHONUNBUFFERED := 1
 
 venv: $(STAMP)
 
-$(STAMP): requirements.txt requirements-dev.txt setup.py
+$(STAMP): requirements.txt requirements-dev.txt setup.py $(wildcard msg_packages/*/* msg_packages/*/msg/* msg_packages/build.sh)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	set -o pipefail; $(PY) -m pip install -q --disable-pip-version-check -r requirements-dev.txt 2>&1 | { grep -v "^WARNING: Location" || true; }
 	set -o pipefail; $(PY) -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e . 2>&1 | { grep -v "^WARNING: Location" || true; }
-	$(PY) -c "import torch, rclpy, cv2, feature_matcher_ros" 
+	msg_packages/build.sh $(VENV) build/msg_packages
+	$(PY) -c "import torch, rclpy, cv2, feature_matcher_ros, tf2_msgs.msg"
 	touch $(STAMP)
 
 # The node on the bundled TUM frames (per-frame results and a summary), then the live replay of the

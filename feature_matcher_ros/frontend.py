@@ -74,7 +74,9 @@ class FrameResult:
     over ``[x, y, z, rx, ry, rz]`` (None when tracking is lost); ``T_world_active_keyframe`` ``(4, 4)``, the pose
     of :attr:`active_keyframe_stamp_ns`. Metric input: ``depth0`` ``(N,)`` the keyframe depth (metres) of each
     match's keyframe point, NaN where unknown (None for a monocular keyframe); ``landmarks`` ``(K, 5)`` ``x y z u
-    v`` of the active keyframe (None when it has no 3-D points, see :class:`~.keyframes.Keyframe`).
+    v`` of the active keyframe (None when it has no 3-D points, see :class:`~.keyframes.Keyframe`). ``relative``:
+    ``(T_keyframe_current (4, 4), covariance (6, 6))`` of the camera as the world pose chained it (translation
+    times ``odometry.scale`` in mono), None without a pose.
     """
 
     stamp_ns: int
@@ -98,6 +100,7 @@ class FrameResult:
     T_world_active_keyframe: np.ndarray | None = None
     depth0: np.ndarray | None = None
     landmarks: np.ndarray | None = None
+    relative: tuple[np.ndarray, np.ndarray] | None = None
 
     @property
     def metric(self) -> bool:
@@ -441,7 +444,7 @@ class Frontend:
             odometry_scale_known=(bool(att and att.pose and att.pose.metric)
                                   or float(self._settings["odometry.scale"]) > 0),
             relocalisation_tried=outcome.tried, depth0=att.depth0 if att else None,
-            landmarks=active.landmarks,
+            landmarks=active.landmarks, relative=_relative(att.pose, self._settings) if att and att.pose else None,
         )
 
 
@@ -467,8 +470,12 @@ def _world_pose(kf: Keyframe, pose: RelativePose, s: Mapping[str, Any]) -> tuple
     by a metric pose)."""
     if kf.T_world is None:
         return None
-    T_kf_cur, cov_kf_cur = pose.current_in_keyframe(float(s["odometry.scale"]) or 1.0)
-    return compose_with_covariance(kf.T_world, kf.covariance, T_kf_cur, cov_kf_cur)
+    return compose_with_covariance(kf.T_world, kf.covariance, *_relative(pose, s))
+
+
+def _relative(pose: RelativePose, s: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """The current camera in the keyframe's frame as the odometry chains it (``odometry.scale`` applied)."""
+    return pose.current_in_keyframe(float(s["odometry.scale"]) or 1.0)
 
 
 def prepare_image(image: Any, camera: Any, resize_long_edge: int) -> tuple[np.ndarray, np.ndarray, CameraModel]:

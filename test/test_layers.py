@@ -5,7 +5,7 @@ functions), relative ones resolved, against the rules.
   ``tools``: a robot's node carries no training or benchmark code.
 - The core (everything but ``ros/``, the node executables and the commands) never imports rclpy or a ROS
   message package: it is usable from any Python program.
-- The node never imports ray or optuna (evaluation-time tools).
+- The node (``ros/`` and the node executables) never imports ray or optuna (evaluation-time tools).
 """
 
 import ast
@@ -15,7 +15,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "feature_matcher_ros"
 COMMANDS = ("tools", "measure", "training")
-NODE = ("ros", "matcher_node", "lifecycle_matcher_node")
+NODE = ("ros", "matcher_node", "lifecycle_matcher_node", "static_transform_node")
 ROS_PACKAGES = ("rclpy", "rcl_interfaces", "std_msgs", "std_srvs", "sensor_msgs", "geometry_msgs", "nav_msgs",
                 "diagnostic_msgs", "lifecycle_msgs", "builtin_interfaces", "rosgraph_msgs", "tf2_msgs", "tf2_ros")
 

@@ -185,17 +185,24 @@ def relative_pose_msg(
 
 
 def odometry_msg(
-    T_world_cur: np.ndarray, covariance: np.ndarray, stamp_ns: int, world_frame: str, camera_frame: str
+    T_world_cur: np.ndarray, covariance: np.ndarray, stamp_ns: int, world_frame: str, child_frame: str,
+    twist: np.ndarray | None = None, twist_covariance: np.ndarray | None = None,
 ) -> Odometry:
-    """The chained pose of the camera in ``world_frame``; twist left zero and marked unknown (-1)."""
+    """The pose of ``child_frame`` in ``world_frame`` and its twist ``[vx vy vz wx wy wz]`` in ``child_frame``;
+    without a twist it is zero and marked unknown (covariance[0] = -1)."""
     msg = Odometry()
     msg.header = Header(stamp=ns_to_stamp(stamp_ns), frame_id=world_frame)
-    msg.child_frame_id = camera_frame
+    msg.child_frame_id = child_frame
     msg.pose.pose = matrix_to_pose(T_world_cur)
     msg.pose.covariance = _covariance_list(covariance)
-    twist_cov = [0.0] * 36
-    twist_cov[0] = -1.0
-    msg.twist.covariance = twist_cov
+    if twist is None:
+        twist_cov = [0.0] * 36
+        twist_cov[0] = -1.0
+        msg.twist.covariance = twist_cov
+        return msg
+    v = msg.twist.twist
+    v.linear.x, v.linear.y, v.linear.z, v.angular.x, v.angular.y, v.angular.z = (float(x) for x in twist)
+    msg.twist.covariance = _covariance_list(twist_covariance)
     return msg
 
 

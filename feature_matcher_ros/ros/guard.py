@@ -24,7 +24,7 @@ from typing import Any
 FAULTS_ENV = "FM_TEST_FAULTS"
 LOG_PERIOD_S = 5.0
 ENTRY_POINTS = (
-    "image", "camera_info", "depth", "right_image", "right_camera_info",  # subscriptions
+    "image", "camera_info", "depth", "right_image", "right_camera_info", "set_pose", "tf", "tf_static",  # inputs
     "diagnostics",  # the timer
     "parameters", "parameters_pre_set",  # parameter callbacks
     "reset",  # services

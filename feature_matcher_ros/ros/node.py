@@ -48,6 +48,7 @@ from typing import Any
 import cv2
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray
+from geometry_msgs.msg import PoseWithCovarianceStamped
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.node import Node
 from rclpy.parameter import Parameter
@@ -60,6 +61,7 @@ from ..frontend import FrameResult, Frontend
 from ..messages import CameraInfoCache, InputError, decode_image, stamp_to_ns
 from ..params import ParamSpec
 from ..settings import FRONTEND_PARAMS, INPUT_MODES, PRECISION_PARAM, split_settings
+from ..transforms import TransformUnavailable
 from .diagnostics import Stats
 from .guard import EntryGuard, faults_from_env
 from .mailbox import Mailbox
@@ -67,6 +69,7 @@ from .metric_inputs import MetricInput, PairedInputs
 from .outputs import Outputs
 from .parameters import LiveParameters, declare
 from .qos import INPUT_QOS_CHOICES, input_qos
+from .robot import RobotOdometry
 
 NODE_NAME = "matcher_node"
 
@@ -79,8 +82,16 @@ NODE_PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("input_qos", "sensor_data", "QoS of the image and camera_info subscriptions.",
               choices=INPUT_QOS_CHOICES, read_only=True),
     ParamSpec("compressed_input", False, "Subscribe to 'image' as sensor_msgs/CompressedImage.", read_only=True),
-    ParamSpec("odom_frame", "odom", "frame_id of odometry and keyframe poses (the first keyframe's camera).",
-              read_only=True),
+    ParamSpec("odom_frame", "odom", "frame_id of odometry and keyframe poses: where base_frame (or the camera) was "
+              "at the first keyframe.", read_only=True),
+    ParamSpec("base_frame", "", "Robot frame the odometry is about (REP 105 child, e.g. base_link; the camera's "
+              "mounting comes from TF); '' = the camera frame (no TF needed, none broadcast).", read_only=True),
+    ParamSpec("publish_tf", True, "Broadcast odom_frame -> base_frame on /tf at each frame's stamp (off when an "
+              "EKF owns that transform; never with base_frame '').", read_only=True),
+    ParamSpec("tf.timeout_s", 0.1, "How long a frame waits for the camera's mounting at its stamp before it is "
+              "rejected (no_transform).", min=0.0, max=10.0, read_only=True),
+    ParamSpec("odometry.publish_when_lost", False, "While tracking is lost, publish the last pose with variance "
+              "9999 (rtabmap's convention) instead of no odometry."),
     ParamSpec("camera_frame", "", "Camera frame name for outputs ('' = the image header's frame_id).",
               read_only=True),
     ParamSpec("diagnostics_period_s", 1.0, "Seconds between /diagnostics reports.", min=0.1, max=60.0,
@@ -173,6 +184,8 @@ class MatcherSteps:
         self._input_subscriptions: tuple = ()
         self._diagnostics_timer: Any = None
         self._paired: PairedInputs | None = None
+        self.robot: RobotOdometry | None = None
+        self._set_pose_sub: Any = None
         # counts internal errors for the node's whole life (not per stream)
         self.guard = EntryGuard(self.get_logger().error, self._on_internal_error, faults_from_env())
         self._new_stream()
@@ -188,6 +201,7 @@ class MatcherSteps:
         frontend, start taking live parameter changes and serve ``~/reset``."""
         self._new_stream()
         self.values = declare(self, NODE_PARAMS)
+        self.robot = RobotOdometry(self.values)
         name = self.values["backend"]
         live = declare(self, (*FRONTEND_PARAMS, PRECISION_PARAM, *backend_class(name).PARAMS))
         _, frontend_values, backend_values = split_settings(live, name)
@@ -267,6 +281,7 @@ class MatcherSteps:
         lifecycle node passes ``create_lifecycle_publisher``), and the worker thread that matches and
         publishes."""
         self.outputs = Outputs(create_publisher or self.create_publisher)
+        self.robot.create_outputs(self, create_publisher or self.create_publisher)
         self.mailbox = Mailbox()
         self._worker = threading.Thread(target=self._work, args=(self.mailbox,), name="matcher_worker", daemon=True)
         self._worker.start()
@@ -280,9 +295,10 @@ class MatcherSteps:
             self.mailbox.close()
             self._worker.join(timeout=timeout)
         if self.outputs is not None:
-            for pub in self.outputs.publishers:
+            for pub in (*self.outputs.publishers, *self.robot.output_publishers()):
                 (destroy_publisher or self.destroy_publisher)(pub)
             self.outputs = None
+            self.robot.destroy_outputs()
 
     @property
     def busy(self) -> bool:
@@ -302,6 +318,9 @@ class MatcherSteps:
             self._paired = PairedInputs(self, v["input_mode"], qos, v["sync.queue_size"], v["sync.slop_s"],
                                         v["compressed_input"], self._accept, self._on_unpaired, guard=self.guard,
                                         on_arrival=self._check_time_jump, on_invalid=self._invalid)
+        self.robot.create_inputs(self, self.guard)
+        self._set_pose_sub = self.create_subscription(PoseWithCovarianceStamped, "~/set_pose",
+                                                      self.guard("set_pose", self._on_set_pose), input_qos("reliable"))
         self._diagnostics_timer = self.create_timer(self.values["diagnostics_period_s"],
                                                     self.guard("diagnostics", self._publish_diagnostics))
 
@@ -316,6 +335,11 @@ class MatcherSteps:
         if self._diagnostics_timer is not None:
             self.destroy_timer(self._diagnostics_timer)
             self._diagnostics_timer = None
+        if self._set_pose_sub is not None:
+            self.destroy_subscription(self._set_pose_sub)
+            self._set_pose_sub = None
+        if self.robot is not None:
+            self.robot.destroy_inputs(self)
 
     @property
     def image_type(self) -> type:
@@ -416,14 +440,15 @@ class MatcherSteps:
         if self.stats.on_warning(reason) == 1:
             self.get_logger().warning(f"{message} (logged once; counted as warning.{reason})")
 
-    def _invalid(self, which: str, error: InputError) -> None:
-        """An unusable ``camera_info`` on input ``which``: counted (``invalid.<which>``), logged once per period."""
+    def _invalid(self, which: str, error: InputError,
+                 consequence: str = "images are rejected until a usable one arrives") -> None:
+        """An unusable message on input ``which`` (not an image: ``camera_info``, ``set_pose``): counted
+        (``invalid.<which>``), logged once per period."""
         count = self.stats.on_invalid(which)
         now = time.monotonic()
         if now - self._log_times.get(f"invalid.{which}", -1e9) >= LOG_PERIOD_S:
             self._log_times[f"invalid.{which}"] = now
-            self.get_logger().warning(f"ignored {which} ({error.reason}, {count} so far): {error}; images are "
-                                      "rejected until a usable one arrives")
+            self.get_logger().warning(f"ignored {which} ({error.reason}, {count} so far): {error}; {consequence}")
 
     def _reject(self, reason: str, message: str) -> None:
         """Count a rejected input and log it, at most once per ``LOG_PERIOD_S`` per reason."""
@@ -454,6 +479,7 @@ class MatcherSteps:
             self._parked = None
             if self.outputs is not None:
                 self.outputs.reset()
+            self.robot.reset()
             self._last_stamp_ns = None
             self._frame_id = None
             self._input_stamps.clear()
@@ -518,6 +544,9 @@ class MatcherSteps:
             if frame is None:
                 continue
             try:
+                mount = self._mount(frame)
+                if mount is None:
+                    continue
                 with self.lock:
                     started = time.perf_counter()
                     result = self.frontend.process(frame.pixels, frame.stamp_ns, frame.camera,
@@ -525,7 +554,7 @@ class MatcherSteps:
                     process_ms = 1e3 * (time.perf_counter() - started)
                 if mailbox.closed:  # shutting down, or left behind by a restart: its outputs may be gone
                     return
-                self._publish(frame, result)
+                self._publish(frame, result, mount)
                 self.stats.on_output(
                     1e3 * (time.monotonic() - frame.arrived), process_ms, result.status, result.reason,
                     result.new_keyframe,
@@ -539,11 +568,34 @@ class MatcherSteps:
     def _camera_frame(self, header: Header) -> str:
         return self.values["camera_frame"] or header.frame_id or "camera"
 
-    def _publish(self, frame: _InputFrame, result: FrameResult) -> None:
+    def _mount(self, frame: _InputFrame) -> np.ndarray | None:
+        """The camera's mounting on ``base_frame`` at the frame's stamp (identity without one); None, after
+        counting the frame as ``no_transform``, when TF does not know it within ``tf.timeout_s``."""
+        camera = self._camera_frame(frame.header)
+        try:
+            return self.robot.mount(camera, frame.stamp_ns)
+        except TransformUnavailable as exc:
+            self._reject("no_transform", f"no transform {self.values['base_frame']} -> {camera} at {frame.stamp_ns} ns "
+                                         f"within tf.timeout_s ({exc}); publish the camera's mounting on /tf_static")
+            return None
+
+    def _publish(self, frame: _InputFrame, result: FrameResult, mount: np.ndarray) -> None:
+        camera_frame = self._camera_frame(frame.header)
+        with self.lock:  # the odometry's state changes with ~/set_pose and ~/reset too
+            odom = self.robot.step(result, mount, camera_frame)
         cached = [k.stamp_ns for k in self.frontend.cache]
-        if self.outputs.publish(frame, result, self._camera_frame(frame.header), self.values["odom_frame"], cached,
-                                int(self.values["debug_image.max_lines"])):
+        if self.outputs.publish(frame, result, camera_frame, odom, cached, int(self.values["debug_image.max_lines"])):
             self.stats.debug_images += 1
+        self.robot.broadcast(odom, result.stamp_ns)
+
+    def _on_set_pose(self, msg: PoseWithCovarianceStamped) -> None:
+        """``~/set_pose``: the odometry continues from this pose of ``base_frame`` (or the camera) in ``odom_frame``."""
+        with self.lock:
+            problem = self.robot.set_pose(msg)
+        if problem is not None:
+            self._invalid("set_pose", InputError("bad_set_pose", problem), "the odometry goes on unchanged")
+        else:
+            self.get_logger().info("set_pose: odometry continues from the given pose")
 
     # -- diagnostics (executor thread) --------------------------------------------------------------
     def _publish_diagnostics(self) -> None:

@@ -23,6 +23,7 @@ from std_msgs.msg import Header
 from ..frontend import FrameResult
 from . import conversions as cv
 from .qos import latched_qos, output_qos
+from .robot import OdometryOutput
 
 
 class PublishedFrame(Protocol):
@@ -55,19 +56,19 @@ class Outputs:
         self.announced_keyframe = None
         self._keyframe_images.clear()
 
-    def publish(self, frame: PublishedFrame, result: FrameResult, camera_frame: str, odom_frame: str,
+    def publish(self, frame: PublishedFrame, result: FrameResult, camera_frame: str, odom: OdometryOutput,
                 cached: Iterable[int], debug_lines: int) -> bool:
         """Everything a frame's ``result`` gives: the keyframe announcement when the active keyframe changed,
-        then ``matches``, ``relative_pose``, ``odometry``, and ``debug_image`` (with ``debug_lines`` matches
-        drawn) when someone listens; ``cached`` are the stamps of the keyframes the frontend still holds. Returns
-        whether a debug image was published."""
+        then ``matches``, ``relative_pose``, ``odometry`` (``odom``: the node's REP 105 odometry of the frame),
+        and ``debug_image`` (with ``debug_lines`` matches drawn) when someone listens; ``cached`` are the stamps
+        of the keyframes the frontend still holds. Returns whether a debug image was published."""
         if result.new_keyframe:  # kept for debug_image only while the keyframe is cached (never drawn after)
             self._keyframe_images[result.stamp_ns] = frame.pixels
             keep = set(cached) | {result.stamp_ns, result.keyframe_stamp_ns}
             for stamp in [s for s in self._keyframe_images if s not in keep]:
                 del self._keyframe_images[stamp]
         if result.active_keyframe_stamp_ns != self.announced_keyframe:
-            self._announce_keyframe(result, camera_frame, odom_frame)
+            self._announce_keyframe(result, camera_frame, odom)
         m = result.matches
         inliers = np.asarray(result.inliers, bool) if result.inliers is not None else np.zeros(len(m), bool)
         header = Header(stamp=frame.header.stamp, frame_id=frame.header.frame_id)
@@ -77,21 +78,20 @@ class Outputs:
             T_kf_cur, cov_kf_cur = result.pose.current_in_keyframe()
             self.pose.publish(cv.relative_pose_msg(
                 T_kf_cur, cov_kf_cur, result.stamp_ns, camera_frame, result.keyframe_stamp_ns))
-        if result.T_world_current is not None:
-            self.odom.publish(cv.odometry_msg(
-                result.T_world_current, result.cov_world_current, result.stamp_ns, odom_frame, camera_frame))
+        step = odom.step
+        if step is not None:
+            self.odom.publish(cv.odometry_msg(step.T_odom_base, step.covariance, result.stamp_ns, odom.odom_frame,
+                                              odom.child_frame, step.twist, step.twist_covariance))
         if self.debug.get_subscription_count() == 0:
             return False
         self.debug.publish(self._debug_image(frame, result, inliers, debug_lines))
         return True
 
-    def _announce_keyframe(self, result: FrameResult, camera_frame: str, odom_frame: str) -> None:
-        """``keyframe`` (its world pose) and, when it has 3-D points, ``landmarks``: both latched, both sent
-        before any frame matched against this keyframe."""
+    def _announce_keyframe(self, result: FrameResult, camera_frame: str, odom: OdometryOutput) -> None:
+        """``keyframe`` (its pose in ``odom_frame``) and, when it has 3-D points, ``landmarks``: both latched,
+        both sent before any frame matched against this keyframe."""
         stamp_ns = self.announced_keyframe = result.active_keyframe_stamp_ns
-        T_world_kf = result.T_world_active_keyframe
-        self.keyframe.publish(cv.keyframe_msg(T_world_kf if T_world_kf is not None else np.eye(4), stamp_ns,
-                                              odom_frame))
+        self.keyframe.publish(cv.keyframe_msg(odom.keyframe_pose, stamp_ns, odom.odom_frame))
         if result.landmarks is not None:
             self.landmarks.publish(cv.landmarks_to_cloud(result.landmarks, stamp_ns, camera_frame))
 
