@@ -105,6 +105,12 @@ class Trajectory:
     def __len__(self) -> int:
         return len(self.stamps_ns)
 
+    def moved(self, T_frame_other: np.ndarray) -> Trajectory:
+        """The trajectory of another frame rigidly attached to this one: ``T_world_other = T_world_frame @
+        T_frame_other`` at every stamp (e.g. a robot's base from its camera's, with ``inv(T_base_camera)``)."""
+        return Trajectory(self.stamps_ns.copy(), self.poses @ np.asarray(T_frame_other, np.float64),
+                          source=f"{self.source} (moved)", notes=list(self.notes))
+
     @classmethod
     def from_lists(cls, stamps: Iterable[int], poses: Iterable[np.ndarray], source: str = "") -> Trajectory:
         stamps, poses = list(stamps), list(poses)

@@ -11,9 +11,14 @@
     ros2 launch feature_matcher_ros matcher.launch.py input_mode:=stereo image:=/stereo/left/image_rect \
         camera_info:=/stereo/left/camera_info right_image:=/stereo/right/image_rect \
         right_camera_info:=/stereo/right/camera_info
+    ros2 launch feature_matcher_ros matcher.launch.py base_frame:=base_link camera_frame:=camera_optical_frame \
+        mount_x:=0.1 mount_z:=0.2 image:=/camera/image_raw camera_info:=/camera/camera_info
 
-``backend``, ``weights``, ``device`` and ``input_mode`` override the params file when given (empty = keep the
-file's value). ``depth`` (rgbd), ``right_image`` and ``right_camera_info`` (stereo) remap the metric inputs.
+``backend``, ``weights``, ``device``, ``input_mode``, ``base_frame``, ``camera_frame`` and ``publish_tf`` override
+the params file when given (empty = keep the file's value). ``depth`` (rgbd), ``right_image`` and
+``right_camera_info`` (stereo) remap the metric inputs. For a robot without a URDF, ``mount_x mount_y mount_z``
+(metres) and ``mount_roll mount_pitch mount_yaw`` (radians; zero looks along the base's x axis) also start
+``fm-static-transform`` publishing ``base_frame -> camera_frame`` (the camera's optical frame) on /tf_static.
 """
 
 import os
@@ -32,7 +37,10 @@ OVERRIDES = {
                "the shipped sptd2_small.pt for sptd2).",
     "device": "cpu | cuda | cuda:N | auto (empty = the params file's).",
     "input_mode": "mono | rgbd | stereo (empty = the params file's).",
+    "base_frame": "Robot frame of the odometry, e.g. base_link (empty = the params file's; '' there = the camera).",
+    "camera_frame": "The camera's (optical) frame name in the outputs and TF (empty = the params file's).",
 }
+MOUNT = ("mount_x", "mount_y", "mount_z", "mount_roll", "mount_pitch", "mount_yaw")
 
 
 def _node(context, *args, **kwargs):
@@ -42,7 +50,11 @@ def _node(context, *args, **kwargs):
         if value:
             overrides[name] = value
     use_sim_time = LaunchConfiguration("use_sim_time").perform(context).strip().lower() in ("true", "1", "yes")
-    return [Node(
+    publish_tf = LaunchConfiguration("publish_tf").perform(context).strip().lower()
+    if publish_tf:
+        overrides["publish_tf"] = publish_tf in ("true", "1", "yes")
+    nodes = _mount(context, overrides)
+    return nodes + [Node(
         package="feature_matcher_ros",
         executable="matcher_node",
         name="matcher_node",
@@ -57,6 +69,25 @@ def _node(context, *args, **kwargs):
             ("right/image", LaunchConfiguration("right_image")),
             ("right/camera_info", LaunchConfiguration("right_camera_info")),
         ],
+    )]
+
+
+def _mount(context, overrides):
+    """``fm-static-transform`` for ``base_frame -> camera_frame`` when a mount_* argument is given."""
+    values = {name: LaunchConfiguration(name).perform(context).strip() for name in MOUNT}
+    if not any(values.values()):
+        return []
+    base, camera = overrides.get("base_frame", ""), overrides.get("camera_frame", "")
+    if not base or not camera:
+        raise ValueError("mount_* needs base_frame and camera_frame (the transform's parent and child)")
+    arguments = [arg for name, value in values.items() for arg in (f"--{name[6:]}", value or "0")]
+    return [Node(
+        package="feature_matcher_ros",
+        executable="fm-static-transform",
+        name="camera_mount_publisher",
+        namespace=LaunchConfiguration("namespace"),
+        output="screen",
+        arguments=[*arguments, "--frame-id", base, "--child-frame-id", camera, "--optical"],
     )]
 
 
@@ -75,5 +106,10 @@ def generate_launch_description():
         DeclareLaunchArgument("params_file", default_value=default_params, description="Parameters (YAML)."),
         DeclareLaunchArgument("use_sim_time", default_value="false", description="Use /clock (bag replay)."),
         *(DeclareLaunchArgument(name, default_value="", description=text) for name, text in OVERRIDES.items()),
+        DeclareLaunchArgument("publish_tf", default_value="",
+                              description="true | false: broadcast odom -> base_frame (empty = the params file's)."),
+        *(DeclareLaunchArgument(name, default_value="", description=f"Camera mounting on base_frame: {name[6:]} "
+                                f"({'radians' if name[6:] in ('roll', 'pitch', 'yaw') else 'metres'}).")
+          for name in MOUNT),
     ]
     return LaunchDescription([*arguments, OpaqueFunction(function=_node)])

@@ -172,3 +172,32 @@ def test_params_file_lists_every_default(repo):
     assert sorted(in_file) == sorted(specs)
     for name, value in in_file.items():
         assert type(value) is specs[name].type and value == specs[name].default, name
+
+
+def test_example_params_files_hold_valid_values(repo):
+    """config/matcher_rgbd.yaml, matcher_stereo.yaml, matcher_robot.yaml: every name a parameter of the node,
+    the frontend or a backend, every value allowed by its spec."""
+    import yaml
+
+    from feature_matcher_ros.backends import backend_class, backend_names
+    from feature_matcher_ros.ros.node import NODE_PARAMS
+    from feature_matcher_ros.settings import FRONTEND_PARAMS, PRECISION_PARAM
+
+    specs = {s.name: s for s in (*NODE_PARAMS, PRECISION_PARAM, *FRONTEND_PARAMS)}
+    for name in backend_names():
+        specs.update((s.name, s) for s in backend_class(name).PARAMS)
+
+    def flatten(d, prefix=""):
+        for k, v in d.items():
+            if isinstance(v, dict):
+                yield from flatten(v, f"{prefix}{k}.")
+            else:
+                yield f"{prefix}{k}", v
+
+    files = sorted((repo / "config").glob("matcher_*.yaml"))
+    assert {f.name for f in files} >= {"matcher_rgbd.yaml", "matcher_stereo.yaml", "matcher_robot.yaml"}
+    for path in files:
+        values = dict(flatten(yaml.safe_load(path.read_text())["/**"]["ros__parameters"]))
+        for name, value in values.items():
+            assert name in specs, f"{path.name}: unknown parameter {name}"
+            assert specs[name].check(value) is None, f"{path.name}: {specs[name].check(value)}"

@@ -374,3 +374,35 @@ def test_pairing_params_are_the_nodes() -> None:
         theirs = node[spec.name]
         assert (spec.default, spec.choices, spec.min, spec.max) == (theirs.default, theirs.choices, theirs.min,
                                                                     theirs.max), spec.name
+
+
+def test_base_frame_trajectory_from_the_bag_mounting(shared: Path, tmp_path: Path, capsys: pytest.CaptureFixture):
+    """fm-make-bag --mount writes the camera's mounting as /tf_static; fm-eval --base-frame reads it and scores
+    the base's trajectory (the per-frame relative poses stay the camera's); a bag without it needs --mount."""
+    from feature_matcher_ros.base_odometry import camera_mount
+    from feature_matcher_ros.tools import eval as fm_eval
+
+    mount = ["0.1", "0", "0.2", "0.05", "0", "0"]
+    bag = tmp_path / "robot"
+    assert make_bag.main([str(shared / "data/tum_fr2_desk"), str(bag), "--frames", "0:12:2", "--mount", *mount,
+                          "--quiet"]) == 0
+    with bagio.open_bag(bag) as reader:
+        T = bagio.read_mount(reader, "base_link", "camera_optical_frame")
+    assert np.allclose(T, camera_mount(*map(float, mount)))
+    common = ["--backend", "sift", "--quiet", "--pictures", "0"]
+    assert fm_eval.main([str(bag), "--out", str(tmp_path / "cam"), *common]) == 0
+    assert fm_eval.main([str(bag), "--out", str(tmp_path / "base"), "--base-frame", "base_link", *common]) == 0
+    cam = json.loads((tmp_path / "cam" / "metrics.json").read_text())
+    base = json.loads((tmp_path / "base" / "metrics.json").read_text())
+    assert base["trajectory_frame"] == "base_link" and "trajectory_frame" not in cam
+    assert base["auc@10"] == cam["auc@10"]  # relative poses: the camera's either way
+    assert base["ate_rmse_m"] is not None and base["ate_rmse_m"] != cam["ate_rmse_m"]  # the lever arm shows
+    # a bag without a mounting: --base-frame alone is a clear error, --mount supplies it
+    plain = tmp_path / "plain"
+    assert make_bag.main([str(shared / "data/tum_fr2_desk"), str(plain), "--frames", "0:12:2", "--quiet"]) == 0
+    assert fm_eval.main([str(plain), "--out", str(tmp_path / "x"), "--base-frame", "base_link", *common]) == 2
+    assert "--mount" in capsys.readouterr().err
+    assert fm_eval.main([str(plain), "--out", str(tmp_path / "m"), "--base-frame", "base_link", "--mount", *mount,
+                         *common]) == 0
+    assert json.loads((tmp_path / "m" / "metrics.json").read_text())["ate_rmse_m"] == pytest.approx(
+        base["ate_rmse_m"], rel=1e-6)

@@ -26,7 +26,8 @@ from ros_helpers import load_frames  # noqa: E402
 
 PKG = "feature_matcher_ros"
 ARGUMENTS = {"namespace", "image", "camera_info", "params_file", "use_sim_time", "backend", "weights", "device",
-             "input_mode", "depth", "right_image", "right_camera_info"}
+             "input_mode", "depth", "right_image", "right_camera_info", "base_frame", "camera_frame", "publish_tf",
+             "mount_x", "mount_y", "mount_z", "mount_roll", "mount_pitch", "mount_yaw"}
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +89,8 @@ def test_arguments_defaults_and_readme_examples(prefix, monkeypatch, repo):
     for line in examples:
         args = dict(re.findall(r"(\w+):=(\S+)", line))
         assert args and set(args) <= ARGUMENTS, line
-        _, (n,) = describe(prefix, monkeypatch, **args)
+        _, nodes = describe(prefix, monkeypatch, **args)
+        (n,) = [node for node in nodes if node.executable == "matcher_node"]
         if "backend" in args:
             assert n.parameters[1]["backend"] == args["backend"]
     with pytest.raises(ValueError, match="imgae"):
@@ -123,3 +125,42 @@ def test_launched_node_serves_its_namespace_remappings_and_parameters(prefix, mo
         code, _ = node.stop()
         node.close()
     assert code in (0, -2), log.read_text(errors="replace")
+
+
+def test_launched_robot_mount_and_base_frame(prefix, monkeypatch, shared, tmp_path):
+    """base_frame, camera_frame and mount_* start the node with base_frame set and fm-static-transform with the
+    camera's mounting: the node finds it on /tf_static and publishes base_link odometry."""
+    _, nodes = describe(prefix, monkeypatch, namespace="bot", base_frame="base_link",
+                        camera_frame="camera_optical_frame", mount_x="0.1", mount_z="0.2", mount_roll="0.05",
+                        publish_tf="false", backend="sift", device="cpu")
+    mount, matcher = sorted(nodes, key=lambda n: n.executable)
+    assert (mount.executable, matcher.executable) == ("fm-static-transform", "matcher_node")
+    assert mount.other["arguments"][-5:] == ["--frame-id", "base_link", "--child-frame-id", "camera_optical_frame",
+                                             "--optical"]
+    assert {k: matcher.parameters[1][k] for k in ("base_frame", "camera_frame", "publish_tf")} == {
+        "base_frame": "base_link", "camera_frame": "camera_optical_frame", "publish_tf": False}
+    with pytest.raises(ValueError, match="needs base_frame and camera_frame"):
+        describe(prefix, monkeypatch, mount_x="0.1")
+    frames, camera, _ = load_frames(shared, count=2)
+    processes = [NodeProcess(command=runner.command(n, installed_entry_point(prefix, n.executable).split(":")[0]),
+                             log_path=tmp_path / f"{n.executable}.log")
+                 for n in (mount, matcher)]
+    client = MatcherClient(node="matcher_node", namespace="/bot")
+    try:
+        assert client.wait_for_matcher(timeout=60.0)
+        client.prime_camera_info(camera)
+        stamps = []
+        for stamp, rgb in frames:
+            for k in range(10):  # the first until the node has the mounting
+                client.send(rgb, "rgb8", stamp + k, camera, "camera")
+                if client.wait_result(stamp + k, timeout=5.0) is not None:
+                    stamps.append(stamp + k)
+                    break
+        assert len(stamps) == 2, (tmp_path / "matcher_node.log").read_text(errors="replace")
+        assert client.wait_until(lambda: stamps[1] in client.odometry, 10.0)
+        assert client.odometry[stamps[1]].child_frame_id == "base_link"
+    finally:
+        client.close()
+        for p in processes:
+            p.stop()
+            p.close()

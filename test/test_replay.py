@@ -69,3 +69,31 @@ def test_replay_bad_bag_exits_2_before_starting_a_node(tmp_path: Path, capsys: p
     assert "does not exist" in capsys.readouterr().err
     assert replay.main([str(tmp_path), "--out", str(tmp_path / "o"), "--rate", "0", "--quiet"]) == 2
     assert "--rate must be > 0" in capsys.readouterr().err
+
+
+def test_live_replay_of_the_base_frame(shared: Path, tmp_path: Path) -> None:
+    """fm-replay --base-frame: the node runs with base_frame, the bag's mounting (fm-make-bag --mount) goes to it
+    on /tf_static, it answers every frame (none is no_transform) with base_link odometry, and the trajectory is
+    scored for base_link like fm-eval's."""
+    from feature_matcher_ros.tools import make_bag
+
+    bag = tmp_path / "robot.bag"
+    assert make_bag.main([str(shared / "data/tum_fr2_desk"), str(bag), "--frames", "0:12:3", "--mount",
+                          "0.1", "0", "0.2", "0.05", "0", "0", "--quiet"]) == 0
+    live, offline = tmp_path / "live", tmp_path / "offline"
+    proc = subprocess.run(
+        [sys.executable, "-m", "feature_matcher_ros.tools.replay", str(bag), "--out", str(live), "--backend", "sift",
+         "--rate", "0.2", "--base-frame", "base_link", "--quiet"],
+        capture_output=True, text=True, timeout=240, env={**os.environ, "MPLBACKEND": "Agg"})
+    log = (live / "node.log").read_text() if (live / "node.log").is_file() else ""
+    assert proc.returncode == 0, f"{proc.stderr}\nnode log:\n{log}"
+    m_live = json.loads((live / "metrics.json").read_text())
+    assert m_live["frames_dropped"] == 0 and m_live["trajectory_frame"] == "base_link"
+    assert "no_transform" not in json.dumps(m_live["node_diagnostics_last"])
+    with bagio.open_bag(live / "live_outputs") as reader:
+        odometry = [msg for _, _, msg in bagio.messages(reader, ["/fm_replay/odometry"])]
+    assert odometry and {m.child_frame_id for m in odometry} == {"base_link"}
+    assert fm_eval.main([str(bag), "--out", str(offline), "--backend", "sift", "--base-frame", "base_link",
+                         "--quiet", "--pictures", "0"]) == 0
+    m_off = json.loads((offline / "metrics.json").read_text())
+    assert abs(m_live["ate_rmse_m"] - m_off["ate_rmse_m"]) < 1e-3

@@ -490,3 +490,26 @@ def camera_lookup(cams: list[tuple[int, Any]]):
         return cam
 
     return lookup
+
+
+def read_mount(reader: Any, base_frame: str, camera_frame: str) -> np.ndarray:
+    """``T_base_camera`` ``(4, 4)`` from the bag's static transforms (every ``TFMessage`` topic named
+    ``*tf_static``): the camera's mounting on the robot, composed along the tree. :class:`BagError` when the bag
+    has none connecting the two frames."""
+    from ..transforms import TransformBuffer, TransformUnavailable
+
+    buffer = TransformBuffer()
+    static_topics = [t for t, m in topic_types(reader).items() if m == TF and t.endswith("tf_static")]
+    try:
+        for _, _, msg in messages(reader, static_topics) if static_topics else ():
+            for tr in msg.transforms:
+                buffer.set(tr.header.frame_id.lstrip("/"), tr.child_frame_id.lstrip("/"), 0,
+                           transform_to_matrix(tr.transform), static=True)
+    except ValueError as exc:  # a bad quaternion
+        raise BagError(f"{static_topics}: {exc}") from None
+    try:
+        return buffer.lookup(base_frame.lstrip("/"), camera_frame.lstrip("/"), 0)
+    except TransformUnavailable:
+        where = ", ".join(static_topics) or "no /tf_static topic"
+        raise BagError(f"the bag's static transforms ({where}) do not connect {base_frame} and {camera_frame}: "
+                       "give the mounting with --mount X Y Z ROLL PITCH YAW") from None

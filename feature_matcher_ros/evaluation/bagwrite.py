@@ -37,6 +37,8 @@ class SequenceBagOptions:
     right_camera_info_topic: str = "/camera/right/camera_info"
     right_camera_frame: str = "camera_right_optical_frame"
     stamp_offset: str = "auto"                  # seconds added to every stamp; auto: 1 s when the first is <= 0
+    mount: tuple[float, ...] | None = None      # x y z roll pitch yaw of the camera on base_frame -> /tf_static
+    base_frame: str = "base_link"
 
 
 DEPTH_ENCODINGS = ("16UC1", "32FC1")
@@ -183,7 +185,8 @@ def write_sequence_bag(dataset_dir: str | Path, out: str | Path, options: Sequen
 
 #: what the summary of :func:`write_sequence_bag` counts, by kind of topic
 KINDS = ("images", "camera_info", "ground_truth", "tf", "depth", "depth_camera_info", "right_images",
-         "right_camera_info")
+         "right_camera_info", "mount")
+MOUNT_TOPIC = "/tf_static"
 
 
 def _check_options(opts: SequenceBagOptions) -> None:
@@ -217,6 +220,13 @@ def _write_frames(writer: Any, topics: dict[str, tuple[str, str]], frames: list,
         frames = tqdm(frames, desc="fm-make-bag", unit="frame")
     extra = _extra_files(seq)
     counts = {t: 0 for t in topics}
+    if MOUNT_TOPIC in connections and frames:  # the camera's mounting, once, before the first frame
+        from ..base_odometry import camera_mount
+
+        first = frames[0][0] + offset
+        msg = tf_message(typestore(), camera_mount(*opts.mount), first, opts.base_frame, opts.camera_frame)
+        writer.write(connections[MOUNT_TOPIC], first, typestore().serialize_cdr(msg, TF))
+        counts[MOUNT_TOPIC] += 1
     for stamp, path in frames:
         for topic, msg in _frame_messages(stamp, path, extra.get(stamp, {}), seq, opts, offset):
             if topic in connections:
@@ -252,6 +262,10 @@ def _sequence_topics(opts: SequenceBagOptions, seq: Any) -> dict[str, tuple[str,
                    (opts.right_image_topic, IMAGE, "right_images")]
     if seq.ground_truth is not None:
         wanted += [(opts.gt_topic, POSE_STAMPED, "ground_truth"), (opts.tf_topic, TF, "tf")]
+    if opts.mount is not None:
+        if len(opts.mount) != 6:
+            raise BagError(f"mount needs x y z roll pitch yaw, got {list(opts.mount)}")
+        wanted.append((MOUNT_TOPIC, TF, "mount"))
     named = [w for w in wanted if w[0]]  # '' = not written (no ground truth, no TF, ...)
     topics = {topic: (msgtype, kind) for topic, msgtype, kind in named}
     if len(topics) != len(named) or not opts.image_topic or not opts.camera_info_topic:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..datasets import Trajectory
+from ..se3 import invert
 from . import report
 from .metrics import epipolar_errors, evaluate
 from .records import FrameRecord
@@ -28,13 +29,15 @@ METRIC_KEYS = (
 
 def score_run(records: Sequence[FrameRecord], gt: Trajectory | None, out_dir: Path, meta: dict[str, Any],
               images_for: Callable[[set[int]], dict[int, Any]] | None = None, pictures: int = 3,
-              latency_label: str = "processing time") -> dict[str, Any]:
+              latency_label: str = "processing time", mount: Any = None) -> dict[str, Any]:
     """Score ``records`` and write ``out_dir``/{metrics.json, report.md, *.png, trajectory_*.tum}.
 
     ``meta``: what identifies the run (backend, bag, topics, fps, ``input_mode``, ...), merged first into
     metrics.json; an ``input_mode`` of ``rgbd`` / ``stereo`` scores the metric translation too, and chains the
     trajectory with the estimated metric translations instead of the ground-truth scale.
     ``images_for(stamps)``: the bag images of these stamps, for the match pictures (None: no pictures).
+    ``mount``: ``T_base_camera`` ``(4, 4)``: the trajectory (estimate and ground truth) is scored for the robot's
+    base frame (``meta["base_frame"]``) instead of the camera's; the per-frame relative poses stay the camera's.
     Returns the metrics dictionary written to ``metrics.json``.
     """
     out_dir = Path(out_dir)
@@ -48,6 +51,9 @@ def score_run(records: Sequence[FrameRecord], gt: Trajectory | None, out_dir: Pa
     est = None
     if gt is not None and records:
         est = chain_metric(records, gt) if metric else chain_with_gt_scale(records, gt)
+        if mount is not None:  # the robot's base frame: both trajectories moved off the camera by its mounting
+            est, gt = est.moved(invert(mount)), gt.moved(invert(mount))
+            metrics["trajectory_frame"] = str(meta.get("base_frame", "base"))
         metrics.update(score_trajectory(est, gt, out_dir))
         metrics["trajectory_scale"] = ("metric, as estimated (no ground-truth scale)" if metric
                                        else "ground truth (each step scaled to the ground-truth length)")

@@ -45,6 +45,25 @@ def add_bag_input_args(p: argparse.ArgumentParser) -> None:
                    help="input_mode stereo: right image topic (default: the one named *right*)")
     p.add_argument("--right-camera-info-topic", default=None,
                    help="input_mode stereo: right camera info (default: beside the right image topic)")
+    p.add_argument("--base-frame", default="", metavar="FRAME",
+                   help="score the trajectory of this robot frame (REP 105), the camera's mounting on it read from "
+                        "the bag's /tf_static or given with --mount")
+    p.add_argument("--mount", nargs=6, type=float, default=None, metavar=("X", "Y", "Z", "ROLL", "PITCH", "YAW"),
+                   help="with --base-frame: the camera's mounting (metres, radians; zero angles look along the "
+                        "base's x axis), when the bag has none")
+
+
+def base_mount(reader: Any, args: argparse.Namespace, topics: bagio.BagTopics) -> Any:
+    """``T_base_camera`` for ``--base-frame`` (from ``--mount`` or the bag's /tf_static), or None without one."""
+    if not args.base_frame:
+        if args.mount:
+            raise UsageError("--mount needs --base-frame (the robot frame to score)")
+        return None
+    if args.mount:
+        from ..base_odometry import camera_mount
+
+        return camera_mount(*args.mount)
+    return bagio.read_mount(reader, args.base_frame, bagio.image_frame_id(reader, topics.image))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -105,6 +124,7 @@ def evaluate_bag(args: argparse.Namespace) -> list[dict]:
         topics = bagio.discover_topics(reader, args.image_topic, args.camera_info_topic, args.gt_topic,
                                        need_ground_truth=not args.gt)
         gt = load_ground_truth(reader, topics, args.gt, args.gt_frame)
+        mount = base_mount(reader, args, topics)
         total = bagio.topic_counts(reader).get(topics.image)
 
         def images_for(stamps: set[int]) -> dict[int, Any]:
@@ -128,9 +148,11 @@ def evaluate_bag(args: argparse.Namespace) -> list[dict]:
                 "fps": frames / run.wall_s if run.wall_s > 0 else None, "wall_s": run.wall_s,
                 "settings": spec.describe(),
                 **metric_meta(spec.pairing.input_mode, run_topics, run.pairing.describe()),
+                **({"base_frame": args.base_frame} if mount is not None else {}),
             }
             folder = out if len(specs) == 1 else out / spec.name
-            metrics = score_run(run.records, gt, folder, meta, images_for=images_for, pictures=args.pictures)
+            metrics = score_run(run.records, gt, folder, meta, images_for=images_for, pictures=args.pictures,
+                                mount=mount)
             rows.append({**metrics, "folder": folder.relative_to(out).as_posix() if folder != out else ".",
                          "params_files": spec.params_files})
     if len(specs) > 1:

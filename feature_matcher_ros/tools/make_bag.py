@@ -6,7 +6,9 @@ optional ``groundtruth.txt``). The bag holds, stamped with the dataset's timesta
 ``/ground_truth/pose`` (geometry_msgs/PoseStamped: the camera's optical-frame pose in ``world``). RGB-D folders
 add ``/camera/depth/image_raw`` (registered depth, ``16UC1`` millimetres or ``32FC1`` metres) with
 ``/camera/depth/camera_info`` (the colour camera's); stereo folders add ``/camera/right/image_raw`` and
-``/camera/right/camera_info`` (``P[3] = -fx * baseline``; the left camera_info has ``P[3] = 0``).
+``/camera/right/camera_info`` (``P[3] = -fx * baseline``; the left camera_info has ``P[3] = 0``). ``--mount X Y Z
+ROLL PITCH YAW`` adds the camera's mounting on a robot as ``/tf_static`` (``--base-frame`` -> the camera frame,
+the camera body at that pose, its optical frame the child; fm-eval and fm-replay ``--base-frame`` read it).
 """
 
 from __future__ import annotations
@@ -47,6 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="added to every stamp (auto: 1 s when the first stamp is 0, as in KITTI)")
     p.add_argument("--frames", default="", metavar="START:STOP:STEP",
                    help="only these images (a Python slice of images.txt, e.g. 0:12:3)")
+    p.add_argument("--mount", nargs=6, type=float, default=None, metavar=("X", "Y", "Z", "ROLL", "PITCH", "YAW"),
+                   help="the camera's mounting on --base-frame (metres, radians; zero angles look along its x "
+                        "axis), written once as /tf_static")
+    p.add_argument("--base-frame", default=d.base_frame, help="the robot frame of --mount")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
@@ -62,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
             depth_topic=args.depth_topic, depth_camera_info_topic=args.depth_camera_info_topic,
             depth_encoding=args.depth_encoding, right_image_topic=args.right_image_topic,
             right_camera_info_topic=args.right_camera_info_topic, right_camera_frame=args.right_camera_frame,
-            stamp_offset=args.stamp_offset)
+            stamp_offset=args.stamp_offset, mount=tuple(args.mount) if args.mount else None,
+            base_frame=args.base_frame)
         info = write_sequence_bag(args.dataset, args.out, opts, progress=not args.quiet)
         topics = ", ".join(f"{t} [{m.split('/')[-1]}]" for t, m in info["topics"].items())
         extra = "".join(f", {info[k]} {what}"

@@ -34,7 +34,7 @@ from ..evaluation.scoring import score_run
 from ..messages import stamp_to_ns
 from ..ros.client import HelperNode, ServiceUnavailable
 from ..ros.process import NodeProcess
-from .eval import add_bag_input_args, load_ground_truth, metric_meta, partner_topics
+from .eval import add_bag_input_args, base_mount, load_ground_truth, metric_meta, partner_topics
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -99,6 +99,8 @@ def node_params_file(args: argparse.Namespace, folder: Path) -> tuple[Path, dict
         params["device"] = args.device
     params["input_qos"] = args.input_qos
     params["use_sim_time"] = True
+    if args.base_frame:
+        params["base_frame"] = args.base_frame
     path = folder / "node_params.yaml"
     path.write_text(yaml.safe_dump({"/**": {"ros__parameters": _nest(params)}}, sort_keys=True))
     return path, params
@@ -133,7 +135,7 @@ class Player(HelperNode):
     """The helper node of a replay: publishers for the bag's streams (raw CDR, as recorded) and ``/clock``,
     and recorders for the node's outputs (raw, with their arrival time)."""
 
-    def __init__(self, streams: list[Stream], outputs_ns: str) -> None:
+    def __init__(self, streams: list[Stream], outputs_ns: str, mount: tuple[str, str, Any] | None = None) -> None:
         from diagnostic_msgs.msg import DiagnosticArray
         from geometry_msgs.msg import PoseStamped, PoseWithCovarianceStamped
         from nav_msgs.msg import Odometry
@@ -144,6 +146,11 @@ class Player(HelperNode):
 
         super().__init__("fm_replay")
         self.streams = streams
+        if mount is not None:  # (base frame, camera frame, T_base_camera) on /tf_static, latched for the node
+            from ..ros.tf import TfBroadcaster, transform_msg
+
+            self.tf_static = TfBroadcaster(self.node, static=True)
+            self.tf_static.send([transform_msg(mount[2], mount[0], mount[1], 0)])
         self.received: list[Received] = []
         self.last_output = time.monotonic()
         self.Clock = Clock
@@ -392,11 +399,14 @@ def wait_until_ready(player: Player, node: NodeProcess | None, args: argparse.Na
     time.sleep(0.5)  # let discovery settle in both directions
 
 
-def run_live(reader: Any, args: argparse.Namespace, bag: BagInputs, params_file: Path, out: Path) -> LiveRun:
+def run_live(reader: Any, args: argparse.Namespace, bag: BagInputs, params_file: Path, out: Path,
+             mount: Any = None) -> LiveRun:
     """Play the bag to the node (started here unless ``--connect``) and record what it publishes until
-    it has answered the last image or gone quiet; the node is stopped (SIGINT) afterwards."""
+    it has answered the last image or gone quiet; the node is stopped (SIGINT) afterwards. ``mount``
+    (``T_base_camera``, with ``--base-frame``) is published on /tf_static for the node."""
     _dds_environment()
-    player = Player(bag.streams, args.node_namespace if args.connect else args.namespace)
+    frames = (args.base_frame, bagio.image_frame_id(reader, bag.topics.image), mount) if mount is not None else None
+    player = Player(bag.streams, args.node_namespace if args.connect else args.namespace, frames)
     node = None
     try:
         node = start_or_reset(player, args, params_file, bag, out / "node.log")
@@ -442,7 +452,8 @@ def replay(args: argparse.Namespace) -> int:
     with bagio.open_bag(args.bag) as reader:
         params_file, params = node_params_file(args, out)
         bag = read_inputs(reader, args, Pairing.from_params(params).input_mode)
-        live = run_live(reader, args, bag, params_file, out)
+        mount = base_mount(reader, args, bag.topics)
+        live = run_live(reader, args, bag, params_file, out, mount)
         write_outputs_bag(live.received, live.output_topics, out / "live_outputs")
         records = records_from_live(live.received, live.published, {s: bag.camera_at(s) for s in live.published},
                                     metric=bag.input_mode != "mono")
@@ -451,12 +462,14 @@ def replay(args: argparse.Namespace) -> int:
                              f"(log: {out / 'node.log'}: {_log_tail(out / 'node.log')})")
         _, _, diagnostics = decode(r for r in live.received if r.output == "/diagnostics")
         meta = live_meta(args, bag, params, records, live, diagnostics_values(diagnostics))
+        if mount is not None:
+            meta["base_frame"] = args.base_frame
 
         def images_for(stamps: set[int]) -> dict[int, Any]:
             return {f.stamp_ns: f.image for f in bagio.iter_frames(reader, bag.topics, stamps=stamps)}
 
         metrics = score_run(records, bag.ground_truth, out, meta, images_for=images_for, pictures=args.pictures,
-                            latency_label="end-to-end latency (publish → matches received)")
+                            latency_label="end-to-end latency (publish → matches received)", mount=mount)
     metric_keys = tuple(key for key, _, _ in METRIC_COLUMNS) if bag.input_mode != "mono" else ()
     print(text_table([metrics], LIVE_SUMMARY_KEYS + metric_keys))
     print(f"results in {out}/ (report.md, metrics.json, plots, live_outputs/ with the node's messages)")

@@ -45,7 +45,7 @@ def describe(launch_file: Path, **arguments: str) -> tuple[dict[str, DeclareLaun
 
 def command(node: Node, python_module: str) -> list[str]:
     """The command line ``launch_ros`` builds for ``node`` (the executable run as ``python -m``)."""
-    cmd = [sys.executable, "-m", python_module, "--ros-args"]
+    cmd = [sys.executable, "-m", python_module, *node.other.get("arguments", []), "--ros-args"]
     if node.name:
         cmd += ["-r", f"__node:={node.name}"]
     if node.namespace:
