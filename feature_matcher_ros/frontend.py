@@ -54,10 +54,11 @@ from .backends.nms import nms_matches
 from .camera import CameraModel
 from .geometry import RelativePose, estimate_relative_pose
 from .keyframes import Keyframe, KeyframeCache, KeyframePolicy, median_displacement_px
+from .loops import Edge, LoopStore, verified_loops
 from .metric import StereoFrame
-from .metric_keyframe import keyframe_depth, keyframe_landmarks, metric_pose, stereo_keyframe_depth
+from .metric_keyframe import depth_noise, keyframe_depth, keyframe_landmarks, metric_pose, stereo_keyframe_depth
 from .params import ParamSpec, check_changes
-from .se3 import compose_with_covariance
+from .se3 import compose_with_covariance, invert
 from .settings import FRONTEND_PARAMS, INPUT_MODES, PRECISION_PARAM, cross_check
 
 # Added to every variance of the world pose of a keyframe made when tracking was lost.
@@ -76,7 +77,9 @@ class FrameResult:
     match's keyframe point, NaN where unknown (None for a monocular keyframe); ``landmarks`` ``(K, 5)`` ``x y z u
     v`` of the active keyframe (None when it has no 3-D points, see :class:`~.keyframes.Keyframe`). ``relative``:
     ``(T_keyframe_current (4, 4), covariance (6, 6))`` of the camera as the world pose chained it (translation
-    times ``odometry.scale`` in mono), None without a pose.
+    times ``odometry.scale`` in mono), None without a pose. For a back-end (:mod:`.loops`): ``keyframe_edge``, a
+    new keyframe's pose relative to the keyframe it was matched against (None for a keyframe made without a pose:
+    the first, after a reset or a loss), and ``loop_edges``, the loop closures found for it.
     """
 
     stamp_ns: int
@@ -101,6 +104,8 @@ class FrameResult:
     depth0: np.ndarray | None = None
     landmarks: np.ndarray | None = None
     relative: tuple[np.ndarray, np.ndarray] | None = None
+    keyframe_edge: Edge | None = None
+    loop_edges: list[Edge] = field(default_factory=list)
 
     @property
     def metric(self) -> bool:
@@ -144,6 +149,7 @@ class _Frame:
     image_size: tuple[int, int]
     depth: np.ndarray | None = None
     stereo: StereoFrame | None = None
+    gray: np.ndarray | None = None  # the (H, W) uint8 image (stereo: the left one, for the disparity refinement)
 
 
 @dataclass
@@ -176,6 +182,7 @@ class Frontend:
         self._lock = threading.RLock()
         self._settings: dict[str, Any] = {p.name: p.default for p in FRONTEND_PARAMS}
         self._cache = KeyframeCache(self._settings["keyframe_cache_size"])
+        self._loops = LoopStore(self._settings["loop.keyframes"])
         self._policy = _policy(self._settings)
         self._reset()
         if settings:
@@ -236,6 +243,7 @@ class Frontend:
             self._drop_cache("resize_long_edge changed")
         self._settings = front
         self._cache.resize(front["keyframe_cache_size"])
+        self._loops.resize(front["loop.keyframes"])
         self._policy = _policy(front)
         self._sync_cache()
         return None
@@ -248,11 +256,13 @@ class Frontend:
 
     def _reset(self) -> None:
         self._cache.clear()
+        self._loops.clear()
         self._frame_counter = 0
         self._keyframe_counter = 0
         self._pending_reason = "first frame"
         # the last known world pose and its covariance (where a keyframe made without matching starts)
         self._last_world: tuple[np.ndarray, np.ndarray] = (np.eye(4), np.zeros((6, 6)))
+        self._previous_keyframe: Keyframe | None = None  # the last keyframe made (a lost edge starts there)
 
     @property
     def keyframe(self) -> Keyframe | None:
@@ -303,6 +313,8 @@ class Frontend:
         if pose is None and not reason:  # monocular keyframe, or the metric pose said why not
             pose, reason = _mono_pose(kf.camera, frame.camera, m, s)
             reason = fallback if pose is not None and fallback else reason
+        if pose is not None:
+            pose = _with_noise_floor(pose, s)
         inliers = pose.inliers if pose is not None else np.zeros(len(m), bool)
         if pose is not None and self._policy.lost(pose.num_inliers):
             reason = f"too few inliers ({pose.num_inliers} < {self._policy.min_tracking_inliers})"
@@ -316,7 +328,8 @@ class Frontend:
         t0 = time.perf_counter()
         depth, points = self._frame_depth(frame)
         kf = Keyframe(frame.features, frame.stamp_ns, self._keyframe_counter, frame.index, frame.camera,
-                      frame.image_size, T_world=world[0].copy(), covariance=world[1].copy(), depth=depth)
+                      frame.image_size, T_world=world[0].copy(), covariance=world[1].copy(), depth=depth,
+                      depth_noise=depth_noise(frame.stereo.rig if frame.stereo else None, self._settings))
         if depth is not None:
             detected = self.backend.keypoints(kf.features) if points is None else None
             kf.landmarks = keyframe_landmarks(kf, points, detected, self._settings)
@@ -324,6 +337,20 @@ class Frontend:
         self._keyframe_counter += 1
         self._cache.add(kf)
         return kf
+
+    def _keyframe_edge(self, kf: Keyframe, att: _Attempt | None) -> Edge | None:
+        """The new keyframe's edge: its pose against the keyframe it was matched with, or (made without a pose:
+        lost, a dropped cache; or in rgbd/stereo with only the monocular fallback, whose scale is unknown and whose
+        few inliers make even its rotation unreliable) a ``lost`` edge from the previous keyframe with the world
+        poses' guess; None for the first keyframe (after a reset too)."""
+        previous, self._previous_keyframe = self._previous_keyframe, kf
+        if att is not None and att.pose is not None and (att.pose.metric or att.keyframe.depth is None):
+            return Edge(att.keyframe.stamp_ns, kf.stamp_ns, *_relative(att.pose, self._settings), "keyframe",
+                        att.pose.num_inliers, att.pose.metric)
+        if previous is None or previous.T_world is None or kf.T_world is None:
+            return None
+        guess = invert(previous.T_world) @ kf.T_world
+        return Edge(previous.stamp_ns, kf.stamp_ns, guess, LOST_VARIANCE * np.eye(6), "lost")
 
     def _frame_depth(self, frame: _Frame) -> tuple[np.ndarray | None, np.ndarray | None]:
         """A new keyframe's depth image (metres, original pixels) and, for stereo, its triangulated pixels.
@@ -333,7 +360,8 @@ class Frontend:
         _, work_right, _ = prepare_image(frame.stereo.image, frame.camera, int(self._settings["resize_long_edge"]))
         m = self.backend.match(frame.features, self.backend.extract(work_right))
         m = _to_original(m, frame.features.image_size, frame.image_size, frame.features.image_size, frame.image_size)
-        return stereo_keyframe_depth(frame.stereo.rig, m, frame.image_size, self._settings)
+        return stereo_keyframe_depth(frame.stereo.rig, m, frame.image_size, self._settings,
+                                     (frame.gray, frame.stereo.image))
 
     def _add_stage_ms(self, timings: dict[str, float]) -> None:
         """The backend's own stage timings of its last call, as ``<backend>.<stage>``."""
@@ -373,7 +401,7 @@ class Frontend:
         timings = {"preprocess": 1e3 * (t_pre - t_start), "extract": 1e3 * (time.perf_counter() - t_pre),
                    "match": 0.0, "geometry": 0.0}
         self._add_stage_ms(timings)
-        frame = _Frame(feats, int(stamp_ns), self._frame_counter, camera, size, depth, stereo)
+        frame = _Frame(feats, int(stamp_ns), self._frame_counter, camera, size, depth, stereo, gray)
         self._frame_counter += 1
         active = self._cache.active
         if active is None:  # first frame, or after a reset / a dropped cache: a keyframe where the odometry was
@@ -429,6 +457,10 @@ class Frontend:
                 cov = cov + LOST_VARIANCE * np.eye(6)
             new_kf = self._new_keyframe(frame, (T, cov), timings)
         att, world = outcome.attempt, outcome.world
+        loops = []
+        if new_kf is not None:
+            loops = _loop_closures(self._loops, new_kf, lambda old: self._attempt(old, frame), self._settings, timings)
+        edge = self._keyframe_edge(new_kf, att) if new_kf is not None else None
         used = att.keyframe if att is not None else new_kf
         active = new_kf if new_kf is not None else used
         timings["total"] = 1e3 * (time.perf_counter() - t_start)
@@ -445,7 +477,21 @@ class Frontend:
                                   or float(self._settings["odometry.scale"]) > 0),
             relocalisation_tried=outcome.tried, depth0=att.depth0 if att else None,
             landmarks=active.landmarks, relative=_relative(att.pose, self._settings) if att and att.pose else None,
+            keyframe_edge=edge, loop_edges=loops,
         )
+
+
+def _loop_closures(store: LoopStore, kf: Keyframe, attempt: Any, s: Mapping[str, Any], timings: dict[str, float]
+                   ) -> list[Edge]:
+    """Loop closures of a new keyframe against the kept ones (:mod:`.loops`; ``attempt(old)`` matches the new
+    keyframe's frame against ``old``); then it is kept too."""
+    t0 = time.perf_counter()
+    edges = verified_loops(store.candidates(kf, s), attempt, kf.stamp_ns, lambda pose: _relative(pose, s),
+                           int(s["loop.min_inliers"]))
+    store.add(kf)
+    if store.capacity > 0:
+        timings["loops"] = 1e3 * (time.perf_counter() - t0)
+    return edges
 
 
 def _policy(s: Mapping[str, Any]) -> KeyframePolicy:
@@ -462,6 +508,14 @@ def _mono_pose(camera0: CameraModel, camera1: CameraModel, m: Matches, s: Mappin
         homography_ratio=s["ransac.homography_ratio"], min_parallax_px=s["ransac.min_parallax_px"],
         max_iterations=s["ransac.max_iterations"], use_homography=s["ransac.homography"],
     )
+
+
+def _with_noise_floor(pose: RelativePose, s: Mapping[str, Any]) -> RelativePose:
+    """``pose`` with ``pose.floor_rad`` (every pose) and ``pose.floor_m`` (metric poses) added in quadrature to its
+    standard deviations: what the estimators' covariances cannot see (:mod:`.settings`)."""
+    floor_t = float(s["pose.floor_m"]) if pose.metric else 0.0
+    floor = np.diag([floor_t**2] * 3 + [float(s["pose.floor_rad"]) ** 2] * 3)
+    return replace(pose, covariance=np.asarray(pose.covariance, np.float64) + floor)
 
 
 def _world_pose(kf: Keyframe, pose: RelativePose, s: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray] | None:

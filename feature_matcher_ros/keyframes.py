@@ -52,6 +52,7 @@ class Keyframe:
         covariance: ``(6, 6)`` covariance of ``T_world`` over ``[x, y, z, rx, ry, rz]`` (see :mod:`.se3`).
         depth: ``(H, W)`` float32 metres on the original image's pixel grid (NaN = none): the registered depth
             (RGB-D) or the triangulated left-right matches (stereo, sparse); None for a monocular keyframe.
+        depth_noise: the standard deviation of a depth ``Z`` over ``Z²`` (1/m), for the pose covariance.
         landmarks: ``(K, 5)`` float32 ``x y z u v``: 3-D points in the keyframe camera frame (metres) and their
             keyframe pixels (see :meth:`~feature_matcher_ros.frontend.Frontend.process`); None without depth.
     """
@@ -66,6 +67,7 @@ class Keyframe:
     covariance: np.ndarray | None = None
     depth: np.ndarray | None = None
     landmarks: np.ndarray | None = None
+    depth_noise: float = 0.0
 
     @property
     def nbytes(self) -> int:

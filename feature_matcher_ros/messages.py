@@ -40,6 +40,7 @@ import cv2
 import numpy as np
 
 from .camera import CameraModel, camera_from_info
+from .loops import Edge
 from .metric import StereoRig
 from .se3 import pose_matrix
 
@@ -339,3 +340,17 @@ def transform_to_matrix(transform: Any) -> np.ndarray:
     quaternion."""
     t, r = transform.translation, transform.rotation
     return pose_matrix((t.x, t.y, t.z), (r.x, r.y, r.z, r.w))
+
+
+def edge_from_message(msg: Any, kind: str) -> tuple[Edge, str]:
+    """A ``keyframe_edge`` (``kind = "keyframe"``) or ``loop_closure`` (``"loop"``) ``PoseWithCovarianceStamped``
+    as ``(edge, camera frame)``: a keyframe edge whose covariance is marked unknown (``covariance[0] < 0``) is a
+    ``lost`` edge. ValueError for a frame id that names no keyframe, a bad quaternion or a non-finite
+    covariance."""
+    camera_frame, from_ns = parse_keyframe_frame_id(msg.header.frame_id)
+    cov = np.asarray(msg.pose.covariance, np.float64).reshape(6, 6)
+    if kind != "loop" and cov[0, 0] < 0:
+        kind = "lost"
+    elif not np.all(np.isfinite(cov)):
+        raise ValueError(f"{kind} edge from {msg.header.frame_id}: covariance is not finite")
+    return Edge(from_ns, stamp_to_ns(msg.header.stamp), pose_to_matrix(msg.pose.pose), cov, kind), camera_frame

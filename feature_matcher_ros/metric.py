@@ -141,6 +141,45 @@ def stereo_points(
     return z
 
 
+def refine_right_x(left: np.ndarray, right: np.ndarray, kpts_left: np.ndarray, kpts_right: np.ndarray,
+                   search_px: int = 2, half: int = 5) -> np.ndarray:
+    """Sub-pixel right-image x of left-right matches of a rectified pair, by block matching along the row (the
+    stereo refinement of ORB-SLAM2): the ``(2 half + 1)²`` patch around each left keypoint (rounded) is compared
+    (sum of absolute differences) with the right row at whole-pixel shifts within ``search_px`` of the matched
+    x, and a parabola through the best cost and its neighbours gives the sub-pixel position. Detectors place a
+    keypoint a fraction of a pixel apart in two images, a bias of the disparity (and of the depth, by the same
+    fraction) that this removes. Returns ``(N,)``: the refined x, NaN where the patch leaves an image or the best
+    shift is at the edge of the search. ``left``, ``right``: ``(H, W)`` uint8."""
+    kl = np.rint(np.asarray(kpts_left, np.float64).reshape(-1, 2)).astype(np.int64)
+    xr = np.asarray(kpts_right, np.float64).reshape(-1, 2)[:, 0]
+    h, w = left.shape
+    shifts = np.arange(-search_px - 1, search_px + 2)  # one more each side for the parabola
+    centre = np.rint(xr).astype(np.int64)
+    ok = ((kl[:, 0] >= half) & (kl[:, 0] < w - half) & (kl[:, 1] >= half) & (kl[:, 1] < h - half)
+          & (centre + shifts[0] >= half) & (centre + shifts[-1] < w - half))
+    out = np.full(len(kl), np.nan)
+    if not ok.any():
+        return out
+    offsets = np.arange(-half, half + 1)
+    rows = kl[ok, 1][:, None, None] + offsets[None, :, None]                       # (n, p, 1)
+    patch = left[rows, kl[ok, 0][:, None, None] + offsets[None, None, :]].astype(np.int32)  # (n, p, p)
+    cols = centre[ok][:, None, None, None] + shifts[None, :, None, None] + offsets[None, None, None, :]
+    cand = right[rows[:, None], cols].astype(np.int32)                              # (n, s, p, p)
+    cost = np.abs(cand - patch[:, None]).sum(axis=(2, 3)).astype(np.float64)         # (n, s)
+    best = np.argmin(cost, axis=1)
+    inside = (best > 0) & (best < len(shifts) - 1)  # a minimum at the edge: no parabola, no refinement
+    best = np.clip(best, 1, len(shifts) - 2)
+    idx = np.arange(len(best))
+    c0, c1, c2 = cost[idx, best - 1], cost[idx, best], cost[idx, best + 1]
+    denom = c0 - 2 * c1 + c2
+    delta = np.where(denom > 0, 0.5 * (c0 - c2) / np.where(denom > 0, denom, 1.0), 0.0)
+    inside &= np.abs(delta) <= 1.0
+    x_left = np.asarray(kpts_left, np.float64).reshape(-1, 2)[ok, 0]
+    refined = centre[ok] + shifts[best] + delta + (x_left - kl[ok, 0])  # at the left keypoint's own x
+    out[np.flatnonzero(ok)[inside]] = refined[inside]
+    return out
+
+
 def stereo_depth_image(rig: StereoRig, kpts_left: np.ndarray, kpts_right: np.ndarray, shape: tuple[int, int],
                        **limits: float) -> np.ndarray:
     """The left-right matches of a keyframe as a sparse ``(H, W)`` depth image (metres, NaN elsewhere), so
@@ -209,11 +248,12 @@ def _opencv_pnp(xn: np.ndarray, X: np.ndarray, f: float, thr_px: float, confiden
 
 def estimate_absolute_pose(
     X_kf: np.ndarray, kpts_cur: np.ndarray, camera: CameraModel, method: str = "poselib", threshold_px: float = 2.0,
-    confidence: float = 0.999, max_iterations: int = 10000,
+    confidence: float = 0.999, max_iterations: int = 10000, depth_noise: float = 0.0,
 ) -> AbsolutePose | None:
     """Robust pose of the current camera from keyframe points ``X_kf (N, 3)`` (metres, keyframe camera) seen
     at ``kpts_cur (N, 2)`` (pixels of ``camera``); None with fewer than ``MIN_PNP_POINTS`` inliers.
-    Non-finite points are skipped (they count as outliers)."""
+    Non-finite points are skipped (they count as outliers). ``depth_noise``: the points' depth standard deviation
+    over ``Z²`` (1/m), for the covariance (:func:`pnp_covariance`)."""
     if method not in PNP_METHODS:
         raise ValueError(f"absolute pose method must be one of {PNP_METHODS}, not {method!r}")
     X = np.asarray(X_kf, np.float64).reshape(-1, 3)
@@ -228,35 +268,45 @@ def estimate_absolute_pose(
     inliers = np.zeros(len(X), bool)
     inliers[finite[inl_f]] = True
     cov, residual = pnp_covariance(R, t, X[inliers], camera.normalize(np.asarray(kpts_cur, np.float64)[inliers]),
-                                   camera.fx, camera.fy)
+                                   camera.fx, camera.fy, depth_noise)
     return AbsolutePose(R, t, inliers, cov, residual, method)
 
 
-def pnp_covariance(R: np.ndarray, t: np.ndarray, X: np.ndarray, xn: np.ndarray, fx: float, fy: float
-                   ) -> tuple[np.ndarray, float]:
-    """``(covariance (6, 6), median residual px)`` of a PnP pose from its inliers: ``sigma^2 (J^T J)^-1``
-    with ``J`` the Jacobian of the pixel reprojection residuals with respect to ``[dt, w]``
-    (``X_c = exp([w]x) R X + t + dt``, the convention of the module docstring) and ``sigma^2`` the residual variance
-    ``sum r^2 / (2N - 6)``. It grows with fewer points, smaller spread and farther depth."""
+def pnp_covariance(R: np.ndarray, t: np.ndarray, X: np.ndarray, xn: np.ndarray, fx: float, fy: float,
+                   depth_noise: float = 0.0) -> tuple[np.ndarray, float]:
+    """``(covariance (6, 6), median residual px)`` of a PnP pose from its inliers: ``(Σ Jᵢᵀ Sᵢ⁻¹ Jᵢ)⁻¹`` with
+    ``Jᵢ`` the Jacobian of point i's pixel reprojection residual with respect to ``[dt, w]``
+    (``X_c = exp([w]x) R X + t + dt``, the convention of the module docstring) and ``Sᵢ`` the residual's
+    ``(2, 2)`` covariance: ``σ²``, the residual variance ``Σ r² / (2N - 6)`` (both images' keypoint noise, as the
+    residuals show it), plus the keyframe point's depth noise ``depth_noise · Z²`` along its ray (structured-light
+    depth, or stereo's ``Z² σ_d / (f b)``) seen through the projection, which the residuals barely show.
+    It grows with fewer points, smaller spread, farther and noisier depth."""
     RX = X @ R.T
     Xc = RX + t
     z = Xc[:, 2]
-    proj = Xc[:, :2] / z[:, None]
-    r = (proj - xn) * np.array([fx, fy])
+    r = (Xc[:, :2] / z[:, None] - xn) * np.array([fx, fy])
     n = len(X)
-    # d(pixel)/d(Xc): [[fx/z, 0, -fx x/z^2], [0, fy/z, -fy y/z^2]]
-    Jp = np.zeros((n, 2, 3))
+    Jp = np.zeros((n, 2, 3))  # d(pixel)/d(Xc): [[fx/z, 0, -fx x/z^2], [0, fy/z, -fy y/z^2]]
     Jp[:, 0, 0], Jp[:, 0, 2] = fx / z, -fx * Xc[:, 0] / z**2
     Jp[:, 1, 1], Jp[:, 1, 2] = fy / z, -fy * Xc[:, 1] / z**2
     skew = np.zeros((n, 3, 3))  # dXc/dw = -[R X]x
     skew[:, 0, 1], skew[:, 0, 2], skew[:, 1, 2] = RX[:, 2], -RX[:, 1], RX[:, 0]
     skew[:, 1, 0], skew[:, 2, 0], skew[:, 2, 1] = -RX[:, 2], RX[:, 1], -RX[:, 0]
-    J = np.concatenate([Jp, Jp @ skew], axis=2).reshape(2 * n, 6)
-    dof = max(1, 2 * n - 6)
-    sigma2 = max(float((r**2).sum()) / dof, 1e-4)  # floor: (0.01 px)^2, for exact synthetic fits
-    info = J.T @ J
+    J = np.concatenate([Jp, Jp @ skew], axis=2)  # (n, 2, 6)
+    sigma2 = max(float((r**2).sum()) / max(1, 2 * n - 6), 1e-4)  # floor: (0.01 px)^2, for exact synthetic fits
+    S = sigma2 * np.eye(2) + _point_noise_px(X, Jp @ R, depth_noise)
+    info = np.einsum("nai,nab,nbj->ij", J, np.linalg.inv(S), J)
     try:
-        cov = sigma2 * np.linalg.inv(info)
+        cov = np.linalg.inv(info)
     except np.linalg.LinAlgError:
         cov = np.eye(6) * 1e6
     return 0.5 * (cov + cov.T), float(np.median(np.linalg.norm(r, axis=1)))
+
+
+def _point_noise_px(X: np.ndarray, A: np.ndarray, depth_noise: float) -> np.ndarray:
+    """``(N, 2, 2)``: the depth noise ``depth_noise Z²`` of keyframe points ``X`` (keyframe camera), along their rays,
+    in the current pixels; ``A`` = d(pixel)/d(X) ``(N, 2, 3)``."""
+    Z = X[:, 2]
+    ray = X / Z[:, None]  # d X / d Z
+    along = ((depth_noise * Z**2) ** 2)[:, None, None] * (ray[:, :, None] * ray[:, None, :])
+    return A @ along @ A.transpose(0, 2, 1)

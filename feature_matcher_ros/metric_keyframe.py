@@ -15,7 +15,7 @@ from .backends.base import Matches
 from .camera import CameraModel
 from .geometry import RelativePose, rotation_parallax_px
 from .keyframes import Keyframe
-from .metric import StereoRig, back_project, depth_at, estimate_absolute_pose, stereo_depth_image
+from .metric import StereoRig, back_project, depth_at, estimate_absolute_pose, refine_right_x, stereo_depth_image
 
 Settings = Mapping[str, Any]
 
@@ -39,7 +39,7 @@ def metric_pose(kf: Keyframe, camera: CameraModel, m: Matches, depth0: np.ndarra
         return None, f"monocular pose: {with_depth} matches with depth (< pnp.min_points {s['pnp.min_points']})"
     X = back_project(kf.camera, m.kpts0, depth0)
     ap = estimate_absolute_pose(X, m.kpts1, camera, s["pnp.method"], s["pnp.threshold_px"], s["ransac.confidence"],
-                                int(s["ransac.max_iterations"]))
+                                int(s["ransac.max_iterations"]), kf.depth_noise)
     if ap is None:
         return None, f"monocular pose: the absolute pose found no consensus ({with_depth} matches with depth)"
     inl = ap.inliers
@@ -48,11 +48,26 @@ def metric_pose(kf: Keyframe, camera: CameraModel, m: Matches, depth0: np.ndarra
                         metric=True), ""
 
 
-def stereo_keyframe_depth(rig: StereoRig, left_right: Matches, size: tuple[int, int], s: Settings
-                          ) -> tuple[np.ndarray, np.ndarray]:
+def depth_noise(stereo: StereoRig | None, s: Settings) -> float:
+    """A new keyframe's depth noise over ``Z²`` (1/m): ``depth.noise`` (RGB-D), or a stereo rig's
+    ``stereo.disparity_noise_px / (fx b)``."""
+    if stereo is None:
+        return float(s["depth.noise"])
+    return float(s["stereo.disparity_noise_px"]) / (stereo.left.fx * stereo.baseline_m)
+
+
+def stereo_keyframe_depth(rig: StereoRig, left_right: Matches, size: tuple[int, int], s: Settings,
+                          images: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """A stereo keyframe's sparse depth image ``(H, W)`` (metres, NaN = none) from its left-right matches
-    (original pixels of the left image of ``size``), and the left pixels of those matches."""
-    depth = stereo_depth_image(rig, left_right.kpts0, left_right.kpts1, size, max_dv_px=s["stereo.max_dv_px"],
+    (original pixels of the left image of ``size``), and the left pixels of those matches. With ``images``
+    (left, right ``(H, W)`` uint8) and ``stereo.refine_px`` > 0 the right x of each match is refined by block
+    matching first (:func:`~.metric.refine_right_x`; matches it cannot refine keep the matcher's x)."""
+    kpts_right = left_right.kpts1
+    if images is not None and int(s["stereo.refine_px"]) > 0:
+        refined = refine_right_x(*images, left_right.kpts0, kpts_right, int(s["stereo.refine_px"]))
+        kpts_right = np.array(kpts_right, np.float64)
+        kpts_right[:, 0] = np.where(np.isfinite(refined), refined, kpts_right[:, 0])
+    depth = stereo_depth_image(rig, left_right.kpts0, kpts_right, size, max_dv_px=s["stereo.max_dv_px"],
                                min_disparity_px=s["stereo.min_disparity_px"],
                                max_disparity_px=s["stereo.max_disparity_px"])
     return depth, left_right.kpts0

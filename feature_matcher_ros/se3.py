@@ -60,6 +60,28 @@ def rotation_from_rotvec(w: Iterable[float]) -> np.ndarray:
     return cv2.Rodrigues(np.asarray(w, dtype=np.float64).reshape(3, 1))[0]
 
 
+def rotvec_from_rotation(R: np.ndarray) -> np.ndarray:
+    """The inverse of :func:`rotation_from_rotvec`: ``(3, 3)`` -> ``(3,)`` axis * angle (radians)."""
+    return cv2.Rodrigues(np.asarray(R, dtype=np.float64).reshape(3, 3))[0].reshape(3)
+
+
+def pose_error(T_est: np.ndarray, T_true: np.ndarray) -> np.ndarray:
+    """``(6,)`` error ``[dt, w]`` of an estimate in the covariance convention (module docstring):
+    ``t_true = t_est + dt`` and ``R_true = exp([w]x) @ R_est``."""
+    T_est, T_true = np.asarray(T_est, np.float64), np.asarray(T_true, np.float64)
+    return np.concatenate([T_true[:3, 3] - T_est[:3, 3], rotvec_from_rotation(T_true[:3, :3] @ T_est[:3, :3].T)])
+
+
+def nees(T_est: np.ndarray, T_true: np.ndarray, covariance: np.ndarray) -> float:
+    """Normalised estimation error squared ``eᵀ Σ⁻¹ e`` of :func:`pose_error` (χ²(6) when ``Σ`` is right).
+
+    >>> round(nees(se3(np.eye(3), [0.1, 0.0, 0.0]), np.eye(4), np.diag([0.01] + [1.0] * 5)), 9)   # one sigma off
+    1.0
+    """
+    e = pose_error(T_est, T_true)
+    return float(e @ np.linalg.solve(np.asarray(covariance, np.float64).reshape(6, 6), e))
+
+
 def quat_to_rotation(q: Sequence[float]) -> np.ndarray:
     """Quaternion ``(qx, qy, qz, qw)`` (scalar last; normalised here) -> ``(3, 3)`` rotation.
 

@@ -12,6 +12,7 @@ from .backends import backend_class
 from .backends.base import PRECISIONS
 from .geometry import METHODS
 from .keyframes import PARALLAX_MODES
+from .loops import LOOP_PARAMS
 from .metric import DEPTH_LOOKUPS, PNP_METHODS
 from .params import ParamSpec
 
@@ -24,10 +25,17 @@ METRIC_PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("depth.max_m", 10.0, "Depths above this (metres) count as missing.", min=0.01, max=10000.0),
     ParamSpec("stereo.max_dv_px", 1.0, "Left-right matches must lie on the same row within this (pixels).",
               min=0.0, max=50.0),
+    ParamSpec("stereo.refine_px", 2, "Refine each left-right match's disparity by block matching along the row "
+              "within this many pixels (sub-pixel, ORB-SLAM2's stereo refinement; 0 = the matcher's keypoints).",
+              min=0, max=16),
     ParamSpec("stereo.min_disparity_px", 1.0, "Smallest disparity triangulated (pixels; sets the far limit).",
               min=0.01, max=10000.0),
     ParamSpec("stereo.max_disparity_px", 512.0, "Largest disparity triangulated (pixels; sets the near limit).",
               min=0.01, max=10000.0),
+    ParamSpec("depth.noise", 0.0015, "RGB-D depth noise for the pose covariance: the standard deviation of a depth "
+              "Z is depth.noise * Z^2 (1/m; about 0.0015 for Kinect-class structured light).", min=0.0, max=1.0),
+    ParamSpec("stereo.disparity_noise_px", 0.5, "Stereo disparity noise for the pose covariance (pixels): depth "
+              "standard deviation Z^2 * this / (fx * baseline).", min=0.0, max=100.0),
     ParamSpec("pnp.method", "poselib", "Absolute pose: poselib (LO-RANSAC + refinement) or opencv "
               "(solvePnPRansac + LM).", choices=PNP_METHODS),
     ParamSpec("pnp.threshold_px", 2.0, "Reprojection inlier threshold of the absolute pose (pixels).",
@@ -68,7 +76,12 @@ FRONTEND_PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("odometry.scale", 0.0, "mono only: metres per keyframe-to-frame translation for the chained "
               "odometry (0 = unknown: unit steps, marked unknown); refused in rgbd/stereo (metric).", min=0.0,
               max=1000.0),
-) + METRIC_PARAMS
+    ParamSpec("pose.floor_m", 0.01, "Metric poses: added (in quadrature) to each translation standard deviation, "
+              "for what the PnP covariance cannot see (calibration, stamps, rolling shutter); measured so that the "
+              "NEES against ground truth is about 6 (docs/robot.md).", min=0.0, max=100.0),
+    ParamSpec("pose.floor_rad", 0.004, "Every pose: added (in quadrature) to each rotation standard deviation "
+              "(radians), like pose.floor_m.", min=0.0, max=3.2),
+) + METRIC_PARAMS + LOOP_PARAMS
 INPUT_MODES = ("mono", "rgbd", "stereo")
 PRECISION_PARAM = ParamSpec("precision", "fp32", "Numeric precision of the backend (features are converted or "
                             "dropped).", choices=PRECISIONS)

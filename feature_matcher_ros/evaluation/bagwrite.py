@@ -39,6 +39,7 @@ class SequenceBagOptions:
     stamp_offset: str = "auto"                  # seconds added to every stamp; auto: 1 s when the first is <= 0
     mount: tuple[float, ...] | None = None      # x y z roll pitch yaw of the camera on base_frame -> /tf_static
     base_frame: str = "base_link"
+    there_and_back: bool = False                # the even frames forward, then the odd ones backward
 
 
 DEPTH_ENCODINGS = ("16UC1", "32FC1")
@@ -154,8 +155,8 @@ def write_sequence_bag(dataset_dir: str | Path, out: str | Path, options: Sequen
     _check_options(opts)
     seq = read_sequence(dataset_dir)
     frames = seq.frames[parse_slice(opts.frames)] if opts.frames else seq.frames
-    if not frames:
-        raise BagError(f"frames {opts.frames!r} selects no image of {dataset_dir}")
+    if len(frames) < (2 if opts.there_and_back else 1):
+        raise BagError(f"frames {opts.frames!r} selects {len(frames)} images of {dataset_dir}")
     if seq.depth is not None and opts.depth_topic and not seq.depth.registered:
         raise BagError(f"{dataset_dir}: the depth images are not registered to the colour camera "
                        "(depth_registered: true in intrinsics.yaml); only registered depth can be written")
@@ -209,28 +210,47 @@ def stamp_offset_ns(text: str, first_stamp_ns: int) -> int:
         raise BagError(f"stamp offset must be 'auto' or seconds, got {text!r}") from None
 
 
+def frame_order(frames: list[tuple[int, Path]], there_and_back: bool = False) -> list[tuple[int, Path, int]]:
+    """``(dataset stamp, image, written stamp)`` per frame in bag order. There and back: the even frames forward,
+    then the odd frames backward; written stamps follow the dataset's intervals, always increasing (the way back
+    takes as long as the way out).
+
+    >>> [(s, p, w) for s, p, w in frame_order([(10, "a"), (20, "b"), (30, "c"), (40, "d"), (50, "e")], True)]
+    [(10, 'a', 10), (30, 'c', 30), (50, 'e', 50), (40, 'd', 60), (20, 'b', 80)]
+    """
+    if there_and_back:
+        frames = list(frames[0::2]) + list(frames[1::2])[::-1]
+    order, written = [], None
+    for stamp, path in frames:
+        written = stamp if written is None else written + abs(stamp - order[-1][0])
+        order.append((stamp, path, written))
+    return order
+
+
 def _write_frames(writer: Any, topics: dict[str, tuple[str, str]], frames: list, seq: Any,
                   opts: SequenceBagOptions, offset: int, progress: bool) -> dict[str, int]:
-    """Open ``writer``, write every frame's messages, close it; the message count per topic."""
+    """Open ``writer``, write every frame's messages (in :func:`frame_order`), close it; the message count per
+    topic."""
     writer.open()
     connections = {t: writer.add_connection(t, msgtype, typestore=typestore()) for t, (msgtype, _) in topics.items()}
-    if progress:
-        from tqdm import tqdm
-
-        frames = tqdm(frames, desc="fm-make-bag", unit="frame")
+    order = frame_order(frames, opts.there_and_back)
     extra = _extra_files(seq)
     counts = {t: 0 for t in topics}
-    if MOUNT_TOPIC in connections and frames:  # the camera's mounting, once, before the first frame
+    if MOUNT_TOPIC in connections and order:  # the camera's mounting, once, before the first frame
         from ..base_odometry import camera_mount
 
-        first = frames[0][0] + offset
+        first = order[0][2] + offset
         msg = tf_message(typestore(), camera_mount(*opts.mount), first, opts.base_frame, opts.camera_frame)
         writer.write(connections[MOUNT_TOPIC], first, typestore().serialize_cdr(msg, TF))
         counts[MOUNT_TOPIC] += 1
-    for stamp, path in frames:
-        for topic, msg in _frame_messages(stamp, path, extra.get(stamp, {}), seq, opts, offset):
+    if progress:
+        from tqdm import tqdm
+
+        order = tqdm(order, desc="fm-make-bag", unit="frame")
+    for stamp, path, written in order:
+        for topic, msg in _frame_messages(stamp, path, extra.get(stamp, {}), seq, opts, written + offset):
             if topic in connections:
-                writer.write(connections[topic], stamp + offset, typestore().serialize_cdr(msg, topics[topic][0]))
+                writer.write(connections[topic], written + offset, typestore().serialize_cdr(msg, topics[topic][0]))
                 counts[topic] += 1
     writer.close()
     return counts
@@ -301,10 +321,10 @@ def _load_image(path: Path, camera: Any) -> np.ndarray:
 
 
 def _frame_messages(stamp: int, path: Path, extra: dict[str, Path], seq: Any, opts: SequenceBagOptions,
-                    offset: int) -> Iterator[tuple[str, Any]]:
-    """``(topic, message)`` of one frame: camera info, image, depth or the right camera when the folder has
-    them, and the ground truth at exactly its stamp; message stamps are ``stamp + offset``."""
-    store, when = typestore(), stamp + offset
+                    when: int) -> Iterator[tuple[str, Any]]:
+    """``(topic, message)`` of one frame (``stamp`` in the dataset): camera info, image, depth or the right camera
+    when the folder has them, and the ground truth at exactly its stamp; message stamps are ``when``."""
+    store = typestore()
     yield opts.camera_info_topic, camera_info_message(store, seq.camera, when, opts.camera_frame)
     yield opts.image_topic, image_message(store, _load_image(path, seq.camera), when, opts.camera_frame, opts.encoding)
     if "depth" in extra and opts.depth_topic:

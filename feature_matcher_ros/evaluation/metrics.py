@@ -9,7 +9,10 @@ Definitions (SuperGlue / LoFTR):
   normalised (undistorted) camera coordinates under the ground-truth essential matrix is below 5e-4;
 - metric poses (RGB-D / stereo): translation error ``|t - t_gt|`` in metres, and in % of the ground-truth
   keyframe-to-frame distance ``|t_gt|`` (the KITTI odometry convention, here per keyframe-to-frame pair; pairs
-  that moved less than :data:`MIN_PCT_DISTANCE_M` are left out of the %).
+  that moved less than :data:`MIN_PCT_DISTANCE_M` are left out of the %);
+- covariance consistency of the metric poses: the normalised estimation error squared (NEES) ``eᵀ Σ⁻¹ e`` of the
+  current camera in the keyframe's frame against the ground truth (:func:`~feature_matcher_ros.se3.nees`); a
+  consistent covariance gives a mean of 6 and 95 % of the pairs inside :data:`CHI2_6_95`.
 """
 
 from __future__ import annotations
@@ -29,11 +32,13 @@ from ..geometry import (
     symmetric_epipolar_distance,
     translation_angle_error_deg,
 )
+from ..se3 import invert, nees, se3
 from .records import FrameRecord
 
 EPIPOLAR_THRESHOLD = 5e-4
 AUC_THRESHOLDS = (5, 10, 20)
 MIN_PCT_DISTANCE_M = 0.05
+CHI2_6_95 = 12.592  # the χ²(6) 95 % quantile
 
 
 @dataclass
@@ -51,6 +56,7 @@ class PairScore:
     epipolar_correct: int
     translation_error_m: float | None = None    # metric poses only
     translation_error_pct: float | None = None  # metric poses that moved >= MIN_PCT_DISTANCE_M
+    nees: float | None = None                   # metric poses with a covariance
 
 
 def score_pair(rec: FrameRecord, kf_camera: Any, T_gt: np.ndarray) -> PairScore:
@@ -77,6 +83,8 @@ def score_pair(rec: FrameRecord, kf_camera: Any, T_gt: np.ndarray) -> PairScore:
         score.translation_error_m = float(np.linalg.norm(np.asarray(rec.t, np.float64) - t_gt))
         if score.gt_translation_m >= MIN_PCT_DISTANCE_M:
             score.translation_error_pct = 100.0 * score.translation_error_m / score.gt_translation_m
+        if rec.covariance is not None:
+            score.nees = nees(invert(se3(rec.R, rec.t)), invert(T_gt), rec.covariance)
     return score
 
 
@@ -188,7 +196,8 @@ def frame_entry(rec: FrameRecord, s: PairScore | None, metric: bool = False) -> 
     if metric:
         row.update({"metric": rec.metric and rec.has_pose,
                     "translation_error_m": s.translation_error_m if s else None,
-                    "translation_error_pct": s.translation_error_pct if s else None})
+                    "translation_error_pct": s.translation_error_pct if s else None,
+                    "nees": s.nees if s else None})
     return row
 
 
@@ -208,7 +217,17 @@ def metric_summary(pairs: Sequence[FrameRecord], scores: Sequence[PairScore]) ->
         "translation_error_pct_pairs": len(pct),
         "translation_error_pct_min_distance_m": MIN_PCT_DISTANCE_M,
         "metric_rotation_error_deg_median": _median([s.rotation_error_deg for s in scored]),
+        **nees_summary([s.nees for s in scored if s.nees is not None]),
     }
+
+
+def nees_summary(values: Sequence[float]) -> dict[str, Any]:
+    """``nees_mean``, ``nees_median``, ``nees_within_95`` (the share inside the χ²(6) 95 % bound) and
+    ``nees_pairs``."""
+    values = [v for v in values if math.isfinite(v)]
+    return {"nees_mean": float(np.mean(values)) if values else None, "nees_median": _median(values),
+            "nees_within_95": float(np.mean(np.asarray(values) <= CHI2_6_95)) if values else None,
+            "nees_pairs": len(values)}
 
 
 def epipolar_errors(rec: FrameRecord, kf_camera: Any, gt: Trajectory,

@@ -31,6 +31,11 @@ class FrameRecord:
         n_matches: number of matches (may exceed ``len(kpts0)`` when the points were not kept).
         n_inliers: number of inliers (likewise).
         metric: the pose is metric (RGB-D / stereo absolute pose), ``t`` in metres.
+        covariance: ``(6, 6)`` of the current camera in the keyframe's frame (``T_keyframe_current``, the inverse
+            of ``[R | t]``) over ``[x y z rx ry rz]`` (:mod:`~feature_matcher_ros.se3`), for metric poses; else None.
+        edges: the pose-graph edges this frame gave (:class:`~feature_matcher_ros.loops.Edge`: a new keyframe's
+            edge, then its loop closures).
+        T_world_keyframe: a new keyframe's pose in the frontend's world (None for other frames).
     """
 
     stamp_ns: int
@@ -49,6 +54,9 @@ class FrameRecord:
     n_matches: int = -1
     n_inliers: int = -1
     metric: bool = False
+    covariance: np.ndarray | None = None
+    edges: list = field(default_factory=list)
+    T_world_keyframe: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.stamp_ns = int(self.stamp_ns)
@@ -92,4 +100,7 @@ class FrameRecord:
             timings_ms=timings,
             camera=camera,
             metric=bool(result.metric),
+            covariance=pose.current_in_keyframe()[1] if pose is not None and pose.metric else None,
+            edges=([result.keyframe_edge] if result.keyframe_edge is not None else []) + list(result.loop_edges),
+            T_world_keyframe=result.T_world_active_keyframe if result.new_keyframe else None,
         )

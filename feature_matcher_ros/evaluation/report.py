@@ -222,9 +222,14 @@ def plot_latency(latencies_ms: Sequence[float], path: Path, title: str, label: s
     return path
 
 
-def plot_trajectory(est: Any, gt: Any, path: Path, title: str, metric: bool = False) -> Path:
+KEYFRAME_LABELS = {"frontend": "keyframes, front-end", "pose_graph": "keyframes, pose graph"}
+
+
+def plot_trajectory(est: Any, gt: Any, path: Path, title: str, metric: bool = False,
+                    keyframes: dict[str, Any] | None = None) -> Path:
     """Top view (x, z) and side view (x, y) of the chained estimate and the ground truth (``metric``: the
-    estimate's own metric scale, else the ground truth's)."""
+    estimate's own metric scale, else the ground truth's), and ``keyframes`` (name -> trajectory: the front-end's
+    and the pose graph's keyframe poses, ``fm-eval --pose-graph``)."""
     plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(9, 4), dpi=100)
     for ax, (a, b, la, lb) in zip(axes, ((0, 1, "x", "y"), (0, 2, "x", "z"))):
@@ -234,6 +239,10 @@ def plot_trajectory(est: Any, gt: Any, path: Path, title: str, metric: bool = Fa
         if est is not None and len(est):
             p = est.poses[:, :3, 3]
             ax.plot(p[:, a], p[:, b], "o-", ms=3, label="estimate (metric)" if metric else "estimate (GT scale)")
+        for name, traj in (keyframes or {}).items():
+            p = traj.poses[:, :3, 3]
+            ax.plot(p[:, a], p[:, b], "s-" if name == "pose_graph" else "^:", ms=4, lw=1.5,
+                    label=KEYFRAME_LABELS.get(name, name))
         ax.set_xlabel(f"{la} (m)")
         ax.set_ylabel(f"{lb} (m)")
         ax.axis("equal")

@@ -10,6 +10,7 @@ from typing import Any
 from ..datasets import Trajectory
 from ..se3 import invert
 from . import report
+from .graph import score_pose_graph
 from .metrics import epipolar_errors, evaluate
 from .records import FrameRecord
 from .trajectory import chain_metric, chain_with_gt_scale, sample, score_trajectory
@@ -29,7 +30,7 @@ METRIC_KEYS = (
 
 def score_run(records: Sequence[FrameRecord], gt: Trajectory | None, out_dir: Path, meta: dict[str, Any],
               images_for: Callable[[set[int]], dict[int, Any]] | None = None, pictures: int = 3,
-              latency_label: str = "processing time", mount: Any = None) -> dict[str, Any]:
+              latency_label: str = "processing time", mount: Any = None, pose_graph: Any = None) -> dict[str, Any]:
     """Score ``records`` and write ``out_dir``/{metrics.json, report.md, *.png, trajectory_*.tum}.
 
     ``meta``: what identifies the run (backend, bag, topics, fps, ``input_mode``, ...), merged first into
@@ -38,6 +39,8 @@ def score_run(records: Sequence[FrameRecord], gt: Trajectory | None, out_dir: Pa
     ``images_for(stamps)``: the bag images of these stamps, for the match pictures (None: no pictures).
     ``mount``: ``T_base_camera`` ``(4, 4)``: the trajectory (estimate and ground truth) is scored for the robot's
     base frame (``meta["base_frame"]``) instead of the camera's; the per-frame relative poses stay the camera's.
+    ``pose_graph``: a :class:`~.graph.GraphRun` over these records: scored into ``metrics["pose_graph"]`` and
+    drawn in the trajectory plot.
     Returns the metrics dictionary written to ``metrics.json``.
     """
     out_dir = Path(out_dir)
@@ -48,6 +51,9 @@ def score_run(records: Sequence[FrameRecord], gt: Trajectory | None, out_dir: Pa
     for key in REQUIRED_KEYS + (METRIC_KEYS if metric else ()):
         metrics.setdefault(key, None)
 
+    keyframes: dict = {}
+    if pose_graph is not None:
+        metrics["pose_graph"], keyframes = score_pose_graph(pose_graph, gt, out_dir, metric, mount)
     est = None
     if gt is not None and records:
         est = chain_metric(records, gt) if metric else chain_with_gt_scale(records, gt)
@@ -72,7 +78,7 @@ def score_run(records: Sequence[FrameRecord], gt: Trajectory | None, out_dir: Pa
                                                latency_label).name
     if est is not None and len(est):
         plots["trajectory"] = report.plot_trajectory(est, sample(gt, [r.stamp_ns for r in records]),
-                                                     out_dir / "trajectory.png", title, metric).name
+                                                     out_dir / "trajectory.png", title, metric, keyframes).name
     if images_for is not None and pictures > 0:
         chosen = report.pick_picture_frames(records, pictures)
         want = {r.stamp_ns for r in chosen} | {r.keyframe_stamp_ns for r in chosen}

@@ -20,6 +20,7 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2, Poi
 from std_msgs.msg import Header
 
 from ..camera import CameraModel
+from ..loops import Edge
 from ..messages import ENCODINGS, POINTFIELD_DTYPES, keyframe_frame_id
 from ..se3 import rotation_to_quat
 
@@ -182,6 +183,15 @@ def relative_pose_msg(
     msg.pose.pose = matrix_to_pose(T_kf_cur)
     msg.pose.covariance = _covariance_list(covariance)
     return msg
+
+
+def edge_msg(edge: Edge, camera_frame: str) -> PoseWithCovarianceStamped:
+    """A pose-graph edge (:class:`~feature_matcher_ros.loops.Edge`) as ``keyframe_edge`` / ``loop_closure`` publish
+    it: the ``to`` keyframe's camera in the ``from`` keyframe camera's frame, ``header.frame_id`` =
+    ``<camera_frame>@<from stamp ns>``, ``header.stamp`` = the ``to`` keyframe's stamp. A ``lost`` edge (no
+    measurement: the front-end's guess) has every diagonal covariance entry -1 (unknown)."""
+    cov = -np.eye(6) if edge.kind == "lost" else edge.covariance
+    return relative_pose_msg(edge.T, cov, edge.to_stamp_ns, camera_frame, edge.from_stamp_ns)
 
 
 def odometry_msg(

@@ -25,6 +25,7 @@ FAULTS_ENV = "FM_TEST_FAULTS"
 LOG_PERIOD_S = 5.0
 ENTRY_POINTS = (
     "image", "camera_info", "depth", "right_image", "right_camera_info", "set_pose", "tf", "tf_static",  # inputs
+    "keyframe_edge", "loop_closure", "keyframe", "odometry",  # pose_graph_node's inputs
     "diagnostics",  # the timer
     "parameters", "parameters_pre_set",  # parameter callbacks
     "reset",  # services

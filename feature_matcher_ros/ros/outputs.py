@@ -3,7 +3,8 @@ keyframe last announced, the keyframe images ``debug_image`` draws).
 
 The node makes one :class:`Outputs` when it creates its outputs and calls :meth:`Outputs.publish` from the
 worker thread after each frame. The keyframe announcement (``keyframe``, then ``landmarks``) always goes
-before ``matches``, ``relative_pose`` and ``odometry`` of the frames matched against it.
+before ``matches``, ``relative_pose`` and ``odometry`` of the frames matched against it; a new keyframe's
+pose-graph edges (``keyframe_edge``, then its ``loop_closure`` edges) follow the announcement.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from . import conversions as cv
 from .qos import latched_qos, output_qos
 from .robot import OdometryOutput
 
+EDGE_DEPTH = 100  # edges kept for late-joining back-ends
+
 
 class PublishedFrame(Protocol):
     """What :meth:`Outputs.publish` needs of the input frame besides the result: its header and pixels."""
@@ -44,12 +47,16 @@ class Outputs:
         self.landmarks = create_publisher(PointCloud2, "landmarks", latched_qos())
         self.debug = create_publisher(Image, "debug_image", output_qos(depth=2))
         self.diagnostics = create_publisher(DiagnosticArray, "/diagnostics", output_qos())
+        # pose-graph edges: reliable and transient-local, so a back-end started a little later misses none
+        self.keyframe_edge = create_publisher(PoseWithCovarianceStamped, "keyframe_edge", latched_qos(EDGE_DEPTH))
+        self.loop_closure = create_publisher(PoseWithCovarianceStamped, "loop_closure", latched_qos(EDGE_DEPTH))
         self.announced_keyframe: int | None = None
         self._keyframe_images: OrderedDict[int, np.ndarray] = OrderedDict()
 
     @property
     def publishers(self) -> tuple:
-        return (self.matches, self.pose, self.odom, self.keyframe, self.landmarks, self.debug, self.diagnostics)
+        return (self.matches, self.pose, self.odom, self.keyframe, self.landmarks, self.debug, self.diagnostics,
+                self.keyframe_edge, self.loop_closure)
 
     def reset(self) -> None:
         """Forget the announced keyframe and the keyframe images (a new stream starts)."""
@@ -69,6 +76,10 @@ class Outputs:
                 del self._keyframe_images[stamp]
         if result.active_keyframe_stamp_ns != self.announced_keyframe:
             self._announce_keyframe(result, camera_frame, odom)
+        if result.keyframe_edge is not None:
+            self.keyframe_edge.publish(cv.edge_msg(result.keyframe_edge, camera_frame))
+        for edge in result.loop_edges:
+            self.loop_closure.publish(cv.edge_msg(edge, camera_frame))
         m = result.matches
         inliers = np.asarray(result.inliers, bool) if result.inliers is not None else np.zeros(len(m), bool)
         header = Header(stamp=frame.header.stamp, frame_id=frame.header.frame_id)

@@ -20,6 +20,7 @@ from typing import Any
 from ..datasets import Trajectory, read_tum
 from ..evaluation import bagio
 from ..evaluation.cli import UsageError, run_main
+from ..evaluation.graph import run_pose_graph
 from ..evaluation.offline import (
     RunSpec,
     build_frontend,
@@ -30,6 +31,9 @@ from ..evaluation.offline import (
 )
 from ..evaluation.report import comparison_markdown, text_table, write_json
 from ..evaluation.scoring import score_run
+
+#: loop.keyframes under --pose-graph when the parameters leave loop detection off
+POSE_GRAPH_LOOP_KEYFRAMES = 1000
 
 
 def add_bag_input_args(p: argparse.ArgumentParser) -> None:
@@ -78,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--node-name", default="matcher_node", help="node name whose section of a parameter file applies")
     p.add_argument("--device", default=None, help="override the device (cpu, cuda, cuda:N, auto)")
     add_bag_input_args(p)
+    p.add_argument("--pose-graph", action="store_true",
+                   help="also run the pose-graph back-end (GTSAM, as pose_graph_node) on the keyframe and loop edges "
+                        f"and score its keyframes (loop.keyframes 0 becomes {POSE_GRAPH_LOOP_KEYFRAMES})")
     p.add_argument("--pictures", type=int, default=3, help="match pictures per run")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
@@ -130,6 +137,10 @@ def evaluate_bag(args: argparse.Namespace) -> list[dict]:
         def images_for(stamps: set[int]) -> dict[int, Any]:
             return {f.stamp_ns: f.image for f in bagio.iter_frames(reader, topics, stamps=stamps)}
 
+        if args.pose_graph:
+            for spec in specs:
+                if not spec.frontend_settings.get("loop.keyframes"):
+                    spec.frontend_settings["loop.keyframes"] = POSE_GRAPH_LOOP_KEYFRAMES
         frontends = [build_frontend(spec) for spec in specs]  # every configuration is checked before any runs
         rows = []
         for spec, frontend in zip(specs, frontends):
@@ -151,8 +162,9 @@ def evaluate_bag(args: argparse.Namespace) -> list[dict]:
                 **({"base_frame": args.base_frame} if mount is not None else {}),
             }
             folder = out if len(specs) == 1 else out / spec.name
+            graph = run_pose_graph(run.records) if args.pose_graph else None
             metrics = score_run(run.records, gt, folder, meta, images_for=images_for, pictures=args.pictures,
-                                mount=mount)
+                                mount=mount, pose_graph=graph)
             rows.append({**metrics, "folder": folder.relative_to(out).as_posix() if folder != out else ".",
                          "params_files": spec.params_files})
     if len(specs) > 1:
@@ -197,6 +209,19 @@ def _pairing_problem(spec: RunSpec, topics: bagio.BagTopics, pairing: dict[str, 
             f"rejected {pairing['rejected']}")
 
 
+def pose_graph_line(row: dict) -> str:
+    """One line of a run's pose-graph results."""
+    g = row["pose_graph"]
+
+    def num(key: str, fmt: str) -> str:
+        return "–" if g.get(key) is None else fmt.format(g[key])
+
+    return (f"{row['name']} pose graph: {g['keyframes']} keyframes, {g['loop_closures']} loop closures "
+            f"({num('false_loop_closures', '{}')} false; {g['loop_candidates']} candidates, {g['loops_rejected']} "
+            f"gated), keyframe ATE {num('ate_rmse_m', '{:.4f}')} m (front-end {num('frontend_ate_rmse_m', '{:.4f}')}"
+            f" m), optimisation {num('optimise_ms_median', '{:.2f}')} ms median per keyframe")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
@@ -205,6 +230,9 @@ def main(argv: list[str] | None = None) -> int:
             raise UsageError("--pictures must be >= 0")
         rows = evaluate_bag(args)
         print(text_table(rows))
+        for row in rows:
+            if "pose_graph" in row:
+                print(pose_graph_line(row))
         print(f"results in {Path(args.out)}/ (report.md, metrics.json, plots)")
         return 0
 

@@ -53,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the camera's mounting on --base-frame (metres, radians; zero angles look along its x "
                         "axis), written once as /tf_static")
     p.add_argument("--base-frame", default=d.base_frame, help="the robot frame of --mount")
+    p.add_argument("--there-and-back", action="store_true",
+                   help="the even frames forward, then the odd frames backward (stamps keep increasing): the way "
+                        "back revisits the same places from other viewpoints, where loops close")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
@@ -69,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
             depth_encoding=args.depth_encoding, right_image_topic=args.right_image_topic,
             right_camera_info_topic=args.right_camera_info_topic, right_camera_frame=args.right_camera_frame,
             stamp_offset=args.stamp_offset, mount=tuple(args.mount) if args.mount else None,
-            base_frame=args.base_frame)
+            base_frame=args.base_frame, there_and_back=args.there_and_back)
         info = write_sequence_bag(args.dataset, args.out, opts, progress=not args.quiet)
         topics = ", ".join(f"{t} [{m.split('/')[-1]}]" for t, m in info["topics"].items())
         extra = "".join(f", {info[k]} {what}"
