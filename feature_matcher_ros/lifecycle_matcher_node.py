@@ -18,6 +18,7 @@ from .ros.startup import (
     init_rclpy,
     make_node,
     non_ros_args,
+    spin_until_stopped,
     stop_on_signals,
     stop_requested,
     tear_down,
@@ -51,7 +52,7 @@ def main(args: list[str] | None = None) -> int:
     options = parser.parse_args(rest[1:])
     if not init_rclpy(argv, PROG):
         return 2
-    from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+    from rclpy.executors import SingleThreadedExecutor
 
     def build():
         from .ros.lifecycle_node import LifecycleMatcherNode
@@ -63,13 +64,15 @@ def main(args: list[str] | None = None) -> int:
         return code
     executor = SingleThreadedExecutor()
     executor.add_node(node)
-    try:
+    def run() -> None:
+        nonlocal code
         if options.activate and not _configure_and_activate(node):
             code = 2
         else:
             executor.spin_until_future_complete(node.finished)  # the shutdown transition, or a signal
-    except ExternalShutdownException:  # SIGINT or SIGTERM: rclpy shut the context down
-        pass
+
+    try:
+        spin_until_stopped(run)
     finally:
         tear_down(node, executor)
     return exit_now_if_busy(node, code)

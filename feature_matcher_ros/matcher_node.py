@@ -131,10 +131,10 @@ def main(args: list[str] | None = None) -> int:
         print(parameters_markdown(), end="")
         return 0
 
-    from .ros.startup import exit_now_if_busy, init_rclpy, make_node, stop_on_signals, tear_down
+    from .ros.startup import exit_now_if_busy, init_rclpy, make_node, spin_until_stopped, stop_on_signals, tear_down
 
     stop_on_signals()  # first: from here on SIGINT/SIGTERM never raise, they end the spin
-    from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+    from rclpy.executors import SingleThreadedExecutor
 
     if not init_rclpy(argv, "matcher_node"):
         return 2
@@ -152,9 +152,7 @@ def main(args: list[str] | None = None) -> int:
     executor = SingleThreadedExecutor()
     executor.add_node(node)
     try:
-        executor.spin()
-    except ExternalShutdownException:  # SIGINT or SIGTERM: rclpy shut the context down
-        pass
+        spin_until_stopped(executor.spin)  # until SIGINT or SIGTERM shuts the context down
     finally:
         tear_down(node, executor)
     return exit_now_if_busy(node, 0)

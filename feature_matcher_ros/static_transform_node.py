@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(args: list[str] | None = None) -> int:
-    from .ros.startup import init_rclpy, non_ros_args, stop_on_signals
+    from .ros.startup import init_rclpy, non_ros_args, spin_until_stopped, stop_on_signals
 
     stop_on_signals()
     argv = list(sys.argv if args is None else args)
@@ -46,7 +46,6 @@ def main(args: list[str] | None = None) -> int:
     if not init_rclpy(argv, PROG):
         return 2
     import rclpy
-    from rclpy.executors import ExternalShutdownException
 
     from .ros.tf import TfBroadcaster, transform_msg
 
@@ -54,9 +53,7 @@ def main(args: list[str] | None = None) -> int:
     TfBroadcaster(node, static=True).send([transform_msg(T, o.frame_id, o.child_frame_id, 0)])
     node.get_logger().info(f"{o.frame_id} -> {o.child_frame_id} on /tf_static")
     try:
-        rclpy.spin(node)
-    except ExternalShutdownException:
-        pass
+        spin_until_stopped(lambda: rclpy.spin(node))
     finally:
         node.destroy_node()
         rclpy.try_shutdown()

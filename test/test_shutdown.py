@@ -175,3 +175,33 @@ def test_signals_during_start_up_end_cleanly():
         print(f"{node.name}: launch_ctrl_c {'after' if up else 'before'} start-up -> exit code {rc}")
         assert "Traceback" not in err and "KeyboardInterrupt" not in err, f"{module}: traceback on stderr:\n{err}"
         assert rc == 0, f"{module}: exit code {rc}\n{err}"
+
+
+def test_a_signal_just_before_the_wait_set_is_a_clean_stop():
+    """Found by `make test-repeat` on a loaded machine: a signal that shuts the context down between the
+    executor's check of it and the creation of its wait set makes rclpy raise RCLError ("the given context is
+    not valid"), not ExternalShutdownException; the node printed a traceback. Reproduced without timing: after
+    the shutdown, ``spin_once`` builds its wait set on the dead context and raises the same RCLError, which
+    :func:`spin_until_stopped` takes as the stop; while the context is valid an error still propagates."""
+    import rclpy
+    from rclpy.context import Context
+    from rclpy.executors import SingleThreadedExecutor
+
+    from feature_matcher_ros.ros.startup import spin_until_stopped
+
+    context = Context()
+    rclpy.init(context=context)
+    node = rclpy.create_node("fm_shutdown_wait_set", context=context)
+    executor = SingleThreadedExecutor(context=context)
+    executor.add_node(node)
+
+    def broken() -> None:
+        raise ValueError("a real bug")
+
+    with pytest.raises(ValueError):
+        spin_until_stopped(broken, context)
+    rclpy.shutdown(context=context)
+    with pytest.raises(Exception, match="context is not valid"):
+        executor.spin_once(timeout_sec=0.1)  # what the signal's timing did to executor.spin
+    spin_until_stopped(lambda: executor.spin_once(timeout_sec=0.1), context)
+    node.destroy_node()

@@ -94,6 +94,23 @@ def make_node(factory: Callable[[], Any], prog: str) -> tuple[Any, int]:
         return None, 2
 
 
+def spin_until_stopped(spin: Callable[[], Any], context: Any = None) -> None:
+    """Run ``spin`` (an executor's spin) until SIGINT/SIGTERM shuts the context down. rclpy then raises
+    ``ExternalShutdownException``, or, when the signal lands between the executor's check of the context and the
+    creation of its wait set, an ``RCLError`` ("the given context is not valid"): both are the stop that was
+    asked for. Anything raised while the context (default: rclpy's) is still valid propagates."""
+    import rclpy
+    from rclpy.executors import ExternalShutdownException
+
+    try:
+        spin()
+    except ExternalShutdownException:
+        pass
+    except Exception:  # noqa: BLE001 - rclpy's RCLError after a shutdown; re-raised otherwise
+        if rclpy.ok(context=context):
+            raise
+
+
 def tear_down(node: Any, executor: Any) -> None:
     """Stop the node's worker (``close``), then take the node off the executor and shut rclpy down."""
     import rclpy
