@@ -41,6 +41,7 @@ setup(
             "matcher_node = feature_matcher_ros.matcher_node:main",
             "lifecycle_matcher_node = feature_matcher_ros.lifecycle_matcher_node:main",
             "fm-static-transform = feature_matcher_ros.static_transform_node:main",
+            "pose_graph_node = feature_matcher_ros.pose_graph_node:main",
             # user commands (feature_matcher_ros/tools)
             "fm-demo = feature_matcher_ros.tools.demo:main",
             "fm-match = feature_matcher_ros.tools.match:main",

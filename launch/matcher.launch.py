@@ -43,8 +43,9 @@ OVERRIDES = {
 MOUNT = ("mount_x", "mount_y", "mount_z", "mount_roll", "mount_pitch", "mount_yaw")
 
 
-def _node(context, *args, **kwargs):
-    overrides = {}
+def _node(context, *args, extra=None, **kwargs):
+    """The matcher node (and the mounting's static transform); ``extra``: more parameter overrides."""
+    overrides = dict(extra or {})
     for name in OVERRIDES:
         value = LaunchConfiguration(name).perform(context).strip()
         if value:
@@ -91,9 +92,10 @@ def _mount(context, overrides):
     )]
 
 
-def generate_launch_description():
+def launch_arguments():
+    """The arguments of this file (slam.launch.py takes them too)."""
     default_params = os.path.join(get_package_share_directory("feature_matcher_ros"), "config", "matcher.yaml")
-    arguments = [
+    return [
         DeclareLaunchArgument("namespace", default_value="", description="Namespace of the node and its topics."),
         DeclareLaunchArgument("image", default_value="image", description="Input image topic."),
         DeclareLaunchArgument("camera_info", default_value="camera_info", description="Input camera_info topic."),
@@ -112,4 +114,7 @@ def generate_launch_description():
                                 f"({'radians' if name[6:] in ('roll', 'pitch', 'yaw') else 'metres'}).")
           for name in MOUNT),
     ]
-    return LaunchDescription([*arguments, OpaqueFunction(function=_node)])
+
+
+def generate_launch_description():
+    return LaunchDescription([*launch_arguments(), OpaqueFunction(function=_node)])

@@ -12,6 +12,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from importlib.metadata import entry_points
 from pathlib import Path
 
@@ -19,12 +20,15 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "launch_standin"))
 import runner  # noqa: E402
+from geometry_msgs.msg import PoseWithCovarianceStamped  # noqa: E402
 
 from feature_matcher_ros.ros.client import MatcherClient  # noqa: E402
 from feature_matcher_ros.ros.process import NodeProcess  # noqa: E402
+from feature_matcher_ros.ros.qos import latched_qos  # noqa: E402
 from ros_helpers import load_frames  # noqa: E402
 
 PKG = "feature_matcher_ros"
+TEST_DATA = Path(__file__).resolve().parent / "data"
 ARGUMENTS = {"namespace", "image", "camera_info", "params_file", "use_sim_time", "backend", "weights", "device",
              "input_mode", "depth", "right_image", "right_camera_info", "base_frame", "camera_frame", "publish_tf",
              "mount_x", "mount_y", "mount_z", "mount_roll", "mount_pitch", "mount_yaw"}
@@ -54,20 +58,21 @@ def installed_entry_point(prefix, script):
     return parser["console_scripts"][script]
 
 
-def describe(prefix, monkeypatch, **arguments):
+def describe(prefix, monkeypatch, launch_file="matcher.launch.py", **arguments):
     monkeypatch.setenv("AMENT_PREFIX_PATH", str(prefix))
-    return runner.describe(prefix / "share" / PKG / "launch" / "matcher.launch.py", **arguments)
+    return runner.describe(prefix / "share" / PKG / "launch" / launch_file, **arguments)
 
 
 def test_install_holds_what_ros2_launch_and_run_need(prefix):
     share = prefix / "share" / PKG
     assert (prefix / "share" / "ament_index" / "resource_index" / "packages" / PKG).is_file()
-    for rel in ("package.xml", "launch/matcher.launch.py", "config/matcher.yaml", "config/fastdds_large_images.xml"):
+    for rel in ("package.xml", "launch/matcher.launch.py", "launch/slam.launch.py", "config/matcher.yaml",
+                "config/fastdds_large_images.xml"):
         assert (share / rel).is_file(), rel
     assert any((share / "data" / "demo").rglob("*.mcap")), "the demo bag is installed"
     (weights,) = prefix.glob(f"lib/python*/site-packages/{PKG}/weights/sptd2_small.pt")
     assert weights.stat().st_size > 100_000
-    for script in ("matcher_node", "lifecycle_matcher_node", "fm-match", "fm-bench", "fm-replay"):
+    for script in ("matcher_node", "lifecycle_matcher_node", "pose_graph_node", "fm-match", "fm-bench", "fm-replay"):
         assert (prefix / "bin" / script).is_file(), script
     # and the venv's own install of the package (`make` installs it editable) is still there
     assert entry_points(group="console_scripts", name="matcher_node")
@@ -95,6 +100,13 @@ def test_arguments_defaults_and_readme_examples(prefix, monkeypatch, repo):
             assert n.parameters[1]["backend"] == args["backend"]
     with pytest.raises(ValueError, match="imgae"):
         describe(prefix, monkeypatch, imgae="/camera/image_raw")
+    slam_examples = re.findall(r"ros2 launch feature_matcher_ros slam\.launch\.py((?:[^\n]|\\\n)*)",
+                               texts + (repo / "launch" / "slam.launch.py").read_text())
+    assert len(slam_examples) >= 2
+    for line in slam_examples:
+        args = dict(re.findall(r"(\w+):=(\S+)", line))
+        _, nodes = describe(prefix, monkeypatch, "slam.launch.py", **args)
+        assert {"matcher_node", "pose_graph_node"} <= {n.executable for n in nodes}, line
 
 
 def test_launched_node_serves_its_namespace_remappings_and_parameters(prefix, monkeypatch, repo, shared, tmp_path):
@@ -164,3 +176,70 @@ def test_launched_robot_mount_and_base_frame(prefix, monkeypatch, shared, tmp_pa
         for p in processes:
             p.stop()
             p.close()
+
+
+def _wait(predicate, timeout):
+    """Poll ``predicate`` (set by subscription callbacks on the client's spinner thread) until it holds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def test_slam_launch_closes_a_loop_and_broadcasts_map_to_odom(prefix, monkeypatch, shared, tmp_path):
+    """slam.launch.py: matcher_node (with the camera's mounting from fm-static-transform) and pose_graph_node
+    with one set of arguments; a there-and-back stereo bag replayed to them over DDS (fm-replay --connect) gives
+    loop closures on the way back, a keyframe path in map and map -> odom on /tf beside odom -> base_link."""
+    from nav_msgs.msg import Path as PathMsg
+
+    from feature_matcher_ros.ros.tf import TF_QOS, tf_message_type
+    from feature_matcher_ros.tools import make_bag
+
+    bag = tmp_path / "tab"
+    assert make_bag.main([str(shared / "data/kitti06_stereo_f000_050"), str(bag), "--there-and-back", "--quiet"]) == 0
+    params = tmp_path / "slam.yaml"
+    params.write_text((TEST_DATA / "eval_stereo_sift.yaml").read_text()
+                      + "    input_qos: reliable\n    diagnostics_period_s: 0.5\n")
+    declared, nodes = describe(prefix, monkeypatch, "slam.launch.py", namespace="slam", params_file=str(params),
+                               base_frame="base_link", camera_frame="camera_optical_frame", mount_x="1.5",
+                               mount_z="1.6", use_sim_time="true", image="/camera/image_raw",
+                               camera_info="/camera/camera_info", right_image="/camera/right/image_raw",
+                               right_camera_info="/camera/right/camera_info")
+    assert set(declared) == ARGUMENTS | {"loop_keyframes", "loop_kernel"}
+    by_exe = {n.executable: n for n in nodes}
+    assert set(by_exe) == {"fm-static-transform", "matcher_node", "pose_graph_node"}
+    assert by_exe["matcher_node"].parameters[1]["loop.keyframes"] == 1000
+    assert by_exe["pose_graph_node"].parameters[0]["base_frame"] == "base_link"
+    processes = [NodeProcess(command=runner.command(n, installed_entry_point(prefix, n.executable).split(":")[0]),
+                             log_path=tmp_path / f"{n.executable}.log") for n in nodes]
+    client = MatcherClient(node="matcher_node", namespace="/slam", image_topic="/camera/image_raw",
+                           info_topic="/camera/camera_info")
+    seen = {"tf": set(), "loops": 0, "path": 0}
+    client.node.create_subscription(tf_message_type(), "/tf", lambda m: seen["tf"].update(
+        (t.header.frame_id, t.child_frame_id) for t in m.transforms), TF_QOS)
+    client.node.create_subscription(PathMsg, "/slam/pose_graph/path", lambda m: seen.update(path=len(m.poses)),
+                                    latched_qos(1))
+    client.node.create_subscription(PoseWithCovarianceStamped, "/slam/loop_closure",
+                                    lambda m: seen.update(loops=seen["loops"] + 1), latched_qos(100))
+
+    def logs():
+        return "\n".join(f"--- {n.executable}: {(tmp_path / f'{n.executable}.log').read_text(errors='replace')[-3000:]}"
+                         for n in nodes)
+
+    try:
+        assert client.wait_for_matcher(timeout=60.0), logs()
+        run = subprocess.run([sys.executable, "-m", "feature_matcher_ros.tools.replay", str(bag), "--connect",
+                              "--node-namespace", "/slam", "--params", str(params), "--rate", "0.1",
+                              "--out", str(tmp_path / "replay"), "--pictures", "0", "--quiet"],
+                             capture_output=True, text=True, timeout=400)
+        assert run.returncode == 0, run.stdout + run.stderr + logs()
+        assert _wait(lambda: seen["loops"] >= 1 and ("map", "odom") in seen["tf"], 30.0), (seen, logs())
+        assert ("odom", "base_link") in seen["tf"] and seen["path"] >= 10, (seen, logs())
+    finally:
+        client.close()
+        codes = [p.stop()[0] for p in processes]
+        for p in processes:
+            p.close()
+    assert all(c == 0 for c in codes), (codes, logs())

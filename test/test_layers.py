@@ -15,7 +15,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "feature_matcher_ros"
 COMMANDS = ("tools", "measure", "training")
-NODE = ("ros", "matcher_node", "lifecycle_matcher_node", "static_transform_node")
+NODE = ("ros", "matcher_node", "lifecycle_matcher_node", "static_transform_node", "pose_graph_node")
 ROS_PACKAGES = ("rclpy", "rcl_interfaces", "std_msgs", "std_srvs", "sensor_msgs", "geometry_msgs", "nav_msgs",
                 "diagnostic_msgs", "lifecycle_msgs", "builtin_interfaces", "rosgraph_msgs", "tf2_msgs", "tf2_ros")
 

@@ -78,3 +78,23 @@ def test_the_gate_rejects_an_inconsistent_loop_and_unknown_keyframes():
     T4, T5 = graph.estimate()[4], graph.estimate()[5]
     assert np.allclose(T5[:3, 3], T4[:3, :3] @ [0.5, 0, 0] + T4[:3, 3])
     assert graph.stats.lost_edges == 1
+
+
+def test_edges_travel_as_pose_with_covariance_and_lost_ones_say_so():
+    """keyframe_edge / loop_closure messages (what matcher_node publishes, what pose_graph_node reads): the frame
+    id names the camera at the from-keyframe, the stamp is the to-keyframe's, and a lost edge is marked unknown."""
+    from feature_matcher_ros.messages import edge_from_message
+    from feature_matcher_ros.ros.conversions import edge_msg
+
+    T = se3(Rz(0.3), [0.5, -0.1, 2.0])
+    cov = np.diag([1e-4, 2e-4, 3e-4, 1e-6, 2e-6, 3e-6])
+    for kind in ("keyframe", "loop", "lost"):
+        msg = edge_msg(Edge(1_000, 5_000, T, cov, kind), "cam")
+        assert msg.header.frame_id == "cam@1000" and msg.header.stamp.nanosec == 5_000
+        edge, camera = edge_from_message(msg, "loop" if kind == "loop" else "keyframe")
+        assert camera == "cam" and edge.kind == kind and (edge.from_stamp_ns, edge.to_stamp_ns) == (1_000, 5_000)
+        assert np.allclose(edge.T, T)
+        assert np.allclose(np.diag(edge.covariance), -1.0 if kind == "lost" else np.diag(cov))
+    msg.header.frame_id = "cam"
+    with pytest.raises(ValueError, match="does not name a keyframe"):
+        edge_from_message(msg, "keyframe")

@@ -88,7 +88,8 @@ def keyframe_trajectories(run: GraphRun, gt: Trajectory) -> dict[str, Trajectory
 def score_pose_graph(run: GraphRun, gt: Trajectory | None, out_dir: Path, metric: bool, mount: Any = None
                      ) -> tuple[dict[str, Any], dict[str, Trajectory]]:
     """``(metrics["pose_graph"], trajectories to plot)``; writes ``trajectory_keyframes_{gt,frontend,
-    pose_graph}.tum`` and scores both estimates with ``evo_ape`` (SE(3) alignment when ``metric``, else Sim(3))."""
+    pose_graph}.tum`` and scores both estimates with ``evo_ape`` (SE(3) alignment when ``metric``, else Sim(3);
+    metric runs also ``*_sim3_*`` with Sim(3))."""
     stats = run.graph.stats
     accepted = run.graph.loops
     out: dict[str, Any] = {
@@ -117,10 +118,12 @@ def score_pose_graph(run: GraphRun, gt: Trajectory | None, out_dir: Path, metric
     gt_file = write_tum(Path(out_dir) / "trajectory_keyframes_gt.tum", sample(gt, trajectories["pose_graph"].stamps_ns))
     align = ["--align"] if metric else ["--align", "--correct_scale"]
     out["trajectory_alignment"] = "SE(3) Umeyama" if metric else "Sim(3) Umeyama"
-    for name, key in (("pose_graph", "ate_rmse_m"), ("frontend", "frontend_ate_rmse_m")):
+    scorings = [("", align)] + ([("sim3_", ["--align", "--correct_scale"])] if metric else [])
+    for name, key in (("pose_graph", "ate_{}rmse_m"), ("frontend", "frontend_ate_{}rmse_m")):
         est_file = write_tum(Path(out_dir) / f"trajectory_keyframes_{name}.tum", trajectories[name])
-        try:
-            out[key] = float(run_evo("evo_ape", gt_file, est_file, align)["rmse"])
-        except (RuntimeError, FileNotFoundError, KeyError, ValueError) as exc:
-            out["evo_error"] = str(exc)
+        for tag, args in scorings:  # metric runs also Sim(3): what is left once a scale error is taken out
+            try:
+                out[key.format(tag)] = float(run_evo("evo_ape", gt_file, est_file, args)["rmse"])
+            except (RuntimeError, FileNotFoundError, KeyError, ValueError) as exc:
+                out["evo_error"] = str(exc)
     return out, trajectories

@@ -39,6 +39,7 @@ METRIC_COLUMNS = (
     ("metric_pose_frames", "metric poses", "{:d}"),
     ("translation_error_m_median", "t err m med", "{:.4f}"),
     ("translation_error_pct_median", "t err % med", "{:.2f}"),
+    ("nees_mean", "NEES", "{:.1f}"),
 )
 LIVE_COLUMNS = (
     ("frames_published", "published", "{:d}"),
