@@ -31,7 +31,7 @@ CORE_FILES = {
 DDS_FILES = {
     "test_chaos.py", "test_gpu_check.py", "test_launch.py", "test_lifecycle.py", "test_node.py",
     "test_node_bad_input.py", "test_node_eloftr.py", "test_node_guard.py", "test_node_metric.py",
-    "test_node_params.py", "test_node_sptd2.py", "test_params_hypothesis.py", "test_replay.py",
+    "test_node_params.py", "test_node_robot.py", "test_node_sptd2.py", "test_params_hypothesis.py", "test_replay.py",
     "test_replay_metric.py", "test_robustness.py", "test_shutdown.py", "test_transport.py",
 }
 

@@ -121,6 +121,9 @@ WEIGHTS_HINTS = {
 NO_WEIGHTS = ("sift", "orb")
 # How long an image that arrived before any camera_info waits for one (checked at each diagnostics report).
 CAMERA_INFO_WAIT_S = 0.5
+# How long shutdown (and deactivate) waits for the frame in hand before abandoning it: a quarter of the 2 s a
+# node has to end in after SIGINT/SIGTERM, the rest left for tear-down on a loaded machine (test_shutdown.py)
+FRAME_IN_HAND_S = 0.5
 
 
 def backend_weights(backend: str, weights: str) -> str | None:
@@ -286,7 +289,8 @@ class MatcherSteps:
         self._worker = threading.Thread(target=self._work, args=(self.mailbox,), name="matcher_worker", daemon=True)
         self._worker.start()
 
-    def destroy_outputs(self, destroy_publisher: Callable[[Any], Any] | None = None, timeout: float = 1.0) -> None:
+    def destroy_outputs(self, destroy_publisher: Callable[[Any], Any] | None = None,
+                        timeout: float = FRAME_IN_HAND_S) -> None:
         """Undo :meth:`create_outputs`: stop the worker after the frame in hand, then destroy the publishers
         with ``destroy_publisher`` (the counterpart of the ``create_publisher`` given there). A frame still
         in inference after ``timeout`` s is abandoned (its results are never published): shutdown must not
