@@ -63,8 +63,12 @@ def send_until_answered(client, rgb, first_stamp: int, camera, tries: int = 4, t
 
 def answered_with(client, send, first_stamp: int, tries: int = 4, timeout: float = 20.0,
                   first_timeout: float | None = None, step_ns: int = 10_000_000) -> int | None:
-    """``send(stamp)`` with stamps ``step_ns`` apart until a frame sent so far is answered; its stamp, or None
-    (in rgbd/stereo an image may pair with the partner sent after it)."""
+    """``send(stamp)`` with stamps ``step_ns`` apart (0: the same stamp again) until a frame sent so far is
+    answered; its stamp, or None (in rgbd/stereo an image may pair with the partner sent after it).
+
+    What a test's first frames need: a new writer can be matched by the node's reader a moment after the
+    writer matched it, and the reader misses what came before (reliable QoS too), so a first depth or right
+    image can be lost and its frame never paired."""
     sent: list[int] = []
     for i in range(tries):
         sent.append(first_stamp + i * step_ns)

@@ -10,7 +10,7 @@ from feature_matcher_ros import messages
 from feature_matcher_ros.datasets import read_sequence
 from feature_matcher_ros.geometry import rotation_error_deg
 from feature_matcher_ros.ros import conversions as cv
-from ros_helpers import running_node
+from ros_helpers import answered_with, running_node
 
 NS = 1_000_000_000
 RGBD = ("backend:=sift", "device:=cpu", "input_qos:=reliable", "sift.contrast_threshold:=0.01",
@@ -60,9 +60,10 @@ def test_rgbd_metric_poses_z0_and_landmarks(rgbd_node, cabinet):
     client = rgbd_node
     client.prime_camera_info(cabinet.camera)
     frames = _frames(cabinet, [1, 2, 3])
-    for stamp, rgb, k in frames:
-        _send_rgbd(client, cabinet, stamp, rgb, k)
-        assert client.wait_result(stamp, timeout=60.0) is not None, f"no matches for frame {k}"
+    for stamp, rgb, k in frames:  # each until answered (ros_helpers.answered_with says why)
+        answer = answered_with(client, lambda s, rgb=rgb, k=k: _send_rgbd(client, cabinet, s, rgb, k), stamp,
+                               timeout=15.0, step_ns=0)
+        assert answer == stamp, f"no matches for frame {k}"
     kf = frames[0][0]
     pts = messages.cloud_to_array(client.matches[frames[1][0]])
     assert "z0" in pts.dtype.names and np.isfinite(pts["z0"]).sum() >= 8
@@ -160,11 +161,14 @@ def test_stereo_metric_poses_and_bad_rigs(kitti, tmp_path_factory):
     with running_node(log, *STEREO, name="fm_stereo", namespace="/stereo", input_mode="stereo") as (process, client):
         client.prime_camera_info(left_cam)
         frames = _frames(kitti, [0, 1, 2], offset)
-        for stamp, rgb, k in frames:
+        for stamp, rgb, k in frames:  # each until answered (ros_helpers.answered_with says why)
             right = cv2.cvtColor(cv2.imread(str(kitti.stereo.frames[k][1]), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
-            client.send_right(right, "rgb8", stamp, right_cam, b)
-            client.send(rgb, "rgb8", stamp, left_cam, "camera")
-            assert client.wait_result(stamp, timeout=60.0) is not None, f"no matches for frame {k}"
+
+            def send(s, rgb=rgb, right=right):
+                client.send_right(right, "rgb8", s, right_cam, b)
+                client.send(rgb, "rgb8", s, left_cam, "camera")
+
+            assert answered_with(client, send, stamp, timeout=15.0, step_ns=0) == stamp, f"no matches for frame {k}"
         r_err, t_err, dist = _pose_error(client, kitti, frames[1][0], frames[0][0], offset)
         assert r_err < 0.5 and t_err < 0.05 * dist  # ~1.2 m per frame; the baseline's SIFT+PnP: 1.2 %
         for j, (baseline, cam, reason) in enumerate([(0.0, right_cam, "rejected.stereo_baseline"),
