@@ -30,6 +30,8 @@ setup(
         *tree("data"),
     ],
     install_requires=["setuptools"],
+    # evaluation over many bags and tuning (fm-eval with several bags, fm-tune); the node never needs them
+    extras_require={"eval": ["ray==2.60.0", "optuna==5.1.0"]},
     zip_safe=False,
     maintainer="feature_matcher_ros maintainers",
     maintainer_email="maintainers@feature-matcher-ros.invalid",
@@ -48,6 +50,7 @@ setup(
             "fm-make-bag = feature_matcher_ros.tools.make_bag:main",
             "fm-eval = feature_matcher_ros.tools.eval:main",
             "fm-replay = feature_matcher_ros.tools.replay:main",
+            "fm-tune = feature_matcher_ros.tools.tune:main",
             # measurement (feature_matcher_ros/measure)
             "fm-bench = feature_matcher_ros.measure.bench:main",
             "fm-bench-metric = feature_matcher_ros.measure.bench_metric:main",

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 from ..datasets import DatasetError
 from .bagio import BagError
@@ -16,6 +18,20 @@ class UsageError(Exception):
 
 
 USER_ERRORS = (BagError, DatasetError, UsageError)
+
+
+def read_yaml(path: str | Path, what: str) -> Any:
+    """The YAML document of a user's file; a missing file or bad YAML is a :class:`UsageError` naming ``what``
+    (e.g. "parameter file") and the path."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"{what} {path} does not exist")
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise UsageError(f"{what} {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
 
 
 def run_main(prog: str, body: Callable[[], int | None]) -> int:

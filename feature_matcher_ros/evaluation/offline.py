@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from .bagio import BagTopics
-from .cli import UsageError
+from .cli import UsageError, read_yaml
 from .pairing import PAIRING_PARAMS, Pairing, PairingStats, iter_input_frames
 from .records import FrameRecord
 
@@ -43,15 +43,8 @@ def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
 def load_params_file(path: str | Path, node_name: str = "matcher_node") -> dict[str, Any]:
     """The ``ros__parameters`` of a ROS parameter file that apply to ``node_name`` (``/**`` sections and
     sections named like the node, later ones win), flattened to dotted names."""
-    import yaml
-
     path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"parameter file {path} does not exist")
-    try:
-        doc = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise UsageError(f"parameter file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    doc = read_yaml(path, "parameter file")
     if not isinstance(doc, dict):
         raise UsageError(f"parameter file {path}: expected '<node or /**>: ros__parameters: {{...}}' at the top")
     sections = [(k, v) for k, v in doc.items() if isinstance(v, dict) and isinstance(v.get("ros__parameters"), dict)]

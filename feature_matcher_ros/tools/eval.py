@@ -7,6 +7,10 @@ right image by stamp (the node's ``sync.*`` policy) and scores the metric poses 
 Writes ``DIR/metrics.json``, ``DIR/report.md``, plots and the chained trajectory (TUM, scored with
 ``evo_ape``/``evo_rpe``). Several ``--backend``/``--params`` give one run each (every backend with every
 parameter file) and a comparison table in ``DIR/report.md`` with one subfolder per run.
+
+Several bags (or a folder of bags, or ``--manifest``, ``--workers``, ``--address``) make a fleet evaluation:
+every (bag, backend, parameter file) run is one Ray task (:mod:`..evaluation.fleet`), ``DIR/<bag>/<run>/``
+holds each run's results as above, and ``DIR/report.md`` the totals per run over the bags.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ..datasets import Trajectory, read_tum
-from ..evaluation import bagio
+from ..evaluation import bagio, fleet
 from ..evaluation.cli import UsageError, run_main
 from ..evaluation.graph import run_pose_graph
 from ..evaluation.offline import (
@@ -73,8 +77,10 @@ def base_mount(reader: Any, args: argparse.Namespace, topics: bagio.BagTopics) -
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fm-eval", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("bag", help="rosbag2 folder, .mcap or .db3 file, or a ROS 1 .bag")
+    p.add_argument("bag", nargs="*", help="rosbag2 folder, .mcap or .db3 file, or a ROS 1 .bag; or a folder of bags "
+                                          "(several: a fleet evaluation on Ray)")
     p.add_argument("--out", required=True, help="output folder (created; files in it are overwritten)")
+    add_fleet_args(p)
     p.add_argument("--backend", action="append", default=[], metavar="NAME",
                    help="backend to run (repeatable; default: the parameter file's, else sift)")
     p.add_argument("--params", action="append", default=[], metavar="FILE",
@@ -88,6 +94,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pictures", type=int, default=3, help="match pictures per run")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
+
+
+def add_fleet_args(p: argparse.ArgumentParser) -> None:
+    """The options of an evaluation over many bags on Ray (fm-eval, fm-tune)."""
+    g = p.add_argument_group("many bags (Ray)")
+    g.add_argument("--manifest", default=None, metavar="FILE",
+                   help="YAML list of {bag: PATH, params: [FILE, ...], gt: FILE} (params, gt optional; paths "
+                        "relative to the file), evaluated with the bags given")
+    g.add_argument("--workers", type=int, default=None,
+                   help="runs at once (default 1; more than one bag: a Ray task per run, resumable)")
+    g.add_argument("--threads", type=int, default=None,
+                   help="CPU threads per run (default: this machine's cores / --workers)")
+    g.add_argument("--address", default=None,
+                   help="an existing Ray cluster (auto, or ray://HOST:PORT); default: Ray embedded on this machine")
 
 
 def load_ground_truth(reader: Any, topics: bagio.BagTopics, gt_file: str | None, gt_frame: str | None) -> Trajectory:
@@ -222,12 +242,108 @@ def pose_graph_line(row: dict) -> str:
             f" m), optimisation {num('optimise_ms_median', '{:.2f}')} ms median per keyframe")
 
 
+def fleet_mode(args: argparse.Namespace) -> bool:
+    """Whether this is a fleet evaluation (several bags, a folder of bags, a manifest, or Ray asked for)."""
+    one_bag = len(args.bag) == 1 and fleet.find_bags(args.bag) == [Path(args.bag[0])]
+    return not one_bag or bool(args.manifest or args.workers or args.address)
+
+
+#: options passed on unchanged to each run of a fleet
+RUN_OPTIONS = ("node_name", "device", "image_topic", "camera_info_topic", "gt_topic", "gt_frame", "depth_topic",
+               "right_image_topic", "right_camera_info_topic", "base_frame", "pictures")
+
+
+def run_argv(args: argparse.Namespace) -> list[str]:
+    """The command-line options every run of the fleet shares (its bag, output, parameter files aside)."""
+    argv: list[str] = []
+    for name in RUN_OPTIONS:
+        value = getattr(args, name)
+        if value not in (None, ""):
+            argv += [f"--{name.replace('_', '-')}", str(value)]
+    if args.mount:
+        argv += ["--mount", *map(str, args.mount)]
+    return argv + (["--pose-graph"] if args.pose_graph else []) + ["--quiet"]
+
+
+def plan_fleet(args: argparse.Namespace, threads: int, extra: Any = None) -> list[fleet.Job]:
+    """One job per (bag, backend, parameter file): the manifest's entries, then the bags given (``extra``: more
+    that tells these runs apart from others with the same arguments, in their settings hash)."""
+    entries = fleet.read_manifest(args.manifest) if args.manifest else []
+    entries += [fleet.BagEntry(bag=b) for b in fleet.find_bags(args.bag)]
+    if not entries:
+        raise UsageError("no bags: give bags, a folder of bags, or --manifest")
+    shared = run_argv(args)
+    jobs = []
+    for entry in fleet.label_entries(entries):
+        plan = argparse.Namespace(params=entry.params or args.params, backend=args.backend,
+                                  node_name=args.node_name, device=args.device)
+        gt = entry.gt or args.gt
+        for spec in plan_runs(plan):
+            argv = [f for file in spec.params_files for f in ("--params", file)]
+            argv += (["--backend", spec.backend] if args.backend else []) + (["--gt", gt] if gt else []) + shared
+            jobs.append(fleet.Job(label=entry.label, run=spec.name, folder=Path(args.out) / entry.label / spec.name,
+                                  argv=[str(entry.bag), *argv], threads=threads,
+                                  settings_hash=fleet.settings_hash(argv, [entry.bag, *spec.params_files,
+                                                                           *([gt] if gt else [])], extra)))
+    return jobs
+
+
+def evaluate_job(job: fleet.Job) -> dict:
+    """One run of a fleet: ``fm-eval`` on one bag with one configuration, into ``job.folder``."""
+    args = build_parser().parse_args([*job.argv, "--out", str(job.folder)])
+    args.bag = args.bag[0]
+    return evaluate_bag(args)[0]
+
+
+def evaluate_fleet(args: argparse.Namespace) -> tuple[list[dict], list[dict], dict]:
+    """Every run of :func:`plan_fleet` on Ray (resumable); writes ``DIR/report.md``, ``metrics.json`` and
+    ``spread.png``. Returns the rows, the totals per run and where the time went (:func:`fleet.run_fleet`)."""
+    workers = args.workers or 1
+    if workers < 1 or (args.threads is not None and args.threads < 1):
+        raise UsageError("--workers and --threads must be >= 1")
+    threads = fleet.thread_budget(workers, args.threads)
+    jobs = plan_fleet(args, threads)
+    gpus = 1.0 if str(args.device or "").startswith("cuda") else 0.0
+    rows, timing = fleet.run_fleet(evaluate_job, jobs, dict(workers=workers, threads=threads,
+                                                            address=args.address, gpus=gpus),
+                                   progress=not args.quiet, desc="fm-eval")
+    header = [f"{len({j.label for j in jobs})} bags, {len(jobs)} runs ({timing['reused_runs']} reused from an "
+              f"earlier invocation), {workers} at once with {threads} threads each, on "
+              f"{args.address or 'Ray embedded on this machine'}: {timing_line(timing)}"]
+    sums = fleet.write_fleet_report(Path(args.out), rows, header,
+                                    {"workers": workers, "threads_per_run": threads, "address": args.address,
+                                     **timing})
+    return rows, sums, timing
+
+
+def timing_line(timing: dict) -> str:
+    return (f"{timing['wall_s']:.1f} s in all, Ray start {timing['ray_start_s']:.1f} s, the runs' own times "
+            f"{timing['task_s']:.1f} s summed")
+
+
+def print_fleet(rows: list[dict], sums: list[dict], timing: dict) -> None:
+    print(text_table([{**t, "name": f"{t['name']} (mean, {t['bags']} bags)"} for t in sums]))
+    for row in rows:
+        if "error" in row:
+            print(f"FAILED {row['bag_label']} · {row['name']}: {row['error']}")
+    print(f"{len(rows)} runs, {timing['reused_runs']} reused, {sum('error' in r for r in rows)} failed; "
+          f"{timing_line(timing)}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def body() -> int:
         if args.pictures < 0:
             raise UsageError("--pictures must be >= 0")
+        if not args.bag and not args.manifest:
+            raise UsageError("give a bag (or several, a folder of bags, or --manifest)")
+        if fleet_mode(args):
+            rows, sums, timing = evaluate_fleet(args)
+            print_fleet(rows, sums, timing)
+            print(f"results in {Path(args.out)}/ (report.md, metrics.json, spread.png, one folder per bag)")
+            return 0
+        args.bag = args.bag[0]
         rows = evaluate_bag(args)
         print(text_table(rows))
         for row in rows:
