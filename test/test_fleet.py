@@ -114,12 +114,16 @@ def test_a_run_stopped_halfway_resumes_without_redoing_finished_runs(bags: Path,
     assert f"3 runs, {len(done)} reused, 0 failed" in capsys.readouterr().out
     assert all(p.stat().st_mtime_ns == mtime for p, mtime in done.items())
     assert len(list(out.glob("bag*/sift/metrics.json"))) == 3
-    # a changed parameter file is a different run: nothing reused
-    params = tmp_path / "p.yaml"
-    params.write_text("/**:\n  ros__parameters:\n    sift:\n      ratio: 0.7\n")
+    # changed parameter files are different runs, each with its own name and totals: nothing reused
+    for name, ratio in (("p", 0.7), ("q", 0.9)):
+        (tmp_path / f"{name}.yaml").write_text(f"/**:\n  ros__parameters:\n    sift:\n      ratio: {ratio}\n")
     assert fm_eval.main([str(folder / "bag0"), "--out", str(out), "--workers", "1", "--quiet", "--pictures", "0",
-                         "--params", str(params)]) == 0
-    assert "1 runs, 0 reused" in capsys.readouterr().out
+                         "--params", str(tmp_path / "p.yaml"), "--params", str(tmp_path / "q.yaml")]) == 0
+    assert "2 runs, 0 reused" in capsys.readouterr().out
+    summary = json.loads((out / "metrics.json").read_text())
+    assert [t["name"] for t in summary["totals"]] == ["sift_p", "sift_q"]
+    assert [r["name"] for r in summary["runs"]] == ["sift_p", "sift_q"]
+    assert summary["totals"][0]["matches_per_frame_median"] != summary["totals"][1]["matches_per_frame_median"]
 
 
 def test_a_two_node_ray_cluster_on_loopback_runs_the_same_evaluation(bags: Path, one_by_one: dict, tmp_path: Path,

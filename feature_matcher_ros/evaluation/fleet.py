@@ -183,8 +183,8 @@ def run_job(fn: Callable[[Job], dict[str, Any]], job: Job) -> dict[str, Any]:
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(metrics, indent=2) + "\n")
     tmp.replace(path)
-    return {**row, "settings_hash": job.settings_hash, "bag_label": job.label, "folder": job.folder.as_posix(),
-            "task_s": time.perf_counter() - t0, **ray_node()}
+    return {**row, "name": job.run, "settings_hash": job.settings_hash, "bag_label": job.label,
+            "folder": job.folder.as_posix(), "task_s": time.perf_counter() - t0, **ray_node()}
 
 
 def ray_node() -> dict[str, str]:
@@ -303,7 +303,8 @@ def run_fleet(fn: Callable[[Job], dict[str, Any]], jobs: Sequence[Job], pool_arg
         if metrics is None:
             todo.append(k)
         else:
-            rows[k] = {**metrics, "bag_label": job.label, "folder": job.folder.as_posix(), "reused": True}
+            rows[k] = {**metrics, "name": job.run, "bag_label": job.label, "folder": job.folder.as_posix(),
+                       "reused": True}
     timing = {"reused_runs": len(jobs) - len(todo), "ray_start_s": 0.0}
     bar = None
     if progress:

@@ -52,8 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="override the device (cpu, cuda, cuda:N, auto)")
     p.add_argument("--storage", default=None, help="Optuna storage URL (default: sqlite:///DIR/study.db)")
     p.add_argument("--study-name", default="fm-tune", help="study name in the storage")
-    p.add_argument("--recheck", type=int, default=3,
-                   help="best trials re-run one at a time to check timing constraints")
+    p.add_argument("--recheck", type=int, default=10,
+                   help="at most this many of the best trials re-run one at a time to check timing constraints")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_bag_input_args(p)
     add_fleet_args(p)
@@ -295,8 +295,9 @@ def rank(setup: Setup, study: Any) -> list[Any]:
 
 
 def choose_best(setup: Setup, study: Any) -> Outcome:
-    """The best trial that meets every constraint: non-timing ones on the study's results, timing ones on the
-    best ``--recheck`` trials (and the defaults) re-run one at a time with all the cores."""
+    """The best trial that meets every constraint: non-timing ones on the study's results; timing ones on
+    re-runs one at a time with all the cores, of the defaults and of the best trials in order until one meets
+    them (at most ``--recheck``)."""
     ranked = rank(setup, study)
     defaults = next((t for t in ranked if t.user_attrs.get("defaults")), None)
     plain = [c for c in setup.constraints if not c.timing]
@@ -305,26 +306,25 @@ def choose_best(setup: Setup, study: Any) -> Outcome:
     threads = fleet.thread_budget(1, setup.args.threads)
     rechecked: dict[int, dict[str, float | None]] = {}
     if timing:
-        check = ok[:setup.args.recheck] + ([defaults] if defaults is not None and defaults not in ok[:1] else [])
-        rechecked = recheck(setup, check, {c.metric for c in timing}, threads)
+        metrics = {c.metric for c in timing}
+        for t in ([defaults] if defaults is not None else []) + ok[:setup.args.recheck]:
+            if t.number not in rechecked:
+                rechecked[t.number] = recheck(setup, t, metrics, threads)
+            if t is not defaults and all(c.holds(rechecked[t.number][c.metric]) for c in timing):
+                break
         ok = [t for t in ok if t.number in rechecked and all(c.holds(rechecked[t.number][c.metric])
                                                              for c in timing)]
     return Outcome(ok[0] if ok else None, defaults, ranked, rechecked, threads)
 
 
-def recheck(setup: Setup, trials: list[Any], metrics: set[str], threads: int) -> dict[int, dict[str, float | None]]:
-    """Re-run ``trials`` one run at a time with ``threads`` threads; the timing metrics' means over bags."""
-    root = Path(setup.args.out) / "recheck"
-    planned = []
-    for t in trials:
-        values = {d.name: t.params[d.name] for d in setup.space if d.name in t.params}
-        planned.append((t, plan_trial(setup, values, root, threads, extra={"recheck_threads": threads})[1]))
-    jobs = [j for _, js in planned for j in js]
-    rows, _timing = fleet.run_fleet(evaluate_job, jobs, dict(workers=1, threads=threads, address=setup.args.address),
-                              progress=not setup.args.quiet, desc="fm-tune recheck")
-    by_name = {j.folder: r for j, r in zip(jobs, rows)}
-    return {t.number: {m: tuning.mean_over_bags([by_name[j.folder] for j in js], m) for m in metrics}
-            for t, js in planned}
+def recheck(setup: Setup, trial: Any, metrics: set[str], threads: int) -> dict[str, float | None]:
+    """The trial's runs again, one at a time in this process with ``threads`` threads (nothing else running):
+    the timing metrics' means over the bags. Reused when they exist with the same settings."""
+    values = {d.name: trial.params[d.name] for d in setup.space if d.name in trial.params}
+    _, jobs = plan_trial(setup, values, Path(setup.args.out) / "recheck", threads,
+                         extra={"recheck_threads": threads})
+    rows = [fleet.finished(job) or fleet.run_job(evaluate_job, job) for job in jobs]
+    return {m: tuning.mean_over_bags(rows, m) for m in metrics}
 
 
 def write_outputs(setup: Setup, study: Any, outcome: Outcome) -> Path | None:
@@ -385,46 +385,64 @@ def _fmt(value: Any) -> str:
 
 def report_markdown(setup: Setup, study: Any, outcome: Outcome, plots: dict[str, str], best_file: Path | None) -> str:
     a = setup.args
-    best, defaults = outcome.best, outcome.defaults
     lines = ["# fm-tune", "",
              f"- objective: `{a.objective}` ({setup.direction}), the mean over the bags",
              f"- backend `{setup.backend}`, base file `{setup.base_file}`, {len(study.trials)} trials in study "
              f"`{a.study_name}` (TPE, seed {a.seed}), {a.workers or 1} runs at once, {setup.threads} threads each",
              f"- search space: {'; '.join(d.describe() for d in setup.space)}",
              f"- constraints: {', '.join(map(str, setup.constraints)) or 'none'}"]
-    if any(c.timing for c in setup.constraints):
-        lines.append(f"- timing constraints were checked on the best {a.recheck} trials and the defaults re-run "
-                     f"one at a time with {outcome.recheck_threads} threads (during the study, runs shared the "
-                     "cores, so their timings are not the node's)")
-    lines += ["", "## Best against the node's defaults", ""]
-    if best is None:
-        lines.append("No trial met the constraints." if setup.constraints else "No trial finished.")
-    else:
-        labels = sorted(best.user_attrs.get("bags", {}))
-        lines += [f"| | {a.objective} (mean) | " + " | ".join(labels) + " |",
-                  "|---|---|" + "---|" * len(labels)]
-        for title, t in ((f"best, trial {best.number}", best), ("defaults", defaults)):
-            if t is not None:
-                bags = t.user_attrs.get("bags", {})
-                lines.append(f"| {title} | {_fmt(t.value)} | " + " | ".join(_fmt(bags.get(b)) for b in labels) + " |")
-        lines += ["", f"Parameters: [{best_file.name}]({best_file.name}); reproduce: "
-                  f"`fm-eval BAG --params {best_file}`", ""]
-    lines += ["## Best trials", "", "| trial | " + a.objective + " | " + " | ".join(d.name for d in setup.space)
-              + (" | " + " | ".join(f"{m} (alone)" for m in sorted({c.metric for c in setup.constraints
-                                                                      if c.timing})) if outcome.rechecked else "")
-              + " |", "|---" * (2 + len(setup.space) + (len({c.metric for c in setup.constraints if c.timing})
-                                                        if outcome.rechecked else 0)) + "|"]
-    for t in outcome.ranked[:10]:
-        cells = [f"{t.number}{' (defaults)' if t.user_attrs.get('defaults') else ''}", _fmt(t.value)]
-        cells += [_fmt(t.params.get(d.name)) for d in setup.space]
-        if outcome.rechecked:
-            cells += [_fmt(outcome.rechecked.get(t.number, {}).get(m))
-                      for m in sorted({c.metric for c in setup.constraints if c.timing})]
-        lines.append("| " + " | ".join(cells) + " |")
-    lines.append("")
+    if outcome.rechecked:
+        lines.append(f"- timing constraints were checked on re-runs, one at a time with {outcome.recheck_threads} "
+                     f"threads, of the defaults and of the best trials in order until one met them (at most "
+                     f"{a.recheck}); during the study runs shared the cores, so their timings are not the node's")
+    lines += ["", "## Best against the node's defaults", "", *comparison_table(setup, outcome), ""]
+    if best_file is not None:
+        lines += [f"Parameters: [{best_file.name}]({best_file.name}); reproduce: `fm-eval BAG --params {best_file}`",
+                  ""]
+    lines += ["## Best trials", "", *trials_table(setup, outcome), ""]
     for title, name in plots.items():
         lines += [f"## {title}", "", f"![{title}]({name})", ""]
     return "\n".join(lines) + "\n"
+
+
+def timing_metrics(setup: Setup) -> list[str]:
+    return sorted({c.metric for c in setup.constraints if c.timing})
+
+
+def comparison_table(setup: Setup, outcome: Outcome) -> list[str]:
+    """The best trial meeting the constraints, the study's best when another, and the defaults, per bag."""
+    top = outcome.ranked[0] if outcome.ranked else None
+    rows = [(f"best, trial {outcome.best.number}", outcome.best)] if outcome.best is not None else []
+    if top is not None and top is not outcome.best:
+        rows.append((f"best of the study, constraints aside: trial {top.number}", top))
+    rows.append(("defaults", outcome.defaults))
+    rows = [(title, t) for title, t in rows if t is not None]
+    if not rows:
+        return ["No trial finished."]
+    labels = sorted({b for _, t in rows for b in t.user_attrs.get("bags", {})})
+    timing = timing_metrics(setup) if outcome.rechecked else []
+    lines = [f"| | {setup.args.objective} (mean) | " + " | ".join([*labels, *(f"{m} (alone)" for m in timing)])
+             + " |", "|---" * (2 + len(labels) + len(timing)) + "|"]
+    for title, t in rows:
+        cells = [title, _fmt(t.value), *(_fmt(t.user_attrs.get("bags", {}).get(b)) for b in labels)]
+        cells += [_fmt(outcome.rechecked.get(t.number, {}).get(m)) for m in timing]
+        lines.append("| " + " | ".join(cells) + " |")
+    if outcome.best is None:
+        lines += ["", "No trial met the constraints: no best.yaml."]
+    return lines
+
+
+def trials_table(setup: Setup, outcome: Outcome) -> list[str]:
+    """The ten best trials with their values (and the re-run timings where there are some)."""
+    timing = timing_metrics(setup) if outcome.rechecked else []
+    heads = ["trial", setup.args.objective, *(d.name for d in setup.space), *(f"{m} (alone)" for m in timing)]
+    lines = ["| " + " | ".join(heads) + " |", "|---" * len(heads) + "|"]
+    for t in outcome.ranked[:10]:
+        cells = [f"{t.number}{' (defaults)' if t.user_attrs.get('defaults') else ''}", _fmt(t.value)]
+        cells += [_fmt(t.params.get(d.name)) for d in setup.space]
+        cells += [_fmt(outcome.rechecked.get(t.number, {}).get(m)) for m in timing]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
