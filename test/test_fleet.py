@@ -93,9 +93,12 @@ def test_a_run_stopped_halfway_resumes_without_redoing_finished_runs(bags: Path,
         shutil.copytree(bags / ("desk" if k != 1 else "kitti"), folder / f"bag{k}")
     out = tmp_path / "out"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # SIGINT as Ctrl-C gives it: default handling in the child even when this test runs in the background,
+    # where the shell makes SIGINT ignored and children inherit that
     proc = subprocess.Popen(_fm_eval_cmd(str(folder), "--out", str(out), "--workers", "1", "--quiet",
                                          "--pictures", "0"), env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+                            stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 300
         while not list(out.glob("bag*/sift/metrics.json")) or not all(
