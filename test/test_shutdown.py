@@ -205,3 +205,21 @@ def test_a_signal_just_before_the_wait_set_is_a_clean_stop():
         executor.spin_once(timeout_sec=0.1)  # what the signal's timing did to executor.spin
     spin_until_stopped(lambda: executor.spin_once(timeout_sec=0.1), context)
     node.destroy_node()
+
+
+def test_sigusr1_writes_every_threads_stack_and_the_node_goes_on():
+    """What NodeProcess.stop sends before it kills a node that did not end: the stacks say where it hangs."""
+    nodes = _start_nodes("usr1", sequences=("SIGINT",))
+    node = nodes["SIGINT"]
+    monitors = _wait_up(nodes)
+    try:
+        node.proc.send_signal(signal.SIGUSR1)
+        deadline = time.monotonic() + 20.0
+        while "in spin_until_stopped" not in node.stderr and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert "Current thread" in node.stderr and " in _work" in node.stderr, node.stderr  # main and worker
+        assert node.alive()
+    finally:
+        for m in monitors.values():
+            m.close()
+    _signal_and_check(nodes)

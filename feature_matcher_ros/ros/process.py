@@ -136,7 +136,8 @@ class NodeProcess:
             return None
 
     def stop(self, sig: int = signal.SIGINT, timeout: float = 10.0) -> tuple[int | None, float]:
-        """Send ``sig`` (a clean ROS shutdown) and wait; SIGKILL if the node is still there after ``timeout``.
+        """Send ``sig`` (a clean ROS shutdown) and wait; if the node is still there after ``timeout``, SIGUSR1
+        (the package's nodes write every thread's stack to their log: where it hangs) and SIGKILL.
 
         Returns ``(exit code, seconds it took)``; the code is None when the node had to be killed.
         """
@@ -146,6 +147,8 @@ class NodeProcess:
         self.proc.send_signal(sig)
         code = self.wait(timeout)
         if code is None:
+            self.proc.send_signal(signal.SIGUSR1)
+            self.wait(2.0)
             self.proc.kill()
             self.proc.wait()
         return code, time.monotonic() - t0

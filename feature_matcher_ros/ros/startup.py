@@ -14,6 +14,7 @@ moments of the process, before the executable's ``main`` runs, is beyond any pro
 from __future__ import annotations
 
 import atexit
+import faulthandler
 import os
 import signal
 import sys
@@ -36,10 +37,13 @@ def _ignore_signals() -> None:
 def stop_on_signals() -> None:
     """SIGINT and SIGTERM only ask the node to stop (call first, before ``rclpy.init``). Once the program
     has returned they are ignored: the interpreter's finalisation would otherwise put the default action
-    (death by the signal, exit code -2) back in place of a Python handler."""
+    (death by the signal, exit code -2) back in place of a Python handler. SIGUSR1 writes every thread's
+    stack to stderr (``kill -USR1 <pid>`` on a node that does not end; ``NodeProcess.stop`` sends it before
+    it kills one)."""
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, _note_stop)
     atexit.register(_ignore_signals)
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
 
 
 def stop_requested() -> bool:
