@@ -249,6 +249,11 @@ def test_eval_stereo_metric_poses(shared: Path, tmp_path: Path) -> None:
     assert m["frames"] == 4 and m["metric_pose_frames"] == 3
     assert m["translation_error_pct_median"] < 3.0 and m["rotation_error_deg_median"] < 0.5
     assert m["right_image_topic"] == "/camera/right/image_raw"
+    # drift over a quarter and a half of the 3.6 m path (shorter than 10 m), each frame a segment start
+    drift = m["drift"]
+    assert drift["lengths_from"] == "fractions of the path" and 3.0 < drift["path_m"] < 4.5
+    assert [d["segments"] for d in drift["lengths"]] == [3, 2] and "drift_pct@10m" not in m
+    assert 0.0 < m["drift_pct"] < 5.0 and m["drift_deg_per_m"] < 0.5  # 2.6 % and 0.14 °/m here
 
 
 def _write_ros1_rgbd_bag(data: Path, path: Path, frames: int, depth_delay_ns: int) -> None:

@@ -334,7 +334,7 @@ TOTAL_KEYS = (
     "frames", "pairs", "auc@5", "auc@10", "auc@20", "rotation_error_deg_median", "translation_error_deg_median",
     "epipolar_precision", "matches_per_frame_median", "inliers_per_frame_median", "keyframes", "fps",
     "latency_ms_p50", "latency_ms_p99", "ate_rmse_m", "rpe_rmse_m", "metric_pose_frames",
-    "translation_error_m_median", "translation_error_pct_median", "nees_mean",
+    "translation_error_m_median", "translation_error_pct_median", "nees_mean", "drift_pct", "drift_deg_per_m",
 )
 
 

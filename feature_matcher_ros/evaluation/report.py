@@ -40,6 +40,7 @@ METRIC_COLUMNS = (
     ("translation_error_m_median", "t err m med", "{:.4f}"),
     ("translation_error_pct_median", "t err % med", "{:.2f}"),
     ("nees_mean", "NEES", "{:.1f}"),
+    ("drift_pct", "drift %", "{:.2f}"),
 )
 LIVE_COLUMNS = (
     ("frames_published", "published", "{:d}"),

@@ -13,7 +13,7 @@ from . import report
 from .graph import score_pose_graph
 from .metrics import epipolar_errors, evaluate
 from .records import FrameRecord
-from .trajectory import chain_metric, chain_with_gt_scale, sample, score_trajectory
+from .trajectory import chain_metric, chain_with_gt_scale, sample, score_trajectory, segment_drift
 
 #: the keys every metrics.json has at the top level (the issue's list, plus the trajectory scores)
 REQUIRED_KEYS = (
@@ -24,7 +24,7 @@ REQUIRED_KEYS = (
 #: and the keys of an rgbd / stereo run (issue 11's list)
 METRIC_KEYS = (
     "input_mode", "translation_error_m_median", "translation_error_pct_median", "rotation_error_deg_median",
-    "metric_pose_frames", "ate_rmse_m", "rpe_rmse_m",
+    "metric_pose_frames", "ate_rmse_m", "rpe_rmse_m", "drift_pct", "drift_deg_per_m",
 )
 
 
@@ -61,6 +61,8 @@ def score_run(records: Sequence[FrameRecord], gt: Trajectory | None, out_dir: Pa
             est, gt = est.moved(invert(mount)), gt.moved(invert(mount))
             metrics["trajectory_frame"] = str(meta.get("base_frame", "base"))
         metrics.update(score_trajectory(est, gt, out_dir))
+        if metric:  # the chained odometry's drift: only metric translations have a scale of their own
+            metrics.update(segment_drift(est, gt))
         metrics["trajectory_scale"] = ("metric, as estimated (no ground-truth scale)" if metric
                                        else "ground truth (each step scaled to the ground-truth length)")
     else:

@@ -102,6 +102,66 @@ def sample(gt: Trajectory, stamps_ns: Iterable[int], max_gap_ns: int = 100_000_0
     return Trajectory.from_lists(out_s, out_p, source=f"{gt.source} (at frame stamps)")
 
 
+# -- drift ---------------------------------------------------------------------------------------------
+
+#: segment lengths of the drift (metres of ground-truth path), as KITTI's odometry benchmark scores it
+DRIFT_LENGTHS_M = (10.0, 20.0, 40.0)
+#: on a path shorter than the shortest of them: these fractions of the path
+DRIFT_FRACTIONS = (0.25, 0.5)
+
+
+def segment_drift(est: Trajectory, gt: Trajectory, max_gap_ns: int = 100_000_000) -> dict[str, Any]:
+    """KITTI-style segment error of a chained trajectory: for every frame and every segment length ``L``, the
+    first later frame ``L`` metres further along the ground-truth path; the error of the estimated motion between
+    the two against the true one, ``E = inv(T_gt_i^-1 T_gt_j) @ (T_est_i^-1 T_est_j)``: translation ``|t_E| / L``
+    in percent, rotation ``angle(R_E) / L`` in degrees per metre, averaged over the segments of each length.
+    Lengths: :data:`DRIFT_LENGTHS_M` that fit the path, else :data:`DRIFT_FRACTIONS` of it.
+
+    Returns ``drift_pct`` and ``drift_deg_per_m`` (means over the lengths), ``drift_pct@<L>m`` per length in
+    metres, and ``drift``: the lengths, segment counts and errors. No alignment: the chain starts at the ground
+    truth, and a segment's error does not depend on where it starts.
+
+    >>> import numpy as np
+    >>> from ..se3 import se3
+    >>> stamps = np.arange(60) * 10**8
+    >>> gt = Trajectory(stamps, [se3(np.eye(3), [0, 0, k]) for k in range(60)])
+    >>> est = Trajectory(stamps, [se3(np.eye(3), [0, 0, 1.02 * k]) for k in range(60)])
+    >>> d = segment_drift(est, gt)
+    >>> round(d["drift_pct@20m"], 6), d["drift"]["lengths"][1]["segments"], round(d["drift_deg_per_m"], 6)
+    (2.0, 40, 0.0)
+    """
+    truth = sample(gt, est.stamps_ns, max_gap_ns)
+    keep = np.isin(est.stamps_ns, truth.stamps_ns)
+    P_est, P_gt = est.poses[keep], truth.poses
+    empty = {"drift_pct": None, "drift_deg_per_m": None, "drift": None}
+    if len(P_gt) < 2:
+        return empty
+    path = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(P_gt[:, :3, 3], axis=0), axis=1))])
+    lengths = [L for L in DRIFT_LENGTHS_M if L <= path[-1]] or [f * path[-1] for f in DRIFT_FRACTIONS]
+    per_length = []
+    for L in (L for L in lengths if L > 0):
+        t_err, r_err = [], []
+        for i in range(len(path)):
+            j = int(np.searchsorted(path, path[i] + L))
+            if j >= len(path):
+                break
+            E = np.linalg.inv(np.linalg.inv(P_gt[i]) @ P_gt[j]) @ (np.linalg.inv(P_est[i]) @ P_est[j])
+            t_err.append(float(np.linalg.norm(E[:3, 3])) / L * 100.0)
+            r_err.append(float(np.degrees(np.arccos(np.clip((np.trace(E[:3, :3]) - 1) / 2, -1, 1)))) / L)
+        if t_err:
+            per_length.append({"length_m": L, "segments": len(t_err), "t_pct": float(np.mean(t_err)),
+                               "r_deg_per_m": float(np.mean(r_err))})
+    if not per_length:
+        return empty
+    out: dict[str, Any] = {
+        "drift_pct": float(np.mean([p["t_pct"] for p in per_length])),
+        "drift_deg_per_m": float(np.mean([p["r_deg_per_m"] for p in per_length])),
+        "drift": {"path_m": float(path[-1]), "lengths": per_length,
+                  "lengths_from": "metres" if lengths[0] in DRIFT_LENGTHS_M else "fractions of the path"}}
+    out.update({f"drift_pct@{p['length_m']:g}m": p["t_pct"] for p in per_length if p["length_m"] in DRIFT_LENGTHS_M})
+    return out
+
+
 # -- evo, as commands --------------------------------------------------------------------------------
 
 def _evo_command(name: str) -> list[str]:
