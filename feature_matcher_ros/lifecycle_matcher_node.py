@@ -64,15 +64,19 @@ def main(args: list[str] | None = None) -> int:
         return code
     executor = SingleThreadedExecutor()
     executor.add_node(node)
-    def run() -> None:
-        nonlocal code
-        if options.activate and not _configure_and_activate(node):
-            code = 2
-        else:
-            executor.spin_until_future_complete(node.finished)  # the shutdown transition, or a signal
+    started = not options.activate
 
-    try:
-        spin_until_stopped(run)
+    def run(timeout: float) -> None:  # --activate: configure and activate first; then spin
+        nonlocal code, started
+        if not started:
+            started = True
+            if not _configure_and_activate(node):
+                code = 2
+                return
+        executor.spin_once(timeout_sec=timeout)
+
+    try:  # until the shutdown transition (node.finished), a signal, or a failed --activate
+        spin_until_stopped(run, done=lambda: code == 2 or node.finished.done())
     finally:
         tear_down(node, executor)
     return exit_now_if_busy(node, code)

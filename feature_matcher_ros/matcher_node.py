@@ -152,7 +152,7 @@ def main(args: list[str] | None = None) -> int:
     executor = SingleThreadedExecutor()
     executor.add_node(node)
     try:
-        spin_until_stopped(executor.spin)  # until SIGINT or SIGTERM shuts the context down
+        spin_until_stopped(lambda t: executor.spin_once(timeout_sec=t))  # until SIGINT or SIGTERM
     finally:
         tear_down(node, executor)
     return exit_now_if_busy(node, 0)

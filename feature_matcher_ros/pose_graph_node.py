@@ -52,7 +52,7 @@ def main(args: list[str] | None = None) -> int:
     executor = SingleThreadedExecutor()
     executor.add_node(node)
     try:
-        spin_until_stopped(executor.spin)
+        spin_until_stopped(lambda t: executor.spin_once(timeout_sec=t))
     finally:
         node.close()
         executor.remove_node(node)

@@ -53,7 +53,7 @@ def main(args: list[str] | None = None) -> int:
     TfBroadcaster(node, static=True).send([transform_msg(T, o.frame_id, o.child_frame_id, 0)])
     node.get_logger().info(f"{o.frame_id} -> {o.child_frame_id} on /tf_static")
     try:
-        spin_until_stopped(lambda: rclpy.spin(node))
+        spin_until_stopped(lambda t: rclpy.spin_once(node, timeout_sec=t))
     finally:
         node.destroy_node()
         rclpy.try_shutdown()

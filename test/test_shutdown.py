@@ -180,31 +180,72 @@ def test_signals_during_start_up_end_cleanly():
 def test_a_signal_just_before_the_wait_set_is_a_clean_stop():
     """Found by `make test-repeat` on a loaded machine: a signal that shuts the context down between the
     executor's check of it and the creation of its wait set makes rclpy raise RCLError ("the given context is
-    not valid"), not ExternalShutdownException; the node printed a traceback. Reproduced without timing: after
-    the shutdown, ``spin_once`` builds its wait set on the dead context and raises the same RCLError, which
-    :func:`spin_until_stopped` takes as the stop; while the context is valid an error still propagates."""
+    not valid"), not ExternalShutdownException; the node printed a traceback. Reproduced without timing: the
+    context goes down inside the spin, before ``spin_once`` builds its wait set; :func:`spin_until_stopped` takes
+    the RCLError as the stop, while an error with the context valid still propagates."""
     import rclpy
     from rclpy.context import Context
     from rclpy.executors import SingleThreadedExecutor
 
     from feature_matcher_ros.ros.startup import spin_until_stopped
 
-    context = Context()
-    rclpy.init(context=context)
-    node = rclpy.create_node("fm_shutdown_wait_set", context=context)
-    executor = SingleThreadedExecutor(context=context)
-    executor.add_node(node)
+    def spinner():
+        context = Context()
+        rclpy.init(context=context)
+        node = rclpy.create_node("fm_shutdown_wait_set", context=context)
+        executor = SingleThreadedExecutor(context=context)
+        executor.add_node(node)
 
-    def broken() -> None:
+        def signal_then_spin(timeout: float) -> None:
+            rclpy.shutdown(context=context)
+            executor.spin_once(timeout_sec=timeout)
+        return context, node, signal_then_spin
+
+    def broken(timeout: float) -> None:
         raise ValueError("a real bug")
 
+    context, node, signal_then_spin = spinner()
     with pytest.raises(ValueError):
         spin_until_stopped(broken, context)
-    rclpy.shutdown(context=context)
     with pytest.raises(Exception, match="context is not valid"):
-        executor.spin_once(timeout_sec=0.1)  # what the signal's timing did to executor.spin
-    spin_until_stopped(lambda: executor.spin_once(timeout_sec=0.1), context)
+        signal_then_spin(0.1)  # what the signal's timing does to a spin
     node.destroy_node()
+    context, node, signal_then_spin = spinner()
+    spin_until_stopped(signal_then_spin, context)  # the same, inside the loop: a clean stop
+    node.destroy_node()
+
+
+def test_spin_until_stopped_ends_on_the_signal_note_even_when_rclpy_never_wakes_the_executor():
+    """The lost wake-up (the slam launch test, twice): the context stays valid, only the Python handler's note
+    says a signal came; the loop of short spins sees it within one spin."""
+    import rclpy
+    from rclpy.context import Context
+    from rclpy.executors import SingleThreadedExecutor
+
+    from feature_matcher_ros.ros import startup
+
+    context = Context()
+    rclpy.init(context=context)
+    node = rclpy.create_node("fm_shutdown_note", context=context)
+    executor = SingleThreadedExecutor(context=context)
+    executor.add_node(node)
+    spins = []
+
+    def spin_once(timeout: float) -> None:
+        spins.append(timeout)
+        if len(spins) == 3:
+            startup._note_stop(signal.SIGINT, None)  # what the Python handler does
+        executor.spin_once(timeout_sec=timeout)
+
+    try:
+        t0 = time.monotonic()
+        startup.spin_until_stopped(spin_once, context)
+        assert len(spins) == 3 and spins[0] == startup.STOP_CHECK_S
+        assert time.monotonic() - t0 < 3 * startup.STOP_CHECK_S + 2.0 and rclpy.ok(context=context)
+    finally:
+        startup._stop.clear()
+        node.destroy_node()
+        rclpy.shutdown(context=context)
 
 
 def test_sigusr1_writes_every_threads_stack_and_the_node_goes_on():

@@ -7,7 +7,8 @@ Why signals never raise here: Ctrl-C in a terminal sends SIGINT to the whole for
 SIGINT handler raises ``KeyboardInterrupt`` wherever the main thread happens to be (inside rclpy's
 ``destroy_node``, inside a thread join); :func:`stop_on_signals` replaces it, before ``rclpy.init``, by one
 that only notes the request. rclpy's own handlers, installed by ``rclpy.init``, chain to it: they shut the
-context down, which ends the spin; after ``rclpy.shutdown`` only the note remains. A signal in the first
+context down, which ends the spin; after ``rclpy.shutdown`` only the note remains. The spin also ends on the
+note alone (:func:`spin_until_stopped`), for when rclpy's wake-up of the executor is lost. A signal in the first
 moments of the process, before the executable's ``main`` runs, is beyond any program's reach.
 """
 
@@ -98,21 +99,36 @@ def make_node(factory: Callable[[], Any], prog: str) -> tuple[Any, int]:
         return None, 2
 
 
-def spin_until_stopped(spin: Callable[[], Any], context: Any = None) -> None:
-    """Run ``spin`` (an executor's spin) until SIGINT/SIGTERM shuts the context down. rclpy then raises
-    ``ExternalShutdownException``, or, when the signal lands between the executor's check of the context and the
-    creation of its wait set, an ``RCLError`` ("the given context is not valid"): both are the stop that was
-    asked for. Anything raised while the context (default: rclpy's) is still valid propagates."""
+#: the longest the main thread waits in one spin: a stop that rclpy's wake-up of the executor missed is seen
+#: by then (the Python handler's note runs when the main thread is back in Python)
+STOP_CHECK_S = 0.5
+
+
+def spin_until_stopped(spin_once: Callable[[float], Any], context: Any = None,
+                       done: Callable[[], bool] = lambda: False) -> None:
+    """``spin_once(STOP_CHECK_S)`` (an executor's ``spin_once``, one wait of at most that many seconds) until
+    SIGINT/SIGTERM: until rclpy's handler has shut the context (default: rclpy's) down, or the note of
+    :func:`stop_on_signals` says a signal came, or ``done()``. Waiting in short spins rather than one
+    ``executor.spin()`` matters: under load a signal's wake-up of the wait set was lost twice, and a node with
+    nothing else to wake it waited forever (test_launch's slam test, once for ``matcher_node`` and once for
+    ``pose_graph_node``; their stacks on SIGUSR1 showed the main thread in the executor's wait).
+
+    rclpy raises ``ExternalShutdownException`` once the context is down, or, when the signal lands between
+    the executor's check of the context and the creation of its wait set, an ``RCLError`` ("the given context
+    is not valid"): both are the stop that was asked for. Anything raised while the context is valid and no
+    signal came propagates."""
     import rclpy
     from rclpy.executors import ExternalShutdownException
 
-    try:
-        spin()
-    except ExternalShutdownException:
-        pass
-    except Exception:  # noqa: BLE001 - rclpy's RCLError after a shutdown; re-raised otherwise
-        if rclpy.ok(context=context):
-            raise
+    while rclpy.ok(context=context) and not stop_requested() and not done():
+        try:
+            spin_once(STOP_CHECK_S)
+        except ExternalShutdownException:
+            return
+        except Exception:  # noqa: BLE001 - rclpy's RCLError after a shutdown; re-raised otherwise
+            if rclpy.ok(context=context) and not stop_requested():
+                raise
+            return
 
 
 def tear_down(node: Any, executor: Any) -> None:
