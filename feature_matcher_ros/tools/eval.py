@@ -295,18 +295,23 @@ def evaluate_job(job: fleet.Job) -> dict:
     return evaluate_bag(args)[0]
 
 
-def evaluate_fleet(args: argparse.Namespace) -> tuple[list[dict], list[dict], dict]:
-    """Every run of :func:`plan_fleet` on Ray (resumable); writes ``DIR/report.md``, ``metrics.json`` and
-    ``spread.png``. Returns the rows, the totals per run and where the time went (:func:`fleet.run_fleet`)."""
+def pool_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The :class:`fleet.RayPool` of ``--workers``, ``--threads``, ``--address`` and ``--device`` (fm-eval,
+    fm-tune): one GPU per run with a CUDA device."""
     workers = args.workers or 1
     if workers < 1 or (args.threads is not None and args.threads < 1):
         raise UsageError("--workers and --threads must be >= 1")
-    threads = fleet.thread_budget(workers, args.threads)
+    return {"workers": workers, "threads": fleet.thread_budget(workers, args.threads), "address": args.address,
+            "gpus": 1.0 if str(args.device or "").startswith("cuda") else 0.0}
+
+
+def evaluate_fleet(args: argparse.Namespace) -> tuple[list[dict], list[dict], dict]:
+    """Every run of :func:`plan_fleet` on Ray (resumable); writes ``DIR/report.md``, ``metrics.json`` and
+    ``spread.png``. Returns the rows, the totals per run and where the time went (:func:`fleet.run_fleet`)."""
+    pool = pool_options(args)
+    workers, threads = pool["workers"], pool["threads"]
     jobs = plan_fleet(args, threads)
-    gpus = 1.0 if str(args.device or "").startswith("cuda") else 0.0
-    rows, timing = fleet.run_fleet(evaluate_job, jobs, dict(workers=workers, threads=threads,
-                                                            address=args.address, gpus=gpus),
-                                   progress=not args.quiet, desc="fm-eval")
+    rows, timing = fleet.run_fleet(evaluate_job, jobs, pool, progress=not args.quiet, desc="fm-eval")
     header = [f"{len({j.label for j in jobs})} bags, {len(jobs)} runs ({timing['reused_runs']} reused from an "
               f"earlier invocation), {workers} at once with {threads} threads each, on "
               f"{args.address or 'Ray embedded on this machine'}: {timing_line(timing)}"]

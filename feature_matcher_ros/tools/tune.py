@@ -25,7 +25,7 @@ from ..evaluation import fleet, tuning
 from ..evaluation.cli import UsageError, run_main
 from ..evaluation.offline import default_params_file, load_params_file
 from ..evaluation.report import write_json
-from .eval import add_bag_input_args, add_fleet_args, evaluate_job, plan_fleet
+from .eval import add_bag_input_args, add_fleet_args, evaluate_job, plan_fleet, pool_options
 
 #: metrics kept per trial (means over bags) for the report and the constraints
 KEPT = fleet.TOTAL_KEYS
@@ -100,11 +100,8 @@ def make_setup(args: argparse.Namespace) -> Setup:
     base = load_params_file(base_file, args.node_name) if base_file else {}
     backend = str(args.backend or base.get("backend") or "sift")
     space = tuning.load_space(args.space, backend, str(base.get("input_mode", "mono")))
-    workers = args.workers or 1
-    if workers < 1 or (args.threads is not None and args.threads < 1):
-        raise UsageError("--workers and --threads must be >= 1")
     return Setup(args, base, base_file, backend, space, args.direction or tuning.direction(args.objective),
-                 [tuning.Constraint.parse(c) for c in args.constraint], fleet.thread_budget(workers, args.threads))
+                 [tuning.Constraint.parse(c) for c in args.constraint], pool_options(args)["threads"])
 
 
 def trial_params(setup: Setup, values: dict[str, Any]) -> dict[str, Any]:
@@ -245,8 +242,7 @@ def run_study(setup: Setup, study: Any) -> None:
         from tqdm import tqdm
 
         bar = tqdm(total=setup.args.trials, initial=setup.args.trials - todo, desc="fm-tune", unit="trial")
-    pool_args = dict(workers=setup.args.workers or 1, threads=setup.threads, address=setup.args.address,
-                     gpus=1.0 if str(setup.args.device or "").startswith("cuda") else 0.0)
+    pool_args = pool_options(setup.args)
     inflight: list[TrialRuns] = []
     queue: list[tuple[TrialRuns, fleet.Job]] = []
     started = 0
