@@ -21,7 +21,7 @@ export PYTHONUNBUFFERED := 1
 
 venv: $(STAMP)
 
-$(STAMP): requirements.txt requirements-dev.txt requirements-eval.txt setup.py $(wildcard msg_packages/*/* msg_packages/*/msg/* msg_packages/build.sh)
+$(STAMP): requirements.txt requirements-dev.txt requirements-eval.txt requirements-onnx.txt setup.py $(wildcard msg_packages/*/* msg_packages/*/msg/* msg_packages/build.sh)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	set -o pipefail; $(PY) -m pip install -q --disable-pip-version-check -r requirements-dev.txt 2>&1 | { grep -v "^WARNING: Location" || true; }
 	set -o pipefail; $(PY) -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e . 2>&1 | { grep -v "^WARNING: Location" || true; }

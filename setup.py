@@ -31,7 +31,9 @@ setup(
     ],
     install_requires=["setuptools"],
     # evaluation over many bags and tuning (fm-eval with several bags, fm-tune); the node never needs them
-    extras_require={"eval": ["ray==2.60.0", "optuna==5.1.0"]},
+    # ONNX export (fm-export) and runtime: onnxruntime (requirements-onnx.txt)
+    extras_require={"eval": ["ray==2.60.0", "optuna==5.1.0"],
+                    "onnx": ["onnxruntime==1.31.1", "onnx==1.23.2", "onnxscript==0.7.2", "onnx-ir==1.1.0"]},
     zip_safe=False,
     maintainer="feature_matcher_ros maintainers",
     maintainer_email="maintainers@feature-matcher-ros.invalid",
@@ -53,6 +55,7 @@ setup(
             "fm-tune = feature_matcher_ros.tools.tune:main",
             # measurement (feature_matcher_ros/measure)
             "fm-bench = feature_matcher_ros.measure.bench:main",
+            "fm-export = feature_matcher_ros.tools.export:main",
             "fm-bench-metric = feature_matcher_ros.measure.bench_metric:main",
             "fm-bench-geometry = feature_matcher_ros.measure.bench_geometry:main",
             "fm-thread-study = feature_matcher_ros.measure.thread_study:main",

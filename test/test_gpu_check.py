@@ -6,7 +6,7 @@ import sys
 import pytest
 import torch
 
-SECTIONS = ("env", "tests", "parity", "bench", "frontend", "node")
+SECTIONS = ("env", "tests", "parity", "static", "bench", "frontend", "node")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="with CUDA, make gpu-check runs the real check")
@@ -20,7 +20,9 @@ def test_dry_run_without_cuda_reports_every_section(tmp_path, repo):
     for name in SECTIONS:
         assert f"## {name} (" in report
     assert "FAILED" not in report and "skipped: time budget" not in report
-    assert report.count("| pass |") == 4  # bridge pair: both modes, both paths, against the fixture
+    # bridge pair, both modes, against the fixture: reference and streaming (parity), eager and static (static)
+    assert report.count("| pass |") == 8
+    assert "| 160x128 | fp32 | full | static |" in report
     assert "| eloftr | 160x128 | fp32 | full |" in report and "| sptd2 | 160x128 | fp32 |" in report
     assert "| bridge_256x320 | full | bf16 |" in report and "| 5 | bf16 |" in report  # precision changes
     assert "frames answered over DDS: 6/6" in report

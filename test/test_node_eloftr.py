@@ -122,6 +122,10 @@ def test_matches_arrive_decode_and_carry_the_keyframe_stamp(node):
     # memory held between frames is reported: the keyframe's cached features and the matcher's scratch
     assert int(diag["keyframe_cache_entries"]) >= 1 and float(diag["keyframe_cache_mb"]) > 0.1
     assert float(diag["scratch_mb"]) > 0.1
+    # the static path: the last frame's matches before truncation / K (320x256: 40 x 32 coarse cells / 2), none cut
+    count, k = (int(v) for v in diag["eloftr.candidates"].split("/"))
+    assert k == 640 and count == len(pts) and diag["eloftr.truncated_frames"] == "0"
+    assert diag["runtime"] == "torch"
 
 
 def test_threshold_outside_the_modes_range_is_rejected(node):
@@ -182,4 +186,39 @@ def test_start_up_threshold_follows_the_mode(checkpoint, tmp_path):
                       "eloftr.mode:=opt", namespace="/opt_start") as (process, client):
         assert client.get_parameters(["eloftr.mode", "eloftr.threshold"]) == {
             "eloftr.mode": "opt", "eloftr.threshold": DEFAULT_THRESHOLDS["opt"]}
+        assert process.poll() is None
+
+
+def test_runtime_onnxruntime_runs_an_export(checkpoint, shared, manifest, tmp_path, repo):
+    """fm-export at the node's network size (frames resized to 320x240, network 320x256), then the node on it."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    folder = tmp_path / "export"
+    run = subprocess.run([sys.executable, "-m", "feature_matcher_ros.tools.export", "--backend", "eloftr",
+                          "--weights", str(checkpoint), "--size", "320x256", "--modes", "full", "--out", str(folder)],
+                         capture_output=True, text=True, cwd=repo, timeout=600)
+    assert run.returncode == 0, run.stderr
+    frames, camera, _ = load_frames(shared, count=3)
+    thr = manifest["thr"]["full"]
+    with running_node(tmp_path / "onnx.log", "backend:=eloftr", "runtime:=onnxruntime", f"weights:={folder}",
+                      "device:=cpu", "input_qos:=reliable", "resize_long_edge:=320", f"eloftr.threshold:={thr}",
+                      "diagnostics_period_s:=0.2", namespace="/onnx") as (process, client):
+        client.prime_camera_info(camera)
+        counts = []
+        for stamp, rgb in frames:
+            client.send(rgb, "rgb8", stamp, camera, FRAME_ID)
+            cloud = client.wait_result(stamp, timeout=90.0)
+            assert cloud is not None, (tmp_path / "onnx.log").read_text(errors="replace")
+            counts.append(len(messages.cloud_to_array(cloud)))
+        assert counts[0] == 0 and min(counts[1:]) > 20
+        diag = client.latest_diagnostics(timeout=5.0)
+        assert diag["runtime"] == "onnxruntime" and diag["weights"] == str(folder)
+        assert diag["eloftr.candidates"].endswith("/640")
+        (refused,) = client.set_parameters({"precision": "fp16"})
+        assert not refused.successful and "fm-export" in refused.reason
+        (refused,) = client.set_parameters({"eloftr.mode": "opt"})
+        assert not refused.successful and "modes ['full']" in refused.reason
         assert process.poll() is None

@@ -20,6 +20,14 @@ _REGISTRY = {
 }
 
 
+# runtime "onnxruntime": the backends that run an fm-export folder, "module:Class"
+_ONNX_REGISTRY = {
+    "eloftr": "feature_matcher_ros.backends.eloftr.onnx_runtime:OnnxEloftrBackend",
+    "sptd2": "feature_matcher_ros.backends.sptd2.onnx_export:OnnxSPTD2Backend",
+}
+RUNTIMES = ("torch", "onnxruntime")
+
+
 def backend_names() -> tuple[str, ...]:
     """Every backend name, sorted (those whose code is absent included: see :func:`available_backends`).
 
@@ -39,10 +47,16 @@ def available_backends() -> list[str]:
     return names
 
 
-def backend_class(name: str) -> type[Backend]:
+def backend_class(name: str, runtime: str = "torch") -> type[Backend]:
+    """The class of backend ``name`` on ``runtime`` (``torch``, or ``onnxruntime`` for an fm-export folder)."""
     if name not in _REGISTRY:
         raise ValueError(f"unknown backend {name!r}; choose one of {list(backend_names())}")
-    module, cls = _REGISTRY[name].split(":")
+    if runtime not in RUNTIMES:
+        raise ValueError(f"runtime must be one of {list(RUNTIMES)}, not {runtime!r}")
+    registry = _REGISTRY if runtime == "torch" else _ONNX_REGISTRY
+    if name not in registry:
+        raise ValueError(f"backend {name} has no runtime {runtime} (onnxruntime: {sorted(_ONNX_REGISTRY)})")
+    module, cls = registry[name].split(":")
     return getattr(importlib.import_module(module), cls)
 
 
@@ -66,10 +80,12 @@ def resolve_device(device: str) -> str:
 
 
 def create_backend(
-    name: str, *, device: str = "cpu", precision: str = "fp32", weights: str | None = None, **settings: Any
+    name: str, *, device: str = "cpu", precision: str = "fp32", weights: str | None = None, runtime: str = "torch",
+    **settings: Any
 ) -> Backend:
-    """A ready backend. ``settings`` are the backend's own parameters (e.g. ``{"eloftr.mode": "opt"}``)."""
-    cls = backend_class(name)
+    """A ready backend. ``settings`` are the backend's own parameters (e.g. ``{"eloftr.mode": "opt"}``);
+    ``runtime`` ``onnxruntime`` runs an ``fm-export`` folder given as ``weights``."""
+    cls = backend_class(name, runtime)
     kwargs: dict[str, Any] = {"device": resolve_device(device), "precision": precision, **settings}
     if weights is not None:
         kwargs["weights"] = weights
@@ -78,6 +94,7 @@ def create_backend(
 
 __all__ = [
     "PRECISIONS",
+    "RUNTIMES",
     "Backend",
     "Features",
     "Matches",

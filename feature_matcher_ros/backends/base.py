@@ -258,6 +258,11 @@ class Backend(ABC):
         """Bytes of working buffers the backend keeps between frames (beyond cached features); 0 here."""
         return 0
 
+    @property
+    def counters(self) -> dict[str, Any]:
+        """Backend-specific counts for ``/diagnostics`` (names prefixed with the backend name); none here."""
+        return {}
+
     def describe(self) -> dict[str, Any]:
         """What diagnostics show: backend, device, precision and the live settings."""
         return {"backend": self.name, "device": self.device, "precision": self.precision, **self.settings}

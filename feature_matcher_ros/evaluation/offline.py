@@ -25,7 +25,7 @@ from .pairing import PAIRING_PARAMS, Pairing, PairingStats, iter_input_frames
 from .records import FrameRecord
 
 #: parameters that choose and build the backend rather than tune it
-BUILD_KEYS = ("backend", "device", "precision", "weights")
+BUILD_KEYS = ("backend", "device", "precision", "weights", "runtime")
 DEFAULT_BACKEND = "sift"
 
 
@@ -80,6 +80,7 @@ class RunSpec:
     device: str = "cpu"
     precision: str = "fp32"
     weights: str | None = None
+    runtime: str = "torch"
     backend_settings: dict[str, Any] = field(default_factory=dict)
     frontend_settings: dict[str, Any] = field(default_factory=dict)
     params_files: list[str] = field(default_factory=list)
@@ -88,7 +89,7 @@ class RunSpec:
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "backend": self.backend, "device": self.device, "precision": self.precision,
-                "weights": self.weights, "backend_settings": self.backend_settings,
+                "weights": self.weights, "runtime": self.runtime, "backend_settings": self.backend_settings,
                 "frontend_settings": self.frontend_settings, "params_files": self.params_files,
                 "ignored_parameters": self.ignored, "pairing": self.pairing.describe()}
 
@@ -109,6 +110,7 @@ def make_run_spec(params: dict[str, Any], backend: str | None = None, device: st
                    device=str(device or params.get("device") or "cpu"),
                    precision=str(precision or "fp32"),
                    weights=(str(params["weights"]) if params.get("weights") else None),
+                   runtime=str(params.get("runtime") or "torch"),
                    backend_settings=backend_settings, frontend_settings=frontend,
                    params_files=[str(p) for p in params_files],
                    ignored=[key for key in node if key not in BUILD_KEYS and key not in _PAIRING_NAMES],
@@ -125,7 +127,7 @@ def build_frontend(spec: RunSpec) -> Any:
 
     try:
         backend = create_backend(spec.backend, device=spec.device, precision=spec.precision,
-                                 weights=spec.weights, **spec.backend_settings)
+                                 weights=spec.weights, runtime=spec.runtime, **spec.backend_settings)
     except (ValueError, RuntimeError, FileNotFoundError, ImportError) as exc:
         raise UsageError(f"run {spec.name}: cannot create backend {spec.backend!r}: {exc}") from None
     spec.device = str(backend.device)

@@ -2,7 +2,7 @@
 
     fm-bench --backend eloftr --weights FILE --size 640x480 --frames 10 [--device cpu|cuda]
              [--precision fp32|fp16|bf16] [--mode full|opt] [--threshold T] [--threads N]
-             [--images DIR] [--uncached] [--json]
+             [--images DIR] [--uncached] [--dynamic] [--runtime onnxruntime [--onnx DIR]] [--json]
 
 Frames come from ``--images DIR`` (sorted png/jpg), else ``$FM_SHARED/data/tum_fr2_desk`` (or
 ``../shared`` beside the checkout), else the bundled ``data/tum_fr2_desk``; they are converted to gray
@@ -14,6 +14,11 @@ and resized to ``--size``. Frame 0 is the keyframe; frames 1..N (cycling) are ma
 * streaming: the keyframe's features extracted once, then ``match(kf, extract(frame))`` per frame;
 * with ``--uncached``: also ``match(extract(keyframe), extract(frame))`` per frame, the streaming
   path's stages with nothing cached.
+
+Beside the streaming path, in the same run and on the same frames (eloftr): ``--dynamic`` times the
+dynamic streaming path (``eloftr.static: false``, the path before fixed shapes), ``--runtime onnxruntime``
+the onnxruntime streaming frame on an fm-export folder (``--onnx DIR``, else an export made at ``--size``
+into a temporary folder first). Each reports ms/frame, matches/frame and its ratio to the streaming path.
 
 After one untimed warm-up of each, the two paths alternate frame by frame (so that both see the same
 load on a shared machine).
@@ -181,9 +186,15 @@ def run(args: argparse.Namespace) -> dict:
     # algorithms may ask for GBs of workspace once (fp32 at 1280x720: ~33 GB on an H200)
     clock.take_peak(_Path())
     paths = {name: _Path() for name in ("streaming", "pairwise", "uncached")}
+    variants = _variants(args, backend, keyframe, rest[0])
     for frame in rest:
         _time_frame(backend, kf, keyframe, frame, clock, paths, args)
+        for name, (other, other_kf) in variants.items():
+            a = clock.now()
+            matches = other.match(other_kf, other.extract(frame))
+            paths.setdefault(name, _Path()).add(1000 * (clock.now() - a), len(matches), other.stage_ms)
     result = _result(args, backend, source, paths, len(rest))
+    result["variants"] = {name: _variant_result(paths[name], paths["streaming"]) for name in variants}
     result.update(peak_rss_streaming_mb=peak_stream, peak_rss_mb=_peak_rss_mb(),
                   keyframe_mb=kf.nbytes / 2**20,  # one cached keyframe's features
                   scratch_mb=backend.scratch_nbytes / 2**20)  # buffers reused between frames
@@ -191,6 +202,49 @@ def run(args: argparse.Namespace) -> dict:
         result["peak_gpu_streaming_mb"] = paths["streaming"].gpu_peak_mb
         result["peak_gpu_mb"] = max(paths["streaming"].gpu_peak_mb, paths["pairwise"].gpu_peak_mb)
     return result
+
+
+def _variants(args: argparse.Namespace, backend, keyframe: np.ndarray, frame: np.ndarray) -> dict[str, tuple]:
+    """The other streaming paths to time beside this one: name -> (backend, its keyframe features), warm."""
+    from ..backends import create_backend
+
+    if (args.dynamic or args.runtime != "torch") and args.backend != "eloftr":
+        raise ValueError("--dynamic and --runtime onnxruntime compare eloftr paths (--backend eloftr)")
+    settings = {k: v for k, v in backend.settings.items() if k in ("eloftr.mode", "eloftr.threshold")}
+    out = {}
+    if args.dynamic:
+        out["dynamic"] = create_backend("eloftr", device=args.device, precision=args.precision, weights=args.weights,
+                                        **settings, **{"eloftr.static": False})
+    if args.runtime == "onnxruntime":
+        folder = args.onnx or _export_for_bench(args)
+        out["onnxruntime"] = create_backend("eloftr", device=args.device, precision=args.precision, weights=folder,
+                                            runtime="onnxruntime", num_threads=args.threads or None, **settings)
+    warm = {}
+    for name, other in out.items():
+        other_kf = other.extract(keyframe)
+        other.match(other_kf, other.extract(frame))
+        warm[name] = (other, other_kf)
+    return warm
+
+
+def _export_for_bench(args: argparse.Namespace) -> str:
+    import tempfile
+
+    from ..backends import create_backend
+    from ..backends.eloftr.onnx_export import ExportSpec, export_eloftr
+
+    folder = tempfile.mkdtemp(prefix="fm-bench-onnx-")
+    model = create_backend("eloftr", device=args.device, precision=args.precision, weights=args.weights).model
+    export_eloftr(model, folder, ExportSpec(tuple(args.size), modes=(args.mode or "full",), precision=args.precision,
+                                            weights=args.weights))
+    return folder
+
+
+def _variant_result(path: _Path, streaming: _Path) -> dict:
+    ratio = float(np.mean(path.ms) / np.mean(streaming.ms))
+    return {"ms_per_frame": float(np.mean(path.ms)), "ms_median": float(np.median(path.ms)),
+            "matches": float(np.mean(path.counts)), "ratio_to_streaming": ratio,
+            "stage_ms": {k: v / len(path.ms) for k, v in path.stages.items()}}
 
 
 def _result(args: argparse.Namespace, backend, source: Path, paths: dict[str, _Path], n: int) -> dict:
@@ -232,6 +286,9 @@ def _print_human(r: dict) -> None:
         print(f"  uncached : {r['uncached_fps']:.3f} frames/s ({r['uncached_ms_per_frame']:.0f} ms/frame mean): "
               f"streaming without its cache, {r['pairwise_ms_per_frame'] / r['uncached_ms_per_frame']:.2f}x pairwise")
     print(f"  speed-up : {r['speedup']:.2f}x")
+    for name, v in r.get("variants", {}).items():
+        print(f"  {name:<9}: {v['ms_per_frame']:.0f} ms/frame mean ({v['ms_median']:.0f} median), "
+              f"{v['matches']:.1f} matches/frame, {v['ratio_to_streaming']:.2f}x the streaming path's time")
     print("  streaming stages (ms/frame): " + ", ".join(f"{k} {v:.0f}" for k, v in r["stage_ms"].items()))
     print("  pairwise stages (ms/frame):  " + ", ".join(f"{k} {v:.0f}" for k, v in r["pairwise_stage_ms"].items()))
     mem = f"  peak RSS: {r['peak_rss_streaming_mb']:.0f} MB streaming only, {r['peak_rss_mb']:.0f} MB overall"
@@ -257,6 +314,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--uncached", action="store_true",
                    help="also time the streaming path with nothing cached (both images extracted every frame): "
                         "separates what caching the keyframe gains from what the faster stages gain")
+    p.add_argument("--dynamic", action="store_true",
+                   help="eloftr: also time the dynamic streaming path (eloftr.static false) on the same frames")
+    p.add_argument("--runtime", default="torch", choices=("torch", "onnxruntime"),
+                   help="onnxruntime: also time the onnxruntime streaming frame beside torch")
+    p.add_argument("--onnx", help="fm-export folder for --runtime onnxruntime (default: export at --size first)")
     p.add_argument("--burn", type=int, default=0, metavar="N",
                    help="keep N cores busy with burner processes while measuring (a loaded robot CPU)")
     p.add_argument("--json", action="store_true", help="print one JSON object")

@@ -11,11 +11,16 @@ Sections, each timed, each failing alone (its error goes into the report, the ot
 3. ``parity``: Efficient LoFTR on the device, fp32, against ``fixtures/eloftr`` with the fixture's recipe
    (reference and streaming paths, every pair and mode); fp16 and bf16 against the device's fp32
    (coarse match-set IoU, keypoint and score differences) with the tolerances in ``AGREEMENT``.
-4. ``bench``: ``fm-bench`` (CUDA-synchronised timing) for eloftr at each size x precision x mode, and
+4. ``static``: Efficient LoFTR's streaming frame on the dynamic path (``eager``), the static-shape path
+   (``static``) and, on CUDA, its CUDA graphs (``graph``; ``compiled``: ``torch.compile(mode=
+   "reduce-overhead")`` of the static path, with ``--compile``): parity of each with the fixture in fp32,
+   then ms/frame at each size in fp32 and fp16, both modes, with the ratio to eager, the matches against
+   eager's and the peak GPU memory (graphs captured in the warm-up).
+5. ``bench``: ``fm-bench`` (CUDA-synchronised timing) for eloftr at each size x precision x mode, and
    for sptd2 at each size x precision: pairwise and streaming frames/s, per-stage ms, peak GPU memory.
-5. ``frontend``: the frontend on the bundled TUM frames with eloftr and the fixture weights, precision
+6. ``frontend``: the frontend on the bundled TUM frames with eloftr and the fixture weights, precision
    changed live fp32 -> fp16 -> bf16 mid-stream.
-6. ``node``: ``matcher_node`` with eloftr on the device, over DDS (when rclpy imports), with a live
+7. ``node``: ``matcher_node`` with eloftr on the device, over DDS (when rclpy imports), with a live
    ``precision`` change.
 
 Writes ``report.md`` and ``report.json`` to ``--out`` (default ``$OUT`` when set, else
@@ -73,6 +78,7 @@ class Plan:
     out: Path
     deadline: float
     precisions: tuple[str, ...] = PRECISIONS
+    compile: bool = False
 
     @property
     def pairs(self) -> tuple[str, ...]:
@@ -219,6 +225,112 @@ def section_parity(plan: Plan, sec: Section) -> None:
                   "|---|---|---|---|---|---|---|---|", *agree_rows]
 
 
+# settings of each streaming variant of section_static
+STATIC_VARIANTS: dict[str, dict[str, Any]] = {
+    "eager": {"eloftr.static": False}, "static": {"eloftr.cuda_graph": False}, "graph": {}, "compiled": {
+        "eloftr.cuda_graph": False}}
+
+
+def _static_backends(plan: Plan, precision: str, mode: str, thr: dict[str, float]) -> dict[str, Any]:
+    """The variants this device runs, each its own backend."""
+    names = ["eager", "static"]
+    if plan.device.startswith("cuda"):
+        names += ["graph"] + (["compiled"] if plan.compile else [])
+    out = {}
+    for name in names:
+        b = _eloftr(plan, precision, **{"eloftr.mode": mode, "eloftr.threshold": thr[mode]}, **STATIC_VARIANTS[name])
+        if name == "compiled":
+            import torch
+
+            b.model.match_static = torch.compile(b.model.match_static, mode="reduce-overhead", dynamic=False)
+        out[name] = b
+    return out
+
+
+def _static_outputs(name: str, backend: Any, f0: Any, f1: Any) -> dict[str, Any]:
+    """``match_native``-like outputs (valid matches only) of one variant."""
+    if name == "eager":
+        return backend.match_native(f0, f1)
+    out = backend.match_static(f0, f1)
+    v = out["valid"]
+    return {k: out[k][v].cpu() for k in ("i_ids", "j_ids", "mconf", "mkpts0_f", "mkpts1_f")}
+
+
+def _time_variant(plan: Plan, backend: Any, frames: list[np.ndarray]) -> tuple[list[float], list[int], float]:
+    """ms per streaming frame (extract + match, synchronised), matches per frame, peak GPU MB (timed frames)."""
+    from .bench import _Clock, _Path
+
+    clock = _Clock(plan.device.startswith("cuda"))
+    kf = backend.extract(frames[0])
+    for frame in frames[1:3]:  # warm-up: cudnn's choice, graph capture, compilation
+        backend.match(kf, backend.extract(frame))
+    clock.take_peak(_Path())
+    ms, counts = [], []
+    for frame in frames[1:]:
+        a = clock.now()
+        counts.append(len(backend.match(kf, backend.extract(frame))))
+        ms.append(1000 * (clock.now() - a))
+    peak = _Path()
+    clock.take_peak(peak)
+    return ms, counts, peak.gpu_peak_mb
+
+
+def section_static(plan: Plan, sec: Section) -> None:
+    from .bench import load_frames
+    from .parity import compare_matches, load_fixture_reference
+
+    thr = _thresholds(plan.fixture)
+    sec.lines = ["Parity with the fixture (fp32, the recipe of the parity section):", "",
+                 "| pair | mode | path | matches | recipe |", "|---|---|---|---|---|"]
+    for pair in plan.pairs:
+        imgs = [_fixture_gray(plan.fixture, pair, k) for k in (0, 1)]
+        for mode in MODES:
+            ref = load_fixture_reference(plan.fixture, pair, mode)
+            for name, b in _static_backends(plan, "fp32", mode, thr).items():
+                out = _static_outputs(name, b, *(b.extract_native(i) for i in imgs))
+                problems = compare_matches(out, ref, mode, thr[mode])
+                sec.ok &= not problems
+                sec.data[f"parity/{pair}/{mode}/{name}"] = problems
+                sec.lines.append(f"| {pair} | {mode} | {name} | {len(out['i_ids'])} | "
+                                 f"{'pass' if not problems else 'FAIL: ' + '; '.join(problems)} |")
+    sec.lines += ["", f"Streaming frame (extract + match, synchronised), {plan.frames} frames after two warm-ups; "
+                  "matches: mean per frame, and the mean |difference| from eager's on the same frames:", "",
+                  "| size | precision | mode | path | ms median | ms mean | x eager | matches (diff) | peak GPU MB | "
+                  "stages (ms) |", "|---|---|---|---|---|---|---|---|---|---|"]
+    precisions = ("fp32",) if plan.quick else ("fp32", "fp16")
+    for w, h in plan.sizes:
+        frames = load_frames(None, (w, h), plan.frames)[0]
+        for precision in precisions:
+            for mode in ("full",) if plan.quick else MODES:
+                if plan.left() < 30:
+                    sec.lines.append(f"| {w}x{h} | {precision} | {mode} | skipped: time budget spent |")
+                    continue
+                _static_rows(plan, sec, (w, h, precision, mode), frames, thr)
+
+
+def _static_rows(plan: Plan, sec: Section, key: tuple, frames: list[np.ndarray], thr: dict[str, float]) -> None:
+    w, h, precision, mode = key
+    eager_ms, eager_counts = None, None
+    for name, b in _static_backends(plan, precision, mode, thr).items():
+        try:
+            ms, counts, peak = _time_variant(plan, b, frames)
+        except Exception as exc:  # noqa: BLE001 - one variant failing must not hide the others
+            sec.ok = False
+            sec.lines.append(f"| {w}x{h} | {precision} | {mode} | {name} | error: {type(exc).__name__}: {exc} |")
+            continue
+        if name == "eager":
+            eager_ms, eager_counts = float(np.mean(ms)), counts
+        diff = float(np.mean(np.abs(np.subtract(counts, eager_counts)))) if eager_counts else float("nan")
+        ratio = float(np.mean(ms)) / eager_ms if eager_ms else float("nan")
+        stages = ", ".join(f"{k} {v:.1f}" for k, v in b.stage_ms.items())
+        sec.data[f"{w}x{h}/{precision}/{mode}/{name}"] = {
+            "ms_median": float(np.median(ms)), "ms_mean": float(np.mean(ms)), "x_eager": ratio,
+            "matches": float(np.mean(counts)), "matches_diff": diff, "peak_gpu_mb": peak,
+            "graphs": b.counters.get("eloftr.cuda_graphs", 0)}
+        sec.lines.append(f"| {w}x{h} | {precision} | {mode} | {name} | {np.median(ms):.1f} | {np.mean(ms):.1f} | "
+                         f"{ratio:.2f} | {np.mean(counts):.0f} ({diff:.1f}) | {peak:.0f} | {stages} |")
+
+
 def _bench(plan: Plan, argv: list[str]) -> dict:
     from . import bench
 
@@ -353,7 +465,8 @@ def section_node(plan: Plan, sec: Section) -> None:
 
 
 SECTIONS: list[tuple[str, Callable[[Plan, Section], None]]] = [
-    ("env", section_env), ("tests", section_tests), ("parity", section_parity), ("bench", section_bench),
+    ("env", section_env), ("tests", section_tests), ("parity", section_parity), ("static", section_static),
+    ("bench", section_bench),
     ("frontend", section_frontend), ("node", section_node),
 ]
 
@@ -537,6 +650,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budget-s", type=float, help="stop starting new work after this (default 420; dry run 900)")
     p.add_argument("--frames", type=int, help="frames per benchmark configuration (default 20, quick 2)")
     p.add_argument("--only", nargs="+", choices=[n for n, _ in SECTIONS], help="run only these sections")
+    p.add_argument("--compile", action="store_true",
+                   help="static section: also torch.compile(mode='reduce-overhead') of the static path (slow start)")
     p.add_argument("--carry", type=Path, help="folder made by --prepare-carry (on the GPU machine)")
     p.add_argument("--prepare-carry", type=Path, metavar="DIR", help="fill DIR for a bare GPU machine, then exit")
     p.add_argument("--carry-python", default="3.12", help="that machine's Python (default 3.12)")
@@ -569,7 +684,7 @@ def main(argv: list[str] | None = None) -> int:
                 frames=args.frames or (2 if quick else 20), weights=_checkpoint(fixture), fixture=fixture, out=out,
                 deadline=time.monotonic() + (args.budget_s or (900.0 if quick else 420.0)),
                 # torch's CPU fp16 kernels are very slow: the dry run checks fp32 and bf16 there
-                precisions=PRECISIONS if device != "cpu" else ("fp32", "bf16"))
+                precisions=PRECISIONS if device != "cpu" else ("fp32", "bf16"), compile=args.compile)
     sections = run_sections(plan, args.only)
     report = plan.out / "report.md"
     failed = [s.name for s in sections if not s.ok and not s.skipped]

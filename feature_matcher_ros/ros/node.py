@@ -56,7 +56,7 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Header
 from std_srvs.srv import Trigger
 
-from ..backends import backend_class, backend_names, create_backend
+from ..backends import RUNTIMES, backend_class, backend_names, create_backend
 from ..frontend import FrameResult, Frontend
 from ..messages import CameraInfoCache, InputError, decode_image, stamp_to_ns
 from ..params import ParamSpec
@@ -78,7 +78,10 @@ NODE_PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("backend", "sift", "Matcher backend.", choices=backend_names(), read_only=True),
     ParamSpec("device", "auto", "cpu, cuda, cuda:N or auto (cuda when torch sees a GPU).", read_only=True),
     ParamSpec("weights", "", "Checkpoint of a learned backend: required for eloftr (eloftr_outdoor.ckpt); '' = the "
-              "shipped sptd2_small.pt for sptd2; unused by sift/orb.", read_only=True),
+              "shipped sptd2_small.pt for sptd2; unused by sift/orb. With runtime onnxruntime: the fm-export "
+              "folder.", read_only=True),
+    ParamSpec("runtime", "torch", "torch, or onnxruntime to run an fm-export folder (eloftr, sptd2) given as "
+              "weights.", choices=RUNTIMES, read_only=True),
     ParamSpec("input_qos", "sensor_data", "QoS of the image and camera_info subscriptions.",
               choices=INPUT_QOS_CHOICES, read_only=True),
     ParamSpec("compressed_input", False, "Subscribe to 'image' as sensor_msgs/CompressedImage.", read_only=True),
@@ -126,13 +129,19 @@ CAMERA_INFO_WAIT_S = 0.5
 FRAME_IN_HAND_S = 0.5
 
 
-def backend_weights(backend: str, weights: str) -> str | None:
+def backend_weights(backend: str, weights: str, runtime: str = "torch") -> str | None:
     """The ``weights`` argument of ``create_backend`` for the ``weights`` parameter: None for the shipped
     default (or for backends without weights), else the expanded path. Raises ``ValueError`` saying where to
-    get the file when a backend without shipped weights has none, or when the file does not exist."""
+    get the file when a backend without shipped weights has none, or when the file does not exist. With
+    ``runtime`` onnxruntime: the export (a folder, or an .onnx file for sptd2), always required."""
     path = os.path.expanduser(weights.strip())
     if backend in NO_WEIGHTS:
         return None
+    if runtime != "torch":
+        if not path or not os.path.exists(path):
+            raise ValueError(f"runtime {runtime} needs weights = the folder fm-export wrote for backend {backend} "
+                             f"(fm-export --backend {backend} ... --out DIR); got {path!r}")
+        return path
     if not path:
         if backend in WEIGHTS_HINTS:
             raise ValueError(f"backend {backend} needs weights and none were given: {WEIGHTS_HINTS[backend]}")
@@ -258,8 +267,9 @@ class MatcherSteps:
         weights = self.values["weights"]
         if name in NO_WEIGHTS and weights:
             self.get_logger().warning(f"backend {name} takes no weights: ignoring weights {weights!r}")
+        runtime = self.values["runtime"]
         return create_backend(name, device=self.values["device"], precision=precision,
-                              weights=backend_weights(name, weights), **settings)
+                              weights=backend_weights(name, weights, runtime), runtime=runtime, **settings)
 
     def _adopt_backend_values(self) -> None:
         """Make the ROS parameters show what the backend really uses when it adjusted a start-up value
@@ -619,6 +629,8 @@ class MatcherSteps:
             "keyframe_cache_entries": len(self.frontend.cache),
             "keyframe_cache_mb": f"{self.frontend.cache_nbytes / 2**20:.1f}",
             "scratch_mb": f"{self.backend.scratch_nbytes / 2**20:.1f}",
+            "runtime": self.values["runtime"],
+            **self.backend.counters,  # eloftr: truncated_frames, candidates, cuda_graphs
         }
         if d.get("weights"):
             info["weights"] = d["weights"]

@@ -2,6 +2,7 @@
 
     fm-match KEYFRAME IMAGE [IMAGE ...] --backend eloftr --weights FILE [--mode full|opt]
              [--threshold T] [--device D] [--precision P] [--out OUT.npz] [--draw OUT.png] [--raw]
+             [--runtime torch|onnxruntime]
 
 Without ``--raw``: any image size (colour images are converted to gray); keypoints are in the input
 images' pixels. The npz holds, per image k (0-based, in command-line order), ``kpts0_k`` (keyframe),
@@ -85,7 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("keyframe", help="keyframe image (image 0)")
     p.add_argument("images", nargs="+", help="images matched against the keyframe")
     p.add_argument("--backend", default="eloftr", help="eloftr, sift, orb, ... (default eloftr)")
-    p.add_argument("--weights", help="checkpoint (required for eloftr)")
+    p.add_argument("--weights", help="checkpoint (required for eloftr); --runtime onnxruntime: the fm-export folder")
+    p.add_argument("--runtime", default="torch", choices=("torch", "onnxruntime"),
+                   help="onnxruntime: run an fm-export folder (default torch)")
     p.add_argument("--mode", choices=("full", "opt"), help="eloftr coarse matching mode (default full)")
     p.add_argument("--threshold", type=float, help="eloftr coarse threshold (default: the mode's, 0.2 / 25)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
@@ -106,12 +109,14 @@ def run(args: argparse.Namespace) -> int:
         settings["eloftr.threshold"] = args.threshold
     if args.backend != "eloftr" and (settings or args.raw):
         raise UsageError("--mode, --threshold and --raw apply to --backend eloftr only")
+    if args.runtime != "torch" and args.raw:
+        raise UsageError("--raw needs --runtime torch (the native outputs are the torch model's)")
     if args.backend == "eloftr" and not args.weights:
         raise UsageError("--weights FILE is required for --backend eloftr (the official eloftr_outdoor.ckpt)")
     keyframe = read_image(args.keyframe, args.raw)
     images = [read_image(p, args.raw) for p in args.images]
     backend = create_backend(args.backend, device=args.device, precision=args.precision, weights=args.weights,
-                             **settings)
+                             runtime=args.runtime, **settings)
 
     arrays: dict[str, np.ndarray] = {}
     results = []

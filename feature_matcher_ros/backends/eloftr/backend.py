@@ -7,6 +7,12 @@ its window indexing; it was trained with it) and are mapped back to the caller's
 :meth:`Matches.scaled` (pixel-centre convention ``x' = (x + 0.5) s - 0.5``). Images whose sides are
 already multiples of 32 are not resized, so their keypoints equal the official outputs.
 
+Static shapes (``eloftr.static``, default on): each frame is matched by
+:meth:`EfficientLoFTR.match_static`, at most ``eloftr.max_candidates`` matches (the best by confidence)
+in fixed-size tensors, copied to the host once; frames that had more count as ``truncated_frames``. On
+CUDA with ``eloftr.cuda_graph`` (default on) extraction and matching are CUDA graphs, captured once per
+shape, precision and mode (:mod:`.graphs`).
+
 Live settings: ``eloftr.mode`` (``full`` | ``opt``) and ``eloftr.threshold``. When the mode changes and
 the threshold stays as it was, the threshold switches to the new mode's default (0.2 for ``full``,
 25 for ``opt``): a full-mode probability is meaningless as an opt-mode raw score and vice versa. To
@@ -25,6 +31,7 @@ import torch
 from ...params import ParamSpec
 from ..base import PRECISIONS, Backend, Features, Matches, torch_dtype
 from .config import DEFAULT_THRESHOLDS, MODES, threshold_problem
+from .graphs import GraphCache, shape_key
 from .loader import load_model
 from .model import EfficientLoFTR, StageTimer
 
@@ -65,6 +72,14 @@ class EfficientLoFTRBackend(Backend):
             "coarse confidence threshold: in (0, 1) for full (default 0.2), > 0 for opt (default 25)",
             min=0.0,
         ),
+        ParamSpec("eloftr.static", True, "Fixed-shape matching: at most eloftr.max_candidates matches per frame, "
+                  "nothing read back inside a frame (CUDA graphs need it); false = the dynamic path.",
+                  read_only=True),
+        ParamSpec("eloftr.max_candidates", 0, "With eloftr.static: keep at most this many coarse matches, the best by "
+                  "confidence (0 = half the frame's coarse cells: 2400 at 640x480).", min=0, max=1_000_000,
+                  read_only=True),
+        ParamSpec("eloftr.cuda_graph", True, "On CUDA with eloftr.static: run extraction and matching as CUDA graphs "
+                  "captured once per shape, precision and mode.", read_only=True),
     )
 
     def __init__(
@@ -98,6 +113,10 @@ class EfficientLoFTRBackend(Backend):
         self.model = self._master
         self._timer: tuple[str, StageTimer] | None = None  # (stage prefix, timer) of the last call
         self._staging: dict[tuple, tuple[torch.Tensor, Any]] = {}  # pinned upload buffer (CUDA)
+        self._graphs = GraphCache()
+        self._threshold: torch.Tensor | None = None  # the live threshold on the device (static path)
+        self.truncated_frames = 0  # frames with more matches than eloftr.max_candidates
+        self.last_candidates = (0, 0)  # (matches before truncation, K) of the last static frame
         if device.startswith("cuda"):
             _configure_cuda(cudnn_benchmark)
         self.precision = "fp32"
@@ -120,6 +139,16 @@ class EfficientLoFTRBackend(Backend):
         merged = self.effective_settings(settings)
         return threshold_problem(merged["eloftr.mode"], merged["eloftr.threshold"])
 
+    def apply(self, settings: Mapping[str, Any]) -> None:
+        super().apply(settings)
+        self._threshold = None  # made again on the next static frame
+
+    @property
+    def uses_graphs(self) -> bool:
+        """Whether frames run as CUDA graphs (CUDA, ``eloftr.static`` and ``eloftr.cuda_graph``)."""
+        return (str(self.device).startswith("cuda") and self.settings["eloftr.static"]
+                and self.settings["eloftr.cuda_graph"])
+
     def set_precision(self, precision: str) -> None:
         """Cast the model (from the fp32 master weights) to ``precision``; a ValueError when this torch
         build cannot run that dtype on this device."""
@@ -135,6 +164,8 @@ class EfficientLoFTRBackend(Backend):
                 raise ValueError(f"eloftr: precision {precision} is not usable on {self.device}: {problem}")
         if self.model is not model:
             self.model.workspace.clear()  # the previous precision's scratch buffers
+            if hasattr(self, "_graphs"):
+                self._graphs.clear()  # captured with the previous precision's weights
         self.model = model
         self.precision = precision
 
@@ -187,7 +218,14 @@ class EfficientLoFTRBackend(Backend):
 
     def _extract_gray(self, gray: np.ndarray, size: tuple[int, int]) -> Features:
         timer = StageTimer()
-        data: dict[str, Any] = dict(self.model.extract(self._tensor(gray), timer))
+        image = self._tensor(gray)
+        if self.uses_graphs:
+            with timer("graph", image.device):
+                out = self._graphs.run(("extract", self.precision, *shape_key({"image": image})),
+                                       lambda t: self.model.extract(t["image"]), {"image": image})
+                data: dict[str, Any] = {k: v.clone() for k, v in out.items()}  # the graph's buffers are reused
+        else:
+            data = dict(self.model.extract(image, timer))
         data["net_size"] = tuple(gray.shape)
         self._timer = ("extract.", timer)
         return Features(self.name, tuple(int(s) for s in size), data, self.precision, self.device)
@@ -209,8 +247,43 @@ class EfficientLoFTRBackend(Backend):
         return out
 
     def match(self, feats0: Features, feats1: Features) -> Matches:
-        out = self.match_native(feats0, feats1)
-        return self._to_matches(out, feats0, feats1)
+        if not self.settings["eloftr.static"]:
+            out = self.match_native(feats0, feats1)
+            return self._to_matches(out, feats0, feats1)
+        out = self.match_static(feats0, feats1)
+        host = (torch.cat([out["mkpts0_f"].float(), out["mkpts1_f"].float(), out["mconf"].float()[:, None],
+                           out["valid"].float()[:, None], out["count"].float().expand(len(out["valid"]), 1)], 1)
+                .cpu().numpy())  # one device-to-host copy after the frame
+        count, k = int(host[0, 6]), len(host)
+        self.last_candidates = (count, k)
+        self.truncated_frames += count > k
+        host = host[host[:, 5] > 0.5]
+        return self._scale_host(host, feats0.image_size, feats1.image_size, feats0.data["net_size"],
+                                feats1.data["net_size"])
+
+    def match_static(self, feats0: Features, feats1: Features) -> dict[str, torch.Tensor]:
+        """:meth:`EfficientLoFTR.match_static` outputs (fixed shapes, on the device), through a CUDA graph
+        when :attr:`uses_graphs`."""
+        feats0, feats1 = self._own(feats0, "feats0"), self._own(feats1, "feats1")
+        model, mode = self.model, self.settings["eloftr.mode"]
+        k = model.candidate_count(feats0.data, feats1.data, self.settings["eloftr.max_candidates"])
+        if self._threshold is None:
+            self._threshold = torch.tensor(float(self.settings["eloftr.threshold"]), device=self.device)
+        timer = StageTimer()
+        self._timer = ("", timer)
+        inputs = {f"{name}{n}": d[name] for n, d in ((0, feats0.data), (1, feats1.data))
+                  for name in ("feat", "lat1", "lat2")} | {"threshold": self._threshold}
+
+        def run(t: Mapping[str, torch.Tensor], timer: Any = None) -> dict[str, torch.Tensor]:
+            d0, d1 = ({name: t[f"{name}{n}"] for name in ("feat", "lat1", "lat2")} for n in (0, 1))
+            if timer is None:
+                return model.match_static(d0, d1, mode, t["threshold"], k)
+            return model.match_static(d0, d1, mode, t["threshold"], k, timer)
+
+        if not self.uses_graphs:
+            return run(inputs, timer)
+        with timer("graph", self._threshold.device):
+            return self._graphs.run(("match", mode, k, self.precision, *shape_key(inputs)), run, inputs)
 
     def match_pair(self, image0: np.ndarray, image1: np.ndarray) -> Matches:
         """The faithful pairwise path (official computation order, whole-map fine FPN)."""
@@ -235,12 +308,18 @@ class EfficientLoFTRBackend(Backend):
     def _to_matches(self, out: dict[str, Any], feats0: Features, feats1: Features) -> Matches:
         return self._scale(out, feats0.image_size, feats1.image_size, feats0.data["net_size"], feats1.data["net_size"])
 
-    @staticmethod
-    def _scale(out, size0, size1, net0, net1) -> Matches:
+    @classmethod
+    def _scale(cls, out, size0, size1, net0, net1) -> Matches:
         # one device-to-host copy for keypoints and scores together
         host = (torch.cat([out["mkpts0_f"].float(), out["mkpts1_f"].float(), out["mconf"].float()[:, None]], 1)
                 .cpu().numpy())
-        m = Matches(host[:, 0:2], host[:, 2:4], host[:, 4])
+        return cls._scale_host(host, size0, size1, net0, net1)
+
+    @staticmethod
+    def _scale_host(host: np.ndarray, size0, size1, net0, net1) -> Matches:
+        """Matches from ``host (M, >=5)`` rows ``x0 y0 x1 y1 score`` in network pixels, in the callers' pixels."""
+        m = Matches(np.ascontiguousarray(host[:, 0:2]), np.ascontiguousarray(host[:, 2:4]),
+                    np.ascontiguousarray(host[:, 4]))
         if tuple(size0) == tuple(net0) and tuple(size1) == tuple(net1):
             return m
         return m.scaled(size0[1] / net0[1], size0[0] / net0[0], size1[1] / net1[1], size1[0] / net1[0])
@@ -258,6 +337,18 @@ class EfficientLoFTRBackend(Backend):
     def scratch_nbytes(self) -> int:
         """Bytes of the streaming scratch buffers the model keeps between frames."""
         return self.model.workspace.nbytes
+
+    @property
+    def counters(self) -> dict[str, Any]:
+        """``eloftr.truncated_frames`` (frames with more matches than K), ``eloftr.candidates`` (the last
+        static frame's matches before truncation, and K) and ``eloftr.cuda_graphs`` (graphs captured)."""
+        if not self.settings["eloftr.static"]:
+            return {}
+        count, k = self.last_candidates
+        out = {"eloftr.truncated_frames": self.truncated_frames, "eloftr.candidates": f"{count}/{k}"}
+        if self.uses_graphs:
+            out["eloftr.cuda_graphs"] = self._graphs.captures
+        return out
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "weights": self.weights, "fused": self.model.backbone.is_fused}

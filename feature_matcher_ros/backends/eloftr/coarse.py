@@ -195,37 +195,39 @@ def _full_passes(scores: _BlockScores, blocks: list[slice],
     return row_arg, row_val.exp(), best == col_best[row_arg]
 
 
-def match_coarse(
+def coarse_rows(
     f0: torch.Tensor,
     f1: torch.Tensor,
     hw0: tuple[int, int],
     hw1: tuple[int, int],
     mode: str,
-    threshold: float,
+    threshold: float | torch.Tensor,
     border_rm: int = 2,
     temperature: float = 0.1,
     chunk_bytes: int = 128 * 2**20,
     score_dtype: torch.dtype | None = None,
     workspace: Workspace | None = None,
-) -> CoarseMatches:
-    """Coarse mutual-nearest-neighbour matches, in blocks of rows (the streaming path).
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Every row's best column, in blocks of rows: ``(j_ids, mconf, valid)``, each ``(L,)``.
 
     Args:
         f0: ``(L, C)`` image 0 transformer features (row-major tokens of the ``hw0`` grid).
         f1: ``(S, C)`` image 1 transformer features.
         hw0, hw1: coarse grid sizes ``(h, w)``.
         mode: ``"full"`` (dual-softmax) or ``"opt"`` (raw score).
-        threshold: strict lower bound on the confidence.
+        threshold: strict lower bound on the confidence (a float or a 0-d tensor).
         chunk_bytes: the most bytes of scores held at once; a larger matrix is scored twice.
         score_dtype: dtype of the score product (``full`` always uses fp32; ``opt`` may use the
             features' dtype, as the official ``fp16matmul`` does on GPU).
         workspace: reusable buffers (optional).
 
-    ``opt`` is one pass: each block's row maxima and the running column maxima. ``full`` works in the
-    log domain, ``log conf = 2 sim - row_lse - col_lse``: pass 1 gets the row log-sum-exp per block and
-    the column log-sum-exp online (rescaled as the column maxima grow); pass 2 takes the row maxima of
-    ``log conf`` and the column maxima of ``2 sim - row_lse``. Only the winning entries are
-    exponentiated. Same matches as the dense reference, ``mconf`` within float rounding.
+    ``valid`` marks the rows whose best column is a match (above the threshold, mutual, both cells
+    inside the border). ``opt`` is one pass: each block's row maxima and the running column maxima.
+    ``full`` works in the log domain, ``log conf = 2 sim - row_lse - col_lse``: pass 1 gets the row
+    log-sum-exp per block and the column log-sum-exp online (rescaled as the column maxima grow); pass 2
+    takes the row maxima of ``log conf`` and the column maxima of ``2 sim - row_lse``. Only the winning
+    entries are exponentiated. Every shape depends on the grid sizes alone and nothing reads back to the
+    host, so the same code runs inside a CUDA graph.
     """
     score_dtype = _score_dtype(mode, score_dtype)
     L, S = f0.shape[0], f1.shape[0]
@@ -243,7 +245,78 @@ def match_coarse(
     else:
         scratch = ws.get("coarse.block", (step, S), torch.float32, device)
         j_ids, mconf, mutual = _full_passes(scorer, blocks, scratch)
-    i_ids = torch.arange(L, device=device)
     valid = (mconf > threshold) & mutual
-    valid &= border_mask(*hw0, border_rm, device)[i_ids] & border_mask(*hw1, border_rm, device)[j_ids]
+    valid &= border_mask(*hw0, border_rm, device) & border_mask(*hw1, border_rm, device)[j_ids]
+    return j_ids, mconf, valid
+
+
+def coarse_rows_dense(
+    f0: torch.Tensor,
+    f1: torch.Tensor,
+    hw0: tuple[int, int],
+    hw1: tuple[int, int],
+    mode: str,
+    threshold: float | torch.Tensor,
+    border_rm: int = 2,
+    temperature: float = 0.1,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`coarse_rows` on the whole ``(L, S)`` matrix in plain operators (what an ONNX export
+    traces): the same log-domain formulation, ``logsumexp`` in place of the blocked sums, so the
+    confidences agree within float rounding and only near-ties may differ."""
+    scale = f0.shape[-1] ** 0.5
+    dtype = _score_dtype(mode, f0.dtype)
+    sim = torch.mm(f0.to(dtype) / scale, (f1.to(dtype) / scale).t()).float() / temperature
+    if mode == "opt":
+        mconf, j_ids = sim.max(1)
+        mutual = mconf == sim.amax(0)[j_ids]
+    else:
+        e = 2.0 * sim - torch.logsumexp(sim, 1, keepdim=True)
+        logc = e - torch.logsumexp(sim, 0, keepdim=True)
+        best, j_ids = logc.max(1)
+        mutual = e.gather(1, j_ids[:, None])[:, 0] == e.amax(0)[j_ids]
+        mconf = best.exp()
+    valid = (mconf > threshold) & mutual
+    valid = valid & border_mask(*hw0, border_rm, f0.device) & border_mask(*hw1, border_rm, f0.device)[j_ids]
+    return j_ids, mconf, valid
+
+
+def match_coarse(f0: torch.Tensor, f1: torch.Tensor, *args, **kwargs) -> CoarseMatches:
+    """Coarse mutual-nearest-neighbour matches (the streaming path): :func:`coarse_rows` (same
+    arguments), its valid rows kept. Same matches as the dense reference, ``mconf`` within float
+    rounding."""
+    j_ids, mconf, valid = coarse_rows(f0, f1, *args, **kwargs)
+    i_ids = torch.arange(f0.shape[0], device=f0.device)
     return CoarseMatches(i_ids[valid], j_ids[valid], mconf[valid])
+
+
+@dataclass
+class CoarseCandidates:
+    """At most K coarse matches in fixed-size tensors (the static path): valid ones first, ascending
+    ``i_ids``, then the unused slots.
+
+    Attributes:
+        i_ids, j_ids: ``(K,)`` int64 cells (an unused slot repeats the first slot's cells).
+        mconf: ``(K,)`` float32 confidence.
+        valid: ``(K,)`` bool, which slots hold a match.
+        count: 0-d int64, how many matches there were before the K best were kept (``> K``: truncated).
+    """
+
+    i_ids: torch.Tensor
+    j_ids: torch.Tensor
+    mconf: torch.Tensor
+    valid: torch.Tensor
+    count: torch.Tensor
+
+
+def top_candidates(j_ids: torch.Tensor, mconf: torch.Tensor, valid: torch.Tensor, k: int) -> CoarseCandidates:
+    """The ``k`` highest-confidence valid rows of :func:`coarse_rows` output as :class:`CoarseCandidates`
+    (``topk`` over the scores with invalid rows at ``-inf``, instead of ``nonzero``): fixed shapes, no
+    host synchronisation. ``k`` is at most ``L``."""
+    L = mconf.shape[0]
+    score = torch.where(valid, mconf.float(), torch.full_like(mconf, float("-inf"), dtype=torch.float32))
+    picked = score.topk(k, sorted=False).indices
+    keep = valid[picked]
+    order = torch.where(keep, picked, picked + L).argsort()  # valid first, each part by row
+    picked, keep = picked[order], keep[order]
+    i_ids = torch.where(keep, picked, picked[:1])
+    return CoarseCandidates(i_ids, j_ids[i_ids], mconf[i_ids].float(), keep, valid.sum())

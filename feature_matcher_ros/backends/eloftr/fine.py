@@ -301,6 +301,7 @@ class FinePreprocess(nn.Module):
         pad: int,
         stats: list | None = None,
         workspace: Workspace | None = None,
+        dense: bool = False,
     ) -> torch.Tensor:
         """The ``size x size`` full-resolution windows (zero padding ``pad``) of coarse ``cells (M,)``.
 
@@ -309,12 +310,13 @@ class FinePreprocess(nn.Module):
         whole fine map. Only the receptive field of the windows is computed (each level's 3x3 convs on
         the tiles the next level reads, or on the whole map where those tiles cover most of it), and the
         last x2 upsampling only inside the windows (:func:`upsample2x_windows`). When the receptive field
-        covers more than ``SPARSE_BELOW`` of the 1/2-resolution tiles, or on devices not in
-        ``SPARSE_DEVICES`` (GPUs), the whole maps are computed.
+        covers more than ``SPARSE_BELOW`` of the 1/2-resolution tiles, on devices not in
+        ``SPARSE_DEVICES`` (GPUs), or with ``dense`` (fixed shapes: CUDA graphs, export), the whole maps
+        are computed.
         """
         _, _, h, w = feat_c.shape
         rows, cols = window_sources(cells, w, 4 * h, 4 * w)
-        if feat_c.device.type not in self.SPARSE_DEVICES:
+        if dense or feat_c.device.type not in self.SPARSE_DEVICES:
             if stats is not None:
                 stats.append(FineSparseStats(1.0, 1.0, False))
             return upsample2x_windows(_hwc(self.half_from_laterals(feat_c, lat1, lat2)), rows, cols, cells, w, size,

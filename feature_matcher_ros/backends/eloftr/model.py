@@ -14,6 +14,11 @@ Two paths, same numbers (within float rounding, see the parity tests):
   the matched windows' receptive field when that is small) evaluated at the window pixels only, and fine
   matching. Its scratch buffers live in :attr:`EfficientLoFTR.workspace` between frames.
 
+* :meth:`EfficientLoFTR.match_static`: the streaming path with fixed shapes, for CUDA graphs and ONNX
+  export: at most K coarse candidates (the K best by confidence, ``topk`` instead of ``nonzero``) in
+  fixed-size tensors with a validity mask, the fine stage on those K windows, nothing read back to the
+  host inside the frame. Where K is at least the number of matches it gives the streaming path's matches.
+
 Images are ``(1, 1, H, W)`` float in [0, 1] with H and W multiples of 32. Outputs follow the official
 names and coordinate convention: ``mkpts0_f``, ``mkpts1_f`` ``(M, 2)`` ``(x, y)`` pixels of the network
 input (``8 * cell + k - 3.5`` for image 0), ``mconf``, ``b_ids``, ``i_ids``, ``j_ids``.
@@ -30,7 +35,15 @@ import torch
 from torch import nn
 
 from .backbone import RepVGGBackbone
-from .coarse import CoarseMatches, match_coarse, match_coarse_reference
+from .coarse import (
+    CoarseCandidates,
+    CoarseMatches,
+    coarse_rows,
+    coarse_rows_dense,
+    match_coarse,
+    match_coarse_reference,
+    top_candidates,
+)
 from .config import DEFAULT_THRESHOLDS, MODES, EloftrConfig, threshold_problem
 from .fine import FinePreprocess, fine_match, unfold_windows
 from .transformer import CoarseTransformer
@@ -169,6 +182,74 @@ class EfficientLoFTR(nn.Module):
         out["fine_fraction"] = stats
         return self._fine(out, win0, win1, timer, debug)
 
+    # -- static-shape streaming path ------------------------------------------------------------------
+    def candidate_count(self, data0: dict[str, torch.Tensor], data1: dict[str, torch.Tensor],
+                        max_candidates: int = 0) -> int:
+        """K of :meth:`match_static`: ``max_candidates`` (0: half the frame's coarse cells), at most the
+        keyframe's coarse cells (each keyframe cell has one best match)."""
+        h0, w0 = data0["feat"].shape[-2:]
+        h1, w1 = data1["feat"].shape[-2:]
+        k = int(max_candidates) if max_candidates > 0 else max(1, h1 * w1 // 2)
+        return min(k, h0 * w0)
+
+    @torch.inference_mode()
+    def match_static(
+        self,
+        data0: dict[str, torch.Tensor],
+        data1: dict[str, torch.Tensor],
+        mode: str,
+        threshold: torch.Tensor,
+        k: int,
+        timer: Any = _no_timer,
+        export: bool = False,
+    ) -> dict[str, torch.Tensor]:
+        """:meth:`match_extracted` with fixed shapes: ``mkpts0_f``, ``mkpts1_f`` ``(K, 2)``, ``mconf``,
+        ``valid`` ``(K,)``, ``i_ids``, ``j_ids`` ``(K,)`` and ``count`` (0-d: the matches before the K
+        best were kept). ``threshold`` is a 0-d tensor on the device (a new value needs no new graph).
+
+        Every shape follows from (keyframe size, frame size, K, mode); no ``.item()``, no data-dependent
+        branch. On the CPU the fine FPN still computes only the tiles the windows need (the CPU has no
+        host to synchronise with, and the pruning is most of its speed) and the fine stage on the valid
+        slots alone; with ``export`` (and on GPUs) the fine FPN runs on the whole maps and the fine stage on
+        all K windows, and with ``export`` coarse matching on the whole score matrix in plain operators.
+        """
+        dev = data0["feat"].device
+        with timer("transformer", dev):
+            f0, f1 = self.loftr_coarse(data0["feat"], data1["feat"], start=self.stream_start, factored=True)
+        with timer("coarse_matching", dev):
+            cand = self._candidates(f0, f1, mode, threshold, k, export)
+        out = self._coarse_outputs(cand, f0, f1, False)
+        # on the CPU the fine stage runs on the valid slots alone (nothing to synchronise with; the
+        # unused slots would cost as much as the matches), elsewhere on all K
+        slots = cand.valid.nonzero()[:, 0] if dev.type == "cpu" and not export else None
+        i_ids, j_ids = (cand.i_ids, cand.j_ids) if slots is None else (cand.i_ids[slots], cand.j_ids[slots])
+        with timer("fine_preprocess", dev):
+            fc0, fc1 = f0 / self.config.d_model**0.5, f1 / self.config.d_model**0.5  # the official 2nd /16
+            W, fp, ws = self.config.fine_window_size, self.fine_preprocess, self.workspace
+            win0 = fp.windows_sparse(fc0, data0["lat1"], data0["lat2"], i_ids, W, 0, None, ws, dense=export)
+            win1 = fp.windows_sparse(fc1, data1["lat1"], data1["lat2"], j_ids, W + 2, 1, None, ws, dense=export)
+        if slots is None:
+            out = self._fine(out, win0, win1, timer, False)
+        else:
+            part = {key: out[key][slots] for key in ("mkpts0_c", "mkpts1_c")}
+            part = self._fine(part, win0, win1, timer, False)
+            for key in ("mkpts0_f", "mkpts1_f"):
+                out[key][slots] = part[key]
+        return {key: out[key] for key in ("mkpts0_f", "mkpts1_f", "mconf", "i_ids", "j_ids")} | {
+            "valid": cand.valid, "count": cand.count}
+
+    def _candidates(self, f0: torch.Tensor, f1: torch.Tensor, mode: str, threshold: torch.Tensor, k: int,
+                    export: bool) -> CoarseCandidates:
+        cfg = self.config
+        args = (f0[0].flatten(1).t(), f1[0].flatten(1).t(), tuple(f0.shape[-2:]), tuple(f1.shape[-2:]), mode, threshold,
+                cfg.border_rm, cfg.dsmax_temperature)
+        if export:
+            rows = coarse_rows_dense(*args)
+        else:
+            chunk = cfg.score_chunk_bytes if f0.device.type == "cpu" else cfg.gpu_score_chunk_bytes
+            rows = coarse_rows(*args, chunk, f0.dtype, self.workspace)
+        return top_candidates(*rows, k)
+
     # -- faithful pairwise path -----------------------------------------------------------------------
     @torch.inference_mode()
     def forward_reference(
@@ -263,7 +344,8 @@ class EfficientLoFTR(nn.Module):
             chunk = cfg.score_chunk_bytes if f0.device.type == "cpu" else cfg.gpu_score_chunk_bytes
             return match_coarse(*args, cfg.border_rm, cfg.dsmax_temperature, chunk, f0.dtype, self.workspace)
 
-    def _coarse_outputs(self, coarse: CoarseMatches, f0: torch.Tensor, f1: torch.Tensor, debug: bool) -> dict[str, Any]:
+    def _coarse_outputs(self, coarse: CoarseMatches | CoarseCandidates, f0: torch.Tensor, f1: torch.Tensor,
+                        debug: bool) -> dict[str, Any]:
         s = float(self.config.coarse_stride)
         w0, w1 = f0.shape[-1], f1.shape[-1]
         i, j = coarse.i_ids, coarse.j_ids

@@ -53,8 +53,9 @@ class RoPE2d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x``: ``(N, h, w, d_model)`` -> rotated, same shape and dtype."""
         cos, sin = self.tables(x.shape[1], x.shape[2], x.device)
-        pairs = x.unflatten(-1, (-1, 2))
-        rotated = torch.stack((-pairs[..., 1], pairs[..., 0]), dim=-1).flatten(-2)
+        shape = tuple(int(v) for v in x.shape)  # constants when traced for export: every shape is fixed
+        pairs = x.reshape(*shape[:-1], shape[-1] // 2, 2)
+        rotated = torch.stack((-pairs[..., 1], pairs[..., 0]), dim=-1).reshape(shape)
         return (x * cos + rotated * sin).to(x.dtype)
 
 
@@ -92,9 +93,9 @@ class AggregatedAttentionLayer(nn.Module):
         query = self.norm1(self.aggregate(x).permute(0, 2, 3, 1))  # (N, h, w, C), h = H/4
         kv = self.norm1(F.max_pool2d(source, self.agg_size1, self.agg_size1).permute(0, 2, 3, 1))
         q, k, v = self.q_proj(query), self.k_proj(kv), self.v_proj(kv)
+        h, w = q.shape[1:3]
         if rope is not None:
             q, k = rope(q), rope(k)
-        h, w = q.shape[1:3]
         heads = lambda t: t.reshape(n, -1, self.nhead, c // self.nhead).transpose(1, 2)  # noqa: E731
         out = F.scaled_dot_product_attention(heads(q), heads(k), heads(v))  # (N, nhead, h*w, C/nhead)
         message = self.merge(out.transpose(1, 2).reshape(n, h, w, c))  # (N, h, w, C)

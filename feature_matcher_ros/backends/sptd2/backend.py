@@ -31,6 +31,14 @@ class SPTD2Backend(Backend):
             combination torch cannot run raises a RuntimeError naming it).
         weights: checkpoint path; None = the shipped ``sptd2_small.pt``; ``"random"`` = an untrained
             network of the small size, ``"random:VARIANT"`` of that size (for comparisons only).
+        onnx: run ``extract`` through onnxruntime instead of torch (``match`` is unchanged): a folder written by
+            :mod:`.onnx_export` (its ``sptd2.json`` lists one export per image size) or one exported ``.onnx``
+            file. An image of a size no export takes is a ValueError (no silent resizing: export that size or
+            set the frontend's ``resize_long_edge`` to give it). The settings baked into the export
+            (``sptd2.top_k``, ``nms_radius``, ``detection_threshold``, ``key_threshold``) default to the
+            export's values and cannot change (:meth:`validate` rejects it, naming the export). On ``cpu``
+            onnxruntime runs on its CPU provider with torch's thread count, otherwise on CUDA/TensorRT where
+            this onnxruntime has them; features land on ``device`` as with torch.
         settings: the ``sptd2.*`` parameters below.
     """
 
@@ -51,7 +59,7 @@ class SPTD2Backend(Backend):
     )
 
     def __init__(self, device: str = "cpu", precision: str = "fp32", weights: str | Path | None = None,
-                 **settings: Any) -> None:
+                 onnx: str | Path | None = None, **settings: Any) -> None:
         import torch
 
         from .config import SPTD2Config
@@ -67,6 +75,15 @@ class SPTD2Backend(Backend):
             self.model, self.meta = load_checkpoint(str(path))
             self.weights_path = str(path)
         self._torch = torch
+        self.onnx_path, self._onnx, self._baked = None, {}, {}
+        if onnx is not None:
+            from .onnx_export import baked_settings, open_exports
+
+            cpu = str(device) == "cpu"
+            self._onnx = open_exports(onnx, threads=torch.get_num_threads() if cpu else None,
+                                      providers=["CPUExecutionProvider"] if cpu else None)
+            self.onnx_path, self._baked = str(onnx), baked_settings(next(iter(self._onnx.values())).entry)
+            settings = {**self._baked, **settings}
         super().__init__(device=device, precision=precision, **settings)
         self._place()
 
@@ -103,6 +120,10 @@ class SPTD2Backend(Backend):
         kernel = settings.get("sptd2.match_nms_kernel", 0)
         if reason is None and isinstance(kernel, int) and kernel > 1 and kernel % 2 == 0:
             return f"sptd2.match_nms_kernel: must be odd (or 0/1 = off), got {kernel}"
+        for key, baked in self._baked.items():
+            if reason is None and key in settings and settings[key] != baked:
+                reason = (f"{key}: baked into the ONNX export {self.onnx_path} as {baked!r}, cannot be "
+                          f"{settings[key]!r} (export again with the new value)")
         return reason
 
     def apply(self, settings: Mapping[str, Any]) -> None:
@@ -111,6 +132,8 @@ class SPTD2Backend(Backend):
 
     # -- per image and per pair ---------------------------------------------------------------------
     def extract(self, image: np.ndarray) -> Features:
+        if self._onnx:
+            return self._extract_onnx(image)
         tensor = image_to_tensor(self.gray(image), self.device, self.dtype)
         cfg = DetectionConfig(top_k=int(self.settings["sptd2.top_k"]),
                               nms_radius=int(self.settings["sptd2.nms_radius"]),
@@ -118,6 +141,19 @@ class SPTD2Backend(Backend):
         out = detect_and_describe(self.model, tensor, cfg)
         data = {"keypoints": out["keypoints"], "scores": out["scores"],
                 "descriptors": out["descriptors"].to(self.dtype)}
+        return Features(self.name, tuple(image.shape[:2]), data, self.precision, str(self.device))
+
+    def _extract_onnx(self, image: np.ndarray) -> Features:
+        gray = self.gray(image)
+        extractor = self._onnx.get(gray.shape)
+        if extractor is None:
+            sizes = ", ".join(f"{w}x{h}" for h, w in self._onnx)
+            raise ValueError(f"sptd2.extract: the ONNX export {self.onnx_path} takes {sizes} (WxH) images, got "
+                             f"{gray.shape[1]}x{gray.shape[0]}; export that size or resize the images")
+        out = extractor(image_to_tensor(gray).numpy())
+        torch = self._torch
+        data = {k: torch.from_numpy(v).to(self.device) for k, v in out.items()}
+        data["descriptors"] = data["descriptors"].to(self.dtype)
         return Features(self.name, tuple(image.shape[:2]), data, self.precision, str(self.device))
 
     def match(self, feats0: Features, feats1: Features) -> Matches:
@@ -145,4 +181,4 @@ class SPTD2Backend(Backend):
         return Features(self.name, feats.image_size, data, self.precision, str(self.device))
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "weights": self.weights_path}
+        return {**super().describe(), "weights": self.weights_path, **({"onnx": self.onnx_path} if self._onnx else {})}
