@@ -4,6 +4,7 @@
         camera_info:=/camera/color/camera_info namespace:=front params_file:=/path/to/matcher.yaml
     ros2 launch feature_matcher_ros matcher.launch.py backend:=sptd2 device:=auto
     ros2 launch feature_matcher_ros matcher.launch.py backend:=eloftr weights:=/path/eloftr_outdoor.ckpt
+    ros2 launch feature_matcher_ros matcher.launch.py backend:=eloftr runtime:=onnxruntime weights:=/path/fm_export_dir
     ros2 launch feature_matcher_ros matcher.launch.py input_mode:=rgbd \
         params_file:=$(ros2 pkg prefix feature_matcher_ros)/share/feature_matcher_ros/config/matcher_rgbd.yaml \
         image:=/camera/color/image_raw camera_info:=/camera/color/camera_info \
@@ -14,11 +15,12 @@
     ros2 launch feature_matcher_ros matcher.launch.py base_frame:=base_link camera_frame:=camera_optical_frame \
         mount_x:=0.1 mount_z:=0.2 image:=/camera/image_raw camera_info:=/camera/camera_info
 
-``backend``, ``weights``, ``device``, ``input_mode``, ``base_frame``, ``camera_frame`` and ``publish_tf`` override
-the params file when given (empty = keep the file's value). ``depth`` (rgbd), ``right_image`` and
-``right_camera_info`` (stereo) remap the metric inputs. For a robot without a URDF, ``mount_x mount_y mount_z``
-(metres) and ``mount_roll mount_pitch mount_yaw`` (radians; zero looks along the base's x axis) also start
-``fm-static-transform`` publishing ``base_frame -> camera_frame`` (the camera's optical frame) on /tf_static.
+``backend``, ``weights``, ``device``, ``runtime``, ``input_mode``, ``base_frame``, ``camera_frame`` and
+``publish_tf`` override the params file when given (empty = keep the file's value). ``depth`` (rgbd),
+``right_image`` and ``right_camera_info`` (stereo) remap the metric inputs. For a robot without a URDF,
+``mount_x mount_y mount_z`` (metres) and ``mount_roll mount_pitch mount_yaw`` (radians; zero looks along the
+base's x axis) also start ``fm-static-transform`` publishing ``base_frame -> camera_frame`` (the camera's optical
+frame) on /tf_static.
 """
 
 import os
@@ -36,6 +38,7 @@ OVERRIDES = {
     "weights": "Checkpoint of a learned backend; eloftr needs eloftr_outdoor.ckpt (empty = the params file's: "
                "the shipped sptd2_small.pt for sptd2).",
     "device": "cpu | cuda | cuda:N | auto (empty = the params file's).",
+    "runtime": "torch | onnxruntime (weights = an fm-export folder; empty = the params file's).",
     "input_mode": "mono | rgbd | stereo (empty = the params file's).",
     "base_frame": "Robot frame of the odometry, e.g. base_link (empty = the params file's; '' there = the camera).",
     "camera_frame": "The camera's (optical) frame name in the outputs and TF (empty = the params file's).",

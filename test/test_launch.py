@@ -30,8 +30,8 @@ from ros_helpers import load_frames  # noqa: E402
 PKG = "feature_matcher_ros"
 TEST_DATA = Path(__file__).resolve().parent / "data"
 ARGUMENTS = {"namespace", "image", "camera_info", "params_file", "use_sim_time", "backend", "weights", "device",
-             "input_mode", "depth", "right_image", "right_camera_info", "base_frame", "camera_frame", "publish_tf",
-             "mount_x", "mount_y", "mount_z", "mount_roll", "mount_pitch", "mount_yaw"}
+             "runtime", "input_mode", "depth", "right_image", "right_camera_info", "base_frame", "camera_frame",
+             "publish_tf", "mount_x", "mount_y", "mount_z", "mount_roll", "mount_pitch", "mount_yaw"}
 
 
 @pytest.fixture(scope="module")
