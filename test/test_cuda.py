@@ -1,7 +1,8 @@
 """What only a CUDA device can show (marker ``cuda``; skipped without one). ``make gpu-check`` runs these.
 
 Efficient LoFTR on CUDA in fp32 against the official fixture (both paths, every pair and mode), the
-streaming path equal to the pairwise one on real frames, buffers reused between frames (not reallocated),
+streaming path equal to the pairwise one on real frames, the static path's CUDA graphs equal to the dynamic path
+(captured once per shape, mode and precision, the threshold live), buffers reused between frames (not reallocated),
 stage timings from CUDA events, fp16 / bf16 runs close to fp32, SPTD2 on CUDA close to the CPU, and the
 node over DDS on CUDA (when rclpy imports).
 """
@@ -98,7 +99,8 @@ def test_stage_times_come_from_cuda_events(backend, tum_gray, thr):
     feats = backend.extract(tum_gray[1])
     torch.cuda.synchronize()
     t0 = time.perf_counter()
-    backend.match(kf, feats)  # returns numpy matches: the frame's work has finished
+    backend.match_native(kf, feats)  # the dynamic path, timed per stage (a CUDA-graph frame is timed whole)
+    torch.cuda.synchronize()
     wall = 1000 * (time.perf_counter() - t0)
     stages = backend.stage_ms
     assert {"transformer", "coarse_matching", "fine_matching"} <= set(stages)
@@ -127,3 +129,45 @@ def test_sptd2_on_cuda_matches_the_cpu(tum_gray):
     a = {tuple(np.round(k)) for k in m_cpu.kpts0}
     b = {tuple(np.round(k)) for k in m_gpu.kpts0}
     assert len(a & b) / len(a | b) > 0.8
+
+
+@pytest.mark.parametrize("mode", ["full", "opt"])
+def test_cuda_graphs_give_the_dynamic_paths_matches(backend, fixture_dir, pair, mode, thr):
+    """The default on CUDA: eloftr.static with eloftr.cuda_graph, against the dynamic path on the device."""
+    assert backend.uses_graphs
+    use_mode(backend, mode, thr)
+    imgs = [gray(fixture_dir / f"{pair}_img{k}.png") for k in (0, 1)]
+    f0, f1 = (backend.extract_native(i) for i in imgs)
+    dynamic = backend.match_native(f0, f1)
+    out = backend.match_static(f0, f1)
+    v = out["valid"]
+    static = {k: out[k][v].cpu() for k in ("i_ids", "j_ids", "mconf", "mkpts0_f", "mkpts1_f")}
+    assert int(out["count"]) == len(dynamic["i_ids"])
+    assert static["i_ids"].tolist() == dynamic["i_ids"].cpu().tolist()
+    assert static["j_ids"].tolist() == dynamic["j_ids"].cpu().tolist()
+    for key in ("mkpts0_f", "mkpts1_f"):
+        np.testing.assert_allclose(static[key].numpy(), dynamic[key].cpu().numpy(), atol=1e-3, err_msg=key)
+    problems = compare_matches(static, load_fixture_reference(fixture_dir, pair, mode), mode, thr[mode])
+    assert not problems, "\n".join(problems)
+
+
+def test_cuda_graphs_capture_once_and_follow_live_settings(checkpoint, tum_gray, thr):
+    b = EfficientLoFTRBackend(device="cuda", weights=str(checkpoint), threshold=thr["full"])
+    kf = b.extract(tum_gray[0])
+    frames = [b.extract(img) for img in tum_gray[1:4]]
+    first = [b.match(kf, f) for f in frames]
+    graphs = b.counters["eloftr.cuda_graphs"]
+    assert graphs == 2  # one extraction graph (one size), one matching graph
+    again = b.match(kf, frames[0])  # features made before later replays are intact (cloned out of the graph)
+    np.testing.assert_array_equal(again.kpts1, first[0].kpts1)
+    b.apply({"eloftr.threshold": thr["full"] * 2})  # an input of the graph: no new capture
+    fewer = b.match(kf, frames[0])
+    assert b.counters["eloftr.cuda_graphs"] == graphs and len(fewer) < len(first[0])
+    assert (fewer.scores > thr["full"] * 2).all()
+    b.apply({"eloftr.mode": "opt", "eloftr.threshold": thr["opt"]})  # another graph for the other mode
+    b.match(kf, frames[0])
+    assert b.counters["eloftr.cuda_graphs"] == graphs + 1
+    b.set_precision("fp16")  # the graphs of fp32 are dropped; features are converted
+    kf16 = b.convert_features(kf)
+    m16 = b.match(kf16, b.extract(tum_gray[1]))
+    assert len(m16) > 0 and b.counters["eloftr.cuda_graphs"] == graphs + 3
