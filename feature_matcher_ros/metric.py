@@ -248,12 +248,13 @@ def _opencv_pnp(xn: np.ndarray, X: np.ndarray, f: float, thr_px: float, confiden
 
 def estimate_absolute_pose(
     X_kf: np.ndarray, kpts_cur: np.ndarray, camera: CameraModel, method: str = "poselib", threshold_px: float = 2.0,
-    confidence: float = 0.999, max_iterations: int = 10000, depth_noise: float = 0.0,
+    confidence: float = 0.999, max_iterations: int = 10000, depth_noise: float = 0.0, weighted: bool = False,
 ) -> AbsolutePose | None:
     """Robust pose of the current camera from keyframe points ``X_kf (N, 3)`` (metres, keyframe camera) seen
     at ``kpts_cur (N, 2)`` (pixels of ``camera``); None with fewer than ``MIN_PNP_POINTS`` inliers.
     Non-finite points are skipped (they count as outliers). ``depth_noise``: the points' depth standard deviation
-    over ``Z²`` (1/m), for the covariance (:func:`pnp_covariance`)."""
+    over ``Z²`` (1/m), for the covariance (:func:`pnp_covariance`) and, with ``weighted``, the final refinement
+    (:func:`refine_weighted`)."""
     if method not in PNP_METHODS:
         raise ValueError(f"absolute pose method must be one of {PNP_METHODS}, not {method!r}")
     X = np.asarray(X_kf, np.float64).reshape(-1, 3)
@@ -267,20 +268,17 @@ def estimate_absolute_pose(
         return None
     inliers = np.zeros(len(X), bool)
     inliers[finite[inl_f]] = True
-    cov, residual = pnp_covariance(R, t, X[inliers], camera.normalize(np.asarray(kpts_cur, np.float64)[inliers]),
-                                   camera.fx, camera.fy, depth_noise)
+    xn_in = camera.normalize(np.asarray(kpts_cur, np.float64)[inliers])
+    if weighted and depth_noise > 0:
+        R, t = refine_weighted(R, t, X[inliers], xn_in, camera.fx, camera.fy, depth_noise)
+    cov, residual = pnp_covariance(R, t, X[inliers], xn_in, camera.fx, camera.fy, depth_noise)
     return AbsolutePose(R, t, inliers, cov, residual, method)
 
 
-def pnp_covariance(R: np.ndarray, t: np.ndarray, X: np.ndarray, xn: np.ndarray, fx: float, fy: float,
-                   depth_noise: float = 0.0) -> tuple[np.ndarray, float]:
-    """``(covariance (6, 6), median residual px)`` of a PnP pose from its inliers: ``(Σ Jᵢᵀ Sᵢ⁻¹ Jᵢ)⁻¹`` with
-    ``Jᵢ`` the Jacobian of point i's pixel reprojection residual with respect to ``[dt, w]``
-    (``X_c = exp([w]x) R X + t + dt``, the convention of the module docstring) and ``Sᵢ`` the residual's
-    ``(2, 2)`` covariance: ``σ²``, the residual variance ``Σ r² / (2N - 6)`` (both images' keypoint noise, as the
-    residuals show it), plus the keyframe point's depth noise ``depth_noise · Z²`` along its ray (structured-light
-    depth, or stereo's ``Z² σ_d / (f b)``) seen through the projection, which the residuals barely show.
-    It grows with fewer points, smaller spread, farther and noisier depth."""
+def _reprojection(R: np.ndarray, t: np.ndarray, X: np.ndarray, xn: np.ndarray, fx: float, fy: float
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pixel residuals ``r (N, 2)`` of keyframe points ``X`` seen at normalised ``xn``, their Jacobian ``J (N, 2, 6)``
+    with respect to ``[dt, w]`` (``X_c = exp([w]x) R X + t + dt``) and ``d(pixel)/d(X_c)`` ``(N, 2, 3)``."""
     RX = X @ R.T
     Xc = RX + t
     z = Xc[:, 2]
@@ -292,10 +290,49 @@ def pnp_covariance(R: np.ndarray, t: np.ndarray, X: np.ndarray, xn: np.ndarray, 
     skew = np.zeros((n, 3, 3))  # dXc/dw = -[R X]x
     skew[:, 0, 1], skew[:, 0, 2], skew[:, 1, 2] = RX[:, 2], -RX[:, 1], RX[:, 0]
     skew[:, 1, 0], skew[:, 2, 0], skew[:, 2, 1] = -RX[:, 2], RX[:, 1], -RX[:, 0]
-    J = np.concatenate([Jp, Jp @ skew], axis=2)  # (n, 2, 6)
-    sigma2 = max(float((r**2).sum()) / max(1, 2 * n - 6), 1e-4)  # floor: (0.01 px)^2, for exact synthetic fits
-    S = sigma2 * np.eye(2) + _point_noise_px(X, Jp @ R, depth_noise)
-    info = np.einsum("nai,nab,nbj->ij", J, np.linalg.inv(S), J)
+    return r, np.concatenate([Jp, Jp @ skew], axis=2), Jp
+
+
+def _residual_information(R: np.ndarray, X: np.ndarray, r: np.ndarray, Jp: np.ndarray,
+                          depth_noise: float) -> np.ndarray:
+    """``(N, 2, 2)`` inverse covariances of the residuals: ``σ²`` from the residuals themselves plus each point's
+    depth noise (see :func:`pnp_covariance`)."""
+    sigma2 = max(float((r**2).sum()) / max(1, 2 * len(X) - 6), 1e-4)  # floor: (0.01 px)^2, exact synthetic fits
+    return np.linalg.inv(sigma2 * np.eye(2) + _point_noise_px(X, Jp @ R, depth_noise))
+
+
+def refine_weighted(R: np.ndarray, t: np.ndarray, X: np.ndarray, xn: np.ndarray, fx: float, fy: float,
+                    depth_noise: float, iterations: int = 5) -> tuple[np.ndarray, np.ndarray]:
+    """The pose refined on its inliers by Gauss-Newton on residuals weighted by their covariance: a far point
+    (small disparity, or deep structured-light depth) whose depth is uncertain along its ray counts less
+    than a near one, instead of as if its depth were exact (RANSAC's refinement weighs all alike)."""
+    for _ in range(iterations):
+        r, J, Jp = _reprojection(R, t, X, xn, fx, fy)
+        W = _residual_information(R, X, r, Jp, depth_noise)
+        H = np.einsum("nai,nab,nbj->ij", J, W, J)
+        g = np.einsum("nai,nab,nb->i", J, W, r)
+        try:
+            step = -np.linalg.solve(H, g)
+        except np.linalg.LinAlgError:
+            break
+        R = cv2.Rodrigues(step[3:])[0] @ R
+        t = t + step[:3]
+        if np.abs(step).max() < 1e-10:
+            break
+    return R, t
+
+
+def pnp_covariance(R: np.ndarray, t: np.ndarray, X: np.ndarray, xn: np.ndarray, fx: float, fy: float,
+                   depth_noise: float = 0.0) -> tuple[np.ndarray, float]:
+    """``(covariance (6, 6), median residual px)`` of a PnP pose from its inliers: ``(Σ Jᵢᵀ Sᵢ⁻¹ Jᵢ)⁻¹`` with
+    ``Jᵢ`` the Jacobian of point i's pixel reprojection residual with respect to ``[dt, w]``
+    (``X_c = exp([w]x) R X + t + dt``, the convention of the module docstring) and ``Sᵢ`` the residual's
+    ``(2, 2)`` covariance: ``σ²``, the residual variance ``Σ r² / (2N - 6)`` (both images' keypoint noise, as the
+    residuals show it), plus the keyframe point's depth noise ``depth_noise · Z²`` along its ray (structured-light
+    depth, or stereo's ``Z² σ_d / (f b)``) seen through the projection, which the residuals barely show.
+    It grows with fewer points, smaller spread, farther and noisier depth."""
+    r, J, Jp = _reprojection(R, t, X, xn, fx, fy)
+    info = np.einsum("nai,nab,nbj->ij", J, _residual_information(R, X, r, Jp, depth_noise), J)
     try:
         cov = np.linalg.inv(info)
     except np.linalg.LinAlgError:

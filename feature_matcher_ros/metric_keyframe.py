@@ -39,7 +39,7 @@ def metric_pose(kf: Keyframe, camera: CameraModel, m: Matches, depth0: np.ndarra
         return None, f"monocular pose: {with_depth} matches with depth (< pnp.min_points {s['pnp.min_points']})"
     X = back_project(kf.camera, m.kpts0, depth0)
     ap = estimate_absolute_pose(X, m.kpts1, camera, s["pnp.method"], s["pnp.threshold_px"], s["ransac.confidence"],
-                                int(s["ransac.max_iterations"]), kf.depth_noise)
+                                int(s["ransac.max_iterations"]), kf.depth_noise, bool(s["pnp.weighted"]))
     if ap is None:
         return None, f"monocular pose: the absolute pose found no consensus ({with_depth} matches with depth)"
     inl = ap.inliers

@@ -40,6 +40,8 @@ METRIC_PARAMS: tuple[ParamSpec, ...] = (
               "(solvePnPRansac + LM).", choices=PNP_METHODS),
     ParamSpec("pnp.threshold_px", 2.0, "Reprojection inlier threshold of the absolute pose (pixels).",
               min=0.1, max=50.0),
+    ParamSpec("pnp.weighted", True, "Refine the absolute pose on its inliers with each point weighted by its depth "
+              "noise (depth.noise, stereo.disparity_noise_px): far points count less (false: as RANSAC left it)."),
     ParamSpec("pnp.min_points", 12, "Fewer keyframe-to-frame matches with depth than this: monocular pose for "
               "that frame (said in its reason).", min=6, max=100_000),
 )

@@ -17,6 +17,7 @@ from feature_matcher_ros.metric import (
     depth_at,
     estimate_absolute_pose,
     pnp_covariance,
+    refine_weighted,
     stereo_depth_image,
     stereo_points,
 )
@@ -146,3 +147,46 @@ def test_covariance_matches_the_spread_of_repeated_estimates():
     measured = np.trace(np.cov(np.array(ts).T))
     predicted = np.trace(np.mean(covs, axis=0))
     assert 0.5 < measured / predicted < 2.0, (measured, predicted)
+
+
+def _stereo_like(rng, n=200, noise=0.01, near=(2.0, 6.0), far=(20.0, 60.0)):
+    """Keyframe points half near, half far, each with depth noise ``noise * Z²`` along its ray (stereo's
+    ``Z² σ_d / (f b)``), seen exactly after a known motion: the depth noise is the only error."""
+    z = np.r_[rng.uniform(*near, n // 2), rng.uniform(*far, n - n // 2)]
+    xy = rng.uniform(-0.4, 0.4, (n, 2)) * z[:, None]
+    X_true = np.column_stack([xy, z])
+    R = cv2.Rodrigues(np.array([0.01, -0.02, 0.005]))[0]
+    t = np.array([0.05, -0.02, 1.0])
+    Xc = X_true @ R.T + t
+    xn = Xc[:, :2] / Xc[:, 2:]
+    X = X_true * (1 + rng.normal(0, noise * z)[:, None] / z[:, None])  # moved along the ray by noise * Z²
+    return R, t, X, xn
+
+
+def test_weighted_refinement_trusts_near_points_more():
+    """With stereo-like depth noise the weighted pose is closer to the truth than the equal-weight least squares
+    it starts from (mean squared translation error over 40 draws: 0.79x here), and an exact fit stays put."""
+    rng = np.random.default_rng(3)
+    sq0, sq1 = [], []
+    for _ in range(40):
+        R, t, X, xn = _stereo_like(rng)
+        R0, t0 = refine_weighted(R, t, X, xn, 500.0, 500.0, depth_noise=1e-12)  # equal weights
+        R1, t1 = refine_weighted(R0, t0, X, xn, 500.0, 500.0, depth_noise=0.01)
+        sq0.append(np.sum((t0 - t) ** 2))
+        sq1.append(np.sum((t1 - t) ** 2))
+    assert np.mean(sq1) < 0.9 * np.mean(sq0), (np.mean(sq1), np.mean(sq0))
+    R, t, X, xn = _synthetic(100, 1.0, 3.0, rng, noise_px=0.0)
+    R2, t2 = refine_weighted(R, t, X, xn, 500.0, 500.0, depth_noise=0.01)
+    assert np.allclose(R2, R, atol=1e-9) and np.allclose(t2, t, atol=1e-9)
+
+
+def test_pnp_weighted_switch(shared):
+    """estimate_absolute_pose(weighted=...) changes the pose only through the refinement (same inliers)."""
+    rng = np.random.default_rng(4)
+    cam = CameraModel.from_matrix(1000, 1000, [[500, 0, 0], [0, 500, 0], [0, 0, 1]])
+    R, t, X, xn = _stereo_like(rng)
+    plain = estimate_absolute_pose(X, xn * 500, cam, "poselib", threshold_px=20.0, depth_noise=0.01)
+    weighted = estimate_absolute_pose(X, xn * 500, cam, "poselib", threshold_px=20.0, depth_noise=0.01,
+                                      weighted=True)
+    assert np.array_equal(plain.inliers, weighted.inliers)
+    assert np.linalg.norm(weighted.t - t) < np.linalg.norm(plain.t - t)

@@ -121,3 +121,47 @@ def test_bad_input(tum):
     orb = OrbBackend()
     with pytest.raises(ValueError, match="made by 'orb'"):
         backend.match(orb.extract(tum[0]), backend.extract(tum[0]))
+
+
+def _cells(kpts, cell=64):
+    return len({(int(x) // cell, int(y) // cell) for x, y in kpts})
+
+
+@pytest.mark.parametrize("name, off", [("sift", {"sift.grid_px": 0, "sift.min_contrast_threshold": 0.04}),
+                                       ("orb", {"orb.grid_px": 0, "orb.min_fast_threshold": 20})])
+def test_budget_and_grid_in_a_texture_poor_room(shared, name, off):
+    """TUM cabinet (texture-poor): the adapted threshold meets more of the budget and the grid covers more of the
+    image than the fixed-threshold detector; the off switches give exactly the plain detector."""
+    seq = read_sequence(shared / "data" / "tum_fr3_cabinet_rgbd")
+    img = cv2.imread(str(seq.frames[10][1]), cv2.IMREAD_GRAYSCALE)
+    budget = 1000
+    spread = create_backend(name, **{f"{name}.max_keypoints": budget})
+    plain = create_backend(name, **{f"{name}.max_keypoints": budget}, **off)
+    a, b = spread.extract(img).data["keypoints"], plain.extract(img).data["keypoints"]
+    assert len(a) > 2 * len(b) and len(a) >= 0.8 * budget
+    assert _cells(a) > _cells(b)
+    if name == "sift":  # off: what OpenCV's detector gives, keypoint for keypoint
+        ref = cv2.SIFT_create(nfeatures=budget).detect(img, None)
+        assert len(b) == len(ref)
+    assert not plain.spreads and spread.spreads
+
+
+def test_grid_select_takes_each_cells_best_first():
+    from feature_matcher_ros.backends.spread import grid_select
+
+    rng = np.random.default_rng(0)
+    xy = np.r_[rng.uniform(0, 32, (200, 2)), rng.uniform(64, 96, (5, 2)), rng.uniform(0, 128, (50, 2))]
+    response = rng.random(len(xy)).astype(np.float32)
+    pick = grid_select(xy, response, (128, 128), 60, 32)
+    assert len(pick) == len(set(pick.tolist())) == 60
+    cell = (xy[:, 1] // 32).astype(int) * 4 + (xy[:, 0] // 32).astype(int)
+    taken = {c: int((cell[pick] == c).sum()) for c in np.unique(cell)}
+    total = {c: int((cell == c).sum()) for c in np.unique(cell)}
+    # no cell is left with less than another's count - 1 unless it has nothing more to give
+    for c in taken:
+        assert taken[c] == total[c] or taken[c] >= max(taken.values()) - 1
+    # within a cell, the strongest are the ones taken
+    for c in taken:
+        mine = np.flatnonzero(cell == c)
+        best = set(mine[np.argsort(-response[mine])][: taken[c]].tolist())
+        assert best == set(pick[cell[pick] == c].tolist())

@@ -5,6 +5,13 @@ pass Lowe's ratio test (one match per distinct pixel pair). The score of a match
 (``d1``, ``d2``: distances to the nearest and second-nearest descriptor in the other image), in ``[0, 1]``,
 higher = more distinctive.
 
+Keypoints (default): a count that holds in texture-poor and texture-rich scenes alike, spread over a grid
+(:mod:`.spread`): when the configured detector threshold finds fewer keypoints than ``*.min_keypoints``, the
+detector runs again at a floor (``sift.min_contrast_threshold``, ``orb.min_fast_threshold``) and SIFT's
+threshold is halved until that many are found; at most ``*.max_keypoints`` are kept: each ``*.grid_px`` cell
+gives its strongest keypoint, then its second, until that budget is spent. ``*.grid_px: 0`` and a floor equal
+to the threshold are the plain detector (the strongest overall, one detection).
+
 Features.data (numpy; these backends always run on the CPU, ``device`` reads ``"cpu"``):
     ``keypoints``: ``(N, 2)`` float32 ``(x, y)`` pixels; ``scores``: ``(N,)`` float32 detector response;
     ``descriptors``: ``(N, 128)`` SIFT (float32, or float16 when the precision is ``fp16``) or ``(N, 32)``
@@ -32,6 +39,7 @@ import numpy as np
 
 from ..params import ParamSpec
 from .base import Backend, Features, Matches
+from .spread import adapt_threshold, grid_select
 
 
 def mutual_ratio_match(dist: np.ndarray, ratio: float, mutual: bool = True) -> tuple[np.ndarray, np.ndarray]:
@@ -91,13 +99,61 @@ class _OpenCVBackend(Backend):
     def _store_descriptors(self, desc: np.ndarray) -> np.ndarray:
         return desc
 
+    # the spread: the budget, the cell side, and the detector thresholds (configured, floor)
+    def _budget(self) -> int:
+        return int(self.settings[f"{self.name}.max_keypoints"])
+
+    def _target(self) -> int:
+        """How many keypoints the threshold adapts for: ``*.min_keypoints``, at most the budget."""
+        return min(self._budget(), int(self.settings[f"{self.name}.min_keypoints"]))
+
+    def _cell_px(self) -> int:
+        return int(self.settings[f"{self.name}.grid_px"])
+
+    def _thresholds(self) -> tuple[float, float]:
+        raise NotImplementedError
+
+    def _candidate_detector(self, threshold: float) -> Any:
+        """A detector at ``threshold`` keeping enough candidates for the grid."""
+        raise NotImplementedError
+
+    def _adapt(self, response: np.ndarray, threshold: float, floor: float) -> np.ndarray:
+        """Which floor-threshold candidates stay (all of them; SIFT cuts by its adapted threshold)."""
+        return np.ones(len(response), bool)
+
+    @property
+    def spreads(self) -> bool:
+        threshold, floor = self._thresholds()
+        return self._budget() > 0 and (self._cell_px() > 0 or floor < threshold)
+
     def apply(self, settings: Mapping[str, Any]) -> None:
         super().apply(settings)
         self._cv = self._detector()  # detector parameters take effect from the next extract
+        if self.spreads:
+            threshold, floor = self._thresholds()
+            self._candidates = self._candidate_detector(threshold)
+            self._floor = self._candidate_detector(floor) if floor < threshold else None
+
+    def _detect_spread(self, gray: np.ndarray) -> tuple[list, np.ndarray | None]:
+        """Keypoints and descriptors by :mod:`.spread` (adapted threshold, grid). Each detection computes the
+        descriptors of all its candidates (one image pyramid; a separate ``compute`` would build it again) and
+        the chosen rows are kept."""
+        kps, desc = self._candidates.detectAndCompute(gray, None)
+        if len(kps) < self._target() and self._floor is not None:
+            kps, desc = self._floor.detectAndCompute(gray, None)
+            keep = np.flatnonzero(self._adapt(np.array([k.response for k in kps], np.float32), *self._thresholds()))
+            kps, desc = [kps[i] for i in keep], (None if desc is None else desc[keep])
+        if not kps or desc is None:
+            return [], None
+        xy = np.array([k.pt for k in kps], np.float32).reshape(-1, 2)
+        response = np.array([k.response for k in kps], np.float32)
+        cell, budget = self._cell_px(), self._budget()
+        pick = np.sort(grid_select(xy, response, gray.shape, budget, cell) if cell else np.argsort(-response)[:budget])
+        return [kps[i] for i in pick], desc[pick]
 
     def extract(self, image: np.ndarray) -> Features:
         gray = self.gray(image)
-        kps, desc = self._cv.detectAndCompute(gray, None)
+        kps, desc = self._detect_spread(gray) if self.spreads else self._cv.detectAndCompute(gray, None)
         if desc is None or len(kps) == 0:
             kpts = np.zeros((0, 2), np.float32)
             resp = np.zeros(0, np.float32)
@@ -154,7 +210,28 @@ class SiftBackend(_OpenCVBackend):
         ParamSpec("sift.mutual", True, "Keep only mutual nearest neighbours."),
         ParamSpec("sift.contrast_threshold", 0.04, "SIFT detector contrast threshold.", min=0.0, max=1.0),
         ParamSpec("sift.edge_threshold", 10.0, "SIFT detector edge threshold.", min=1.0, max=100.0),
+        ParamSpec("sift.min_keypoints", 1000, "With fewer keypoints than this, the contrast threshold is halved (down "
+                  "to sift.min_contrast_threshold) until there are this many.", min=0, max=100000),
+        ParamSpec("sift.min_contrast_threshold", 0.005, "The floor of that adaptation (>= sift.contrast_threshold: a "
+                  "fixed threshold).", min=0.0, max=1.0),
+        ParamSpec("sift.grid_px", 64, "Spread the keypoints over square cells of this side (pixels): every cell's "
+                  "strongest first, then every cell's second, ... (0 = off: the strongest overall).", min=0,
+                  max=4096),
     )
+    # SIFT keeps an extremum when |contrast| * layers >= contrastThreshold; the response is |contrast|
+    LAYERS: ClassVar[int] = 3
+
+    def _thresholds(self) -> tuple[float, float]:
+        s = self.settings
+        return float(s["sift.contrast_threshold"]), float(s["sift.min_contrast_threshold"])
+
+    def _candidate_detector(self, threshold: float) -> Any:
+        return cv2.SIFT_create(nfeatures=0, nOctaveLayers=self.LAYERS, contrastThreshold=threshold,
+                               edgeThreshold=float(self.settings["sift.edge_threshold"]))
+
+    def _adapt(self, response: np.ndarray, threshold: float, floor: float) -> np.ndarray:
+        t = adapt_threshold(response, threshold, floor, self._target(), 1.0 / self.LAYERS)
+        return response >= t / self.LAYERS
 
     def _detector(self) -> Any:
         s = self.settings
@@ -189,7 +266,24 @@ class OrbBackend(_OpenCVBackend):
         ParamSpec("orb.scale_factor", 1.2, "Pyramid decimation ratio.", min=1.01, max=2.0),
         ParamSpec("orb.levels", 8, "Number of pyramid levels.", min=1, max=16),
         ParamSpec("orb.fast_threshold", 20, "FAST corner threshold.", min=1, max=255),
+        ParamSpec("orb.min_keypoints", 500, "With fewer keypoints than this, detect again at orb.min_fast_threshold.",
+                  min=0, max=100000),
+        ParamSpec("orb.min_fast_threshold", 7, "The FAST threshold of that second detection (>= orb.fast_threshold: "
+                  "a fixed threshold).", min=1, max=255),
+        ParamSpec("orb.grid_px", 64, "Spread the keypoints over square cells of this side (pixels): every cell's "
+                  "strongest first, then every cell's second, ... (0 = off: ORB's own choice).", min=0, max=4096),
     )
+    # candidates kept per detection for the grid to choose from, as a multiple of the budget
+    CANDIDATES: ClassVar[int] = 4
+
+    def _thresholds(self) -> tuple[float, float]:
+        s = self.settings
+        return float(s["orb.fast_threshold"]), float(s["orb.min_fast_threshold"])
+
+    def _candidate_detector(self, threshold: float) -> Any:
+        s = self.settings
+        return cv2.ORB_create(nfeatures=self.CANDIDATES * self._budget(), scaleFactor=float(s["orb.scale_factor"]),
+                              nlevels=int(s["orb.levels"]), fastThreshold=int(threshold))
 
     def _detector(self) -> Any:
         s = self.settings
