@@ -13,8 +13,10 @@ from feature_matcher_ros.ros import conversions as cv
 from ros_helpers import answered_with, running_node
 
 NS = 1_000_000_000
-RGBD = ("backend:=sift", "device:=cpu", "input_qos:=reliable", "sift.contrast_threshold:=0.01",
-        "depth.scale:=0.0002", "keyframe.min_inliers:=5", "tracking.min_inliers:=5", "keyframe.min_matches:=8",
+# the pose values of config/matcher_rgbd.yaml (tuned on the cabinet: docs/evaluation.md); raw TUM depth (1/5000 m)
+RGBD = ("backend:=sift", "device:=cpu", "input_qos:=reliable", "sift.contrast_threshold:=0.015", "sift.ratio:=0.88",
+        "depth.scale:=0.0002", "keyframe.min_inliers:=55", "tracking.min_inliers:=10", "keyframe.min_matches:=18",
+        "ransac.threshold_px:=0.7", "pnp.threshold_px:=3.5", "pnp.min_points:=9", "pose.floor_m:=0.015",
         "diagnostics_period_s:=0.2", "sync.queue_size:=3")
 STEREO = ("backend:=sift", "device:=cpu", "input_qos:=reliable", "depth.max_m:=80.0", "diagnostics_period_s:=0.2",
           "sync.queue_size:=3")
