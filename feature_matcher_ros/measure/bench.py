@@ -216,7 +216,7 @@ def _variants(args: argparse.Namespace, backend, keyframe: np.ndarray, frame: np
         out["dynamic"] = create_backend("eloftr", device=args.device, precision=args.precision, weights=args.weights,
                                         **settings, **{"eloftr.static": False})
     if args.runtime == "onnxruntime":
-        folder = args.onnx or _export_for_bench(args)
+        folder = args.onnx or _export_for_bench(args, backend.model)
         out["onnxruntime"] = create_backend("eloftr", device=args.device, precision=args.precision, weights=folder,
                                             runtime="onnxruntime", num_threads=args.threads or None, **settings)
     warm = {}
@@ -227,14 +227,13 @@ def _variants(args: argparse.Namespace, backend, keyframe: np.ndarray, frame: np
     return warm
 
 
-def _export_for_bench(args: argparse.Namespace) -> str:
+def _export_for_bench(args: argparse.Namespace, model) -> str:
+    """An export of the benchmarked ``model`` (already in ``--precision``) at ``--size``, in a temporary folder."""
     import tempfile
 
-    from ..backends import create_backend
     from ..backends.eloftr.onnx_export import ExportSpec, export_eloftr
 
     folder = tempfile.mkdtemp(prefix="fm-bench-onnx-")
-    model = create_backend("eloftr", device=args.device, precision=args.precision, weights=args.weights).model
     export_eloftr(model, folder, ExportSpec(tuple(args.size), modes=(args.mode or "full",), precision=args.precision,
                                             weights=args.weights))
     return folder

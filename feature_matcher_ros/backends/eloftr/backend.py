@@ -33,7 +33,7 @@ from ..base import PRECISIONS, Backend, Features, Matches, torch_dtype
 from .config import DEFAULT_THRESHOLDS, MODES, threshold_problem
 from .graphs import GraphCache, shape_key
 from .loader import load_model
-from .model import EfficientLoFTR, StageTimer
+from .model import FEATURES, EfficientLoFTR, StageTimer, _no_timer
 
 
 def _resolve_device(device: str) -> str:
@@ -164,8 +164,7 @@ class EfficientLoFTRBackend(Backend):
                 raise ValueError(f"eloftr: precision {precision} is not usable on {self.device}: {problem}")
         if self.model is not model:
             self.model.workspace.clear()  # the previous precision's scratch buffers
-            if hasattr(self, "_graphs"):
-                self._graphs.clear()  # captured with the previous precision's weights
+            self._graphs.clear()  # captured with the previous precision's weights
         self.model = model
         self.precision = precision
 
@@ -254,12 +253,16 @@ class EfficientLoFTRBackend(Backend):
         host = (torch.cat([out["mkpts0_f"].float(), out["mkpts1_f"].float(), out["mconf"].float()[:, None],
                            out["valid"].float()[:, None], out["count"].float().expand(len(out["valid"]), 1)], 1)
                 .cpu().numpy())  # one device-to-host copy after the frame
+        return self._slot_matches(host, feats0, feats1)
+
+    def _slot_matches(self, host: np.ndarray, feats0: Features, feats1: Features) -> Matches:
+        """Matches from the static path's K slots on the host, rows ``x0 y0 x1 y1 score valid count`` (network
+        pixels): the truncation counted, the valid slots kept, mapped to the callers' pixels."""
         count, k = int(host[0, 6]), len(host)
         self.last_candidates = (count, k)
         self.truncated_frames += count > k
-        host = host[host[:, 5] > 0.5]
-        return self._scale_host(host, feats0.image_size, feats1.image_size, feats0.data["net_size"],
-                                feats1.data["net_size"])
+        return self._scale_host(host[host[:, 5] > 0.5], feats0.image_size, feats1.image_size,
+                                feats0.data["net_size"], feats1.data["net_size"])
 
     def match_static(self, feats0: Features, feats1: Features) -> dict[str, torch.Tensor]:
         """:meth:`EfficientLoFTR.match_static` outputs (fixed shapes, on the device), through a CUDA graph
@@ -272,12 +275,10 @@ class EfficientLoFTRBackend(Backend):
         timer = StageTimer()
         self._timer = ("", timer)
         inputs = {f"{name}{n}": d[name] for n, d in ((0, feats0.data), (1, feats1.data))
-                  for name in ("feat", "lat1", "lat2")} | {"threshold": self._threshold}
+                  for name in FEATURES} | {"threshold": self._threshold}
 
-        def run(t: Mapping[str, torch.Tensor], timer: Any = None) -> dict[str, torch.Tensor]:
-            d0, d1 = ({name: t[f"{name}{n}"] for name in ("feat", "lat1", "lat2")} for n in (0, 1))
-            if timer is None:
-                return model.match_static(d0, d1, mode, t["threshold"], k)
+        def run(t: Mapping[str, torch.Tensor], timer: Any = _no_timer) -> dict[str, torch.Tensor]:
+            d0, d1 = ({name: t[f"{name}{n}"] for name in FEATURES} for n in (0, 1))
             return model.match_static(d0, d1, mode, t["threshold"], k, timer)
 
         if not self.uses_graphs:

@@ -245,9 +245,7 @@ def coarse_rows(
     else:
         scratch = ws.get("coarse.block", (step, S), torch.float32, device)
         j_ids, mconf, mutual = _full_passes(scorer, blocks, scratch)
-    valid = (mconf > threshold) & mutual
-    valid &= border_mask(*hw0, border_rm, device) & border_mask(*hw1, border_rm, device)[j_ids]
-    return j_ids, mconf, valid
+    return j_ids, mconf, _valid_rows(mconf, mutual, j_ids, hw0, hw1, threshold, border_rm)
 
 
 def coarse_rows_dense(
@@ -275,9 +273,16 @@ def coarse_rows_dense(
         best, j_ids = logc.max(1)
         mutual = e.gather(1, j_ids[:, None])[:, 0] == e.amax(0)[j_ids]
         mconf = best.exp()
-    valid = (mconf > threshold) & mutual
-    valid = valid & border_mask(*hw0, border_rm, f0.device) & border_mask(*hw1, border_rm, f0.device)[j_ids]
-    return j_ids, mconf, valid
+    return j_ids, mconf, _valid_rows(mconf, mutual, j_ids, hw0, hw1, threshold, border_rm)
+
+
+def _valid_rows(mconf: torch.Tensor, mutual: torch.Tensor, j_ids: torch.Tensor, hw0: tuple[int, int],
+                hw1: tuple[int, int], threshold: float | torch.Tensor, border_rm: int) -> torch.Tensor:
+    """``(L,)`` rows whose best column is a match: above the threshold, mutual, both cells inside the border
+    (out-of-place operators only: the ONNX exporter traces this too)."""
+    device = mconf.device
+    return (mconf > threshold) & mutual & border_mask(*hw0, border_rm, device) & border_mask(*hw1, border_rm,
+                                                                                             device)[j_ids]
 
 
 def match_coarse(f0: torch.Tensor, f1: torch.Tensor, *args, **kwargs) -> CoarseMatches:

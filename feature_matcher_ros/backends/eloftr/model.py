@@ -49,6 +49,9 @@ from .fine import FinePreprocess, fine_match, unfold_windows
 from .transformer import CoarseTransformer
 from .workspace import Workspace
 
+# what :meth:`EfficientLoFTR.extract` returns for an image (a keyframe's cached features)
+FEATURES = ("feat", "lat1", "lat2")
+
 
 class StageTimer:
     """Milliseconds per named stage, accumulated.

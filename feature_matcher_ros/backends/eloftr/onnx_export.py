@@ -29,11 +29,10 @@ from torch import nn
 
 from .config import DEFAULT_THRESHOLDS, MODES
 from .fine import _upsample_matrix
-from .model import EfficientLoFTR
+from .model import FEATURES, EfficientLoFTR
 
 SIDECAR = "eloftr.json"
 OPSET = 18
-FEATURES = ("feat", "lat1", "lat2")
 MATCH_INPUTS = tuple(f"{n}{k}" for k in (0, 1) for n in FEATURES) + ("threshold",)
 MATCH_OUTPUTS = ("mkpts0", "mkpts1", "mconf", "valid", "count", "i_ids", "j_ids")
 

@@ -18,26 +18,9 @@ from typing import Any
 import numpy as np
 
 from ..base import Backend, Features, Matches
+from ..onnx_providers import providers_for
 from .backend import EfficientLoFTRBackend
 from .onnx_export import FEATURES, MATCH_INPUTS, MATCH_OUTPUTS, read_sidecar
-
-
-def providers_for(device: str, folder: Path | None = None, fp16: bool = False) -> list[Any]:
-    """onnxruntime's execution providers for ``device``, best first, those this install has. TensorRT builds
-    its engines on first use and caches them in ``folder/trt_cache`` (minutes once, then seconds)."""
-    import onnxruntime as ort
-
-    have = ort.get_available_providers()
-    out: list[Any] = []
-    if str(device).startswith("cuda"):
-        if "TensorrtExecutionProvider" in have:
-            options = {"trt_fp16_enable": fp16}
-            if folder is not None:
-                options.update(trt_engine_cache_enable=True, trt_engine_cache_path=str(folder / "trt_cache"))
-            out.append(("TensorrtExecutionProvider", options))
-        if "CUDAExecutionProvider" in have:
-            out.append("CUDAExecutionProvider")
-    return out + ["CPUExecutionProvider"]
 
 
 class OnnxEloftrBackend(EfficientLoFTRBackend):
@@ -143,13 +126,10 @@ class OnnxEloftrBackend(EfficientLoFTRBackend):
 
     def match(self, feats0: Features, feats1: Features) -> Matches:
         out = self.match_outputs(feats0, feats1)
-        valid = out["valid"].astype(bool)
-        count, k = int(out["count"]), len(valid)
-        self.last_candidates = (count, k)
-        self.truncated_frames += count > k
-        host = np.concatenate([out["mkpts0"], out["mkpts1"], out["mconf"][:, None]], 1).astype(np.float32)[valid]
-        return self._scale_host(host, feats0.image_size, feats1.image_size, feats0.data["net_size"],
-                                feats1.data["net_size"])
+        k = len(out["valid"])
+        host = np.concatenate([out["mkpts0"], out["mkpts1"], out["mconf"][:, None], out["valid"][:, None],
+                               np.full((k, 1), out["count"])], 1).astype(np.float32)
+        return self._slot_matches(host, feats0, feats1)
 
     def match_outputs(self, feats0: Features, feats1: Features) -> dict[str, np.ndarray]:
         """The matching graph's fixed-K outputs (:data:`MATCH_OUTPUTS`, network pixels) for two features."""

@@ -77,11 +77,12 @@ class SPTD2Backend(Backend):
         self._torch = torch
         self.onnx_path, self._onnx, self._baked = None, {}, {}
         if onnx is not None:
+            from ..onnx_providers import providers_for
             from .onnx_export import baked_settings, open_exports
 
             cpu = str(device) == "cpu"
             self._onnx = open_exports(onnx, threads=torch.get_num_threads() if cpu else None,
-                                      providers=["CPUExecutionProvider"] if cpu else None)
+                                      providers=providers_for(device))
             self.onnx_path, self._baked = str(onnx), baked_settings(next(iter(self._onnx.values())).entry)
             settings = {**self._baked, **settings}
         super().__init__(device=device, precision=precision, **settings)

@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from ..onnx_providers import providers_for
 from .backend import SPTD2Backend
 
 SIDECAR = "sptd2.json"
@@ -232,22 +233,13 @@ def _check_consistent(entries: list[dict[str, Any]], who: str) -> None:
         sizes.add(size)
 
 
-def default_providers() -> list[str]:
-    """TensorRT and CUDA where this onnxruntime has them, then the CPU."""
-    import onnxruntime as ort
-
-    available = ort.get_available_providers()
-    return [p for p in ("TensorrtExecutionProvider", "CUDAExecutionProvider") if p in available] + [
-        "CPUExecutionProvider"]
-
-
 class OnnxSPTD2Extractor:
     """One exported graph in an onnxruntime session.
 
     Args:
         path: the ``.onnx`` file (from :func:`export_sptd2`).
         threads: onnxruntime's ``intra_op_num_threads`` (None = its default).
-        providers: execution providers (None = :func:`default_providers`).
+        providers: execution providers (None = those of a CUDA device, :func:`..onnx_providers.providers_for`).
     Attributes:
         size: ``(H, W)`` the graph takes; entry: its description (the file's ``sptd2`` metadata; None when
             absent); path, session.
@@ -266,7 +258,7 @@ class OnnxSPTD2Extractor:
         if threads is not None:
             options.intra_op_num_threads = int(threads)
         self.session = ort.InferenceSession(str(self.path), options,
-                                            providers=list(providers) if providers else default_providers())
+                                            providers=list(providers) if providers else providers_for("cuda"))
         meta = self.session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
         self.entry: dict[str, Any] | None = json.loads(meta) if meta else None
         shape = self.session.get_inputs()[0].shape
