@@ -56,7 +56,14 @@ from .geometry import RelativePose, estimate_relative_pose
 from .keyframes import Keyframe, KeyframeCache, KeyframePolicy, median_displacement_px
 from .loops import Edge, LoopStore, verified_loops
 from .metric import StereoFrame
-from .metric_keyframe import depth_noise, keyframe_depth, keyframe_landmarks, metric_pose, stereo_keyframe_depth
+from .metric_keyframe import (
+    depth_noise,
+    keyframe_depth,
+    keyframe_landmarks,
+    keyframe_window,
+    metric_pose,
+    stereo_keyframe_depth,
+)
 from .params import ParamSpec, check_changes
 from .se3 import compose_with_covariance, invert
 from .settings import FRONTEND_PARAMS, INPUT_MODES, PRECISION_PARAM, cross_check
@@ -457,6 +464,8 @@ class Frontend:
                 cov = cov + LOST_VARIANCE * np.eye(6)
             new_kf = self._new_keyframe(frame, (T, cov), timings)
         att, world = outcome.attempt, outcome.world
+        if new_kf is not None and att is not None:
+            keyframe_window(new_kf, att.keyframe, att.matches, att.depth0, att.pose, self._settings)
         loops = []
         if new_kf is not None:
             loops = _loop_closures(self._loops, new_kf, lambda old: self._attempt(old, frame), self._settings, timings)

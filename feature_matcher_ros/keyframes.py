@@ -28,6 +28,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -55,6 +56,8 @@ class Keyframe:
         depth_noise: the standard deviation of a depth ``Z`` over ``Z²`` (1/m), for the pose covariance.
         landmarks: ``(K, 5)`` float32 ``x y z u v``: 3-D points in the keyframe camera frame (metres) and their
             keyframe pixels (see :meth:`~feature_matcher_ros.frontend.Frontend.process`); None without depth.
+        window: earlier keyframes' measurements of its keypoints (:class:`~.metric_window.WindowPoints`,
+            ``pnp.window``); None when it has none.
     """
 
     features: Features
@@ -68,10 +71,11 @@ class Keyframe:
     depth: np.ndarray | None = None
     landmarks: np.ndarray | None = None
     depth_noise: float = 0.0
+    window: Any = None
 
     @property
     def nbytes(self) -> int:
-        extra = sum(a.nbytes for a in (self.depth, self.landmarks) if a is not None)
+        extra = sum(a.nbytes for a in (self.depth, self.landmarks, self.window) if a is not None)
         return self.features.nbytes + extra
 
 

@@ -283,32 +283,67 @@ def _reprojection(R: np.ndarray, t: np.ndarray, X: np.ndarray, xn: np.ndarray, f
     Xc = RX + t
     z = Xc[:, 2]
     r = (Xc[:, :2] / z[:, None] - xn) * np.array([fx, fy])
-    n = len(X)
-    Jp = np.zeros((n, 2, 3))  # d(pixel)/d(Xc): [[fx/z, 0, -fx x/z^2], [0, fy/z, -fy y/z^2]]
+    Jp = np.zeros((len(X), 2, 3))  # d(pixel)/d(Xc): [[fx/z, 0, -fx x/z^2], [0, fy/z, -fy y/z^2]]
     Jp[:, 0, 0], Jp[:, 0, 2] = fx / z, -fx * Xc[:, 0] / z**2
     Jp[:, 1, 1], Jp[:, 1, 2] = fy / z, -fy * Xc[:, 1] / z**2
-    skew = np.zeros((n, 3, 3))  # dXc/dw = -[R X]x
-    skew[:, 0, 1], skew[:, 0, 2], skew[:, 1, 2] = RX[:, 2], -RX[:, 1], RX[:, 0]
-    skew[:, 1, 0], skew[:, 2, 0], skew[:, 2, 1] = -RX[:, 2], RX[:, 1], -RX[:, 0]
-    return r, np.concatenate([Jp, Jp @ skew], axis=2), Jp
+    return r, Jp @ point_jacobian(RX), Jp
 
 
-def _residual_information(R: np.ndarray, X: np.ndarray, r: np.ndarray, Jp: np.ndarray,
-                          depth_noise: float) -> np.ndarray:
-    """``(N, 2, 2)`` inverse covariances of the residuals: ``σ²`` from the residuals themselves plus each point's
-    depth noise (see :func:`pnp_covariance`)."""
-    sigma2 = max(float((r**2).sum()) / max(1, 2 * len(X) - 6), 1e-4)  # floor: (0.01 px)^2, exact synthetic fits
-    return np.linalg.inv(sigma2 * np.eye(2) + _point_noise_px(X, Jp @ R, depth_noise))
+def point_jacobian(RX: np.ndarray) -> np.ndarray:
+    """``(N, 3, 6)``: d X_c / d [dt, w] of points ``X_c = exp([w]x) R X + t + dt`` at ``RX`` = ``R X`` ``(N, 3)``:
+    ``[I, -[R X]x]``."""
+    n = len(RX)
+    J = np.zeros((n, 3, 6))
+    J[:, [0, 1, 2], [0, 1, 2]] = 1.0
+    J[:, 0, 4], J[:, 0, 5], J[:, 1, 5] = RX[:, 2], -RX[:, 1], RX[:, 0]
+    J[:, 1, 3], J[:, 2, 3], J[:, 2, 4] = -RX[:, 2], RX[:, 1], -RX[:, 0]
+    return J
+
+
+def residual_variance(r: np.ndarray) -> float:
+    """``σ²`` (px²) of pixel residuals ``r (N, 2)`` of a 6-DoF fit: ``Σ r² / (2N - 6)``, at least ``(0.01 px)²``
+    (exact synthetic fits)."""
+    return max(float((r**2).sum()) / max(1, 2 * len(r) - 6), 1e-4)
+
+
+def _residual_information(R: np.ndarray, r: np.ndarray, Jp: np.ndarray, point_cov: np.ndarray,
+                          sigma2: float | None = None) -> np.ndarray:
+    """``(N, 2, 2)`` inverse covariances of the residuals: ``σ²`` (from the residuals themselves unless given) plus
+    each point's own ``(3, 3)`` covariance ``point_cov`` (keyframe frame) seen through the projection (see
+    :func:`pnp_covariance`)."""
+    sigma2 = residual_variance(r) if sigma2 is None else sigma2
+    A = Jp @ R  # d(pixel)/d(X), X in the keyframe frame
+    return np.linalg.inv(sigma2 * np.eye(2) + A @ point_cov @ A.transpose(0, 2, 1))
+
+
+def ray_covariance(X: np.ndarray, depth_noise: float) -> np.ndarray:
+    """``(N, 3, 3)``: the covariance of keyframe points ``X`` (their camera frame) whose depth ``Z`` has the standard
+    deviation ``depth_noise · Z²``, along their rays (structured light, or stereo's ``Z² σ_d / (f b)``).
+
+    >>> ray_covariance(np.array([[0.0, 0.0, 2.0]]), 0.01)[0].diagonal().round(6).tolist()
+    [0.0, 0.0, 0.0016]
+    """
+    Z = X[:, 2]
+    ray = X / Z[:, None]  # d X / d Z
+    return ((depth_noise * Z**2) ** 2)[:, None, None] * (ray[:, :, None] * ray[:, None, :])
 
 
 def refine_weighted(R: np.ndarray, t: np.ndarray, X: np.ndarray, xn: np.ndarray, fx: float, fy: float,
-                    depth_noise: float, iterations: int = 5) -> tuple[np.ndarray, np.ndarray]:
+                    depth_noise: float, iterations: int = 5, point_cov: np.ndarray | None = None,
+                    huber: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """The pose refined on its inliers by Gauss-Newton on residuals weighted by their covariance: a far point
     (small disparity, or deep structured-light depth) whose depth is uncertain along its ray counts less
-    than a near one, instead of as if its depth were exact (RANSAC's refinement weighs all alike)."""
+    than a near one, instead of as if its depth were exact (RANSAC's refinement weighs all alike).
+    ``point_cov`` ``(N, 3, 3)``: the points' covariances (keyframe frame) when they are not ``depth_noise``
+    along their rays (:func:`ray_covariance`); ``huber`` > 0: Huber weights on the whitened residual norms
+    (robust to a few wrong points)."""
+    cov = ray_covariance(X, depth_noise) if point_cov is None else point_cov
     for _ in range(iterations):
         r, J, Jp = _reprojection(R, t, X, xn, fx, fy)
-        W = _residual_information(R, X, r, Jp, depth_noise)
+        W = _residual_information(R, r, Jp, cov)
+        if huber > 0:
+            m = np.sqrt(np.maximum(np.einsum("na,nab,nb->n", r, W, r), 1e-12))
+            W = W * np.minimum(1.0, huber / m)[:, None, None]
         H = np.einsum("nai,nab,nbj->ij", J, W, J)
         g = np.einsum("nai,nab,nb->i", J, W, r)
         try:
@@ -332,18 +367,9 @@ def pnp_covariance(R: np.ndarray, t: np.ndarray, X: np.ndarray, xn: np.ndarray, 
     depth, or stereo's ``Z² σ_d / (f b)``) seen through the projection, which the residuals barely show.
     It grows with fewer points, smaller spread, farther and noisier depth."""
     r, J, Jp = _reprojection(R, t, X, xn, fx, fy)
-    info = np.einsum("nai,nab,nbj->ij", J, _residual_information(R, X, r, Jp, depth_noise), J)
+    info = np.einsum("nai,nab,nbj->ij", J, _residual_information(R, r, Jp, ray_covariance(X, depth_noise)), J)
     try:
         cov = np.linalg.inv(info)
     except np.linalg.LinAlgError:
         cov = np.eye(6) * 1e6
     return 0.5 * (cov + cov.T), float(np.median(np.linalg.norm(r, axis=1)))
-
-
-def _point_noise_px(X: np.ndarray, A: np.ndarray, depth_noise: float) -> np.ndarray:
-    """``(N, 2, 2)``: the depth noise ``depth_noise Z²`` of keyframe points ``X`` (keyframe camera), along their rays,
-    in the current pixels; ``A`` = d(pixel)/d(X) ``(N, 2, 3)``."""
-    Z = X[:, 2]
-    ray = X / Z[:, None]  # d X / d Z
-    along = ((depth_noise * Z**2) ** 2)[:, None, None] * (ray[:, :, None] * ray[:, None, :])
-    return A @ along @ A.transpose(0, 2, 1)

@@ -16,6 +16,7 @@ from .camera import CameraModel
 from .geometry import RelativePose, rotation_parallax_px
 from .keyframes import Keyframe
 from .metric import StereoRig, back_project, depth_at, estimate_absolute_pose, refine_right_x, stereo_depth_image
+from .metric_window import carry_window, refine_with_window
 
 Settings = Mapping[str, Any]
 
@@ -42,6 +43,8 @@ def metric_pose(kf: Keyframe, camera: CameraModel, m: Matches, depth0: np.ndarra
                                 int(s["ransac.max_iterations"]), kf.depth_noise, bool(s["pnp.weighted"]))
     if ap is None:
         return None, f"monocular pose: the absolute pose found no consensus ({with_depth} matches with depth)"
+    if kf.window is not None and int(s["pnp.window"]) > 0:
+        ap.R, ap.t, _ = refine_with_window(ap, X, m.kpts0, m.kpts1, camera, kf.depth_noise, kf.window)
     inl = ap.inliers
     parallax = rotation_parallax_px(m.kpts0[inl], m.kpts1[inl], kf.camera, camera, ap.R)
     return RelativePose(ap.R, ap.t, inl, "pnp", ap.covariance, True, parallax, None, ap.method, ap.residual_px,
@@ -88,3 +91,13 @@ def keyframe_landmarks(kf: Keyframe, points: np.ndarray | None, detected: np.nda
     ok = np.isfinite(z)
     X = back_project(kf.camera, points[ok], z[ok])
     return np.column_stack([X, points[ok]]).astype(np.float32)
+
+
+def keyframe_window(kf: Keyframe, matched: Keyframe, m: Matches, depth0: np.ndarray | None,
+                    pose: RelativePose | None, s: Settings) -> None:
+    """Give a new metric keyframe ``kf`` its window (:mod:`.metric_window`) from the metric ``pose`` of its frame
+    against the keyframe ``matched`` (matches ``m``, that keyframe's depth ``depth0`` at them); nothing when the
+    pose is not metric or ``pnp.window`` is 0."""
+    if kf.depth is None or pose is None or not pose.metric or depth0 is None or int(s["pnp.window"]) <= 0:
+        return
+    kf.window = carry_window(matched.camera, matched.depth_noise, matched.window, m, depth0, pose, int(s["pnp.window"]))

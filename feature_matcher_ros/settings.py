@@ -42,6 +42,9 @@ METRIC_PARAMS: tuple[ParamSpec, ...] = (
               min=0.1, max=50.0),
     ParamSpec("pnp.weighted", True, "Refine the absolute pose on its inliers with each point weighted by its depth "
               "noise (depth.noise, stereo.disparity_noise_px): far points count less (false: as RANSAC left it)."),
+    ParamSpec("pnp.window", 0, "Refine each metric pose on the points that this many earlier keyframes measured "
+              "at the keyframe's matched keypoints too, with their depth noise and the poses between "
+              "(feature_matcher_ros/metric_window.py; 0 = the active keyframe's depth alone).", min=0, max=8),
     ParamSpec("pnp.min_points", 12, "Fewer keyframe-to-frame matches with depth than this: monocular pose for "
               "that frame (said in its reason).", min=6, max=100_000),
 )
