@@ -1,5 +1,7 @@
 """SIFT and ORB backends on real TUM images: features, mutual ratio matching, live parameters, precision."""
 
+from pathlib import Path
+
 import cv2
 import numpy as np
 import pytest
@@ -165,3 +167,37 @@ def test_grid_select_takes_each_cells_best_first():
         mine = np.flatnonzero(cell == c)
         best = set(mine[np.argsort(-response[mine])][: taken[c]].tolist())
         assert best == set(pick[cell[pick] == c].tolist())
+
+
+def test_a_poor_scene_starts_at_the_floor_with_the_same_keypoints(shared):
+    """After a frame that needed a lower threshold, SIFT detects at the floor straight away: on the cabinet's frames
+    (texture-poor) the keypoints are the ones the two-detection path gives; a textured frame (KITTI) in between
+    goes back to the configured threshold, with its keypoints unchanged too."""
+    cabinet = read_sequence(shared / "data" / "tum_fr3_cabinet_rgbd").frames[:4]
+    kitti = sorted((shared / "data" / "kitti06_stereo_f000_050" / "images").iterdir())[0]
+    images = [cv2.imread(str(p), cv2.IMREAD_GRAYSCALE) for _, p in cabinet[:2]]
+    images += [cv2.imread(str(kitti), cv2.IMREAD_GRAYSCALE)]
+    images += [cv2.imread(str(p), cv2.IMREAD_GRAYSCALE) for _, p in cabinet[2:]]
+    streaming = SiftBackend(**{"sift.contrast_threshold": 0.015})
+    hinted = []
+    for img in images:
+        before = streaming._floor_first
+        feats = streaming.extract(img)
+        fresh = SiftBackend(**{"sift.contrast_threshold": 0.015}).extract(img)  # the two-detection path
+        hinted.append(before)
+        a = {tuple(k) for k in feats.data["keypoints"].round(3).tolist()}
+        b = {tuple(k) for k in fresh.data["keypoints"].round(3).tolist()}
+        assert len(a ^ b) <= 0.01 * len(b), (len(a), len(b), len(a ^ b))
+    assert hinted == [False, True, True, False, True]  # kitti: from the floor, and back; then poor again
+
+
+def test_bench_keypoints_prints_the_three_ways(shared, capsys):
+    from feature_matcher_ros.measure.bench_keypoints import main
+
+    params = Path(__file__).resolve().parents[1] / "config" / "matcher_rgbd.yaml"
+    assert main([str(shared / "data" / "tum_fr3_cabinet_rgbd"), "--params", str(params),
+                 "--frames", "2", "--threads", "1"]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()[1:]]
+    counts = {" ".join(r[1:-2]): float(r[-1]) for r in rows}
+    assert set(counts) == {"plain detector", "spread, two detections", "spread (shipped)"}
+    assert counts["spread (shipped)"] == counts["spread, two detections"] > 3 * counts["plain detector"]

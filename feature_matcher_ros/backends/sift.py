@@ -117,9 +117,15 @@ class _OpenCVBackend(Backend):
         """A detector at ``threshold`` keeping enough candidates for the grid."""
         raise NotImplementedError
 
-    def _adapt(self, response: np.ndarray, threshold: float, floor: float) -> np.ndarray:
-        """Which floor-threshold candidates stay (all of them; SIFT cuts by its adapted threshold)."""
-        return np.ones(len(response), bool)
+    # True when the floor detection cut at the configured threshold gives the configured detection's keypoints
+    # (SIFT: the response is the contrast the threshold is tested on), so a scene that needed the floor can start
+    # there on the next frame.
+    CUT_BY_THRESHOLD: ClassVar[bool] = False
+
+    def _adapt(self, response: np.ndarray, threshold: float, floor: float) -> tuple[np.ndarray, float]:
+        """Which floor-threshold candidates stay, and the threshold they were cut at (all of them at the floor;
+        SIFT cuts by its adapted threshold)."""
+        return np.ones(len(response), bool), floor
 
     @property
     def spreads(self) -> bool:
@@ -133,15 +139,22 @@ class _OpenCVBackend(Backend):
             threshold, floor = self._thresholds()
             self._candidates = self._candidate_detector(threshold)
             self._floor = self._candidate_detector(floor) if floor < threshold else None
+        self._floor_first = False  # the last frame needed a threshold below the configured one
 
     def _detect_spread(self, gray: np.ndarray) -> tuple[list, np.ndarray | None]:
         """Keypoints and descriptors by :mod:`.spread` (adapted threshold, grid). Each detection computes the
         descriptors of all its candidates (one image pyramid; a separate ``compute`` would build it again) and
-        the chosen rows are kept."""
-        kps, desc = self._candidates.detectAndCompute(gray, None)
-        if len(kps) < self._target() and self._floor is not None:
-            kps, desc = self._floor.detectAndCompute(gray, None)
-            keep = np.flatnonzero(self._adapt(np.array([k.response for k in kps], np.float32), *self._thresholds()))
+        the chosen rows are kept. After a frame that needed a lower threshold, a backend that cuts by threshold
+        detects at the floor straight away (one detection instead of two while the scene stays poor)."""
+        floor_first = self._floor_first and self.CUT_BY_THRESHOLD and self._floor is not None
+        kps, desc = (self._floor if floor_first else self._candidates).detectAndCompute(gray, None)
+        if floor_first or (len(kps) < self._target() and self._floor is not None):
+            if not floor_first:
+                kps, desc = self._floor.detectAndCompute(gray, None)
+            threshold, floor = self._thresholds()
+            mask, cut = self._adapt(np.array([k.response for k in kps], np.float32), threshold, floor)
+            self._floor_first = cut < threshold
+            keep = np.flatnonzero(mask)
             kps, desc = [kps[i] for i in keep], (None if desc is None else desc[keep])
         if not kps or desc is None:
             return [], None
@@ -229,9 +242,11 @@ class SiftBackend(_OpenCVBackend):
         return cv2.SIFT_create(nfeatures=0, nOctaveLayers=self.LAYERS, contrastThreshold=threshold,
                                edgeThreshold=float(self.settings["sift.edge_threshold"]))
 
-    def _adapt(self, response: np.ndarray, threshold: float, floor: float) -> np.ndarray:
+    CUT_BY_THRESHOLD: ClassVar[bool] = True
+
+    def _adapt(self, response: np.ndarray, threshold: float, floor: float) -> tuple[np.ndarray, float]:
         t = adapt_threshold(response, threshold, floor, self._target(), 1.0 / self.LAYERS)
-        return response >= t / self.LAYERS
+        return response >= t / self.LAYERS, t
 
     def _detector(self) -> Any:
         s = self.settings
