@@ -10,8 +10,9 @@ import time
 
 import pytest
 from lifecycle_msgs.msg import Transition
+from lifecycle_msgs.srv import ChangeState
 
-from feature_matcher_ros.ros.client import MatcherClient
+from feature_matcher_ros.ros.client import NO_TRANSITION, MatcherClient
 from feature_matcher_ros.ros.process import LIFECYCLE_MODULE, NodeProcess
 from ros_helpers import send_until_answered
 
@@ -65,6 +66,11 @@ def test_full_lifecycle(frames):
     client = MatcherClient(node=name, name="fm_lifecycle_client")
     try:
         assert state(client, name) == "unconfigured", node.stderr
+        # the probe MatcherClient.change_state sends first (a label no state machine has): refused, nothing moves
+        probe = ChangeState.Request()
+        probe.transition.label = NO_TRANSITION
+        assert not client.call(ChangeState, f"/{name}/change_state", probe, 20.0).success
+        assert state(client, name) == "unconfigured"
         subs, pubs = topics(client, name)
         assert "/image" not in subs and "/matches" not in pubs
 

@@ -44,6 +44,24 @@ class ServiceUnavailable(TimeoutError):
     """The service did not show up in the ROS graph in time (as opposed to not answering)."""
 
 
+# How long one probe waits for its answer before the next is sent (see HelperNode.call).
+PROBE_WAIT_S = 2.0
+# A transition label that no lifecycle state machine has: change_state answers it with success = False and
+# changes nothing (rclpy and rclcpp look the label up before anything else).
+NO_TRANSITION = "fm_probe_no_such_transition"
+
+
+def _answer(client: Any, request: Any, timeout: float) -> Any:
+    """The response to ``request`` from ``client``, or None when none arrives within ``timeout`` seconds."""
+    future = client.call_async(request)
+    done = threading.Event()
+    future.add_done_callback(lambda _: done.set())
+    if not done.wait(timeout):
+        client.remove_pending_request(future)
+        return None
+    return future.result()
+
+
 class HelperNode:
     """An rclpy node with its own context, spun by its own daemon thread from construction to
     :meth:`close`.
@@ -76,25 +94,39 @@ class HelperNode:
         with self._cond:
             return self._cond.wait_for(predicate, timeout)
 
-    def call(self, srv_type: Any, service: str, request: Any, timeout: float) -> Any:
+    def call(self, srv_type: Any, service: str, request: Any, timeout: float, probe: Any = None,
+             repeat: bool = False) -> Any:
         """Call ``service`` and return its response; :class:`ServiceUnavailable` when it is not there
         within ``timeout`` seconds, :class:`TimeoutError` when it does not answer within as long again.
 
+        A server sends its response once, and drops it when its writer has not yet discovered the new client's
+        reader (Fast DDS waits 100 ms for that: a busy machine can take longer). ``repeat``: the request may be
+        sent again until it is answered (a get: it changes nothing). ``probe``: for a request that must
+        not be sent twice, a request the service answers without doing anything; it is sent, again and again,
+        until one is answered: then the response path is known to work and the request goes.
+
         Waits on an event set by the future's callback: the executor thread completes the future."""
         with self._call_lock:  # one call at a time: a tool may call from several threads
-            return self._call_once(srv_type, service, request, timeout)
+            return self._call_once(srv_type, service, request, timeout, request if repeat else probe)
 
-    def _call_once(self, srv_type: Any, service: str, request: Any, timeout: float) -> Any:
+    def _call_once(self, srv_type: Any, service: str, request: Any, timeout: float, probe: Any = None) -> Any:
         client = self.node.create_client(srv_type, service)
         try:
             if not client.wait_for_service(timeout_sec=timeout):
                 raise ServiceUnavailable(f"service {service} is not available")
-            future = client.call_async(request)
-            done = threading.Event()
-            future.add_done_callback(lambda _: done.set())
-            if not done.wait(timeout):
+            deadline = time.monotonic() + timeout
+            while probe is not None:
+                answer = _answer(client, probe, PROBE_WAIT_S)
+                if answer is not None and probe is request:
+                    return answer
+                if answer is not None:
+                    break
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"service {service} did not answer in {timeout} s")
+            response = _answer(client, request, timeout)
+            if response is None:
                 raise TimeoutError(f"service {service} did not answer in {timeout} s")
-            return future.result()
+            return response
         finally:
             self.node.destroy_client(client)
 
@@ -300,9 +332,9 @@ class MatcherClient(HelperNode):
         return {kv.key: kv.value for kv in self.diagnostics[-1].values}
 
     # -- parameters (the ros2 param stand-in) ------------------------------------------------------
-    def _call(self, srv_type: Any, name: str, request: Any, timeout: float) -> Any:
+    def _call(self, srv_type: Any, name: str, request: Any, timeout: float, repeat: bool = False) -> Any:
         """Call the matcher's service ``<target>/<name>`` (see :meth:`HelperNode.call`)."""
-        return self.call(srv_type, f"{self.target}/{name}", request, timeout)
+        return self.call(srv_type, f"{self.target}/{name}", request, timeout, repeat=repeat)
 
     def set_parameters(self, values: Mapping[str, Any], timeout: float = 10.0) -> list[SetParametersResult]:
         """``/<node>/set_parameters``: each parameter is its own change (ROS semantics)."""
@@ -318,13 +350,13 @@ class MatcherClient(HelperNode):
 
     def get_parameters(self, names: Iterable[str], timeout: float = 10.0) -> dict[str, Any]:
         names = list(names)
-        response = self._call(GetParameters, "get_parameters", GetParameters.Request(names=names), timeout)
+        response = self._call(GetParameters, "get_parameters", GetParameters.Request(names=names), timeout, repeat=True)
         return {n: parameter_value_to_python(v) for n, v in zip(names, response.values)}
 
     def describe_parameters(self, names: Iterable[str], timeout: float = 10.0) -> dict[str, Any]:
         names = list(names)
         response = self._call(DescribeParameters, "describe_parameters",
-                              DescribeParameters.Request(names=names), timeout)
+                              DescribeParameters.Request(names=names), timeout, repeat=True)
         return {d.name: d for d in response.descriptors}
 
     def reset(self, timeout: float = 10.0) -> Trigger.Response:
@@ -335,7 +367,7 @@ class MatcherClient(HelperNode):
         """The label of the lifecycle state of ``node`` (default: the matcher), e.g. ``"active"``."""
         target = node if node is not None else self.target
         return self.call(GetState, f"/{target.lstrip('/')}/get_state", GetState.Request(),
-                         timeout).current_state.label
+                         timeout, repeat=True).current_state.label
 
     def change_state(self, transition_id: int, node: str | None = None, timeout: float = 60.0) -> bool:
         """Ask ``node`` (default: the matcher) for a lifecycle transition (``lifecycle_msgs/Transition``
@@ -343,4 +375,6 @@ class MatcherClient(HelperNode):
         target = node if node is not None else self.target
         request = ChangeState.Request()
         request.transition.id = transition_id
-        return self.call(ChangeState, f"/{target.lstrip('/')}/change_state", request, timeout).success
+        probe = ChangeState.Request()
+        probe.transition.label = NO_TRANSITION  # a transition is not sent twice: its answer must come back
+        return self.call(ChangeState, f"/{target.lstrip('/')}/change_state", request, timeout, probe).success
