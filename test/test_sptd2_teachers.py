@@ -104,7 +104,10 @@ def test_dense_distillation_terms_reward_the_teacher_and_the_truth(shared: Path)
 
 
 @pytest.mark.slow  # a whole tool run: make test only
-def test_train_tool_dense_distillation_records_its_terms(tmp_path, shared: Path):
+def test_train_tool_dense_distillation_records_its_terms_and_stops_on_sigterm(tmp_path, shared: Path, monkeypatch):
+    import signal
+
+    from feature_matcher_ros.training.sptd2 import train as train_module
     from feature_matcher_ros.training.sptd2.train import main as train_main
 
     seq = shared / "data" / "tum_fr3_cabinet_rgbd"
@@ -113,7 +116,16 @@ def test_train_tool_dense_distillation_records_its_terms(tmp_path, shared: Path)
               "--w-grid", "1", "--w-kpt", "1", "--w-relation", "1", "--w-heat", "1", "--w-nll", "0.25",
               "--paper-weight", "0", "--teacher-keypoints", "32", "--out", str(tmp_path / "run"), "--no-progress"]
     assert train_main(common + ["--steps", "1", "--save-every", "1"]) == 0
-    assert train_main(common + ["--steps", "2", "--resume"]) == 0
+    step = train_module.train_step
+
+    def step_then_signal(run, limit_s):  # SIGTERM arrives during the step: it ends, is saved, nothing more runs
+        parts = step(run, limit_s)
+        signal.raise_signal(signal.SIGTERM)
+        return parts
+
+    monkeypatch.setattr(train_module, "train_step", step_then_signal)
+    assert train_main(common + ["--steps", "5", "--resume"]) == 0
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
     record = json.loads((tmp_path / "run" / "record.json").read_text())
     assert record["steps_done"] == 2 and record["paper_weight"] == 0
     assert record["terms"] == ["distill:grid", "distill:kpt", "distill:relation", "distill:heat", "gt:nll"]

@@ -30,7 +30,9 @@ import hashlib
 import json
 import os
 import platform
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -440,8 +442,8 @@ def show_progress(run: TrainRun, running: dict, bar) -> None:
 
 
 def train(run: TrainRun) -> None:
-    """Steps until ``--steps`` or ``--time-limit-min``, saving every ``--save-every`` steps and
-    ``--save-every-min`` minutes and at the end; then ``--export``."""
+    """Steps until ``--steps``, ``--time-limit-min`` or SIGINT/SIGTERM (the step in progress is finished), saving
+    every ``--save-every`` steps and ``--save-every-min`` minutes and at the end; then ``--export``."""
     try:
         from tqdm import tqdm
     except ImportError:  # a bare training machine: log lines only
@@ -449,9 +451,32 @@ def train(run: TrainRun) -> None:
     args = run.args
     run.start = last_save = time.time()
     bar = None if args.no_progress or tqdm is None else tqdm(total=args.steps, initial=run.step, dynamic_ncols=True)
-    running = None  # exponential moving averages of the loss parts
     limit_s = args.time_limit_min * 60
+    stop: list[str] = []  # SIGINT / SIGTERM end the run after the current step, saved
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, lambda number, _frame: stop.append(signal.Signals(number).name))
+    try:
+        _loop(run, bar, limit_s, last_save, stop)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if bar is not None:
+        bar.close()
+    run.save()
+    if args.export:
+        write_export(run.model.eval(), Path(args.export), run.record())
+
+
+def _loop(run: TrainRun, bar, limit_s: float, last_save: float, stop: list[str]) -> None:
+    """The optimiser steps of :func:`train` until the steps are done, the time limit is reached or a signal came."""
+    args = run.args
+    running = None  # exponential moving averages of the loss parts
     while run.step < args.steps:
+        if stop:
+            print(f"{stop[0]}: stopping at step {run.step}, saved", flush=True)
+            break
         parts = train_step(run, limit_s)
         if parts is None:
             continue
@@ -465,11 +490,6 @@ def train(run: TrainRun) -> None:
         if timed_out:
             print(f"time limit of {args.time_limit_min} min reached at step {run.step}")
             break
-    if bar is not None:
-        bar.close()
-    run.save()
-    if args.export:
-        write_export(run.model.eval(), Path(args.export), run.record())
 
 
 def main(argv: list[str] | None = None) -> int:

