@@ -96,6 +96,10 @@ def test_dense_distillation_terms_reward_the_teacher_and_the_truth(shared: Path)
     as_student = ({"descriptors": [t0], "scores": out0["scores"]}, {"descriptors": [t1], "scores": out1["scores"]})
     _, own = dense_distill_loss(*as_student, batch, teacher, DistillConfig(heat=0, nll=0, keypoints=64))
     assert own["grid"] < 1e-3 and own["kpt"] < 0.02 and own["relation"] < 1e-3
+    # heatmaps that came with the pairs (fm-sptd2-teacher files) need no online teacher
+    with_files = {**batch, "teacher0": (batch["image0"] > 0.5).float(), "teacher1": (batch["image1"] > 0.5).float()}
+    _, heat_only = dense_distill_loss(out0, out1, with_files, None, DistillConfig(grid=0, kpt=0, relation=0, nll=0))
+    assert set(heat_only) == {"heat"} and heat_only["heat"] != parts["heat"]
     g = torch.Generator().manual_seed(0)
     good = correspondence_nll([t0], [t1], batch["flow"], batch["valid"], cfg, g)
     g = torch.Generator().manual_seed(0)
@@ -129,6 +133,7 @@ def test_train_tool_dense_distillation_records_its_terms_and_stops_on_sigterm(tm
     record = json.loads((tmp_path / "run" / "record.json").read_text())
     assert record["steps_done"] == 2 and record["paper_weight"] == 0
     assert record["terms"] == ["distill:grid", "distill:kpt", "distill:relation", "distill:heat", "gt:nll"]
+    assert [s["from_step"] for s in record["sittings"]] == [0, 1] and record["heat_target"] == "xfeat online"
     assert record["dense_distillation"]["teacher"]["licence"] == "Apache-2.0"
     assert set(record["loss_history"][-1]) >= {"grid", "kpt", "relation", "heat", "nll", "total"}
     with pytest.raises(SystemExit):

