@@ -36,7 +36,7 @@ from launch import LaunchDescription
 OVERRIDES = {
     "backend": "Matcher backend: sift | orb | eloftr | sptd2 (empty = the params file's).",
     "weights": "Checkpoint of a learned backend; eloftr needs eloftr_outdoor.ckpt (empty = the params file's: "
-               "the shipped sptd2_small.pt for sptd2).",
+               "the shipped sptd2_fast_distill.pt for sptd2).",
     "device": "cpu | cuda | cuda:N | auto (empty = the params file's).",
     "runtime": "torch | onnxruntime (weights = an fm-export folder; empty = the params file's).",
     "input_mode": "mono | rgbd | stereo (empty = the params file's).",

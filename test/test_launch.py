@@ -70,7 +70,7 @@ def test_install_holds_what_ros2_launch_and_run_need(prefix):
                 "config/fastdds_large_images.xml"):
         assert (share / rel).is_file(), rel
     assert any((share / "data" / "demo").rglob("*.mcap")), "the demo bag is installed"
-    (weights,) = prefix.glob(f"lib/python*/site-packages/{PKG}/weights/sptd2_small.pt")
+    (weights,) = prefix.glob(f"lib/python*/site-packages/{PKG}/weights/sptd2_fast_distill.pt")
     assert weights.stat().st_size > 100_000
     for script in ("matcher_node", "lifecycle_matcher_node", "pose_graph_node", "fm-match", "fm-bench", "fm-replay"):
         assert (prefix / "bin" / script).is_file(), script

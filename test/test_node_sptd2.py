@@ -2,8 +2,8 @@
 over real DDS, on TUM fr2_desk frames: every frame answered, the relative poses checked against the ground
 truth.
 
-The shipped ``sptd2_small.pt`` never saw fr2_desk (it trained on photographs and TUM fr3_cabinet, see
-``weights/sptd2_small.md``), so these frames are held out; the test still checks that the node runs the trained
+The shipped ``sptd2_fast_distill.pt`` never saw fr2_desk (it trained on photographs and TUM fr3_cabinet, see
+``weights/sptd2_fast_distill.md``), so these frames are held out; the test still checks that the node runs the trained
 network end to end rather than a benchmark (that is ``fm-eval-sptd2``).
 """
 

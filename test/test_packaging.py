@@ -25,6 +25,7 @@ def test_setup_py_build_and_install_write_no_warning(repo, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stderr.strip() == "", done.stderr
     installed = (tmp_path / "record.txt").read_text().splitlines()
-    for shipped in ("weights/sptd2_small.pt", "weights/sptd2_small.json", "share/feature_matcher_ros/package.xml",
+    for shipped in ("weights/sptd2_fast_distill.pt", "weights/sptd2_fast_distill.json", "weights/sptd2_small.pt",
+                    "share/feature_matcher_ros/package.xml",
                     "share/feature_matcher_ros/launch/matcher.launch.py", "lib/feature_matcher_ros/matcher_node"):
         assert any(line.endswith(shipped) for line in installed), shipped

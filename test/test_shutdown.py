@@ -33,7 +33,7 @@ SEQUENCES = {
               (0.5, signal.SIGINT)),
 }
 HAS_SPTD2_WEIGHTS = (config_file("matcher.yaml").parent.parent / "feature_matcher_ros" / "weights"
-                     / "sptd2_small.pt").is_file()
+                     / "sptd2_fast_distill.pt").is_file()
 
 
 # Large frames need the shared-memory profile (see test_transport.py) to arrive at a steady rate.

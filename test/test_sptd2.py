@@ -150,7 +150,7 @@ def mma(matches, H, t=3.0) -> float:
 def test_shipped_weights_load_with_their_record():
     assert DEFAULT_WEIGHTS.is_file(), f"shipped weights missing: {DEFAULT_WEIGHTS}"
     model, meta = load_checkpoint(str(DEFAULT_WEIGHTS))
-    assert model.config == SPTD2Config.small()
+    assert model.config == SPTD2Config.fast()
     assert meta["steps_done"] * meta["batch"] >= 20000 and meta["images"]  # training pairs seen
     record = json.loads(DEFAULT_WEIGHTS.with_suffix(".json").read_text())
     assert record["steps_done"] == meta["steps_done"] and len(record["loss_history"]) > 0

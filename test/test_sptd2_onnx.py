@@ -79,12 +79,13 @@ def test_export_is_fixed_shape_and_described(export, torch_backend):
     assert entry["file"] == f"sptd2_extract_{SIZE[0]}x{SIZE[1]}.onnx" and (out / entry["file"]).is_file()
     assert entry["size"] == list(SIZE) and entry["top_k"] == TOP_K and entry["precision"] == "fp32"
     assert entry["nms_radius"] == 2 and entry["detection_threshold"] == 0.0 and entry["key_threshold"] == 0.8
-    assert entry["descriptor_dim"] == torch_backend.model.config.dim == 128
+    dim = torch_backend.model.config.dim  # the shipped default's descriptor size (64: the fast variant)
+    assert entry["descriptor_dim"] == dim == 64
     assert json.loads((out / SIDECAR).read_text())["entries"] == [entry]
     extractor = OnnxSPTD2Extractor(out / entry["file"], threads=1)
     assert extractor.entry == entry  # the file describes itself too
     shapes = {o.name: o.shape for o in extractor.session.get_outputs()}
-    assert shapes == {"keypoints": [TOP_K, 2], "scores": [TOP_K], "descriptors": [TOP_K, 128], "valid": [TOP_K]}
+    assert shapes == {"keypoints": [TOP_K, 2], "scores": [TOP_K], "descriptors": [TOP_K, dim], "valid": [TOP_K]}
     assert extractor.session.get_inputs()[0].shape == [1, 1, *SIZE]
     with pytest.raises(ValueError, match="takes a"):
         extractor(np.zeros((1, 1, SIZE[0], SIZE[1] + 16), np.float32))

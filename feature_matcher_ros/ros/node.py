@@ -78,7 +78,7 @@ NODE_PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("backend", "sift", "Matcher backend.", choices=backend_names(), read_only=True),
     ParamSpec("device", "auto", "cpu, cuda, cuda:N or auto (cuda when torch sees a GPU).", read_only=True),
     ParamSpec("weights", "", "Checkpoint of a learned backend: required for eloftr (eloftr_outdoor.ckpt); '' = the "
-              "shipped sptd2_small.pt for sptd2; unused by sift/orb. With runtime onnxruntime: the fm-export "
+              "shipped sptd2_fast_distill.pt for sptd2; unused by sift/orb. With runtime onnxruntime: the fm-export "
               "folder.", read_only=True),
     ParamSpec("runtime", "torch", "torch, or onnxruntime to run an fm-export folder (eloftr, sptd2) given as "
               "weights.", choices=RUNTIMES, read_only=True),

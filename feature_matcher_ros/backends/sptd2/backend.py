@@ -14,22 +14,22 @@ from ..nms import nms_matches
 from .inference import MAX_KEYPOINTS, DetectionConfig, detect_and_describe, image_to_tensor, mutual_nearest_neighbours
 
 WEIGHTS_DIR = Path(__file__).resolve().parents[2] / "weights"
-DEFAULT_WEIGHTS = WEIGHTS_DIR / "sptd2_small.pt"
+DEFAULT_WEIGHTS = WEIGHTS_DIR / "sptd2_fast_distill.pt"
 
 
 def default_weights() -> Path:
-    """The shipped trained weights (``feature_matcher_ros/weights/sptd2_small.pt``)."""
+    """The shipped trained weights (``feature_matcher_ros/weights/sptd2_fast_distill.pt``)."""
     return DEFAULT_WEIGHTS
 
 
 class SPTD2Backend(Backend):
-    """SPTD2 keypoints (Wang et al., IJCAI 2021), trained in this package; see ``weights/sptd2_small.json``.
+    """SPTD2 keypoints (Wang et al., IJCAI 2021), trained in this package; see ``weights/sptd2_fast_distill.md``.
 
     Args:
         device: ``cpu``, ``cuda`` or ``cuda:N``.
         precision: ``fp32``, ``fp16`` or ``bf16`` (checked with a test forward pass at start-up; a
             combination torch cannot run raises a RuntimeError naming it).
-        weights: checkpoint path; None = the shipped ``sptd2_small.pt``; ``"random"`` = an untrained
+        weights: checkpoint path; None = the shipped ``sptd2_fast_distill.pt``; ``"random"`` = an untrained
             network of the small size, ``"random:VARIANT"`` of that size (for comparisons only).
         onnx: run ``extract`` through onnxruntime instead of torch (``match`` is unchanged): a folder written by
             :mod:`.onnx_export` (its ``sptd2.json`` lists one export per image size) or one exported ``.onnx``
