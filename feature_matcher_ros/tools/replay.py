@@ -196,6 +196,21 @@ class Player(HelperNode):
         return (all(pub.get_subscription_count() > 0 for pub in self.publishers.values())
                 and self.node.count_publishers(self.output_topics["matches"]) > 0)
 
+    def heard_by(self, node: str, timeout_s: float) -> None:
+        """Return once ``node`` has discovered our publishers, seen from its side: our publishers seeing its
+        subscriptions is not enough (its volatile readers may match our writers a moment later and miss the
+        first messages: a right image, and that stereo pair never pairs). A parameter service round trip from a
+        client made after the publishers proves it, as discovery announcements arrive in order
+        (:meth:`~feature_matcher_ros.ros.client.MatcherClient.wait_for_matcher`); a node without parameter
+        services is waited for no longer."""
+        from rcl_interfaces.srv import GetParameters
+
+        try:
+            self.call(GetParameters, f"{node}/get_parameters", GetParameters.Request(names=["use_sim_time"]),
+                      timeout_s, repeat=True)
+        except TimeoutError:  # ServiceUnavailable too
+            pass
+
     def reset_node(self, service: str, timeout_s: float = 5.0) -> str:
         """Call a running node's ``~/reset`` (std_srvs/Trigger) so that it forgets keyframes and stamp
         order from an earlier replay; returns a warning, or "" when it was reset."""
@@ -396,7 +411,13 @@ def wait_until_ready(player: Player, node: NodeProcess | None, args: argparse.Na
                              f"publisher of {player.output_topics['matches']})"
                              + (f": {_log_tail(log_path)}" if node is not None else ""))
         time.sleep(0.1)
-    time.sleep(0.5)  # let discovery settle in both directions
+    player.heard_by(_node_fqn(args, node), max(1.0, deadline - time.monotonic()))
+
+
+def _node_fqn(args: argparse.Namespace, node: NodeProcess | None) -> str:
+    """The matcher's fully qualified name: the started one, or the running one named by the arguments."""
+    ns, name = (args.namespace, node.name) if node is not None else (args.node_namespace, args.node_name)
+    return f"{'/' + ns.strip('/') if ns.strip('/') else ''}/{name}"
 
 
 def run_live(reader: Any, args: argparse.Namespace, bag: BagInputs, params_file: Path, out: Path,
