@@ -58,6 +58,7 @@ from .loops import Edge, LoopStore, verified_loops
 from .metric import StereoFrame
 from .metric_keyframe import (
     depth_noise,
+    disparity_offset_fit,
     keyframe_depth,
     keyframe_landmarks,
     keyframe_window,
@@ -67,6 +68,7 @@ from .metric_keyframe import (
 from .params import ParamSpec, check_changes
 from .se3 import compose_with_covariance, invert
 from .settings import FRONTEND_PARAMS, INPUT_MODES, PRECISION_PARAM, cross_check
+from .stereo_calibration import DisparityOffset
 
 # Added to every variance of the world pose of a keyframe made when tracking was lost.
 LOST_VARIANCE = 1e6
@@ -270,6 +272,7 @@ class Frontend:
         # the last known world pose and its covariance (where a keyframe made without matching starts)
         self._last_world: tuple[np.ndarray, np.ndarray] = (np.eye(4), np.zeros((6, 6)))
         self._previous_keyframe: Keyframe | None = None  # the last keyframe made (a lost edge starts there)
+        self._disparity = DisparityOffset()  # the stereo rig's self-calibrated disparity offset
 
     @property
     def keyframe(self) -> Keyframe | None:
@@ -336,7 +339,8 @@ class Frontend:
         depth, points = self._frame_depth(frame)
         kf = Keyframe(frame.features, frame.stamp_ns, self._keyframe_counter, frame.index, frame.camera,
                       frame.image_size, T_world=world[0].copy(), covariance=world[1].copy(), depth=depth,
-                      depth_noise=depth_noise(frame.stereo.rig if frame.stereo else None, self._settings))
+                      depth_noise=depth_noise(frame.stereo.rig if frame.stereo else None, self._settings),
+                      disparity_offset_px=self.disparity_offset_px if frame.stereo else 0.0)
         if depth is not None:
             detected = self.backend.keypoints(kf.features) if points is None else None
             kf.landmarks = keyframe_landmarks(kf, points, detected, self._settings)
@@ -361,14 +365,40 @@ class Frontend:
 
     def _frame_depth(self, frame: _Frame) -> tuple[np.ndarray | None, np.ndarray | None]:
         """A new keyframe's depth image (metres, original pixels) and, for stereo, its triangulated pixels.
-        Stereo: the right image is extracted and matched to the left once, here (never per frame)."""
+        Stereo: the right image is extracted and matched to the left once, here (never per frame); the disparity
+        offset (:attr:`disparity_offset_px`) moves the right principal point."""
         if frame.stereo is None:
             return frame.depth, None
         _, work_right, _ = prepare_image(frame.stereo.image, frame.camera, int(self._settings["resize_long_edge"]))
         m = self.backend.match(frame.features, self.backend.extract(work_right))
         m = _to_original(m, frame.features.image_size, frame.image_size, frame.features.image_size, frame.image_size)
-        return stereo_keyframe_depth(frame.stereo.rig, m, frame.image_size, self._settings,
-                                     (frame.gray, frame.stereo.image))
+        rig = replace(frame.stereo.rig, right_cx=frame.stereo.rig.right_cx + self.disparity_offset_px)
+        return stereo_keyframe_depth(rig, m, frame.image_size, self._settings, (frame.gray, frame.stereo.image))
+
+    @property
+    def disparity_offset_px(self) -> float:
+        """The offset added to new stereo keyframes' disparities: the self-calibrated one (with
+        ``stereo.self_calibrate`` on) once ``stereo.self_calibrate_min_pairs`` keyframe pairs were fitted and
+        their median is known within ``stereo.self_calibrate_max_sd_px``, else ``stereo.disparity_offset_px``."""
+        s, est = self._settings, self._disparity
+        if (s["stereo.self_calibrate"] and est.count >= s["stereo.self_calibrate_min_pairs"]
+                and est.sd() <= s["stereo.self_calibrate_max_sd_px"]):
+            return float(est.value())
+        return float(s["stereo.disparity_offset_px"])
+
+    @property
+    def disparity_offset_fits(self) -> int:
+        """Keyframe pairs in the self-calibrated disparity offset (:mod:`.stereo_calibration`)."""
+        return self._disparity.count
+
+    def _calibrate_stereo(self, frame: _Frame, kf: Keyframe, att: _Attempt | None, timings: dict[str, float]) -> None:
+        """Fit the disparity offset on a new stereo keyframe and the keyframe its frame was tracked against."""
+        if frame.stereo is None or att is None or not self._settings["stereo.self_calibrate"]:
+            return
+        t0 = time.perf_counter()
+        self._disparity.add(disparity_offset_fit(att.keyframe, kf, att.matches, att.depth0, att.pose,
+                                                 frame.stereo.rig, self._settings))
+        timings["stereo_calibration"] = 1e3 * (time.perf_counter() - t0)
 
     def _add_stage_ms(self, timings: dict[str, float]) -> None:
         """The backend's own stage timings of its last call, as ``<backend>.<stage>``."""
@@ -466,6 +496,7 @@ class Frontend:
         att, world = outcome.attempt, outcome.world
         if new_kf is not None and att is not None:
             keyframe_window(new_kf, att.keyframe, att.matches, att.depth0, att.pose, self._settings)
+            self._calibrate_stereo(frame, new_kf, att, timings)
         loops = []
         if new_kf is not None:
             loops = _loop_closures(self._loops, new_kf, lambda old: self._attempt(old, frame), self._settings, timings)

@@ -58,6 +58,8 @@ class Keyframe:
             keyframe pixels (see :meth:`~feature_matcher_ros.frontend.Frontend.process`); None without depth.
         window: earlier keyframes' measurements of its keypoints (:class:`~.metric_window.WindowPoints`,
             ``pnp.window``); None when it has none.
+        disparity_offset_px: the offset added to a stereo keyframe's disparities when its depth was made
+            (:mod:`.stereo_calibration`).
     """
 
     features: Features
@@ -72,6 +74,7 @@ class Keyframe:
     landmarks: np.ndarray | None = None
     depth_noise: float = 0.0
     window: Any = None
+    disparity_offset_px: float = 0.0
 
     @property
     def nbytes(self) -> int:

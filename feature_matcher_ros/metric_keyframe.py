@@ -17,6 +17,7 @@ from .geometry import RelativePose, rotation_parallax_px
 from .keyframes import Keyframe
 from .metric import StereoRig, back_project, depth_at, estimate_absolute_pose, refine_right_x, stereo_depth_image
 from .metric_window import carry_window, refine_with_window
+from .stereo_calibration import OffsetFit, Stereo2View, fit_disparity_offset
 
 Settings = Mapping[str, Any]
 
@@ -101,3 +102,20 @@ def keyframe_window(kf: Keyframe, matched: Keyframe, m: Matches, depth0: np.ndar
     if kf.depth is None or pose is None or not pose.metric or depth0 is None or int(s["pnp.window"]) <= 0:
         return
     kf.window = carry_window(matched.camera, matched.depth_noise, matched.window, m, depth0, pose, int(s["pnp.window"]))
+
+
+def disparity_offset_fit(kf0: Keyframe, kf1: Keyframe, m: Matches, depth0: np.ndarray | None,
+                         pose: RelativePose | None, rig: StereoRig, s: Settings) -> OffsetFit | None:
+    """The disparity offset that two stereo keyframes tell (:mod:`.stereo_calibration`): ``kf1`` made from a
+    frame with the metric ``pose`` against ``kf0`` (matches ``m``, ``kf0``'s depth ``depth0`` at them); each
+    keyframe's depth back to raw disparities with the offset it was made with. None without such a pose."""
+    if pose is None or not pose.metric or depth0 is None or kf1.depth is None:
+        return None
+    inl = pose.inliers
+    fb = rig.left.fx * rig.baseline_m
+    z1 = keyframe_depth(kf1, m.kpts1[inl], s)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        d0 = fb / depth0[inl] - kf0.disparity_offset_px
+        d1 = fb / z1 - kf1.disparity_offset_px
+    view = Stereo2View(m.kpts0[inl], m.kpts1[inl], d0, d1, pose.R, pose.t, rig.left.K, rig.baseline_m)
+    return fit_disparity_offset(view, kf1.disparity_offset_px)

@@ -32,6 +32,17 @@ METRIC_PARAMS: tuple[ParamSpec, ...] = (
               min=0.01, max=10000.0),
     ParamSpec("stereo.max_disparity_px", 512.0, "Largest disparity triangulated (pixels; sets the near limit).",
               min=0.01, max=10000.0),
+    ParamSpec("stereo.disparity_offset_px", 0.0, "Added to every stereo disparity (pixels): the error of the right "
+              "camera's principal point cx, if known (until stereo.self_calibrate has an estimate).",
+              min=-20.0, max=20.0),
+    ParamSpec("stereo.self_calibrate", True, "Estimate the disparity offset online from consecutive metric stereo "
+              "keyframes (the median of their fits; feature_matcher_ros/stereo_calibration.py) and use it for new "
+              "keyframes (false: stereo.disparity_offset_px as set)."),
+    ParamSpec("stereo.self_calibrate_min_pairs", 5, "Keyframe pairs fitted before the self-calibrated offset is "
+              "used.", min=3, max=1000),
+    ParamSpec("stereo.self_calibrate_max_sd_px", 0.06, "The self-calibrated offset is used once the standard error "
+              "of its median (from the pairs' scatter) is at most this (pixels; 0.06 px is a 0.3 % depth error at "
+              "20 px disparity).", min=0.0, max=10.0),
     ParamSpec("depth.noise", 0.0015, "RGB-D depth noise for the pose covariance: the standard deviation of a depth "
               "Z is depth.noise * Z^2 (1/m; about 0.0015 for Kinect-class structured light).", min=0.0, max=1.0),
     ParamSpec("stereo.disparity_noise_px", 0.5, "Stereo disparity noise for the pose covariance (pixels): depth "

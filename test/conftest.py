@@ -150,3 +150,21 @@ def graffiti(shared):
     def half(im):
         return cv2.resize(im, None, fx=0.5, fy=0.5, interpolation=cv2.INTER_AREA)
     return half(im0), half(im1), s @ H @ np.linalg.inv(s)
+
+
+@pytest.fixture(scope="session")
+def kitti06_stereo(shared):
+    """The first 10 rectified grey pairs of KITTI 06 (``(left, right)`` uint8), with the left camera and the rig."""
+    import cv2
+
+    from feature_matcher_ros.camera import CameraModel
+    from feature_matcher_ros.metric import StereoRig
+
+    folder = shared / "data" / "kitti06_stereo_f000_050"
+    camera = CameraModel.from_yaml(folder / "intrinsics.yaml")
+    rig = StereoRig(camera, camera.K[0, 0], camera.K[0, 2], 0.537150653)
+    left = sorted((folder / "images").glob("*.png"))[:10]
+    right = sorted((folder / "images_right").glob("*.png"))[:10]
+    frames = [(cv2.imread(str(a), cv2.IMREAD_GRAYSCALE), cv2.imread(str(b), cv2.IMREAD_GRAYSCALE))
+              for a, b in zip(left, right)]
+    return camera, rig, frames

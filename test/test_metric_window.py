@@ -2,7 +2,6 @@
 new keyframe's frame, what the refinement does with them on controlled geometry, and the Frontend on real stereo
 frames with the window on and off."""
 
-import cv2
 import numpy as np
 import pytest
 
@@ -11,7 +10,7 @@ from feature_matcher_ros.backends.sift import SiftBackend
 from feature_matcher_ros.camera import CameraModel
 from feature_matcher_ros.frontend import Frontend
 from feature_matcher_ros.geometry import RelativePose
-from feature_matcher_ros.metric import StereoFrame, StereoRig, back_project, estimate_absolute_pose
+from feature_matcher_ros.metric import StereoFrame, back_project, estimate_absolute_pose
 from feature_matcher_ros.metric_window import WindowPoints, carry_window, refine_with_window, same_pixels
 from feature_matcher_ros.se3 import rotation_from_rotvec
 
@@ -94,15 +93,9 @@ def test_refinement_uses_the_better_measurements_and_drops_wrong_ones():
 
 
 @pytest.fixture(scope="module")
-def kitti(shared):
-    folder = shared / "data" / "kitti06_stereo_f000_050"
-    camera = CameraModel.from_yaml(folder / "intrinsics.yaml")
-    rig = StereoRig(camera, camera.K[0, 0], camera.K[0, 2], 0.537150653)
-    left = sorted((folder / "images").glob("*.png"))[:8]
-    right = sorted((folder / "images_right").glob("*.png"))[:8]
-    frames = [(cv2.imread(str(a), cv2.IMREAD_GRAYSCALE), cv2.imread(str(b), cv2.IMREAD_GRAYSCALE))
-              for a, b in zip(left, right)]
-    return camera, rig, frames
+def kitti(kitti06_stereo):
+    camera, rig, frames = kitti06_stereo
+    return camera, rig, frames[:8]
 
 
 def _run(kitti, window):

@@ -173,6 +173,9 @@ def test_stereo_metric_poses_and_bad_rigs(kitti, tmp_path_factory):
             assert answered_with(client, send, stamp, timeout=15.0, step_ns=0) == stamp, f"no matches for frame {k}"
         r_err, t_err, dist = _pose_error(client, kitti, frames[1][0], frames[0][0], offset)
         assert r_err < 0.5 and t_err < 0.05 * dist  # ~1.2 m per frame; the baseline's SIFT+PnP: 1.2 %
+        diag = client.latest_diagnostics(timeout=5.0) or {}  # the rig's self-calibration: too few pairs yet
+        assert float(diag.get("stereo_disparity_offset_px", "nan")) == 0.0, diag
+        assert 0 <= int(diag["stereo_offset_fits"]) < 5
         for j, (baseline, cam, reason) in enumerate([(0.0, right_cam, "rejected.stereo_baseline"),
                                                      (b, right_cam.scaled(1226, 370), None)]):
             if reason is None:  # mismatched rectified intrinsics: another fx on the right

@@ -42,10 +42,10 @@ def test_there_and_back_bag_order_stamps_and_ground_truth(shared: Path, tmp_path
         assert np.allclose(gt.at(frame.stamp_ns, 0), seq.ground_truth.at(seq.frames[i][0], 0), atol=1e-6)
 
 
-# the stereo snippet's ground-truth distances are ~0.5 % shorter than its metric poses (docs/robot.md): a bias
-# in scale that loops cannot see, which bounds what the back-end gains on an out-and-back drive
+# KITTI out and back: 0.75 with the stereo self-calibration (0.84 without it: a scale error loops cannot see;
+# docs/robot.md), short of the 0.7
 @pytest.mark.parametrize("name, params, ratio", [
-    ("kitti06_stereo_f000_050", "eval_stereo_sift.yaml", 0.9),
+    ("kitti06_stereo_f000_050", "eval_stereo_sift.yaml", 0.8),
     ("tum_fr3_cabinet_rgbd", "eval_rgbd_sift.yaml", 0.7),
 ], ids=["stereo", "rgbd"])
 def test_loops_close_on_the_way_back(shared: Path, tmp_path: Path, capsys: pytest.CaptureFixture, name: str,

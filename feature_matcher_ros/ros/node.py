@@ -634,6 +634,9 @@ class MatcherSteps:
         }
         if d.get("weights"):
             info["weights"] = d["weights"]
+        if self.values["input_mode"] == "stereo":  # the rig's self-calibration (stereo.self_calibrate)
+            info["stereo_disparity_offset_px"] = f"{self.frontend.disparity_offset_px:.3f}"
+            info["stereo_offset_fits"] = self.frontend.disparity_offset_fits
         info.update({f"internal_error.{k}": v for k, v in sorted(self.guard.counts.items())})
         name = f"{self.get_fully_qualified_name().lstrip('/')}: matcher"
         status = self.stats.status(name, str(d.get("device", "")), info)
