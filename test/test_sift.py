@@ -11,6 +11,8 @@ from feature_matcher_ros.backends.base import Features
 from feature_matcher_ros.backends.sift import OrbBackend, SiftBackend, mutual_ratio_match
 from feature_matcher_ros.datasets import read_sequence
 from feature_matcher_ros.geometry import estimate_relative_pose, rotation_error_deg
+from feature_matcher_ros.measure import bench_sift_match
+from feature_matcher_ros.measure.bench_sift_match import plain_mutual_ratio
 from feature_matcher_ros.se3 import invert
 
 
@@ -96,6 +98,26 @@ def test_mutual_ratio_match_small_cases():
     pairs, scores = mutual_ratio_match(one_column, ratio=0.8)
     assert pairs.tolist() == [[1, 0]] and scores.tolist() == [1.0]
     assert mutual_ratio_match(np.zeros((0, 4), np.float32), 0.8)[0].shape == (0, 2)
+    # an exact tie down a column: the first row is the column's nearest (as argmin down the column)
+    tie = np.array([[0.3, 0.9], [0.3, 0.8], [0.9, 0.2]], np.float32)
+    assert mutual_ratio_match(tie.copy(), ratio=1.0)[0].tolist() == [[0, 0], [2, 1]]
+    # squared distances: the same neighbours, the ratio and scores on their roots
+    pairs, scores = mutual_ratio_match(dist.copy() ** 2, ratio=0.8, squared=True)
+    assert pairs.tolist() == [[0, 0]] and scores[0] == pytest.approx(1 - 0.1 / 0.8)
+
+
+def test_mutual_ratio_match_equals_the_plain_definition_on_real_descriptors(shared):
+    """The column-minimum mutual check and the squared distances give exactly the pairs of the plain
+    definition (argmin down every column, the ratio on Euclidean distances), on real SIFT descriptors; the
+    speed command checks the same on whole sequences."""
+    backend = SiftBackend(**{"sift.min_contrast_threshold": 0.005})
+    images = sorted((shared / "data" / "tum_fr2_desk" / "images").glob("*"))[:2]
+    d0, d1 = (backend.extract(cv2.imread(str(p))).data["descriptors"] for p in images)
+    plain = plain_mutual_ratio(d0, d1, 0.8)
+    pairs, _ = mutual_ratio_match(backend._distances(d0, d1), 0.8, squared=True)
+    assert len(plain) > 300 and set(map(tuple, pairs.tolist())) == plain
+    n, _, _, same = bench_sift_match.bench(shared / "data" / "tum_fr3_cabinet_rgbd", {}, 3)
+    assert n > 50 and same
 
 
 def test_precision_conversion(tum):

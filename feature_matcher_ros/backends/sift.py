@@ -42,7 +42,8 @@ from .base import Backend, Features, Matches
 from .spread import adapt_threshold, grid_select
 
 
-def mutual_ratio_match(dist: np.ndarray, ratio: float, mutual: bool = True) -> tuple[np.ndarray, np.ndarray]:
+def mutual_ratio_match(dist: np.ndarray, ratio: float, mutual: bool = True, squared: bool = False
+                       ) -> tuple[np.ndarray, np.ndarray]:
     """Mutual nearest neighbours passing the ratio test on a distance matrix.
 
     Args:
@@ -50,6 +51,8 @@ def mutual_ratio_match(dist: np.ndarray, ratio: float, mutual: bool = True) -> t
             changed and restored).
         ratio: keep a match when ``d1 < ratio * d2`` in the 0 -> 1 direction (1.0 disables the test).
         mutual: also require that the 1 -> 0 nearest neighbour points back.
+        squared: ``dist`` holds squared distances (the neighbours are the same; the ratio and the scores
+            use the square roots of the two per row, so no square root of the whole matrix is taken).
     Returns:
         ``(M, 2)`` int64 index pairs and ``(M,)`` float32 scores ``1 - d1 / d2`` (1 when there is no second
         neighbour).
@@ -60,7 +63,9 @@ def mutual_ratio_match(dist: np.ndarray, ratio: float, mutual: bool = True) -> t
     rows = np.arange(n0)
     nn = np.argmin(dist, axis=1)
     d1 = dist[rows, nn].copy()
-    back = np.argmin(dist, axis=0)
+    # 1 -> 0 nearest neighbours from the column minima (a reduction along the rows is ten times cheaper than
+    # an argmin down the columns): row i is column nn[i]'s nearest when it attains that column's minimum
+    nearest_back = _first_per_column(d1 == dist.min(axis=0)[nn], nn) if mutual else None
     if n1 >= 2:
         # Second-nearest distance: hide the nearest, take the row minimum, put it back (no full sort).
         dist[rows, nn] = np.inf
@@ -68,15 +73,27 @@ def mutual_ratio_match(dist: np.ndarray, ratio: float, mutual: bool = True) -> t
         dist[rows, nn] = d1
     else:
         d2 = np.full(n0, np.inf, np.float32)
+    if squared:
+        d1, d2 = np.sqrt(np.maximum(d1, 0.0)), np.sqrt(np.maximum(d2, 0.0))
     with np.errstate(divide="ignore", invalid="ignore"):
         rel = np.where(d2 > 0, d1 / d2, 1.0)
     keep = rel < ratio if ratio < 1.0 else np.ones(n0, bool)
     if mutual:
-        keep &= back[nn] == rows
+        keep &= nearest_back
     idx0 = np.nonzero(keep)[0]
     pairs = np.stack([idx0, nn[idx0]], axis=1).astype(np.int64)
     scores = np.clip(1.0 - rel[idx0], 0.0, 1.0).astype(np.float32)
     return pairs, scores
+
+
+def _first_per_column(attains: np.ndarray, nn: np.ndarray) -> np.ndarray:
+    """``(N0,)`` bool: the rows that attain their nearest column's minimum, the first such row per column (on an
+    exact tie between rows that share a nearest column, the one ``argmin`` down the column would give)."""
+    rows = np.flatnonzero(attains)
+    _, first = np.unique(nn[rows], return_index=True)  # rows ascend: the first of each column
+    out = np.zeros(len(nn), bool)
+    out[rows[first]] = True
+    return out
 
 
 class _OpenCVBackend(Backend):
@@ -98,6 +115,8 @@ class _OpenCVBackend(Backend):
 
     def _store_descriptors(self, desc: np.ndarray) -> np.ndarray:
         return desc
+
+    SQUARED_DISTANCES: ClassVar[bool] = False  # _distances gives squared distances
 
     # the spread: the budget, the cell side, and the detector thresholds (configured, floor)
     def _budget(self) -> int:
@@ -192,7 +211,8 @@ class _OpenCVBackend(Backend):
             return Matches.empty()
         prefix = self.name
         pairs, scores = mutual_ratio_match(
-            self._distances(d0, d1), float(self.settings[f"{prefix}.ratio"]), bool(self.settings[f"{prefix}.mutual"])
+            self._distances(d0, d1), float(self.settings[f"{prefix}.ratio"]), bool(self.settings[f"{prefix}.mutual"]),
+            squared=self.SQUARED_DISTANCES,
         )
         k0, k1 = feats0.data["keypoints"][pairs[:, 0]], feats1.data["keypoints"][pairs[:, 1]]
         # SIFT puts several orientations on one location: the same pixel pair can match twice. Keep the
@@ -260,11 +280,18 @@ class SiftBackend(_OpenCVBackend):
         # fp16 halves the cached keyframe memory; bf16 has no numpy type, so it stays float32.
         return desc.astype(np.float16 if self.precision == "fp16" else np.float32, copy=False)
 
+    SQUARED_DISTANCES: ClassVar[bool] = True
+
     def _distances(self, d0: np.ndarray, d1: np.ndarray) -> np.ndarray:
+        """Squared L2 distances, in place on the one ``(N0, N1)`` product (half the time of the
+        expression with temporaries and a square root of every entry)."""
         a = d0.astype(np.float32, copy=False)
         b = d1.astype(np.float32, copy=False)
-        sq = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * (a @ b.T)
-        return np.sqrt(np.maximum(sq, 0.0))
+        sq = a @ b.T
+        sq *= -2.0
+        sq += (a * a).sum(1)[:, None]
+        sq += (b * b).sum(1)[None, :]
+        return sq
 
 
 class OrbBackend(_OpenCVBackend):
