@@ -380,10 +380,11 @@ class Frontend:
         """The offset added to new stereo keyframes' disparities: the self-calibrated one (with
         ``stereo.self_calibrate`` on) once ``stereo.self_calibrate_min_pairs`` keyframe pairs were fitted and
         their median is known within ``stereo.self_calibrate_max_sd_px``, else ``stereo.disparity_offset_px``."""
-        s, est = self._settings, self._disparity
-        if (s["stereo.self_calibrate"] and est.count >= s["stereo.self_calibrate_min_pairs"]
+        s, est = self._settings, self._disparity  # read without the lock (diagnostics): each is replaced whole
+        value = est.value()
+        if (s["stereo.self_calibrate"] and value is not None and est.count >= s["stereo.self_calibrate_min_pairs"]
                 and est.sd() <= s["stereo.self_calibrate_max_sd_px"]):
-            return float(est.value())
+            return value
         return float(s["stereo.disparity_offset_px"])
 
     @property

@@ -13,7 +13,6 @@ agree (``stereo.self_calibrate_min_pairs``, ``stereo.self_calibrate_max_sd_px``)
 
 from __future__ import annotations
 
-from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
@@ -117,32 +116,35 @@ def fit_disparity_offset(v: Stereo2View, offset0: float = 0.0, iterations: int =
 
 class DisparityOffset:
     """The running estimate: the median offset of the last ``WINDOW`` pair fits whose standard deviation is at
-    most ``MAX_SD_PX`` (a median: single pairs scatter more than their own standard deviations say)."""
+    most ``MAX_SD_PX`` (a median: single pairs scatter more than their own standard deviations say). The fits
+    are held in a tuple replaced whole on each :meth:`add`, so another thread (the node's diagnostics) reads a
+    consistent set without a lock."""
 
     def __init__(self) -> None:
-        self._fits: deque[OffsetFit] = deque(maxlen=WINDOW)
+        self._offsets: tuple[float, ...] = ()
 
     def add(self, fit: OffsetFit | None) -> None:
         if fit is not None and fit.sd_px <= MAX_SD_PX:
-            self._fits.append(fit)
+            self._offsets = (*self._offsets, fit.offset_px)[-WINDOW:]
 
     @property
     def count(self) -> int:
-        return len(self._fits)
+        return len(self._offsets)
 
     def value(self) -> float | None:
         """The median offset (pixels), None before the first fit."""
-        return float(np.median([f.offset_px for f in self._fits])) if self._fits else None
+        x = self._offsets
+        return float(np.median(x)) if x else None
 
     def sd(self) -> float:
         """The median's standard error from the fits' own scatter (1.2533 x 1.4826 MAD / sqrt(n): a normal
         sample's; single fits scatter several times more than their own standard deviations say); inf with
         fewer than 3 fits."""
-        if len(self._fits) < 3:
+        x = np.array(self._offsets)
+        if len(x) < 3:
             return float("inf")
-        x = np.array([f.offset_px for f in self._fits])
         mad = float(np.median(np.abs(x - np.median(x))))
         return 1.2533 * 1.4826 * mad / float(np.sqrt(len(x)))
 
     def clear(self) -> None:
-        self._fits.clear()
+        self._offsets = ()

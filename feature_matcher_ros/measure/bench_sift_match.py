@@ -1,7 +1,7 @@
 """SIFT matching's cost, measured: the plain definition of mutual nearest neighbours with the ratio test (the full
 Euclidean distance matrix, the nearest neighbour of every row and of every column: the backend's former
-implementation) against the backend's matching (squared distances in place, the column check from the column minima), on consecutive frames of real
-sequences, alternated pair by pair; both must give the same pairs.
+implementation) against the backend's matching (squared distances in place, the column check from the column
+minima), on consecutive frames of real sequences, alternated pair by pair; both must give the same pairs.
 
     python -m feature_matcher_ros.measure.bench_sift_match SEQUENCE [SEQUENCE ...] [--params FILE] [--frames 10]
 
