@@ -275,7 +275,7 @@ def estimate_absolute_pose(
     return AbsolutePose(R, t, inliers, cov, residual, method)
 
 
-def _reprojection(R: np.ndarray, t: np.ndarray, X: np.ndarray, xn: np.ndarray, fx: float, fy: float
+def reprojection(R: np.ndarray, t: np.ndarray, X: np.ndarray, xn: np.ndarray, fx: float, fy: float
                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Pixel residuals ``r (N, 2)`` of keyframe points ``X`` seen at normalised ``xn``, their Jacobian ``J (N, 2, 6)``
     with respect to ``[dt, w]`` (``X_c = exp([w]x) R X + t + dt``) and ``d(pixel)/d(X_c)`` ``(N, 2, 3)``."""
@@ -306,7 +306,7 @@ def residual_variance(r: np.ndarray) -> float:
     return max(float((r**2).sum()) / max(1, 2 * len(r) - 6), 1e-4)
 
 
-def _residual_information(R: np.ndarray, r: np.ndarray, Jp: np.ndarray, point_cov: np.ndarray,
+def residual_information(R: np.ndarray, r: np.ndarray, Jp: np.ndarray, point_cov: np.ndarray,
                           sigma2: float | None = None) -> np.ndarray:
     """``(N, 2, 2)`` inverse covariances of the residuals: ``σ²`` (from the residuals themselves unless given) plus
     each point's own ``(3, 3)`` covariance ``point_cov`` (keyframe frame) seen through the projection (see
@@ -339,8 +339,8 @@ def refine_weighted(R: np.ndarray, t: np.ndarray, X: np.ndarray, xn: np.ndarray,
     (robust to a few wrong points)."""
     cov = ray_covariance(X, depth_noise) if point_cov is None else point_cov
     for _ in range(iterations):
-        r, J, Jp = _reprojection(R, t, X, xn, fx, fy)
-        W = _residual_information(R, r, Jp, cov)
+        r, J, Jp = reprojection(R, t, X, xn, fx, fy)
+        W = residual_information(R, r, Jp, cov)
         if huber > 0:
             m = np.sqrt(np.maximum(np.einsum("na,nab,nb->n", r, W, r), 1e-12))
             W = W * np.minimum(1.0, huber / m)[:, None, None]
@@ -366,8 +366,8 @@ def pnp_covariance(R: np.ndarray, t: np.ndarray, X: np.ndarray, xn: np.ndarray, 
     residuals show it), plus the keyframe point's depth noise ``depth_noise · Z²`` along its ray (structured-light
     depth, or stereo's ``Z² σ_d / (f b)``) seen through the projection, which the residuals barely show.
     It grows with fewer points, smaller spread, farther and noisier depth."""
-    r, J, Jp = _reprojection(R, t, X, xn, fx, fy)
-    info = np.einsum("nai,nab,nbj->ij", J, _residual_information(R, r, Jp, ray_covariance(X, depth_noise)), J)
+    r, J, Jp = reprojection(R, t, X, xn, fx, fy)
+    info = np.einsum("nai,nab,nbj->ij", J, residual_information(R, r, Jp, ray_covariance(X, depth_noise)), J)
     try:
         cov = np.linalg.inv(info)
     except np.linalg.LinAlgError:

@@ -24,12 +24,12 @@ from .camera import CameraModel
 from .geometry import RelativePose
 from .metric import (
     AbsolutePose,
-    _reprojection,
-    _residual_information,
     back_project,
     point_jacobian,
     ray_covariance,
     refine_weighted,
+    reprojection,
+    residual_information,
     residual_variance,
 )
 
@@ -99,7 +99,8 @@ def carry_window(from_kf_camera: CameraModel, from_depth_noise: float, from_wind
     parts = [(m.kpts1[own], X, ray_covariance(X, from_depth_noise), np.ones(len(own), np.int64))]
     if from_window is not None and depth > 1:
         ia, ib = same_pixels(from_window.pixels, m.kpts0[inl])
-        ia, ib = ia[from_window.age[ia] < depth], inl[ib[from_window.age[ia] < depth]]
+        young = from_window.age[ia] < depth
+        ia, ib = ia[young], inl[ib[young]]
         parts.append((m.kpts1[ib], from_window.X[ia], from_window.cov[ia], from_window.age[ia] + 1))
     pixels, X, cov, age = (np.concatenate(p) for p in zip(*parts))
     if len(age) == 0:
@@ -121,9 +122,9 @@ def refine_with_window(ap: AbsolutePose, X: np.ndarray, kpts0: np.ndarray, kpts1
         return ap.R, ap.t, 0
     Xa, xn_a = X[inl], camera.normalize(kpts1[inl])
     Xw, Cw, xn_w = window.X[ia], window.cov[ia], xn_a[ib]
-    sigma2 = residual_variance(_reprojection(ap.R, ap.t, Xa, xn_a, camera.fx, camera.fy)[0])  # the PnP inliers'
-    r, _, Jp = _reprojection(ap.R, ap.t, Xw, xn_w, camera.fx, camera.fy)
-    W = _residual_information(ap.R, r, Jp, Cw, sigma2)
+    sigma2 = residual_variance(reprojection(ap.R, ap.t, Xa, xn_a, camera.fx, camera.fy)[0])  # the PnP inliers'
+    r, _, Jp = reprojection(ap.R, ap.t, Xw, xn_w, camera.fx, camera.fy)
+    W = residual_information(ap.R, r, Jp, Cw, sigma2)
     keep = np.einsum("na,nab,nb->n", r, W, r) < GATE_CHI2
     if not keep.any():
         return ap.R, ap.t, 0
