@@ -251,3 +251,34 @@ def test_mutual_nearest_neighbours_matches_brute_force():
         i0, i1, s = mutual_nearest_neighbours(a, b)
         assert set(zip(i0.tolist(), i1.tolist())) == expected
         torch.testing.assert_close(s, sim[i0, i1])
+
+
+def test_score_levels_choose_the_map_keypoints_are_peaks_of(shared):
+    """The shipped fast weights score level 1 at full resolution: ``auto`` detects on that level's logits (each
+    keypoint a peak of its 3x3 window there), ranks by the levels' average; ``all`` is the average throughout
+    and gives other keypoints; the small variant resolves ``auto`` to ``all``; an unknown choice is refused."""
+    from feature_matcher_ros.backends.sptd2.inference import fused_score_map, image_to_tensor, pad_to_multiple
+
+    backend = SPTD2Backend(**{"sptd2.top_k": 500})
+    assert backend.settings["sptd2.score_levels"] == "auto" and backend.score_levels == "fine"
+    image = cv2.imread(str(sorted((shared / "data" / "tum_fr2_desk" / "images").glob("*.png"))[0]),
+                       cv2.IMREAD_GRAYSCALE)
+    fine = backend.extract(image).data
+    with torch.inference_mode():
+        padded = pad_to_multiple(image_to_tensor(image))
+        out = backend.model(padded)
+    h, w = image.shape
+    logits = out["score_logits"][0][0, 0, :h, :w]
+    average = fused_score_map(out["scores"], (h, w), tuple(padded.shape[-2:]))[0]
+    xy = torch.round(fine["keypoints"]).long()
+    x, y = xy[:, 0].clamp(1, w - 2), xy[:, 1].clamp(1, h - 2)
+    window = torch.stack([logits[y + dy, x + dx] for dy in (-1, 0, 1) for dx in (-1, 0, 1)])
+    assert float((logits[y, x] >= window.max(0).values).float().mean()) > 0.95  # (a refined x.5 may round away)
+    assert torch.all(fine["scores"][:-1] >= fine["scores"][1:])
+    assert torch.allclose(fine["scores"], average[y, x], atol=1e-5)  # scored by the average at the peak
+    backend.apply({"sptd2.score_levels": "all"})
+    averaged = backend.extract(image).data
+    shared_px = (torch.cdist(fine["keypoints"], averaged["keypoints"]).min(1).values < 0.5).float().mean()
+    assert float(shared_px) < 0.5  # another map, other keypoints (measured: a fifth in common)
+    assert SPTD2Backend(weights="random:small").score_levels == "all"
+    assert backend.validate({**backend.settings, "sptd2.score_levels": "coarse"}) is not None

@@ -78,7 +78,8 @@ def test_export_is_fixed_shape_and_described(export, torch_backend):
     out, entry = export
     assert entry["file"] == f"sptd2_extract_{SIZE[0]}x{SIZE[1]}.onnx" and (out / entry["file"]).is_file()
     assert entry["size"] == list(SIZE) and entry["top_k"] == TOP_K and entry["precision"] == "fp32"
-    assert entry["nms_radius"] == 2 and entry["detection_threshold"] == 0.0 and entry["key_threshold"] == 0.8
+    assert entry["nms_radius"] == 1 and entry["detection_threshold"] == 0.0 and entry["key_threshold"] == 0.8
+    assert entry["score_levels"] == "fine"  # "auto" resolved for the shipped fast weights (full-resolution level 1)
     dim = torch_backend.model.config.dim  # the shipped default's descriptor size (64: the fast variant)
     assert entry["descriptor_dim"] == dim == 64
     assert json.loads((out / SIDECAR).read_text())["entries"] == [entry]
@@ -112,13 +113,13 @@ def test_a_wrong_export_fails_the_comparison(export, torch_backend, images, tmp_
     with pytest.raises(AssertionError, match="keypoints from onnxruntime"):
         assert_same_features(reference, other(image_to_tensor(gray).numpy()))
     extractor = OnnxSPTD2Extractor(out / entry["file"], threads=2)
-    for changed in ({"sptd2.key_threshold": 0.5}, {"sptd2.nms_radius": 3}):
+    for changed in ({"sptd2.key_threshold": 0.5}, {"sptd2.nms_radius": 3}, {"sptd2.score_levels": "all"}):
         torch_backend.apply(changed)
         try:
             with pytest.raises(AssertionError):
                 assert_same_features(torch_backend.extract(gray).data, extractor(image_to_tensor(gray).numpy()))
         finally:
-            torch_backend.apply({"sptd2.key_threshold": 0.8, "sptd2.nms_radius": 2})
+            torch_backend.apply({"sptd2.key_threshold": 0.8, "sptd2.nms_radius": 1, "sptd2.score_levels": "auto"})
 
 
 def test_onnx_backend_matches_like_torch(export, torch_backend, images):
@@ -145,7 +146,7 @@ def test_baked_settings_are_guarded_and_sizes_checked(export, images):
     out, entry = export
     backend = SPTD2Backend(onnx=out)
     for key, value in (("sptd2.top_k", 64), ("sptd2.nms_radius", 3), ("sptd2.detection_threshold", 0.1),
-                       ("sptd2.key_threshold", 0.5)):
+                       ("sptd2.key_threshold", 0.5), ("sptd2.score_levels", "all")):
         reason = backend.validate({**backend.settings, key: value})
         assert reason is not None and key in reason and "ONNX export" in reason and str(out) in reason
     assert backend.validate({**backend.settings, "sptd2.match_threshold": 0.5, "sptd2.ratio": 0.9}) is None

@@ -35,8 +35,8 @@ class SPTD2Backend(Backend):
             :mod:`.onnx_export` (its ``sptd2.json`` lists one export per image size) or one exported ``.onnx``
             file. An image of a size no export takes is a ValueError (no silent resizing: export that size or
             set the frontend's ``resize_long_edge`` to give it). The settings baked into the export
-            (``sptd2.top_k``, ``nms_radius``, ``detection_threshold``, ``key_threshold``) default to the
-            export's values and cannot change (:meth:`validate` rejects it, naming the export). On ``cpu``
+            (``sptd2.top_k``, ``nms_radius``, ``detection_threshold``, ``key_threshold``, ``score_levels``) default
+            to the export's values and cannot change (:meth:`validate` rejects it, naming the export). On ``cpu``
             onnxruntime runs on its CPU provider with torch's thread count, otherwise on CUDA/TensorRT where
             this onnxruntime has them; features land on ``device`` as with torch.
         settings: the ``sptd2.*`` parameters below.
@@ -47,8 +47,13 @@ class SPTD2Backend(Backend):
     PARAMS: ClassVar[tuple[ParamSpec, ...]] = (
         ParamSpec("sptd2.top_k", 2048, "Keypoints kept per image (best fused scores after NMS).", min=1,
                   max=MAX_KEYPOINTS),
-        ParamSpec("sptd2.nms_radius", 2, "Keypoint NMS radius in pixels (window 2r+1); 0 = off.", min=0, max=16),
-        ParamSpec("sptd2.detection_threshold", 0.0, "Minimum fused detector score of a keypoint.", min=0.0, max=1.0),
+        ParamSpec("sptd2.nms_radius", 1, "Keypoint NMS radius in pixels (window 2r+1; 1: the 3x3 window); "
+                  "0 = off.", min=0, max=16),
+        ParamSpec("sptd2.score_levels", "auto", "Score map keypoints are detected on: all (the levels' average), "
+                  "fine (the finest level alone), auto (fine for weights that score level 1 at full resolution, "
+                  "as sptd2_fast_distill.pt does; else all).", choices=("auto", "all", "fine")),
+        ParamSpec("sptd2.detection_threshold", 0.0, "Minimum detector score of a keypoint (the levels' average).",
+                  min=0.0, max=1.0),
         ParamSpec("sptd2.match_threshold", 0.0, "Minimum cosine similarity of a mutual-NN match.", min=-1.0, max=1.0),
         ParamSpec("sptd2.ratio", 1.0, "Lowe ratio on descriptor distances, both directions (1.0 = off).", min=0.1,
                   max=1.0),
@@ -131,6 +136,14 @@ class SPTD2Backend(Backend):
         super().apply(settings)
         self.model.key_threshold = float(self.settings["sptd2.key_threshold"])
 
+    @property
+    def score_levels(self) -> str:
+        """``sptd2.score_levels`` with ``auto`` resolved for these weights."""
+        levels = str(self.settings["sptd2.score_levels"])
+        if levels == "auto":
+            return "fine" if getattr(self.model.config, "fine_scores", False) else "all"
+        return levels
+
     # -- per image and per pair ---------------------------------------------------------------------
     def extract(self, image: np.ndarray) -> Features:
         if self._onnx:
@@ -138,7 +151,8 @@ class SPTD2Backend(Backend):
         tensor = image_to_tensor(self.gray(image), self.device, self.dtype)
         cfg = DetectionConfig(top_k=int(self.settings["sptd2.top_k"]),
                               nms_radius=int(self.settings["sptd2.nms_radius"]),
-                              detection_threshold=float(self.settings["sptd2.detection_threshold"]))
+                              detection_threshold=float(self.settings["sptd2.detection_threshold"]),
+                              score_levels=self.score_levels)
         out = detect_and_describe(self.model, tensor, cfg)
         data = {"keypoints": out["keypoints"], "scores": out["scores"],
                 "descriptors": out["descriptors"].to(self.dtype)}

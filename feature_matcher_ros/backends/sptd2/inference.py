@@ -16,22 +16,29 @@ from .model import SPTD2
 MAX_KEYPOINTS = 5000
 
 
+SCORE_LEVELS = ("all", "fine")
+
+
 @dataclass
 class DetectionConfig:
-    """top_k: keypoints kept (<= 5000); nms_radius: NMS window is (2r+1)^2 pixels; detection_threshold:
-    minimum fused score; border: pixels ignored at the image edge; subpixel: quadratic refinement."""
+    """top_k: keypoints kept (<= 5000); nms_radius: NMS window is (2r+1)^2 pixels (1: the 3x3 window of the
+    design digest); detection_threshold: minimum score; border: pixels ignored at the image edge; subpixel:
+    quadratic refinement; score_levels: the map keypoints are detected and refined on (:func:`detection_score_map`)."""
 
     top_k: int = 2048
-    nms_radius: int = 2
+    nms_radius: int = 1
     detection_threshold: float = 0.0
     border: int = 4
     subpixel: bool = True
+    score_levels: str = "all"
 
     def __post_init__(self) -> None:
         if not 1 <= self.top_k <= MAX_KEYPOINTS:
             raise ValueError(f"top_k must be in [1, {MAX_KEYPOINTS}], got {self.top_k}")
         if self.nms_radius < 0:
             raise ValueError(f"nms_radius must be >= 0, got {self.nms_radius}")
+        if self.score_levels not in SCORE_LEVELS:
+            raise ValueError(f"score_levels must be one of {SCORE_LEVELS}, got {self.score_levels!r}")
 
 
 def image_to_tensor(image, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -75,6 +82,17 @@ def fused_score_map(scores: list[torch.Tensor], size: tuple[int, int],
     return (total / len(scores))[:, 0, : size[0], : size[1]]
 
 
+def detection_maps(out: dict, size: tuple[int, int], padded: tuple[int, int], levels: str = "all"
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(peaks, rank)``, each ``(B, H, W)``, from the network's output ``out``: keypoints are the local maxima of
+    ``peaks``, refined to sub-pixel on it, ranked and scored by ``rank``, the levels' average
+    (:func:`fused_score_map`, the design digest's reading of the paper). ``levels`` ``all``: the peaks are that
+    average too; ``fine``: the finest level's logits alone (the fast variant scores level 1 at full resolution,
+    where the coarser levels' upsampled maps blur its peaks; its scores saturate at 1 where the logits do not)."""
+    rank = fused_score_map(out["scores"], size, padded)
+    return (rank if levels == "all" else fused_score_map(out["score_logits"][:1], size, padded)), rank
+
+
 def refine_subpixel(score: torch.Tensor, xy: torch.Tensor) -> torch.Tensor:
     """Separable quadratic fit of ``score`` ``(H, W)`` around integer keypoints ``xy`` ``(N, 2)`` (long);
     returns float ``(N, 2)`` with offsets clamped to +-0.5 px (0 where the fit is not a maximum)."""
@@ -84,8 +102,9 @@ def refine_subpixel(score: torch.Tensor, xy: torch.Tensor) -> torch.Tensor:
 
     def offset(minus: torch.Tensor, plus: torch.Tensor) -> torch.Tensor:
         curvature = minus - 2 * c + plus
-        delta = 0.5 * (minus - plus) / curvature.where(curvature < -1e-9, torch.full_like(curvature, -1.0))
-        return torch.where(curvature < -1e-9, delta, torch.zeros_like(delta)).clamp(-0.5, 0.5)
+        peaked = curvature < -1e-9
+        delta = 0.5 * (minus - plus) / curvature.where(peaked, torch.full_like(curvature, -1.0))
+        return torch.where(peaked, delta, torch.zeros_like(delta)).clamp(-0.5, 0.5)
 
     dx = offset(score[y, x - 1], score[y, x + 1])
     dy = offset(score[y - 1, x], score[y + 1, x])
@@ -120,9 +139,10 @@ def detect_and_describe(model: SPTD2, image: torch.Tensor, cfg: DetectionConfig)
     h, w = image.shape[-2:]
     padded = pad_to_multiple(image)
     out = model(padded)
-    score = fused_score_map(out["scores"], (h, w), tuple(padded.shape[-2:]))[0]
-    keep = (maxpool_nms(score, 2 * cfg.nms_radius + 1, cfg.detection_threshold) if cfg.nms_radius > 0
-            else score > cfg.detection_threshold)
+    peaks, rank = (m[0] for m in detection_maps(out, (h, w), tuple(padded.shape[-2:]), cfg.score_levels))
+    keep = (maxpool_nms(peaks, 2 * cfg.nms_radius + 1, float("-inf")) if cfg.nms_radius > 0
+            else torch.ones_like(peaks, dtype=torch.bool))
+    keep &= rank > cfg.detection_threshold
     b = min(cfg.border, (min(h, w) - 1) // 2)
     if b > 0:
         keep[:b] = False
@@ -130,11 +150,11 @@ def detect_and_describe(model: SPTD2, image: torch.Tensor, cfg: DetectionConfig)
         keep[:, :b] = False
         keep[:, -b:] = False
     ys, xs = keep.nonzero(as_tuple=True)
-    values = score[ys, xs]
+    values = rank[ys, xs]
     top = values.topk(min(cfg.top_k, values.numel())).indices
     xy = torch.stack([xs[top], ys[top]], dim=1)
     values = values[top]
-    keypoints = refine_subpixel(score, xy) if cfg.subpixel and h >= 3 and w >= 3 else xy.float()
+    keypoints = refine_subpixel(peaks, xy) if cfg.subpixel and h >= 3 and w >= 3 else xy.float()
     descriptors = sample_descriptors(out["descriptors"], keypoints, tuple(padded.shape[-2:]))
     return {"keypoints": keypoints.float(), "scores": values.float(), "descriptors": descriptors}
 

@@ -245,7 +245,8 @@ class DecoderHead(nn.Module):
     one-logit sigmoid, which is the same function as a 2-class softmax of two logits (their difference).
 
     forward: ``(B, d, H_l, W_l)`` -> descriptors ``(B, d, H_l, W_l)`` unit length, scores
-    ``(B, 1, cell * H_l, cell * W_l)`` in [0, 1].
+    ``(B, 1, cell * H_l, cell * W_l)`` in [0, 1], and their logits (the same shape; ``S = sigmoid(logit)``:
+    they rank what saturates at 1 in S).
     """
 
     def __init__(self, dim: int, cell: int = 1) -> None:
@@ -253,19 +254,17 @@ class DecoderHead(nn.Module):
         self.cell = cell
         self.score = nn.Conv2d(dim, 2 if cell == 1 else cell * cell, 1)
 
-    def forward(self, p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         descriptors = F.normalize(p.float(), dim=1).to(p.dtype)
-        logits = self.score(p * p)
-        if self.cell == 1:
-            scores = torch.softmax(logits.float(), dim=1)[:, 1:2].to(p.dtype)
-        else:
-            scores = F.pixel_shuffle(torch.sigmoid(logits.float()), self.cell).to(p.dtype)
-        return descriptors, scores
+        logits = self.score(p * p).float()
+        logit = logits[:, 1:2] - logits[:, :1] if self.cell == 1 else F.pixel_shuffle(logits, self.cell)
+        return descriptors, torch.sigmoid(logit).to(p.dtype), logit.to(p.dtype)
 
 
 class SPTD2(nn.Module):
     """The whole network. forward: ``(B, in_channels, H, W)`` in [0, 1], H and W multiples of 16 ->
-    ``{"scores": [S^1, S^2, S^3], "descriptors": [D^1, D^2, D^3]}`` with S^l ``(B, 1, H_l, W_l)`` and
+    ``{"scores": [S^1, S^2, S^3], "descriptors": [D^1, D^2, D^3], "score_logits": [...]}`` with S^l
+    ``(B, 1, H_l, W_l)`` (``score_logits``: S^l before the sigmoid) and
     D^l ``(B, d, H_l, W_l)``; levels at strides 4, 8, 16 (with ``config.fine_scores`` S^1 is ``(B, 1, H, W)``)."""
 
     # attention branches per level: (name, key level offset)
@@ -321,7 +320,7 @@ class SPTD2(nn.Module):
                 picked = torch.gather(scores, 1, index)
                 weights = picked / picked.amax(dim=1, keepdim=True).clamp_min(1e-12)
             selections.append((index, keep, weights))
-        out: dict[str, Any] = {"scores": [], "descriptors": []}
+        out: dict[str, Any] = {"scores": [], "descriptors": [], "score_logits": []}
         for level, names in self.BRANCHES.items():
             hl, wl = shapes[level]
             branch_out = {}
@@ -336,9 +335,10 @@ class SPTD2(nn.Module):
                 p = self.fuse_down[level](p, branch_out["down"])
             if "up" in branch_out:
                 p = self.fuse_up[level](p, branch_out["up"])
-            descriptors, scores = self.heads[level](p)
+            descriptors, scores, logits = self.heads[level](p)
             out["descriptors"].append(descriptors)
             out["scores"].append(scores)
+            out["score_logits"].append(logits)
         return out
 
 

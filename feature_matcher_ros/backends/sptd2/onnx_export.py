@@ -1,10 +1,10 @@
 """SPTD2 extraction as one fixed-shape ONNX graph, and an onnxruntime runtime for it.
 
-The graph is :func:`~.inference.detect_and_describe` for one input size: the network, the fused score map,
-max-pool NMS, the border, top-K, sub-pixel refinement and descriptor sampling. Matching stays in the backend
-(torch). Every shape is static: instead of selecting the detections (``nonzero``), the graph takes the top
-K of the score map with the non-detections at -inf, and says which of the K slots hold a detection
-(``valid``); detections come first, best score first, exactly as in the torch path.
+The graph is :func:`~.inference.detect_and_describe` for one input size: the network, the score maps
+(:func:`~.inference.detection_maps`), max-pool NMS, the border, top-K, sub-pixel refinement and descriptor
+sampling. Matching stays in the backend (torch). Every shape is static: instead of selecting the detections
+(``nonzero``), the graph takes the top K of the score map with the non-detections at -inf, and says which of
+the K slots hold a detection (``valid``); detections come first, best score first, exactly as in the torch path.
 
 Graph (file ``sptd2_extract_{H}x{W}.onnx``):
     input ``image`` ``(1, 1, H, W)`` float32 in [0, 1] (what :func:`~.inference.image_to_tensor` gives);
@@ -12,9 +12,9 @@ Graph (file ``sptd2_extract_{H}x{W}.onnx``):
     ``descriptors`` ``(K, D)`` float32 unit vectors, ``valid`` ``(K,)`` bool (invalid slots are zeros).
 
 The settings that shape the graph (``sptd2.top_k``, ``sptd2.nms_radius``, ``sptd2.detection_threshold``,
-``sptd2.key_threshold``) are baked in. Each export's description (:func:`export_sptd2`'s return value) is
-stored in the ONNX file's metadata (key ``sptd2``) and, through :func:`write_sidecar`, in ``sptd2.json``
-beside it, so both a folder and a single ``.onnx`` file can be given to ``SPTD2Backend(onnx=...)``.
+``sptd2.key_threshold``, ``sptd2.score_levels``) are baked in. Each export's description (:func:`export_sptd2`'s
+return value) is stored in the ONNX file's metadata (key ``sptd2``) and, through :func:`write_sidecar`, in
+``sptd2.json`` beside it, so both a folder and a single ``.onnx`` file can be given to ``SPTD2Backend(onnx=...)``.
 
 Example::
 
@@ -43,7 +43,8 @@ OPSET = 17
 INPUT_NAME = "image"
 OUTPUT_NAMES = ("keypoints", "scores", "descriptors", "valid")
 # backend settings baked into an export (changing one needs a new export)
-BAKED_SETTINGS = ("sptd2.top_k", "sptd2.nms_radius", "sptd2.detection_threshold", "sptd2.key_threshold")
+BAKED_SETTINGS = ("sptd2.top_k", "sptd2.nms_radius", "sptd2.detection_threshold", "sptd2.key_threshold",
+                  "sptd2.score_levels")
 # fp16: torch 2.13's legacy exporter writes an invalid graph for this network in fp16 (onnxruntime refuses it: a
 # LayerNormalization fed float and float16), so the graph is fp32 only for now.
 EXPORT_PRECISIONS = ("fp32",)
@@ -77,15 +78,15 @@ def local_maximum_mask(score, radius: int):
     return keep
 
 
-def _graph_module(model, size: tuple[int, int], top_k: int, nms_radius: int, detection_threshold: float,
-                  border: int, subpixel: bool):
+def _graph_module(model, size: tuple[int, int], cfg):
     """A ``torch.nn.Module`` computing the export's four outputs from a ``(1, 1, H, W)`` float32 image."""
     import torch
 
-    from .inference import fused_score_map, pad_to_multiple, refine_subpixel, sample_descriptors
+    from .inference import detection_maps, pad_to_multiple, refine_subpixel, sample_descriptors
 
     h, w = size
-    b = min(border, (min(h, w) - 1) // 2)
+    top_k, nms_radius, detection_threshold, subpixel = cfg.top_k, cfg.nms_radius, cfg.detection_threshold, cfg.subpixel
+    b = min(cfg.border, (min(h, w) - 1) // 2)
     inside = torch.zeros(h, w, dtype=torch.bool)
     inside[b: h - b, b: w - b] = True  # b == 0: everything
 
@@ -99,16 +100,16 @@ def _graph_module(model, size: tuple[int, int], top_k: int, nms_radius: int, det
             padded = pad_to_multiple(image)
             out = self.model(padded)
             padded_size = tuple(padded.shape[-2:])
-            score = fused_score_map(out["scores"], (h, w), padded_size)[0]
-            keep = score > detection_threshold
+            peaks, rank = (m[0] for m in detection_maps(out, (h, w), padded_size, cfg.score_levels))
+            keep = rank > detection_threshold
             if nms_radius > 0:
-                keep = keep & local_maximum_mask(score, nms_radius)
+                keep = keep & local_maximum_mask(peaks, nms_radius)
             keep = keep & self.inside
-            ranked = torch.where(keep, score, torch.full_like(score, float("-inf"))).reshape(-1)
+            ranked = torch.where(keep, rank, torch.full_like(rank, float("-inf"))).reshape(-1)
             values, index = ranked.topk(top_k)
             valid = values > float("-inf")
             xy = torch.stack([index % w, torch.div(index, w, rounding_mode="floor")], dim=1)
-            keypoints = refine_subpixel(score, xy) if subpixel and h >= 3 and w >= 3 else xy.float()
+            keypoints = refine_subpixel(peaks, xy) if subpixel and h >= 3 and w >= 3 else xy.float()
             descriptors = sample_descriptors(out["descriptors"], keypoints, padded_size)
             keypoints = torch.where(valid[:, None], keypoints, torch.zeros_like(keypoints))
             scores = torch.where(valid, values, torch.zeros_like(values))
@@ -150,12 +151,12 @@ def export_sptd2(backend, out_dir: Path, size: tuple[int, int], precision: str =
     if not 1 <= k <= min(MAX_KEYPOINTS, h * w):
         raise ValueError(f"export_sptd2: top_k must be in [1, {min(MAX_KEYPOINTS, h * w)}], got {k}")
     cfg = DetectionConfig(top_k=k, nms_radius=int(settings["sptd2.nms_radius"]),
-                          detection_threshold=float(settings["sptd2.detection_threshold"]))
+                          detection_threshold=float(settings["sptd2.detection_threshold"]),
+                          score_levels=backend.score_levels)
     key_threshold = float(settings["sptd2.key_threshold"])
     model = copy.deepcopy(backend.model).to(device="cpu", dtype=torch.float32).eval()
     model.key_threshold = key_threshold
-    graph = _graph_module(model, (h, w), cfg.top_k, cfg.nms_radius, cfg.detection_threshold, cfg.border,
-                          cfg.subpixel)
+    graph = _graph_module(model, (h, w), cfg)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / export_name((h, w))
@@ -172,6 +173,7 @@ def export_sptd2(backend, out_dir: Path, size: tuple[int, int], precision: str =
         "outputs": list(OUTPUT_NAMES),
         "top_k": cfg.top_k,
         "nms_radius": cfg.nms_radius,
+        "score_levels": cfg.score_levels,
         "detection_threshold": cfg.detection_threshold,
         "key_threshold": key_threshold,
         "border": cfg.border,
@@ -217,7 +219,8 @@ def baked_settings(entry: dict[str, Any]) -> dict[str, Any]:
     """The backend settings an export was made with, as ``{"sptd2.top_k": ..., ...}``."""
     return {"sptd2.top_k": int(entry["top_k"]), "sptd2.nms_radius": int(entry["nms_radius"]),
             "sptd2.detection_threshold": float(entry["detection_threshold"]),
-            "sptd2.key_threshold": float(entry["key_threshold"])}
+            "sptd2.key_threshold": float(entry["key_threshold"]),
+            "sptd2.score_levels": str(entry.get("score_levels", "all"))}  # exports before it: the average
 
 
 def _check_consistent(entries: list[dict[str, Any]], who: str) -> None:

