@@ -21,6 +21,7 @@ from feature_matcher_ros.backends.sptd2.onnx_export import (  # noqa: E402 - aft
     SIDECAR,
     OnnxSPTD2Backend,
     OnnxSPTD2Extractor,
+    baked_settings,
     export_sptd2,
     local_maximum_mask,
     write_sidecar,
@@ -150,6 +151,11 @@ def test_baked_settings_are_guarded_and_sizes_checked(export, images):
         reason = backend.validate({**backend.settings, key: value})
         assert reason is not None and key in reason and "ONNX export" in reason and str(out) in reason
     assert backend.validate({**backend.settings, "sptd2.match_threshold": 0.5, "sptd2.ratio": 0.9}) is None
+    # the node passes every parameter (here the export's values, score_levels at its default auto): auto score
+    # levels are the export's
+    node_values = {**{p.name: p.default for p in SPTD2Backend.PARAMS},
+                   **{k: v for k, v in baked_settings(entry).items() if k != "sptd2.score_levels"}}
+    assert SPTD2Backend(onnx=out, **node_values).settings["sptd2.score_levels"] == "auto"
     with pytest.raises(ValueError, match="baked into the ONNX export"):
         SPTD2Backend(onnx=out, **{"sptd2.top_k": 2048})
     with pytest.raises(ValueError, match="320x240"):

@@ -11,7 +11,14 @@ import numpy as np
 from ...params import ParamSpec
 from ..base import Backend, Features, Matches, torch_dtype
 from ..nms import nms_matches
-from .inference import MAX_KEYPOINTS, DetectionConfig, detect_and_describe, image_to_tensor, mutual_nearest_neighbours
+from .inference import (
+    MAX_KEYPOINTS,
+    SCORE_LEVELS,
+    DetectionConfig,
+    detect_and_describe,
+    image_to_tensor,
+    mutual_nearest_neighbours,
+)
 
 WEIGHTS_DIR = Path(__file__).resolve().parents[2] / "weights"
 DEFAULT_WEIGHTS = WEIGHTS_DIR / "sptd2_fast_distill.pt"
@@ -51,7 +58,7 @@ class SPTD2Backend(Backend):
                   "0 = off.", min=0, max=16),
         ParamSpec("sptd2.score_levels", "auto", "Score map keypoints are detected on: all (the levels' average), "
                   "fine (the finest level alone), auto (fine for weights that score level 1 at full resolution, "
-                  "as sptd2_fast_distill.pt does; else all).", choices=("auto", "all", "fine")),
+                  "as sptd2_fast_distill.pt does; else all).", choices=("auto", *SCORE_LEVELS)),
         ParamSpec("sptd2.detection_threshold", 0.0, "Minimum detector score of a keypoint (the levels' average).",
                   min=0.0, max=1.0),
         ParamSpec("sptd2.match_threshold", 0.0, "Minimum cosine similarity of a mutual-NN match.", min=-1.0, max=1.0),
@@ -127,7 +134,9 @@ class SPTD2Backend(Backend):
         if reason is None and isinstance(kernel, int) and kernel > 1 and kernel % 2 == 0:
             return f"sptd2.match_nms_kernel: must be odd (or 0/1 = off), got {kernel}"
         for key, baked in self._baked.items():
-            if reason is None and key in settings and settings[key] != baked:
+            # auto score levels are whatever the export was made with (the node passes every default)
+            same = settings.get(key) == baked or (key == "sptd2.score_levels" and settings.get(key) == "auto")
+            if reason is None and key in settings and not same:
                 reason = (f"{key}: baked into the ONNX export {self.onnx_path} as {baked!r}, cannot be "
                           f"{settings[key]!r} (export again with the new value)")
         return reason

@@ -23,7 +23,7 @@ SCORE_LEVELS = ("all", "fine")
 class DetectionConfig:
     """top_k: keypoints kept (<= 5000); nms_radius: NMS window is (2r+1)^2 pixels (1: the 3x3 window of the
     design digest); detection_threshold: minimum score; border: pixels ignored at the image edge; subpixel:
-    quadratic refinement; score_levels: the map keypoints are detected and refined on (:func:`detection_score_map`)."""
+    quadratic refinement; score_levels: the map keypoints are detected and refined on (:func:`detection_maps`)."""
 
     top_k: int = 2048
     nms_radius: int = 1
