@@ -336,11 +336,12 @@ class Frontend:
     def _new_keyframe(self, frame: _Frame, world: tuple[np.ndarray, np.ndarray], timings: dict[str, float]
                       ) -> Keyframe:
         t0 = time.perf_counter()
-        depth, points = self._frame_depth(frame)
+        offset = self.disparity_offset_px if frame.stereo else 0.0
+        depth, points = self._frame_depth(frame, offset)
         kf = Keyframe(frame.features, frame.stamp_ns, self._keyframe_counter, frame.index, frame.camera,
                       frame.image_size, T_world=world[0].copy(), covariance=world[1].copy(), depth=depth,
                       depth_noise=depth_noise(frame.stereo.rig if frame.stereo else None, self._settings),
-                      disparity_offset_px=self.disparity_offset_px if frame.stereo else 0.0)
+                      disparity_offset_px=offset)
         if depth is not None:
             detected = self.backend.keypoints(kf.features) if points is None else None
             kf.landmarks = keyframe_landmarks(kf, points, detected, self._settings)
@@ -363,16 +364,16 @@ class Frontend:
         guess = invert(previous.T_world) @ kf.T_world
         return Edge(previous.stamp_ns, kf.stamp_ns, guess, LOST_VARIANCE * np.eye(6), "lost")
 
-    def _frame_depth(self, frame: _Frame) -> tuple[np.ndarray | None, np.ndarray | None]:
+    def _frame_depth(self, frame: _Frame, offset: float) -> tuple[np.ndarray | None, np.ndarray | None]:
         """A new keyframe's depth image (metres, original pixels) and, for stereo, its triangulated pixels.
         Stereo: the right image is extracted and matched to the left once, here (never per frame); the disparity
-        offset (:attr:`disparity_offset_px`) moves the right principal point."""
+        ``offset`` (:attr:`disparity_offset_px`) moves the right principal point."""
         if frame.stereo is None:
             return frame.depth, None
         _, work_right, _ = prepare_image(frame.stereo.image, frame.camera, int(self._settings["resize_long_edge"]))
         m = self.backend.match(frame.features, self.backend.extract(work_right))
         m = _to_original(m, frame.features.image_size, frame.image_size, frame.features.image_size, frame.image_size)
-        rig = replace(frame.stereo.rig, right_cx=frame.stereo.rig.right_cx + self.disparity_offset_px)
+        rig = replace(frame.stereo.rig, right_cx=frame.stereo.rig.right_cx + offset)
         return stereo_keyframe_depth(rig, m, frame.image_size, self._settings, (frame.gray, frame.stereo.image))
 
     @property

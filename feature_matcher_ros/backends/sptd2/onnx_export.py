@@ -85,7 +85,6 @@ def _graph_module(model, size: tuple[int, int], cfg):
     from .inference import detection_maps, pad_to_multiple, refine_subpixel, sample_descriptors
 
     h, w = size
-    top_k, nms_radius, detection_threshold, subpixel = cfg.top_k, cfg.nms_radius, cfg.detection_threshold, cfg.subpixel
     b = min(cfg.border, (min(h, w) - 1) // 2)
     inside = torch.zeros(h, w, dtype=torch.bool)
     inside[b: h - b, b: w - b] = True  # b == 0: everything
@@ -101,15 +100,15 @@ def _graph_module(model, size: tuple[int, int], cfg):
             out = self.model(padded)
             padded_size = tuple(padded.shape[-2:])
             peaks, rank = (m[0] for m in detection_maps(out, (h, w), padded_size, cfg.score_levels))
-            keep = rank > detection_threshold
-            if nms_radius > 0:
-                keep = keep & local_maximum_mask(peaks, nms_radius)
+            keep = rank > cfg.detection_threshold
+            if cfg.nms_radius > 0:
+                keep = keep & local_maximum_mask(peaks, cfg.nms_radius)
             keep = keep & self.inside
             ranked = torch.where(keep, rank, torch.full_like(rank, float("-inf"))).reshape(-1)
-            values, index = ranked.topk(top_k)
+            values, index = ranked.topk(cfg.top_k)
             valid = values > float("-inf")
             xy = torch.stack([index % w, torch.div(index, w, rounding_mode="floor")], dim=1)
-            keypoints = refine_subpixel(peaks, xy) if subpixel and h >= 3 and w >= 3 else xy.float()
+            keypoints = refine_subpixel(peaks, xy) if cfg.subpixel and h >= 3 and w >= 3 else xy.float()
             descriptors = sample_descriptors(out["descriptors"], keypoints, padded_size)
             keypoints = torch.where(valid[:, None], keypoints, torch.zeros_like(keypoints))
             scores = torch.where(valid, values, torch.zeros_like(values))
